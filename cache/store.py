@@ -1,0 +1,624 @@
+"""One zarr v3 store per (dataset, modality, backbone-and-preprocessing).
+
+Layout of a store (a zarr v3 group; every array uses the sharding codec)::
+
+    <root>/<dataset>/<modality>/<backbone>-<key[:10]>.zarr/
+        zarr.json            attributes["mmx"]: dataset, modality, backbone metadata,
+                             preprocessing, key, n_items, shard_size, schema, version
+        id, label, group, split     [N] str   written once, when the store is created
+        pooled               [N, D] float16   pooled feature per item
+        status               [N] uint8        0 pending, 1 ok, 2 failed
+        token_length         [N] int32        tokens of each item (0 when failed)
+        tokens/<k:06d>       [sum T_i, D]     flat tokens of the items of item-shard k
+        _complete/<k:06d>.json               marker: shard k is on disk (counts, errors)
+
+Items are cut into *item shards* of ``shard_size`` consecutive rows. Item shard ``k`` is
+exactly one zarr shard of every per-item array, so a writer always writes whole zarr
+shards (partial writes of a shared shard can lose data in zarr v3). Token sequences are
+ragged and their total length is only known once a shard is extracted, so each item
+shard keeps its tokens in its own flat array; :meth:`FeatureStore.load` returns them
+as one flat ``[sum T_i, D]`` tensor with ``offsets [N+1]``, which is the form training
+uses. A shard counts as complete only when its marker exists; the marker is written
+(atomically, by rename) after the shard's data has been flushed to disk, so a killed
+writer leaves a shard that readers ignore and a rerun rewrites.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+from mmx import __version__
+from mmx.pipeline.modality import Modality
+
+SCHEMA_VERSION = 1
+STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
+STATUS_NAMES = {STATUS_PENDING: "pending", STATUS_OK: "ok", STATUS_FAILED: "failed"}
+_META_ARRAYS = ("id", "label", "group", "split")
+_MARKERS = "_complete"
+DEFAULT_SHARD_SIZE = 1024
+DEFAULT_CHUNK_ROWS = 256
+
+
+class CacheKeyMismatch(ValueError):
+    """A store opened for a configuration other than the one it was built with."""
+
+
+class IncompleteStoreWarning(UserWarning):
+    """A store was loaded while some of its shards are not complete."""
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def ids_digest(ids: Iterable[str]) -> str:
+    h = hashlib.sha256()
+    for i in ids:
+        h.update(i.encode("utf-8"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "features"
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreSpec:
+    """Everything a store's features depend on; its :meth:`key` names the configuration.
+
+    ``backbone`` carries the backbone's metadata (at least ``name`` and ``dim``; also
+    ``token_rate``, ``weights`` and whatever else changes the features), ``preprocessing``
+    the decode/pooling settings, and ``items`` the digest of the ids in store order.
+    """
+
+    dataset: str
+    modality: Modality
+    backbone: dict
+    preprocessing: dict
+    items: str
+
+    def as_dict(self) -> dict:
+        return {
+            "schema": SCHEMA_VERSION,
+            "dataset": self.dataset,
+            "modality": Modality.parse(self.modality).value,
+            "backbone": self.backbone,
+            "preprocessing": self.preprocessing,
+            "items": self.items,
+        }
+
+    def key(self) -> str:
+        return hashlib.sha256(_canonical(self.as_dict()).encode()).hexdigest()
+
+    @property
+    def dim(self) -> int:
+        return int(self.backbone["dim"])
+
+
+def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _diff(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} (store) vs {b!r} (asked)"]
+
+
+def store_path(root: str | os.PathLike, spec: StoreSpec) -> Path:
+    """Where the store for ``spec`` lives under a cache root."""
+    name = f"{_slug(str(spec.backbone['name']))}-{spec.key()[:10]}.zarr"
+    return Path(root) / _slug(spec.dataset) / Modality.parse(spec.modality).value / name
+
+
+@dataclasses.dataclass
+class LoadedFeatures:
+    """One modality in memory. Rows are the loaded items, in store order.
+
+    ``pooled`` is ``(N, D)`` float32; ``tokens`` is ``(sum T_i, D)`` float32 with item ``i``'s
+    tokens at ``tokens[offsets[i]:offsets[i+1]]``. Tensors are torch tensors on ``device``.
+    ``missing`` counts items of the requested split that sit in incomplete shards.
+    """
+
+    modality: Modality
+    ids: np.ndarray
+    labels: np.ndarray
+    groups: np.ndarray
+    splits: np.ndarray
+    pooled: Any = None
+    tokens: Any = None
+    offsets: Any = None
+    missing: int = 0
+    failed: int = 0
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class FeatureStore:
+    """An open feature store. Create one with :func:`create_store`, open with :func:`open_store`."""
+
+    def __init__(self, path: str | os.PathLike):
+        import zarr
+
+        self.path = Path(path)
+        if not (self.path / "zarr.json").exists():
+            raise FileNotFoundError(f"{self.path}: not a feature store (no zarr.json)")
+        self._group = zarr.open_group(str(self.path), mode="r+")
+        meta = self._group.attrs.get("mmx")
+        if not isinstance(meta, dict) or "key" not in meta:
+            raise ValueError(f"{self.path}: a zarr group, but not an mmx feature store (no 'mmx' attributes)")
+        self.meta: dict = meta
+
+    # -- metadata ---------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return self.meta["key"]
+
+    @property
+    def modality(self) -> Modality:
+        return Modality.parse(self.meta["modality"])
+
+    @property
+    def dataset(self) -> str:
+        return self.meta["dataset"]
+
+    @property
+    def backbone(self) -> dict:
+        return self.meta["backbone"]
+
+    @property
+    def dim(self) -> int:
+        return int(self.meta["backbone"]["dim"])
+
+    @property
+    def n_items(self) -> int:
+        return int(self.meta["n_items"])
+
+    @property
+    def shard_size(self) -> int:
+        return int(self.meta["shard_size"])
+
+    @property
+    def n_shards(self) -> int:
+        return -(-self.n_items // self.shard_size)
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.meta["tokens"])
+
+    def spec(self) -> StoreSpec:
+        m = self.meta
+        return StoreSpec(m["dataset"], Modality.parse(m["modality"]), m["backbone"], m["preprocessing"], m["items"])
+
+    def shard_range(self, k: int) -> tuple[int, int]:
+        if not 0 <= k < self.n_shards:
+            raise IndexError(f"shard {k} out of range (store has {self.n_shards})")
+        return k * self.shard_size, min((k + 1) * self.shard_size, self.n_items)
+
+    def _marker(self, k: int) -> Path:
+        return self.path / _MARKERS / f"{k:06d}.json"
+
+    def complete_shards(self) -> list[int]:
+        d = self.path / _MARKERS
+        if not d.exists():
+            return []
+        done = sorted(int(p.stem) for p in d.glob("*.json") if p.stem.isdigit())
+        return [k for k in done if k < self.n_shards]
+
+    def is_complete(self, k: int) -> bool:
+        return self._marker(k).exists()
+
+    def shard_marker(self, k: int) -> dict | None:
+        p = self._marker(k)
+        return json.loads(p.read_text()) if p.exists() else None
+
+    def column(self, name: str) -> np.ndarray:
+        """A per-item metadata column (``id``, ``label``, ``group``, ``split``), all rows."""
+        if name not in _META_ARRAYS:
+            raise KeyError(f"unknown column {name!r}; known: {', '.join(_META_ARRAYS)}")
+        return np.asarray(self._group[name][:], dtype=object)
+
+    # -- writing ----------------------------------------------------------------------
+    def write_shard(
+        self,
+        k: int,
+        pooled: np.ndarray,
+        status: np.ndarray | None = None,
+        tokens: Sequence[np.ndarray] | None = None,
+        errors: dict[str, str] | None = None,
+    ) -> None:
+        """Write item shard ``k`` whole, then mark it complete.
+
+        ``pooled`` is ``(n, D)`` for the shard's ``n`` items; ``status`` per item
+        (``STATUS_OK``/``STATUS_FAILED``, default all ok); ``tokens`` one ``(T_i, D)`` array
+        per item (``T_i`` may be 0) when the store keeps tokens; ``errors`` maps item id
+        to the message of its failure and is kept in the shard's marker.
+        """
+        start, stop = self.shard_range(k)
+        n, d = stop - start, self.dim
+        pooled = np.asarray(pooled)
+        if pooled.shape != (n, d):
+            raise ValueError(f"shard {k}: pooled has shape {pooled.shape}, expected {(n, d)}")
+        status = np.full(n, STATUS_OK, np.uint8) if status is None else np.asarray(status, np.uint8)
+        if status.shape != (n,):
+            raise ValueError(f"shard {k}: status has shape {status.shape}, expected {(n,)}")
+        if self.has_tokens:
+            if tokens is None or len(tokens) != n:
+                raise ValueError(f"shard {k}: this store keeps tokens; give one (T_i, {d}) array per item")
+            bad = [i for i, t in enumerate(tokens) if np.ndim(t) != 2 or np.shape(t)[1] != d]
+            if bad:
+                raise ValueError(f"shard {k}: token arrays of items {bad[:5]} are not (T, {d})")
+        elif tokens is not None:
+            raise ValueError(f"shard {k}: this store was created without tokens")
+
+        marker = self._marker(k)
+        marker.unlink(missing_ok=True)  # a rewrite is incomplete until it is done again
+        dtype = self._group["pooled"].dtype
+        self._group["pooled"][start:stop] = pooled.astype(dtype, copy=False)
+        self._group["status"][start:stop] = status
+        lengths = np.array([len(t) for t in tokens], np.int32) if tokens is not None else np.zeros(n, np.int32)
+        self._group["token_length"][start:stop] = lengths
+        if tokens is not None:
+            flat = np.concatenate([np.asarray(t, dtype) for t in tokens], 0) if n else np.zeros((0, d), dtype)
+            _create_array(self._group, f"tokens/{k:06d}", flat.astype(dtype, copy=False), self.meta["chunk_rows"])
+        self._fsync_shard(k)
+        record = {
+            "shard": k,
+            "items": n,
+            "ok": int((status == STATUS_OK).sum()),
+            "failed": int((status == STATUS_FAILED).sum()),
+            "tokens": int(lengths.sum()),
+            "errors": errors or {},
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        _atomic_write_text(marker, json.dumps(record, ensure_ascii=False))
+
+    def _fsync_shard(self, k: int) -> None:
+        """Flush shard ``k``'s files so the marker never points at data still in flight."""
+        paths = [self.path / name / "c" / str(k) for name in ("pooled", "status", "token_length")]
+        tok = self.path / "tokens" / f"{k:06d}"
+        if tok.exists():
+            paths += [p for p in tok.rglob("*") if p.is_file()]
+        for p in paths:
+            for f in ([p] if p.is_file() else (q for q in p.rglob("*") if q.is_file()) if p.exists() else []):
+                fd = os.open(f, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+    # -- reading ----------------------------------------------------------------------
+    def _complete_ranges(self) -> list[tuple[int, int, list[int]]]:
+        """Runs of consecutive complete shards as (start_row, stop_row, shards)."""
+        runs: list[tuple[int, int, list[int]]] = []
+        for k in self.complete_shards():
+            s, e = self.shard_range(k)
+            if runs and runs[-1][1] == s:
+                runs[-1] = (runs[-1][0], e, runs[-1][2] + [k])
+            else:
+                runs.append((s, e, [k]))
+        return runs
+
+    def load(
+        self,
+        split: str | Sequence[str] | None = None,
+        pooled: bool = True,
+        tokens: bool = False,
+        device: Any = None,
+        warn: bool = True,
+    ) -> LoadedFeatures:
+        """Load the ok items of complete shards (optionally one or more splits) into memory."""
+        import torch
+
+        if tokens and not self.has_tokens:
+            raise ValueError(f"{self.path}: this store has no token sequences (pooled features only)")
+        splits_wanted = None if split is None else ({split} if isinstance(split, str) else set(split))
+        split_all = self.column("split")
+        in_split = np.ones(self.n_items, bool) if splits_wanted is None else np.isin(split_all, list(splits_wanted))
+
+        runs = self._complete_ranges()
+        covered = np.zeros(self.n_items, bool)
+        for s, e, _ in runs:
+            covered[s:e] = True
+        missing = int((in_split & ~covered).sum())
+
+        status = np.zeros(self.n_items, np.uint8)
+        for s, e, _ in runs:
+            status[s:e] = self._group["status"][s:e]
+        keep = in_split & covered & (status == STATUS_OK)
+        failed = int((in_split & covered & (status == STATUS_FAILED)).sum())
+        rows = np.flatnonzero(keep)
+
+        out = LoadedFeatures(
+            modality=self.modality,
+            ids=self.column("id")[rows],
+            labels=self.column("label")[rows],
+            groups=self.column("group")[rows],
+            splits=split_all[rows],
+            missing=missing,
+            failed=failed,
+            meta=dict(self.meta),
+        )
+        if pooled:
+            mat = np.empty((len(rows), self.dim), np.float32)
+            arr, pos = self._group["pooled"], 0
+            for s, e, _ in runs:
+                sel = keep[s:e]
+                if sel.any():
+                    block = arr[s:e]
+                    m = int(sel.sum())
+                    mat[pos : pos + m] = block[sel]
+                    pos += m
+            out.pooled = torch.from_numpy(mat).to(device) if device is not None else torch.from_numpy(mat)
+        if tokens:
+            pieces, lengths = [], []
+            for s, e, shards in runs:
+                for k in shards:
+                    ks, ke = self.shard_range(k)
+                    sel = keep[ks:ke]
+                    if not sel.any():
+                        continue
+                    length = np.asarray(self._group["token_length"][ks:ke], np.int64)
+                    flat = np.asarray(self._group[f"tokens/{k:06d}"][:], np.float32)
+                    starts = np.concatenate([[0], np.cumsum(length)[:-1]])
+                    idx = np.concatenate([np.arange(st, st + ln) for st, ln in zip(starts[sel], length[sel])] or [np.zeros(0, np.int64)])
+                    pieces.append(flat[idx.astype(np.int64)])
+                    lengths.append(length[sel])
+            length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+            flat = np.concatenate(pieces, 0) if pieces else np.zeros((0, self.dim), np.float32)
+            offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
+            out.tokens = torch.from_numpy(flat).to(device) if device is not None else torch.from_numpy(flat)
+            out.offsets = torch.from_numpy(offsets).to(device) if device is not None else torch.from_numpy(offsets)
+        if missing and warn:
+            warnings.warn(
+                f"{self.path}: {missing} item(s) of the requested split are in incomplete shards and were "
+                f"not loaded ({len(self.complete_shards())}/{self.n_shards} shards complete); "
+                "rerun the extraction to finish them",
+                IncompleteStoreWarning,
+                stacklevel=2,
+            )
+        return out
+
+    # -- inspection -------------------------------------------------------------------
+    def info(self) -> dict:
+        complete = self.complete_shards()
+        status = np.asarray(self._group["status"][:])
+        done = np.zeros(self.n_items, bool)
+        for k in complete:
+            s, e = self.shard_range(k)
+            done[s:e] = True
+        split = self.column("split")
+        return {
+            "path": str(self.path),
+            "dataset": self.dataset,
+            "modality": self.modality.value,
+            "backbone": self.backbone,
+            "preprocessing": self.meta["preprocessing"],
+            "key": self.key,
+            "mmx_version": self.meta["mmx_version"],
+            "dtype": self.meta["dtype"],
+            "items": self.n_items,
+            "shards": {"total": self.n_shards, "complete": len(complete), "size": self.shard_size},
+            "ok": int((done & (status == STATUS_OK)).sum()),
+            "failed": int((done & (status == STATUS_FAILED)).sum()),
+            "pending": int((~done).sum()),
+            "splits": {str(s) or "(none)": int((split == s).sum()) for s in sorted(set(split))},
+            "classes": len({str(x) for x in self.column("label") if str(x)}),
+            "tokens": self.has_tokens,
+            "disk_bytes": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()),
+        }
+
+    def verify(self) -> list[str]:
+        """Integrity problems (empty when the store is sound): key, shapes, offsets, markers."""
+        problems: list[str] = []
+        if self.spec().key() != self.key:
+            problems.append(f"stored key {self.key[:12]} does not match the stored configuration ({self.spec().key()[:12]})")
+        ids = self.column("id")
+        if ids_digest(ids) != self.meta["items"]:
+            problems.append("the ids do not match the item digest in the key")
+        n, d = self.n_items, self.dim
+        for name in _META_ARRAYS + ("status", "token_length"):
+            if self._group[name].shape != (n,):
+                problems.append(f"array {name!r} has shape {self._group[name].shape}, expected {(n,)}")
+        if self._group["pooled"].shape != (n, d):
+            problems.append(f"array 'pooled' has shape {self._group['pooled'].shape}, expected {(n, d)}")
+        for k in self.complete_shards():
+            s, e = self.shard_range(k)
+            marker = self.shard_marker(k) or {}
+            try:
+                status = np.asarray(self._group["status"][s:e])
+                length = np.asarray(self._group["token_length"][s:e])
+                pooled = np.asarray(self._group["pooled"][s:e])
+            except Exception as exc:  # a corrupt shard file
+                problems.append(f"shard {k}: unreadable ({exc})")
+                continue
+            if (status == STATUS_PENDING).any():
+                problems.append(f"shard {k}: marked complete but {int((status == STATUS_PENDING).sum())} item(s) are pending")
+            if marker.get("ok") != int((status == STATUS_OK).sum()):
+                problems.append(f"shard {k}: marker says {marker.get('ok')} ok items, the status array {int((status == STATUS_OK).sum())}")
+            if not np.isfinite(pooled[status == STATUS_OK].astype(np.float32)).all():
+                problems.append(f"shard {k}: non-finite pooled features")
+            if self.has_tokens:
+                name = f"tokens/{k:06d}"
+                try:
+                    shape = self._group[name].shape
+                except KeyError:
+                    problems.append(f"shard {k}: token array missing")
+                    continue
+                if shape != (int(length.sum()), d):
+                    problems.append(f"shard {k}: token array has shape {shape}, offsets say {(int(length.sum()), d)}")
+                if (length < 0).any():
+                    problems.append(f"shard {k}: negative token lengths")
+        return problems
+
+
+def _create_array(group, name: str, data: np.ndarray, chunk_rows: int) -> None:
+    rows = max(1, data.shape[0])
+    chunks = (min(chunk_rows, rows),) + data.shape[1:]
+    shards = (-(-rows // chunks[0]) * chunks[0],) + data.shape[1:]  # one zarr shard holds it all
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, overwrite=True, fill_value=0)
+    if data.shape[0]:
+        arr[...] = data
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def create_store(
+    root_or_path: str | os.PathLike,
+    spec: StoreSpec,
+    ids: Sequence[str],
+    labels: Sequence[str] | None = None,
+    groups: Sequence[str] | None = None,
+    splits: Sequence[str] | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    dtype: str = "float16",
+    tokens: bool = True,
+    exact_path: bool = False,
+) -> FeatureStore:
+    """Create the store for ``spec`` (or open it, when it exists with the same key).
+
+    The store is built in a temporary folder and renamed into place, so a killed process
+    never leaves a half-created store. With ``exact_path`` the first argument is the
+    store's path; otherwise it is a cache root and :func:`store_path` picks the path.
+    """
+    import zarr
+
+    path = Path(root_or_path) if exact_path else store_path(root_or_path, spec)
+    n = len(ids)
+    if spec.items != ids_digest(ids):
+        raise ValueError("spec.items does not match the ids given; build it with ids_digest(ids)")
+    if path.exists():
+        return open_store(path, expected=spec)
+    if n == 0:
+        raise ValueError(f"no items for {spec.modality} in dataset {spec.dataset!r}")
+    if shard_size < 1 or chunk_rows < 1:
+        raise ValueError("shard_size and chunk_rows must be positive")
+    chunk_rows = min(chunk_rows, shard_size)
+    if shard_size % chunk_rows:
+        raise ValueError(f"shard_size ({shard_size}) must be a multiple of chunk_rows ({chunk_rows})")
+    cols = {
+        "id": list(ids),
+        "label": list(labels) if labels is not None else [""] * n,
+        "group": list(groups) if groups is not None else [""] * n,
+        "split": list(splits) if splits is not None else [""] * n,
+    }
+    for name, col in cols.items():
+        if len(col) != n:
+            raise ValueError(f"{name}: {len(col)} values for {n} items")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
+    shutil.rmtree(tmp, ignore_errors=True)
+    g = zarr.open_group(str(tmp), mode="w")
+    d = spec.dim
+    for name, col in cols.items():
+        a = g.create_array(name, shape=(n,), dtype=str, chunks=(chunk_rows,), shards=(shard_size,))
+        a[:] = np.array([str(x) for x in col], dtype=object)
+    g.create_array("pooled", shape=(n, d), dtype=dtype, chunks=(chunk_rows, d), shards=(shard_size, d), fill_value=0)
+    g.create_array("status", shape=(n,), dtype="uint8", chunks=(chunk_rows,), shards=(shard_size,), fill_value=0)
+    g.create_array("token_length", shape=(n,), dtype="int32", chunks=(chunk_rows,), shards=(shard_size,), fill_value=0)
+    if tokens:
+        g.create_group("tokens")
+    g.attrs["mmx"] = {
+        **spec.as_dict(),
+        "key": spec.key(),
+        "n_items": n,
+        "shard_size": shard_size,
+        "chunk_rows": chunk_rows,
+        "dtype": dtype,
+        "tokens": tokens,
+        "mmx_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    (tmp / _MARKERS).mkdir()
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():
+            raise
+        # another process created it first: theirs wins if it is the same configuration
+    return open_store(path, expected=spec)
+
+
+def open_store(path: str | os.PathLike, expected: StoreSpec | str | None = None) -> FeatureStore:
+    """Open a store; with ``expected`` (a spec or a key), refuse one built differently."""
+    store = FeatureStore(path)
+    if expected is None:
+        return store
+    want_key = expected if isinstance(expected, str) else expected.key()
+    if store.key != want_key:
+        have = store.spec().as_dict()
+        if isinstance(expected, StoreSpec):
+            diffs = _diff(have, expected.as_dict())
+            detail = "; ".join(diffs) if diffs else "(same fields, different key)"
+        else:
+            detail = f"asked for key {want_key[:12]}"
+        raise CacheKeyMismatch(
+            f"{store.path} holds features for a different configuration: store key {store.key[:12]}, "
+            f"asked {want_key[:12]}. Differences: {detail}. Use another cache path or the matching config."
+        )
+    return store
+
+
+def list_stores(root: str | os.PathLike, dataset: str | None = None) -> list[FeatureStore]:
+    """Every feature store under a cache root (optionally of one dataset), sorted by path."""
+    root = Path(root)
+    if not root.exists():
+        return []
+    base = root / _slug(dataset) if dataset else root
+    out = []
+    for p in sorted(base.glob("**/*.zarr")):
+        if p.name.startswith("."):
+            continue
+        try:
+            out.append(FeatureStore(p))
+        except (FileNotFoundError, ValueError):
+            continue
+    return out
+
+
+def find_store(
+    root: str | os.PathLike, dataset: str, modality: Modality | str, backbone: str | None = None
+) -> FeatureStore:
+    """The one store of ``dataset``/``modality`` (and ``backbone``, when several exist)."""
+    mod = Modality.parse(modality)
+    found = [s for s in list_stores(root, dataset) if s.modality == mod and s.dataset == dataset]
+    if backbone is not None:
+        found = [s for s in found if s.backbone.get("name") == backbone]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        what = f"{mod.value} features of dataset {dataset!r}" + (f" from backbone {backbone!r}" if backbone else "")
+        have = sorted({f"{s.dataset}/{s.modality.value}/{s.backbone.get('name')}" for s in list_stores(root)})
+        raise FileNotFoundError(
+            f"no {what} in cache {root}; stores present: {', '.join(have) or 'none'}. "
+            f"Run 'mmx extract --modality {mod.value}' or 'mmx cache synthesize' first"
+        )
+    names = ", ".join(sorted(str(s.backbone.get("name")) for s in found))
+    raise ValueError(
+        f"several {mod.value} stores for dataset {dataset!r} (backbones: {names}); choose one with "
+        f"--backbone {mod.value}=NAME"
+    )

@@ -1,0 +1,50 @@
+"""The ``mmx`` command line. Each command lives in its own ``cli_*`` module.
+
+Command modules import only click at module level, so ``mmx --help`` stays fast;
+heavy libraries are imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import click
+
+from mmx import __version__
+
+
+class _Group(click.Group):
+    """Turns the errors a user can cause into one clear line instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except (ValueError, FileNotFoundError, KeyError) as exc:
+            from mmx.pipeline.errors import user_error
+
+            raise user_error(exc) from exc
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mmx")
+def main() -> None:
+    """mmx: multi-modal joint embeddings from a cached feature pipeline.
+
+    \b
+    Stage one:  mmx fetch -> mmx extract --modality M   (features into a zarr cache)
+    Stage two:  mmx train --strategy S -> mmx eval RUN -> mmx compare RUN RUN
+    """
+
+
+def _register() -> None:
+    from mmx.pipeline import cli_cache, cli_demo, cli_eval, cli_train
+
+    for module in (cli_cache, cli_demo, cli_train, cli_eval):
+        for cmd in module.COMMANDS:
+            main.add_command(cmd)
+
+
+_register()
+
+if __name__ == "__main__":
+    main()
