@@ -1,0 +1,1 @@
+"""Retrieval metrics, the papers' tables, comparisons and plots."""

@@ -1,0 +1,1 @@
+"""Stage one: fetching media from manifests, decoding it, and running frozen backbones."""

@@ -1,0 +1,5 @@
+"""``mmx cache``."""
+
+import click  # noqa: F401
+
+COMMANDS: list = []

@@ -1,0 +1,5 @@
+"""``mmx demo``."""
+
+import click  # noqa: F401
+
+COMMANDS: list = []

@@ -1,0 +1,5 @@
+"""``mmx eval``."""
+
+import click  # noqa: F401
+
+COMMANDS: list = []

@@ -1,0 +1,5 @@
+"""``mmx extract``: see :mod:`mmx.extract`."""
+
+import click  # noqa: F401
+
+COMMANDS: list = []

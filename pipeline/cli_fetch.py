@@ -1,0 +1,5 @@
+"""``mmx fetch``: see :mod:`mmx.extract`."""
+
+import click  # noqa: F401
+
+COMMANDS: list = []

@@ -1,0 +1,5 @@
+"""``mmx train``."""
+
+import click  # noqa: F401
+
+COMMANDS: list = []

@@ -1,0 +1,100 @@
+"""Run folders: what a training run leaves behind for ``mmx eval`` and ``mmx compare``.
+
+Layout::
+
+    RUN/
+        config.yaml                         the resolved config, written before the first step
+        metrics.jsonl                       one JSON object per epoch (losses, quick recall)
+        metrics.json                        the final summary (best epoch, stop reason, ...)
+        checkpoint.pt                       best weights (+ optimiser state for resume)
+        embeddings/<split>/<name>.npz       emb [N, d] float32, label [N], group [N], id [N]
+
+``<name>`` is a modality (``text``) or, for models that fuse, a ``+``-joined subset
+(``audio+video``) whose rows are groups. Eval reads only this folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+EMBEDDINGS = "embeddings"
+
+
+def new_run_dir(root: str | os.PathLike, name_parts: list[str]) -> Path:
+    """A fresh, readable run folder name: ``<date>-<time>-<parts>`` (suffixed if taken)."""
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path(root) / "-".join([stamp] + [p for p in name_parts if p])
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    path.mkdir(parents=True)
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), json.dumps(obj, indent=2, default=str).encode())
+
+
+def append_jsonl(path: Path, obj: Any) -> None:
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(obj, default=str) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def save_embeddings(run: Path, split: str, name: str, emb, labels, groups, ids) -> Path:
+    """Save one modality's (or fused subset's) embeddings of one split."""
+    emb = np.asarray(emb.detach().cpu() if hasattr(emb, "detach") else emb, dtype=np.float32)
+    out = Path(run) / EMBEDDINGS / split
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.npz"
+    tmp = out / f".{name}.tmp.npz"
+    np.savez(
+        tmp,
+        emb=emb,
+        label=np.asarray([str(x) for x in labels], dtype=str),
+        group=np.asarray([str(x) for x in groups], dtype=str),
+        id=np.asarray([str(x) for x in ids], dtype=str),
+    )
+    os.replace(tmp, path)
+    return path
+
+
+def load_embeddings(run: str | os.PathLike, split: str) -> dict[str, dict[str, np.ndarray]]:
+    """``{name: {"emb", "label", "group", "id"}}`` for one split of a run."""
+    d = Path(run) / EMBEDDINGS / split
+    if not d.is_dir():
+        raise FileNotFoundError(f"{run}: no embeddings for split {split!r} (looked in {d})")
+    out = {}
+    for p in sorted(d.glob("*.npz")):
+        if p.name.startswith("."):
+            continue
+        with np.load(p, allow_pickle=False) as z:
+            out[p.stem] = {k: z[k] for k in z.files}
+    return out
+
+
+def splits_of(run: str | os.PathLike) -> list[str]:
+    d = Path(run) / EMBEDDINGS
+    return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []

@@ -1,0 +1,1 @@
+"""Stage two: projection heads, fusion transformer and training strategies, from the cache."""
