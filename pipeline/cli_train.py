@@ -1,5 +1,47 @@
-"""``mmx train``."""
+"""``mmx train``: train a strategy on cached features."""
 
-import click  # noqa: F401
+from __future__ import annotations
 
-COMMANDS: list = []
+import click
+
+from mmx.train.strategies import STRATEGIES
+
+
+@click.command("train")
+@click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=None, help="Training strategy (default: joint).")
+@click.option("--preset", "presets", multiple=True, help="Preset name or YAML file; repeatable, later wins.")
+@click.option("--modalities", default=None, help="Comma-separated, e.g. text,image,audio,video.")
+@click.option("--cache", default=None, help="Cache root (default: $MMX_CACHE or ./.mmx-cache).")
+@click.option("--dataset", default=None, help="Dataset name in the cache.")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--lr", type=float, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--device", default=None, help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--out", default=None, help="Folder for run folders (default: runs).")
+@click.option("--name", default=None, help="Run folder name (default: date + strategy + modalities).")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set patience=10 or options.x=1.")
+@click.option("--quiet", is_flag=True, help="No per-epoch lines.")
+def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, out, name, sets, quiet):
+    """Train projection heads / fusion model from the in-memory cache.
+
+    \b
+    Example:
+      mmx train --strategy joint --modalities text,image,audio,video --cache .mmx-cache --dataset synthetic
+    """
+    from mmx.pipeline.config_paths import default_cache_root
+    from mmx.train.config import resolve
+    from mmx.train.loop import train
+
+    overrides = {
+        "strategy": strategy, "modalities": modalities, "cache": cache, "dataset": dataset, "epochs": epochs,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "out": out, "name": name,
+    }
+    cfg = resolve(list(presets), overrides, list(sets))
+    if not cfg.cache:
+        cfg.cache = str(default_cache_root())
+    run = train(cfg, log=(lambda s: None) if quiet else click.echo)
+    click.echo(str(run))
+
+
+COMMANDS = [train_cmd]

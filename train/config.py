@@ -1,0 +1,142 @@
+"""Typed training config: dataclass defaults, YAML presets, CLI overrides; unknown keys are errors.
+
+Strategy-specific settings live in ``options`` (a free dict each strategy validates itself),
+so adding a strategy never changes this class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    strategy: str = "joint"
+    dataset: str = "synthetic"
+    cache: str = ""  # cache root; empty: the default root (--cache, $MMX_CACHE, ./.mmx-cache)
+    modalities: list = dataclasses.field(default_factory=lambda: ["text", "image", "audio", "video"])
+    backbones: dict = dataclasses.field(default_factory=dict)  # modality -> backbone, when a cache has several
+    alignment: str = "class"  # "class" (paper 000/002) or "instance" (paper 001)
+    holdout: str = "test"  # split whose loss drives early stopping (paper 000 Sec. III-D uses test)
+    epochs: int = 200
+    patience: int = 5  # epochs without a lower held-out loss before stopping
+    min_delta: float = 0.0
+    batch_size: int = 128  # classes per batch (class-aligned) or groups per batch (instance-aligned)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    lr_decay: float = 1.0  # multiplicative per epoch (EAO uses 0.9)
+    tau: float = 0.05  # InfoNCE temperature (paper 000 Sec. III-C, after [38])
+    embed_dim: int = 256  # joint space (paper 000 Sec. III-B)
+    dropout: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True  # mixed precision on CUDA only
+    out: str = "runs"
+    name: str = ""  # run folder name; empty: date + key settings
+    options: dict = dataclasses.field(default_factory=dict)  # strategy-specific settings
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Values from YAML or ``--set key=value`` into the field's type."""
+    default = TrainConfig().__getattribute__(name)
+    if isinstance(value, str):
+        if isinstance(default, bool):
+            low = value.lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"{name}: expected true/false, got {value!r}")
+            return low in ("true", "1", "yes")
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        if isinstance(default, list):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        if isinstance(default, dict):
+            parsed = yaml.safe_load(value)
+            if not isinstance(parsed, dict):
+                raise ValueError(f"{name}: expected a mapping, got {value!r}")
+            return parsed
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
+    """``cfg`` with ``values`` applied; unknown keys raise, naming ``source``."""
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    data = cfg.to_dict()
+    for k, v in values.items():
+        v = _coerce(k, v)
+        if k == "options" and isinstance(v, dict):
+            data["options"] = {**data["options"], **v}
+        else:
+            data[k] = v
+    return TrainConfig(**data)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("mmx.pipeline.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_yaml(path_or_preset: str) -> tuple[dict, str]:
+    """A YAML file's mapping, or a shipped preset's by name."""
+    p = Path(path_or_preset)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        if not p.exists():
+            raise FileNotFoundError(f"config file not found: {p}")
+        text, source = p.read_text(), str(p)
+    else:
+        names = preset_names()
+        if path_or_preset not in names:
+            raise ValueError(f"unknown preset {path_or_preset!r}; known: {', '.join(names) or 'none'}")
+        text = (resources.files("mmx.pipeline.presets") / f"{path_or_preset}.yaml").read_text()
+        source = f"preset {path_or_preset}"
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: expected a mapping of config keys")
+    return data, source
+
+
+def resolve(presets: list[str] = (), overrides: dict | None = None, sets: list[str] = ()) -> TrainConfig:
+    """Defaults <- presets/files (in order) <- explicit overrides <- ``key=value`` strings."""
+    cfg = TrainConfig()
+    for p in presets:
+        data, source = load_yaml(p)
+        cfg = merge(cfg, data, source)
+    if overrides:
+        cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+    for item in sets:
+        if "=" not in item:
+            raise ValueError(f"--set expects key=value, got {item!r}")
+        k, v = item.split("=", 1)
+        k = k.strip()
+        if k.startswith("options."):
+            cfg = merge(cfg, {"options": {k[len("options."):]: yaml.safe_load(v)}}, "--set")
+        else:
+            cfg = merge(cfg, {k: v}, "--set")
+    return cfg
+
+
+def save(cfg: TrainConfig, path: Path) -> None:
+    from mmx.pipeline.runs import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+
+
+def load(path: Path) -> TrainConfig:
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    return merge(TrainConfig(), data, str(path))

@@ -1,0 +1,53 @@
+"""What every strategy provides to the one training loop (open_clip's task/ pattern).
+
+A strategy owns its model, its batches and its loss; the loop never branches on strategy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from mmx.pipeline.modality import Modality
+from mmx.train.config import TrainConfig
+from mmx.train.data import SplitData, TrainData
+
+
+class Strategy:
+    name: str = ""
+    needs_tokens: bool = False
+    alignment: str = "class"  # the sampler the data needs: "class" or "instance"
+    min_modalities: int = 2
+
+    def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.modalities = [Modality.parse(m) for m in cfg.modalities]
+
+    @classmethod
+    def check(cls, cfg: TrainConfig) -> list[str]:
+        """Problems with the config alone (before loading anything); empty when fine."""
+        problems = []
+        if len(cfg.modalities) < cls.min_modalities:
+            problems.append(f"strategy {cls.name!r} needs at least {cls.min_modalities} modalities, got {cfg.modalities}")
+        return problems
+
+    def build_model(self) -> nn.Module:
+        raise NotImplementedError
+
+    def parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
+        """What the optimiser updates (strategies that freeze parts override this)."""
+        return [p for p in model.parameters() if p.requires_grad]
+
+    def batches(self, split: SplitData, epoch: int, train: bool) -> Iterable[Any]:
+        raise NotImplementedError
+
+    def step(self, model: nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """``{"loss": scalar, "loss/<part>": scalar, ...}`` for one batch."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def embed(self, model: nn.Module, split: SplitData) -> dict[str, torch.Tensor]:
+        """Embeddings of every item of ``split``, keyed by modality (or fused subset) name."""
+        raise NotImplementedError
