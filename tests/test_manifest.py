@@ -1,0 +1,86 @@
+"""The manifest contract: formats, normalisation, and every validation error at once."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from mmx.pipeline.manifest import ManifestError, id_problem, read_manifest, write_manifest
+from mmx.pipeline.modality import Modality
+
+ROWS = [
+    {"id": "t1", "modality": "text", "text": "A dog.", "label": "dog", "split": "train"},
+    {"id": "i1", "modality": "image", "uri": "media/dog.jpg", "label": "dog", "split": "test"},
+    {"id": "a1", "modality": "Audio", "uri": "https://example.org/a.wav", "label": "dog", "group": "g1"},
+]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_every_format_reads_the_same(tmp_path, suffix):
+    path = write_manifest(pd.DataFrame(ROWS), tmp_path / f"m{suffix}")
+    m = read_manifest(path)
+    assert list(m.frame["id"]) == ["t1", "i1", "a1"]
+    assert list(m.frame["modality"]) == ["text", "image", "audio"]  # lower-cased
+    assert m.frame.loc[0, "uri"] == "" and m.frame.loc[2, "split"] == ""  # absent cells are ''
+    assert m.modalities == [Modality.TEXT, Modality.IMAGE, Modality.AUDIO]
+    assert list(m.of("image")["id"]) == ["i1"]
+    assert m.resolve("media/dog.jpg") == str(tmp_path / "media/dog.jpg")
+    assert m.resolve("https://example.org/a.wav") == "https://example.org/a.wav"
+
+
+def test_all_problems_reported_at_once_with_rows(tmp_path):
+    rows = [
+        {"id": "ok", "modality": "text", "text": "fine"},
+        {"id": "ok", "modality": "text", "text": "again"},          # 2: duplicate
+        {"id": "x", "modality": "smell", "uri": "a.bin"},           # 3: unknown modality
+        {"id": "y", "modality": "image", "uri": "", "text": ""},    # 4: neither uri nor text
+        {"id": "../etc", "modality": "image", "uri": "a.jpg"},       # 5: traversal
+        {"id": "a\x01b", "modality": "image", "uri": "a.jpg"},      # 6: control character
+        {"id": "z" * 300, "modality": "image", "uri": "a.jpg"},     # 7: too long
+        {"id": "w", "modality": "image", "uri": "a.jpg", "split": "dev"},  # 8: unknown split
+    ]
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(ManifestError) as err:
+        read_manifest(path)
+    problems = err.value.problems
+    text = "\n".join(problems)
+    assert len(problems) == 7
+    for row, word in [(2, "duplicate"), (3, "unknown modality"), (4, "neither uri nor text"), (5, ".."),
+                      (6, "control"), (7, "longer"), (8, "unknown split")]:
+        assert any(p.startswith(f"row {row}:") and word in p for p in problems), (row, word, text)
+
+
+def test_missing_columns_and_empty_and_unknown_format(tmp_path):
+    p = tmp_path / "m.csv"
+    p.write_text("id,uri\na,b.jpg\n")
+    with pytest.raises(ManifestError, match="modality"):
+        read_manifest(p)
+    p.write_text("id,modality\n")
+    with pytest.raises(ManifestError, match="no rows"):
+        read_manifest(p)
+    q = tmp_path / "m.xlsx"
+    q.write_text("x")
+    with pytest.raises(ManifestError, match="unknown manifest format"):
+        read_manifest(q)
+    with pytest.raises(ManifestError, match="not found"):
+        read_manifest(tmp_path / "absent.csv")
+
+
+@pytest.mark.parametrize("bad", ["", ".", "..", "a/b", "a\\b", "a..b", "x\n", "x" * 129])
+def test_unsafe_ids(bad):
+    assert id_problem(bad)
+
+
+@pytest.mark.parametrize("good", ["a", "a.b", "img_0001", "猫", "x" * 128])
+def test_safe_ids(good):
+    assert id_problem(good) is None
+
+
+def test_modality_parsing():
+    assert Modality.parse(" Video ") is Modality.VIDEO
+    assert Modality.parse_list("text,image") == [Modality.TEXT, Modality.IMAGE]
+    with pytest.raises(ValueError, match="known: text, image, audio, video"):
+        Modality.parse("smell")
+    with pytest.raises(ValueError, match="twice"):
+        Modality.parse_list("text,text")
