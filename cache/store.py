@@ -13,8 +13,11 @@ Layout of a store (a zarr v3 group; every array uses the sharding codec)::
         _complete/<k:06d>.json               marker: shard k is on disk (counts, errors)
 
 Items are cut into *item shards* of ``shard_size`` consecutive rows. Item shard ``k`` is
-exactly one zarr shard of every per-item array, so a writer always writes whole zarr
-shards (partial writes of a shared shard can lose data in zarr v3). Token sequences are
+exactly one zarr shard of every array a writer touches (``pooled``, ``status``,
+``token_length``), so a writer always writes whole zarr shards (partial writes of a shared
+shard can lose data in zarr v3). ``id``/``label``/``group``/``split`` are written once, at
+creation, as one large chunk (faster to read). ``pooled`` is compressed with Blosc-LZ4 +
+byte shuffle (fast to decode; see benchmarks/RESULTS.md), tokens with zarr's default. Token sequences are
 ragged and their total length is only known once a shard is extracted, so each item
 shard keeps its tokens in its own flat array; :meth:`FeatureStore.load` returns them
 as one flat ``[sum T_i, D]`` tensor with ``offsets [N+1]``, which is the form training
@@ -161,6 +164,7 @@ class FeatureStore:
         if not isinstance(meta, dict) or "key" not in meta:
             raise ValueError(f"{self.path}: a zarr group, but not an mmx feature store (no 'mmx' attributes)")
         self.meta: dict = meta
+        self._columns: dict[str, np.ndarray] = {}
 
     # -- metadata ---------------------------------------------------------------------
     @property
@@ -226,10 +230,20 @@ class FeatureStore:
         return json.loads(p.read_text()) if p.exists() else None
 
     def column(self, name: str) -> np.ndarray:
-        """A per-item metadata column (``id``, ``label``, ``group``, ``split``), all rows."""
+        """A per-item metadata column (``id``, ``label``, ``group``, ``split``), all rows.
+
+        The columns are written once, when the store is created, so they are read once per
+        open store and kept (read-only): loading the train and then the test split decodes
+        the strings once.
+        """
         if name not in _META_ARRAYS:
             raise KeyError(f"unknown column {name!r}; known: {', '.join(_META_ARRAYS)}")
-        return np.asarray(self._group[name][:], dtype=object)
+        cached = self._columns.get(name)
+        if cached is None:
+            cached = np.asarray(self._group[name][:], dtype=object)
+            cached.flags.writeable = False
+            self._columns[name] = cached
+        return cached
 
     # -- writing ----------------------------------------------------------------------
     def write_shard(
@@ -353,16 +367,22 @@ class FeatureStore:
             meta=dict(self.meta),
         )
         if pooled:
-            mat = np.empty((len(rows), self.dim), np.float32)
-            arr, pos = self._group["pooled"], 0
+            # Read each run of complete shards in one call and let torch do the masking and
+            # the float16 -> float32 conversion (vectorised and threaded; numpy's is ~4x slower).
+            arr = self._group["pooled"]
+            mat = torch.empty((len(rows), self.dim), dtype=torch.float32)
+            pos = 0
             for s, e, _ in runs:
                 sel = keep[s:e]
-                if sel.any():
-                    block = arr[s:e]
-                    m = int(sel.sum())
-                    mat[pos : pos + m] = block[sel]
-                    pos += m
-            out.pooled = torch.from_numpy(mat).to(device) if device is not None else torch.from_numpy(mat)
+                m = int(sel.sum())
+                if not m:
+                    continue
+                block = torch.from_numpy(np.ascontiguousarray(arr[s:e]))
+                if m != e - s:
+                    block = block[torch.from_numpy(sel)]
+                mat[pos : pos + m].copy_(block)
+                pos += m
+            out.pooled = mat.to(device) if device is not None else mat
         if tokens:
             pieces, lengths = [], []
             for s, e, shards in runs:
@@ -372,16 +392,19 @@ class FeatureStore:
                     if not sel.any():
                         continue
                     length = np.asarray(self._group["token_length"][ks:ke], np.int64)
-                    flat = np.asarray(self._group[f"tokens/{k:06d}"][:], np.float32)
-                    starts = np.concatenate([[0], np.cumsum(length)[:-1]])
-                    idx = np.concatenate([np.arange(st, st + ln) for st, ln in zip(starts[sel], length[sel])] or [np.zeros(0, np.int64)])
-                    pieces.append(flat[idx.astype(np.int64)])
+                    flat = torch.from_numpy(np.ascontiguousarray(self._group[f"tokens/{k:06d}"][:]))
+                    if not sel.all():
+                        # rows of the selected items, without a Python loop over items
+                        starts, ln = (np.cumsum(length) - length)[sel], length[sel]
+                        idx = np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln, ln) + np.repeat(starts, ln)
+                        flat = flat[torch.from_numpy(idx)]
+                    pieces.append(flat)
                     lengths.append(length[sel])
             length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
-            flat = np.concatenate(pieces, 0) if pieces else np.zeros((0, self.dim), np.float32)
-            offsets = np.concatenate([[0], np.cumsum(length)]).astype(np.int64)
-            out.tokens = torch.from_numpy(flat).to(device) if device is not None else torch.from_numpy(flat)
-            out.offsets = torch.from_numpy(offsets).to(device) if device is not None else torch.from_numpy(offsets)
+            flat = torch.cat(pieces, 0).to(torch.float32) if pieces else torch.zeros((0, self.dim), dtype=torch.float32)
+            offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(length)]).astype(np.int64))
+            out.tokens = flat.to(device) if device is not None else flat
+            out.offsets = offsets.to(device) if device is not None else offsets
         if missing and warn:
             warnings.warn(
                 f"{self.path}: {missing} item(s) of the requested split are in incomplete shards and were "
@@ -474,6 +497,15 @@ def _create_array(group, name: str, data: np.ndarray, chunk_rows: int) -> None:
         arr[...] = data
 
 
+_META_CHUNK_ROWS = 1 << 20
+
+
+def _fast_codec(dtype: str):
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -533,12 +565,20 @@ def create_store(
     shutil.rmtree(tmp, ignore_errors=True)
     g = zarr.open_group(str(tmp), mode="w")
     d = spec.dim
+    # The metadata columns are written once, here, so they need not follow the item shards:
+    # few large chunks make reading them ~5x faster than one chunk per chunk_rows (zarr's
+    # cost per chunk dominates for short strings).
+    meta_rows = min(n, _META_CHUNK_ROWS)
     for name, col in cols.items():
-        a = g.create_array(name, shape=(n,), dtype=str, chunks=(chunk_rows,), shards=(shard_size,))
+        a = g.create_array(name, shape=(n,), dtype=str, chunks=(meta_rows,), shards=(-(-n // meta_rows) * meta_rows,))
         a[:] = np.array([str(x) for x in col], dtype=object)
-    g.create_array("pooled", shape=(n, d), dtype=dtype, chunks=(chunk_rows, d), shards=(shard_size, d), fill_value=0)
-    g.create_array("status", shape=(n,), dtype="uint8", chunks=(chunk_rows,), shards=(shard_size,), fill_value=0)
-    g.create_array("token_length", shape=(n,), dtype="int32", chunks=(chunk_rows,), shards=(shard_size,), fill_value=0)
+    # Pooled features: Blosc-LZ4 with byte shuffle decodes ~2-3x faster than zstd (the
+    # loading benchmark is dominated by decompression) and still squeezes the zeros of
+    # ReLU features; see benchmarks/RESULTS.md.
+    g.create_array("pooled", shape=(n, d), dtype=dtype, chunks=(chunk_rows, d), shards=(shard_size, d), fill_value=0,
+                   compressors=[_fast_codec(dtype)])
+    g.create_array("status", shape=(n,), dtype="uint8", chunks=(shard_size,), shards=(shard_size,), fill_value=0)
+    g.create_array("token_length", shape=(n,), dtype="int32", chunks=(shard_size,), shards=(shard_size,), fill_value=0)
     if tokens:
         g.create_group("tokens")
     g.attrs["mmx"] = {

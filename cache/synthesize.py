@@ -72,13 +72,25 @@ class SyntheticConfig:
         if self.classes < 1:
             problems.append("classes must be at least 1")
         for m in self.items:
-            Modality.parse(m)
+            try:
+                Modality.parse(m)
+            except ValueError as exc:
+                problems.append(str(exc))
             if m not in self.dims:
                 problems.append(f"no dimension given for modality {m!r}")
         if self.tokens is not None and not (1 <= self.tokens[0] <= self.tokens[1]):
             problems.append(f"tokens must be (min, max) with 1 <= min <= max, not {self.tokens}")
         if not 0 <= self.test_fraction < 1:
             problems.append("test_fraction must be in [0, 1)")
+        if not 0 <= self.missing < 1:
+            problems.append(f"missing must be in [0, 1), not {self.missing}")
+        for name in ("noise", "feature_noise", "token_noise"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must not be negative")
+        bad = [f"{m}={n}" for m, n in self.items.items() if int(n) < 1]
+        bad += [f"{m}={d}" for m, d in self.dims.items() if int(d) < 1]
+        if bad:
+            problems.append(f"items and dims must be positive ({', '.join(bad)})")
         if problems:
             raise ValueError("bad synthetic config: " + "; ".join(problems))
 
@@ -121,7 +133,10 @@ def synthesize(root: str | Path, config: SyntheticConfig) -> dict[Modality, Feat
             members = np.arange(n_groups)
             if mod is not Modality.TEXT and config.missing > 0:
                 members = members[mrng.random(n_groups) >= config.missing]
-            members = members[: n] if n < len(members) else members
+            if n < len(members):
+                # a random subset, not the first n: groups are ordered by index within class,
+                # so the first n would all be train groups and the test split would be empty
+                members = np.sort(mrng.choice(members, n, replace=False))
             cls = group_class[members]
             latent = group_latent[members] + 0.1 * config.noise * mrng.standard_normal((len(members), k)).astype(np.float32)
             split = group_split[members]
