@@ -190,7 +190,11 @@ def _prepare(data: Mapping[str, Mapping[str, Any]], relevances, device) -> dict[
     for i, n in enumerate(names):
         emb = data[n]["emb"]
         emb = emb if np.shape(emb)[0] else np.zeros((0, width), np.float32)
-        blocks[n] = _Block(n, normalise(emb, device), {rel: codes[rel][i] for rel in relevances})
+        try:
+            normalised = normalise(emb, device)
+        except ValueError as exc:
+            raise ValueError(f"{n}: {exc}") from None
+        blocks[n] = _Block(n, normalised, {rel: codes[rel][i] for rel in relevances})
     for rel in relevances:
         n_codes = max([int(b.codes[rel].max()) + 1 for b in blocks.values() if len(b.codes[rel])] + [0])
         for b in blocks.values():
@@ -210,7 +214,8 @@ def _sort_blocks(parts: dict) -> dict:
         return {t: torch.sort(s, dim=1).values for t, s in parts.items()}
     from concurrent.futures import ThreadPoolExecutor
 
-    workers = max(1, torch.get_num_threads())
+    # threads pay off only on big chunks (small ones come from the per-epoch quick recall)
+    workers = max(1, torch.get_num_threads()) if sum(s.numel() for s in parts.values()) > (1 << 20) else 1
     out = {t: np.empty(tuple(s.shape), np.float32) for t, s in parts.items()}
     jobs = []
     for t, s in parts.items():
@@ -280,9 +285,11 @@ def _query_stats(ge, valid, above_best, map_r: int):
     is_rel = k <= n_rel[:, None]
     pos = (g - rel_ge + k).double()
     prec = torch.where(is_rel, k.double() / pos, torch.zeros_like(pos))
-    ap_full = prec.sum(1) / n_rel.clamp_min(1).double()
+    # a running sum (left to right) so that the padding width of a chunk cannot change the
+    # rounding: chunked results are bit-identical to dense ones
+    ap_full = prec.cumsum(1)[:, -1] / n_rel.clamp_min(1).double()
     in_r = is_rel & (pos <= map_r)
-    ap_r = torch.where(in_r, prec, torch.zeros_like(prec)).sum(1) / in_r.sum(1).clamp_min(1).double()
+    ap_r = torch.where(in_r, prec, torch.zeros_like(prec)).cumsum(1)[:, -1] / in_r.sum(1).clamp_min(1).double()
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=ge.device)
     return tuple(torch.where(has, x, nan).cpu().numpy() for x in (rank, ap_r, ap_full))
 

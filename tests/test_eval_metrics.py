@@ -1,0 +1,231 @@
+"""Retrieval metrics: hand-computed cases, the brute-force reference, chunked == dense."""
+
+import numpy as np
+import pytest
+import torch
+
+from mmx.eval.metrics import (
+    pairs_of,
+    pairwise_recall,
+    parse_ks,
+    per_query_metrics,
+    reference_metrics,
+    retrieval_metrics,
+)
+
+
+def block(emb, labels, groups=None):
+    emb = np.asarray(emb, dtype=np.float32)
+    groups = groups if groups is not None else [str(i) for i in range(len(emb))]
+    return {"emb": emb, "label": np.asarray(labels, dtype=str), "group": np.asarray(groups, dtype=str)}
+
+
+def one(data, q, t, rel="class", map_r=50, **kw):
+    return per_query_metrics(data, [rel], map_r=map_r, **kw)[rel][(q, t)]
+
+
+# ---------------------------------------------------------------------------------- hand-computed
+
+
+def test_rank_recall_and_ap_by_hand():
+    # scores of the text query against the images: 1.0 (B), 0.6 (A), 0.0 (A)
+    data = {
+        "text": block([[1, 0]], ["A"]),
+        "image": block([[1, 0], [0.6, 0.8], [0, 1]], ["B", "A", "A"]),
+    }
+    r = one(data, "text", "image", map_r=2)
+    assert r["rank"][0] == 2
+    # relevant at positions 2 and 3: full AP = (1/2 + 2/3) / 2
+    assert r["ap"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # eq. 7 with R = 2: only position 2 is in the top R, N = 1 relevant retrieved -> 1/2
+    # (dividing by all relevant items of the gallery would give 1/4)
+    assert r["ap_r"][0] == pytest.approx(0.5)
+    row = retrieval_metrics(data, ks=(1, 2, 5), map_r=2)["class"][("text", "image")]
+    assert (row["R@1"], row["R@2"], row["R@5"]) == (0.0, 1.0, 1.0)
+    assert row["MedR"] == 2 and row["MeanR"] == 2
+
+
+def test_ap_at_r_is_zero_when_nothing_relevant_is_in_the_top_r():
+    data = {"text": block([[1, 0]], ["A"]), "image": block([[1, 0], [0.9, 0.1], [0, 1]], ["B", "B", "A"])}
+    r = one(data, "text", "image", map_r=2)
+    assert r["ap_r"][0] == 0.0 and r["ap"][0] == pytest.approx(1 / 3)
+
+
+def test_ties_are_averaged_for_ranks_and_pessimistic_for_ap():
+    # three gallery items tie with the query
+    data = {"text": block([[1, 0]], ["A"]), "image": block([[1, 0]] * 3, ["B", "A", "B"])}
+    r = one(data, "text", "image")
+    assert r["rank"][0] == pytest.approx(2.0)  # mean of positions 1, 2, 3 (reference code of paper 001)
+    assert r["ap"][0] == pytest.approx(1 / 3)  # relevant item after the tied irrelevant ones
+    row = retrieval_metrics(data, ks=(1, 2))["class"][("text", "image")]
+    assert row["R@1"] == 0.0 and row["R@2"] == 1.0
+    # two relevant among three tied: expected first position (1 + 1 + 2) / 3
+    data["image"] = block([[1, 0]] * 3, ["A", "A", "B"])
+    r = one(data, "text", "image")
+    assert r["rank"][0] == pytest.approx(4 / 3)
+    assert r["ap"][0] == pytest.approx((1 / 2 + 2 / 3) / 2)
+
+
+def test_ties_match_the_reference_code_rule_for_one_match():
+    """Paper 001's code: the match's column averaged over the columns with an equal score."""
+    rng = np.random.default_rng(3)
+    n = 40
+    text = rng.choice([-0.5, 0.5], size=(n, 4))  # few distinct vectors: many exact ties
+    video = rng.choice([-0.5, 0.5], size=(n, 4))
+    data = {"text": block(text, ["x"] * n, [str(i) for i in range(n)]),
+            "video": block(video, ["x"] * n, [str(i) for i in range(n)])}
+    ours = one(data, "text", "video", rel="instance")["rank"]
+    sims = text @ video.T
+    for i in range(n):
+        ordered = np.sort(-sims[i])
+        cols = np.flatnonzero(ordered == -sims[i, i])
+        assert ours[i] == pytest.approx(cols.mean() + 1)
+
+
+def test_class_with_one_item_has_no_relevant_item_in_any():
+    data = {
+        "text": block([[1, 0], [0, 1], [1, 1]], ["A", "A", "Z"]),  # Z has one item: the query itself
+        "image": block([[1, 0.1]], ["A"]),
+    }
+    rows = retrieval_metrics(data, ks=(1,))["class"]
+    anyrow = rows[("text", "any")]
+    assert anyrow["queries"] == 3 and anyrow["no_relevant"] == 1 and anyrow["evaluated"] == 2
+    miss = retrieval_metrics(data, ks=(1,), no_relevant="miss")["class"][("text", "any")]
+    assert miss["evaluated"] == 3
+    assert miss["R@1"] == pytest.approx(anyrow["R@1"] * 2 / 3)
+    assert miss["MedR"] == anyrow["MedR"]  # ranks only over queries that have a relevant item
+
+
+def test_query_whose_target_modality_lacks_its_class_is_excluded_and_counted():
+    data = {"text": block([[1, 0], [0, 1]], ["A", "B"]), "audio": block([[1, 0]], ["A"])}
+    row = retrieval_metrics(data, ks=(1,))["class"][("text", "audio")]
+    assert row == {**row, "queries": 2, "evaluated": 1, "no_relevant": 1, "R@1": 1.0}
+    row = retrieval_metrics(data, ks=(1,), no_relevant="miss")["class"][("text", "audio")]
+    assert row["evaluated"] == 2 and row["R@1"] == 0.5 and row["mAP"] == 0.5
+
+
+def test_any_excludes_the_query_itself():
+    # t0 would be its own best (and relevant) neighbour; without it, i0 (class B) beats t1 (class A)
+    data = {"text": block([[1, 0], [0, 1]], ["A", "A"]), "image": block([[1, 0.2]], ["B"])}
+    r = one(data, "text", "any")
+    assert r["rank"][0] == 2 and r["rank"][1] == 2  # t1: i0 (0.196) above t0 (0)
+    ref = reference_metrics(data)[("text", "any")]
+    np.testing.assert_allclose(r["rank"], ref["rank"])
+
+
+def test_fused_gallery_for_text_to_audio_video():
+    """Paper 001's t->va: text queries against the fused audio+video rows (one per group)."""
+    groups = ["g0", "g1", "g2"]
+    data = {
+        "text": block([[1, 0, 0], [0, 1, 0], [0, 0, 1]], ["a", "b", "c"], groups),
+        "audio+video": block([[0.9, 0.1, 0], [0, 0, 1], [0, 1, 0]], ["a", "b", "c"], ["g0", "g2", "g1"]),
+    }
+    assert pairs_of(data) == [("text", "audio+video"), ("audio+video", "text")]
+    per = per_query_metrics(data, ["instance"])["instance"]
+    assert set(per) == {("text", "audio+video"), ("text", "any"), ("audio+video", "text")}
+    np.testing.assert_allclose(per[("text", "audio+video")]["rank"], [1, 1, 1])
+    # Any has only the single-modality items: text's other captions are never relevant by group
+    assert np.isnan(per[("text", "any")]["rank"]).all()
+    assert ("audio", "audio+video") not in pairs_of(["audio", "video", "audio+video"])
+
+
+def test_empty_split_and_empty_modality():
+    assert retrieval_metrics({}) == {"class": {}}
+    data = {"text": block(np.zeros((0, 4)), []), "image": block(np.eye(4), list("abcd"))}
+    rows = retrieval_metrics(data)["class"]
+    assert rows[("text", "image")]["queries"] == 0 and rows[("text", "image")]["R@1"] is None
+    assert rows[("image", "text")]["no_relevant"] == 4 and rows[("image", "text")]["mAP"] is None
+    assert rows[("image", "text")]["MedR"] is None
+
+
+def test_zero_embeddings_tie_with_everything():
+    data = {"text": block(np.zeros((2, 3)), ["a", "b"]), "image": block(np.zeros((4, 3)), ["a", "b", "c", "d"])}
+    r = one(data, "text", "image")
+    np.testing.assert_allclose(r["rank"], [2.5, 2.5])  # one relevant among 4 tied
+    np.testing.assert_allclose(r["ap"], [0.25, 0.25])  # base rate, never 1
+
+
+# ------------------------------------------------------------------------------ reference, chunks
+
+
+def random_split(rng, exact: bool, sizes=(30, 25, 8, 6), classes=5, d=16):
+    names = ["text", "image", "audio", "video"]
+    data = {}
+    for name, n in zip(names, sizes):
+        # +-0.25 in 16-d: unit norm and dot products exact in any order, so ties are exact ties
+        emb = rng.choice([-0.25, 0.25], size=(n, d)) if exact else rng.normal(size=(n, d))
+        data[name] = block(emb, rng.integers(0, classes, n).astype(str), rng.integers(0, 12, n).astype(str))
+    fused = rng.choice([-0.25, 0.25], size=(7, d)) if exact else rng.normal(size=(7, d))
+    data["audio+video"] = block(fused, rng.integers(0, classes, 7).astype(str), np.arange(7).astype(str))
+    return data
+
+
+@pytest.mark.parametrize("exact", [True, False])
+@pytest.mark.parametrize("relevance", ["class", "instance"])
+def test_matches_brute_force_reference(exact, relevance):
+    rng = np.random.default_rng(7 if exact else 8)
+    data = random_split(rng, exact)
+    fast = per_query_metrics(data, [relevance], map_r=5)[relevance]
+    ref = reference_metrics(data, relevance, map_r=5)
+    assert set(fast) == set(ref)
+    for key in ref:
+        for m in ("rank", "ap_r", "ap"):
+            np.testing.assert_allclose(fast[key][m], ref[key][m], rtol=1e-12, atol=1e-12, err_msg=f"{key} {m}")
+    if exact:  # the exact data must really exercise ties
+        assert any((ref[k]["rank"] % 1 != 0).any() for k in ref)
+
+
+def test_chunked_equals_dense_and_both_relevances_in_one_pass():
+    data = random_split(np.random.default_rng(11), exact=True, sizes=(24, 20, 10, 6))
+    dense = per_query_metrics(data, ["class", "instance"], map_r=7)
+    for chunk_bytes in (1, 12 * 67 * 5):  # one query per chunk; 5 per chunk (67 gallery rows)
+        chunked = per_query_metrics(data, ["class", "instance"], map_r=7, chunk_bytes=chunk_bytes)
+        for rel in dense:
+            for key in dense[rel]:
+                for m in ("rank", "ap_r", "ap"):
+                    np.testing.assert_array_equal(chunked[rel][key][m], dense[rel][key][m])
+    alone = per_query_metrics(data, ["instance"], map_r=7)["instance"]
+    for key in alone:
+        np.testing.assert_array_equal(alone[key]["ap"], dense["instance"][key]["ap"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_gpu_equals_cpu():
+    data = random_split(np.random.default_rng(5), exact=True)
+    cpu = per_query_metrics(data, ["class"], device="cpu")["class"]
+    gpu = per_query_metrics(data, ["class"], device="cuda")["class"]
+    for key in cpu:
+        np.testing.assert_array_equal(cpu[key]["rank"], gpu[key]["rank"])
+        np.testing.assert_allclose(cpu[key]["ap"], gpu[key]["ap"], equal_nan=True)
+
+
+# --------------------------------------------------------------------------- quick recall, errors
+
+
+def test_pairwise_recall_for_the_training_loop():
+    embs = {"text": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "image": torch.tensor([[0.9, 0.1], [0.1, 0.9]])}
+    labels = {"text": np.array(["a", "b"]), "image": np.array(["a", "b"])}
+    out = pairwise_recall(embs, labels, ks=(1, 5))
+    assert out["text->image@1"] == 1.0 and out["image->text@1"] == 1.0 and out["mean@1"] == 1.0
+    labels["image"] = np.array(["b", "a"])
+    out = pairwise_recall(embs, labels, ks=(1,))
+    assert out["mean@1"] == 0.0
+    assert not any("any" in k for k in out)
+
+
+def test_bad_input_is_a_clear_error():
+    good = block(np.eye(3), list("abc"))
+    with pytest.raises(ValueError, match="text: embeddings contain NaN"):
+        retrieval_metrics({"text": block([[np.nan, 1.0, 0.0]], ["a"]), "image": good})
+    with pytest.raises(ValueError, match="dimension"):
+        retrieval_metrics({"text": block(np.eye(2), ["a", "b"]), "image": good})
+    with pytest.raises(ValueError, match="relevance"):
+        retrieval_metrics({"image": good}, relevances=("semantic",))
+    with pytest.raises(ValueError, match="map_r"):
+        retrieval_metrics({"image": good}, map_r=0)
+    with pytest.raises(ValueError, match="labels for 3"):
+        retrieval_metrics({"image": {**good, "label": np.array(["a"])}})
+    with pytest.raises(ValueError, match="positive"):
+        parse_ks("1,x")
+    assert parse_ks("10,1,5,5") == (1, 5, 10)
