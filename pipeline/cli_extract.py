@@ -1,5 +1,86 @@
-"""``mmx extract``: see :mod:`mmx.extract`."""
+"""``mmx extract``: run a frozen backbone over one modality of a manifest, into the cache.
 
-import click  # noqa: F401
+See :mod:`mmx.extract.runner` (shards, resume, workers) and :mod:`mmx.extract.distributed`
+(``--dask-scheduler``). Only click and the light registry are imported at module level.
+"""
 
-COMMANDS: list = []
+from __future__ import annotations
+
+import json
+
+import click
+
+from mmx.extract.backbones import BACKBONES, describe
+from mmx.pipeline.modality import NAMES
+
+
+def _parse_set(values: tuple[str, ...]) -> dict:
+    import yaml
+
+    out = {}
+    for v in values:
+        key, sep, raw = v.partition("=")
+        if not sep or not key.strip():
+            raise click.BadParameter(f"{v!r}: expected KEY=VALUE", param_hint="--set")
+        out[key.strip()] = yaml.safe_load(raw)
+    return out
+
+
+def _print_list() -> None:
+    rows = describe()
+    cols = ["name", "modality", "dim", "tokens", "input", "normalisation", "weights", "offline"]
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
+    click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
+    for r in rows:
+        click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    click.echo("\nDefaults per modality: " + ", ".join(f"{m}={n}" for m, n in _defaults().items()))
+    click.echo("MoViNet and VGGish (paper 000) are not in transformers; use videomae / xclip-vision / ast / clap-audio.")
+
+
+def _defaults() -> dict:
+    from mmx.extract.backbones import DEFAULT_BACKBONE
+
+    return {m.value: n for m, n in DEFAULT_BACKBONE.items()}
+
+
+@click.command("extract")
+@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
+@click.option("--modality", type=click.Choice(NAMES), help="Which items of the manifest to extract.")
+@click.option("--backbone", type=click.Choice(list(BACKBONES)), help="Registered backbone (default: the offline default of the modality).")
+@click.option("--weights", help="Hub id or local directory for a hub backbone (overrides its default weights).")
+@click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Backbone option, e.g. fps=2 (see --list).")
+@click.option("--cache", type=click.Path(file_okay=False), help="Cache root folder.")
+@click.option("--dataset", help="Dataset name (the cache is keyed by it).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
+@click.option("--workers", type=click.IntRange(min=0), help="Decoding worker processes [default: min(4, CPUs)].")
+@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
+@click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
+@click.option("--list", "list_", is_flag=True, help="List the registered backbones and exit.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, shard_size, dask_scheduler, list_, progress):
+    """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
+
+    Reruns skip shards already complete; a changed backbone or option writes a new store.
+    """
+    if list_:
+        _print_list()
+        return
+    missing = [f for f, v in (("MANIFEST", manifest), ("--modality", modality), ("--cache", cache), ("--dataset", dataset)) if not v]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or use --list)")
+    from mmx.extract.runner import extract
+
+    summary = extract(
+        manifest, modality, cache, dataset, backbone=backbone, options=_parse_set(settings), weights=weights,
+        device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
+        dask_scheduler=dask_scheduler, progress=progress,
+    )
+    click.echo(
+        f"{summary['store']}: {summary['written']} shard(s) written, {summary['skipped']} already complete; "
+        f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"
+    )
+    click.echo(json.dumps(summary), err=True)
+
+
+COMMANDS: list = [extract_command]

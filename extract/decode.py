@@ -1,0 +1,243 @@
+"""Decoding real media into arrays: images (Pillow), audio (soundfile, PyAV), video (PyAV), text.
+
+Every decoder raises :class:`DecodeError` with a message a user can act on when a file
+cannot be used (corrupt, truncated, empty, no video stream, too large); the extraction
+runner turns that into a ``failed`` status in the store and goes on with the next item.
+
+Choices where the papers are silent (paper 000 section III-A only names the backbones;
+paper 001 section 4.1 computes "one 2D feature per second"):
+
+* images are EXIF-transposed, then converted to RGB; transparent images are composited
+  on white (an alpha channel carries no colour, white is the common page background);
+* images above ``max_pixels`` are refused *before* their pixels are decoded (Pillow's
+  decompression-bomb guard, made explicit and configurable);
+* video frames are sampled at ``fps`` from the stream's presentation timestamps, so a
+  variable-frame-rate file is sampled at the right times: for each target time
+  ``t_k = k / fps`` the first frame whose timestamp is ``>= t_k`` is kept;
+* audio is mixed down to mono (mean of the channels) and resampled with soxr;
+* text is normalised to NFC.
+
+Heavy libraries are imported inside the functions (see STYLE.md).
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DecodeError(RuntimeError):
+    """A media file that cannot be decoded into something a backbone can read."""
+
+
+def _check_file(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise DecodeError(f"file not found: {p}")
+    if not p.is_file():
+        raise DecodeError(f"not a regular file: {p}")
+    if p.stat().st_size == 0:
+        raise DecodeError(f"empty file (0 bytes): {p}")
+    return p
+
+
+# -- text -----------------------------------------------------------------------------
+def normalise_text(text: str) -> str:
+    """NFC-normalised, stripped text; raises on text that is empty after that."""
+    text = unicodedata.normalize("NFC", str(text)).strip()
+    if not text:
+        raise DecodeError("empty text")
+    return text
+
+
+def read_text(path: str | os.PathLike) -> str:
+    """A text file's content (UTF-8, BOM tolerated), NFC-normalised."""
+    p = _check_file(path)
+    try:
+        raw = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DecodeError(f"not UTF-8 text: {p} ({exc.reason} at byte {exc.start})") from exc
+    return normalise_text(raw)
+
+
+# -- images ---------------------------------------------------------------------------
+def _to_rgb(im: Any) -> Any:
+    from PIL import Image
+
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(canvas, rgba).convert("RGB")
+    if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # 16-bit / float grayscale: scale the observed range to 8 bits rather than clip it
+        a = np.asarray(im, dtype=np.float32)
+        lo, hi = float(a.min()), float(a.max())
+        a = (a - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(a)
+        return Image.fromarray(a.astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB") if im.mode != "RGB" else im
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Any:
+    """Open an image as an RGB ``PIL.Image`` with EXIF orientation applied.
+
+    ``draft`` lets a JPEG decode at a reduced scale that is still at least ``draft``
+    pixels on each side (much faster for large photos about to be resized down).
+    """
+    import warnings
+
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    p = _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(p)
+            w, h = im.size
+            if w * h > max_pixels:
+                raise DecodeError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?): {p}")
+            if draft and im.format == "JPEG":
+                im.draft("RGB", (draft, draft))
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            return _to_rgb(im)
+    except DecodeError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"cannot decode image {p}: {exc}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated/corrupt data surfaces as these
+        raise DecodeError(f"corrupt or truncated image {p}: {exc}") from exc
+
+
+def image_to_uint8(im: Any, size: int) -> np.ndarray:
+    """``(3, size, size)`` uint8, resized (bilinear, aspect not kept).
+
+    Workers hand uint8 pixels to the model process (4x less to copy between processes
+    than float32); normalisation happens there, on the model's device.
+    """
+    from PIL import Image
+
+    if im.size != (size, size):
+        im = im.resize((size, size), Image.BILINEAR)
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+
+
+# -- audio ----------------------------------------------------------------------------
+def load_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 samples at ``sample_rate``; at most ``max_seconds`` (from the start)."""
+    p = _check_file(path)
+    try:
+        y, sr = _read_soundfile(p, max_seconds)
+    except DecodeError:
+        raise
+    except Exception:
+        y, sr = _read_pyav_audio(p, max_seconds)
+    if y.size == 0:
+        raise DecodeError(f"empty audio (no samples): {p}")
+    if not np.isfinite(y).all():
+        raise DecodeError(f"audio with non-finite samples: {p}")
+    if sr != sample_rate:
+        import soxr
+
+        y = soxr.resample(y, sr, sample_rate).astype(np.float32)
+    if max_seconds is not None:
+        y = y[: int(round(max_seconds * sample_rate))]
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _read_soundfile(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    with sf.SoundFile(str(p)) as f:
+        frames = -1 if max_seconds is None else int(max_seconds * f.samplerate) + 1
+        y = f.read(frames=frames, dtype="float32", always_2d=True)
+        return y.mean(axis=1), f.samplerate
+
+
+def _read_pyav_audio(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+    import av
+
+    try:
+        container = av.open(str(p))
+    except Exception as exc:
+        raise DecodeError(f"cannot open audio {p}: {exc}") from exc
+    with container:
+        if not container.streams.audio:
+            raise DecodeError(f"no audio stream in {p}")
+        stream = container.streams.audio[0]
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or 16000)
+        chunks, total, rate = [], 0, stream.rate or 16000
+        limit = None if max_seconds is None else int(max_seconds * rate) + 1
+        try:
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    chunks.append(out.to_ndarray().reshape(-1))
+                    total += chunks[-1].size
+                if limit is not None and total >= limit:
+                    break
+        except av.error.FFmpegError as exc:
+            if not chunks:
+                raise DecodeError(f"corrupt audio {p}: {exc}") from exc
+            # a truncated tail: keep what decoded
+    y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    return y.astype(np.float32), rate
+
+
+# -- video ----------------------------------------------------------------------------
+def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | None = None) -> list:
+    """RGB ``PIL.Image`` frames sampled at ``fps`` from the stream's timestamps.
+
+    The first frame at or after each target time ``k / fps`` (relative to the stream's
+    first timestamp) is kept. A clip shorter than ``1 / fps`` still gives its first frame.
+    """
+    import av
+
+    p = _check_file(path)
+    if fps <= 0:
+        raise ValueError(f"fps must be positive, got {fps}")
+    try:
+        container = av.open(str(p))
+    except Exception as exc:
+        raise DecodeError(f"cannot open video {p}: {exc}") from exc
+    frames: list = []
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise DecodeError(f"no video stream in {p} (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        tb = float(stream.time_base) if stream.time_base else None
+        t0, k = None, 0
+        try:
+            for frame in container.decode(stream):
+                if frame.pts is not None and tb is not None:
+                    t = frame.pts * tb
+                elif frame.time is not None:
+                    t = float(frame.time)
+                else:  # no timestamps at all: assume the nominal rate
+                    rate = float(stream.average_rate or 25)
+                    t = (frame.index if hasattr(frame, "index") else len(frames)) / rate
+                if t0 is None:
+                    t0 = t
+                if t - t0 + 1e-6 >= k / fps:
+                    image = frame.to_image()
+                    # a gap in a variable-frame-rate stream covers several targets: repeat
+                    # the frame (nearest neighbour) so tokens stay one per 1/fps seconds
+                    while t - t0 + 1e-6 >= k / fps and (max_frames is None or len(frames) < max_frames):
+                        frames.append(image)
+                        k += 1
+                    if max_frames is not None and len(frames) >= max_frames:
+                        break
+        except av.error.FFmpegError as exc:
+            if not frames:
+                raise DecodeError(f"corrupt video {p}: {exc}") from exc
+    if not frames:
+        raise DecodeError(f"no decodable video frames in {p}")
+    return frames

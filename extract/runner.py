@@ -1,0 +1,288 @@
+"""The extraction loop: manifest -> decoding workers -> frozen backbone -> whole cache shards.
+
+Work is cut into the store's item shards (:meth:`FeatureStore.shard_range`). Shards
+already marked complete are skipped, so a killed run resumes where it stopped, and a
+rerun of a finished one does nothing. Every batch holds items of one shard only, so a
+shard's batches (and hence its numbers) are the same whether it is extracted in one go,
+after a restart, or as a dask task: the result is identical in all three cases.
+
+Decoding and preprocessing run in ``workers`` DataLoader processes that stay ahead of the
+model (they also prefetch across shard boundaries); the main process only batches
+through the model under ``torch.inference_mode`` (and autocast + pinned memory on CUDA),
+and writes each shard whole as soon as its last batch is done. An item that fails to
+decode, or a batch the model fails on, is stored with status ``failed``, zeros for its
+pooled vector and no tokens, and its error in the shard marker; the run goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class Failure:
+    message: str
+
+
+def resolve_device(device: str = "auto") -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu or auto")
+    return device
+
+
+def default_workers() -> int:
+    return min(4, os.cpu_count() or 1)
+
+
+class _Items:
+    """Map-style dataset over (position -> item); returns the prepared sample or a Failure."""
+
+    def __init__(self, prep, items: list[dict]):
+        self.prep, self.items = prep, items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, j: int):
+        try:
+            return j, self.prep.prepare(self.items[j])
+        except Exception as exc:  # any decoder failure becomes the item's status
+            return j, Failure(_message(exc))
+
+
+def _message(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:500]
+
+
+class _Collate:
+    def __init__(self, prep):
+        self.prep = prep
+
+    def __call__(self, pairs: list) -> dict:
+        index = [j for j, _ in pairs]
+        failures = {j: r.message for j, r in pairs if isinstance(r, Failure)}
+        ok = [j for j, r in pairs if not isinstance(r, Failure)]
+        inputs = None
+        if ok:
+            try:
+                inputs = self.prep.collate([r for _, r in pairs if not isinstance(r, Failure)])
+            except Exception as exc:
+                failures.update({j: _message(exc) for j in ok})
+                ok = []
+        return {"index": index, "ok": ok, "failures": failures, "inputs": inputs}
+
+
+def extract_shards(
+    encoder,
+    store,
+    shard_items: dict[int, list[dict]],
+    batch_size: int = 32,
+    workers: int = 0,
+    on_shard: Callable[[int, dict], None] | None = None,
+) -> dict[int, dict]:
+    """Extract and write the given item shards (``{k: items of shard k, in store order}``)."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    shards = sorted(shard_items)
+    items, owner, batches = [], [], []
+    per_batch = max(1, encoder.items_per_batch(batch_size))
+    for k in shards:
+        start = len(items)
+        items += shard_items[k]
+        owner += [k] * len(shard_items[k])
+        batches += [list(range(s, min(s + per_batch, len(items)))) for s in range(start, len(items), per_batch)]
+    if not items:
+        return {}
+    cuda = str(encoder.device).startswith("cuda")
+    loader = DataLoader(
+        _Items(encoder.prep, items), batch_sampler=batches, collate_fn=_Collate(encoder.prep),
+        num_workers=workers, pin_memory=cuda, prefetch_factor=2 if workers else None,
+    )
+    results: dict[int, Any] = {}
+    remaining = {k: len(shard_items[k]) for k in shards}
+    first = {k: owner.index(k) for k in shards}
+    summaries: dict[int, dict] = {}
+    with torch.inference_mode():
+        for batch in loader:
+            for j, msg in batch["failures"].items():
+                results[j] = Failure(msg)
+            if batch["ok"]:
+                try:
+                    outs = encoder.forward(batch["inputs"], batch_size)
+                    for j, out in zip(batch["ok"], outs):
+                        results[j] = out
+                except Exception as exc:  # e.g. an input the model cannot take
+                    for j in batch["ok"]:
+                        results[j] = Failure(f"model: {_message(exc)}")
+            for k in {owner[j] for j in batch["index"]}:
+                remaining[k] -= sum(1 for j in batch["index"] if owner[j] == k)
+                if remaining[k] == 0:
+                    n = len(shard_items[k])
+                    summaries[k] = _write_shard(store, k, [results.pop(first[k] + i) for i in range(n)], shard_items[k], encoder.dim)
+                    if on_shard:
+                        on_shard(k, summaries[k])
+    return summaries
+
+
+def _write_shard(store, k: int, outs: list, items: list[dict], dim: int) -> dict:
+    from mmx.cache.store import STATUS_FAILED, STATUS_OK
+
+    n = len(outs)
+    pooled = np.zeros((n, dim), np.float32)
+    status = np.full(n, STATUS_OK, np.uint8)
+    tokens, errors = [], {}
+    for i, out in enumerate(outs):
+        if isinstance(out, Failure) or not np.isfinite(out[1]).all() or not np.isfinite(out[0]).all():
+            status[i] = STATUS_FAILED
+            errors[items[i]["id"]] = out.message if isinstance(out, Failure) else "non-finite features"
+            tokens.append(np.zeros((0, dim), np.float32))
+        else:
+            pooled[i] = out[1]
+            tokens.append(np.asarray(out[0], np.float32).reshape(-1, dim))
+    store.write_shard(k, pooled, status, tokens=tokens if store.has_tokens else None, errors=errors)
+    return {"items": n, "ok": int((status == STATUS_OK).sum()), "failed": len(errors)}
+
+
+# -- planning: manifest + backbone -> store ---------------------------------------------
+def manifest_items(manifest, modality) -> list[dict]:
+    """One dict per item of ``modality`` with its local path resolved against the manifest."""
+    rows = manifest.of(modality)
+    out = []
+    for r in rows.itertuples(index=False):
+        out.append({"id": r.id, "uri": manifest.resolve(r.uri) if r.uri else "", "text": r.text,
+                    "label": r.label, "group": r.group, "split": r.split})
+    return out
+
+
+def bow_vocabulary(items: list[dict], options: dict) -> tuple[list[str], str]:
+    """The bag-of-words vocabulary from the training split (all items when there is none)."""
+    from mmx.extract import decode
+    from mmx.extract.classic import build_vocabulary
+
+    train = [it for it in items if it["split"] == "train"]
+    source = "train split" if train else "all items (the manifest has no training split)"
+    texts = []
+    for it in train or items:
+        try:
+            texts.append(it["text"] or decode.read_text(it["uri"]))
+        except decode.DecodeError:
+            continue
+    vocab = build_vocabulary(texts, int(options["max_features"]), int(options["min_df"]), bool(options["lowercase"]))
+    if not vocab:
+        raise ValueError("bag-of-words: no words in the texts the vocabulary is built from")
+    return vocab, source
+
+
+def plan_options(backbone: str, items: list[dict], options: dict | None) -> dict:
+    """User options, plus what depends on the data (the bag-of-words vocabulary)."""
+    from mmx.extract.backbones import get_backbone
+
+    options = dict(options or {})
+    if get_backbone(backbone).loader.endswith(":BagOfWords") and not options.get("vocabulary"):
+        from mmx.extract.backbones import resolve_options
+
+        resolved = resolve_options(get_backbone(backbone), options)
+        options["vocabulary"], _ = bow_vocabulary(items, resolved)
+    return options
+
+
+def open_output_store(cache: str, dataset: str, modality, encoder, items: list[dict], shard_size: int):
+    from mmx.cache.store import StoreSpec, create_store, ids_digest
+
+    ids = [it["id"] for it in items]
+    spec = StoreSpec(dataset, modality, encoder.meta(), encoder.preprocessing(), ids_digest(ids))
+    chunk = min(256, shard_size)
+    while shard_size % chunk:
+        chunk -= 1
+    return create_store(
+        cache, spec, ids, [it["label"] for it in items], [it["group"] for it in items], [it["split"] for it in items],
+        shard_size=shard_size, chunk_rows=chunk,
+    )
+
+
+def extract(
+    manifest_path: str,
+    modality,
+    cache: str,
+    dataset: str,
+    backbone: str | None = None,
+    options: dict | None = None,
+    weights: str | None = None,
+    device: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    shard_size: int = 256,
+    dask_scheduler: Any = None,
+    progress: bool = False,
+    on_shard: Callable[[int, dict], None] | None = None,
+) -> dict:
+    """Extract one modality of a manifest into its store; returns a summary of the run."""
+    from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
+    from mmx.pipeline.manifest import read_manifest
+    from mmx.pipeline.modality import Modality
+
+    modality = Modality.parse(modality)
+    backbone = backbone or DEFAULT_BACKBONE[modality]
+    get_backbone(backbone, modality)  # validate before anything expensive
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError("--batch-size and --shard-size must be positive")
+    manifest = read_manifest(manifest_path)
+    items = manifest_items(manifest, modality)
+    if not items:
+        have = ", ".join(m.value for m in manifest.modalities)
+        raise ValueError(f"{manifest_path}: no {modality.value} items (the manifest has: {have})")
+    options = plan_options(backbone, items, options)
+    asked_device = device
+    # on dask the workers pick their own device; the client only needs the metadata
+    device = "cpu" if dask_scheduler is not None else resolve_device(device)
+    workers = default_workers() if workers is None else workers
+    t0 = time.perf_counter()
+    encoder = build_encoder(backbone, options, weights).to(device)
+    store = open_output_store(cache, dataset, modality, encoder, items, shard_size)
+    done_before = set(store.complete_shards())
+    todo = [k for k in range(store.n_shards) if k not in done_before]
+    summary = {"store": str(store.path), "backbone": backbone, "device": device, "shards": store.n_shards,
+               "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0}
+    shard_items = {k: items[slice(*store.shard_range(k))] for k in todo}
+    t1 = time.perf_counter()
+    if dask_scheduler is not None and todo:
+        from mmx.extract.distributed import extract_on_dask
+
+        results = extract_on_dask(dask_scheduler, store, backbone, options, weights, shard_items, batch_size, asked_device, workers)
+        summary["device"] = f"dask ({asked_device})"
+    else:
+        bar = _progress(len(todo), progress)
+        def shard_done(k: int, s: dict) -> None:
+            bar(1)
+            if on_shard:
+                on_shard(k, s)
+
+        results = extract_shards(encoder, store, shard_items, batch_size, workers, on_shard=shard_done)
+    for s in results.values():
+        summary["written"] += 1
+        for key in ("items", "ok", "failed"):
+            summary[key] += s[key]
+    summary["load_seconds"] = round(t1 - t0, 3)
+    summary["seconds"] = round(time.perf_counter() - t1, 3)
+    summary["items_per_s"] = round(summary["items"] / summary["seconds"], 2) if summary["seconds"] > 0 else None
+    return summary
+
+
+def _progress(total: int, enabled: bool) -> Callable[[int], None]:
+    if not enabled or not total:
+        return lambda n: None
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="shard", file=sys.stderr)
+    return bar.update
