@@ -21,8 +21,11 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--out", default=None, help="Folder for run folders (default: runs).")
 @click.option("--name", default=None, help="Run folder name (default: date + strategy + modalities).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set patience=10 or options.x=1.")
+@click.option("--resume", default=None, metavar="RUN", help="Continue the run folder RUN from its last epoch (its config, plus any options given here).")
+@click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
+@click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
-def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, out, name, sets, quiet):
+def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, out, name, sets, resume, from_run, add_modalities, quiet):
     """Train projection heads / fusion model from the in-memory cache.
 
     \b
@@ -37,10 +40,29 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
         "strategy": strategy, "modalities": modalities, "cache": cache, "dataset": dataset, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "out": out, "name": name,
     }
-    cfg = resolve(list(presets), overrides, list(sets))
+    if resume:
+        from pathlib import Path
+
+        saved = Path(resume) / "config.yaml"
+        if not saved.exists():
+            raise click.BadParameter(f"{resume} is not a run folder (no config.yaml)", param_hint="--resume")
+        presets = (str(saved), *presets)  # the run's own config first; options given now win
+    if from_run or add_modalities:  # extending a run (train/extend.py): its config, plus the new modalities
+        from mmx.train.extend import extension_config
+
+        clash = [flag for flag, v in (("--strategy", strategy), ("--modalities", modalities), ("--preset", presets), ("--resume", resume)) if v]
+        if not from_run or not add_modalities or clash:
+            raise click.UsageError("--from RUN and --add-modality M go together"
+                                   + (f", and without {', '.join(clash)} (the run fixes them)" if clash else ""))
+        try:
+            cfg = extension_config(from_run, [m.strip().lower() for m in add_modalities], overrides, list(sets))
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+    else:
+        cfg = resolve(list(presets), overrides, list(sets))
     if not cfg.cache:
         cfg.cache = str(default_cache_root())
-    run = train(cfg, log=(lambda s: None) if quiet else click.echo)
+    run = train(cfg, log=(lambda s: None) if quiet else click.echo, resume=resume)
     click.echo(str(run))
 
 

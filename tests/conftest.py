@@ -3,6 +3,11 @@ from pathlib import Path
 
 import pytest
 
+# Tests use tiny tensors: on a small shared machine, torch's intra-op threads cost far more
+# than they bring (10-25x slower epochs were measured with 2 threads on 2 busy cores).
+# Set before torch is imported, so subprocesses started by tests inherit it too.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = Path(os.environ.get("MMX_SHARED_MEDIA", REPO.parent / "shared" / "media"))
 

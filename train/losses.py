@@ -1,4 +1,10 @@
-"""Contrastive losses shared by the strategies."""
+"""Contrastive losses shared by the strategies.
+
+``info_nce`` / ``pairwise_info_nce``: Fürer et al. (paper 000) eq. 1-2.
+``combinatorial_loss``: Everything at Once (paper 001) eq. 2-4, as the reference code
+computes it: each term is the sum of both directions, and only rows where every modality
+of both subsets is present take part (absent rows are neither positives nor negatives).
+"""
 
 from __future__ import annotations
 
@@ -14,18 +20,79 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float = 0.05) -> torch.Tenso
     ``x``, ``y``: (N, d), row ``i`` of each aligned. Both are L2-normalised here, so the dot
     product is the cosine similarity that the temperature of 0.05 is meant for ([38]).
     """
-    x = F.normalize(x, dim=-1)
-    y = F.normalize(y, dim=-1)
+    x = F.normalize(x.float(), dim=-1)
+    y = F.normalize(y.float(), dim=-1)
     logits = x @ y.T / tau  # (N, N)
     return F.cross_entropy(logits, torch.arange(len(x), device=x.device))
 
 
-def pairwise_info_nce(embs: dict, tau: float = 0.05) -> dict[str, torch.Tensor]:
+def _both(a: torch.Tensor, b: torch.Tensor, ma, mb) -> tuple | None:
+    """``a``, ``b`` restricted to rows present in both masks; None when no row is."""
+    if ma is None and mb is None:
+        return a, b
+    keep = ma if mb is None else (mb if ma is None else ma & mb)
+    if int(keep.sum()) == 0:
+        return None
+    return a[keep], b[keep]
+
+
+def nce_both_ways(x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(info_nce(x, y), info_nce(y, x))`` from one similarity matrix (inputs already L2-normalised)."""
+    logits = x @ y.T / tau  # (N, N)
+    target = torch.arange(len(x), device=x.device)
+    return F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
+
+
+def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None) -> dict[str, torch.Tensor]:
     """Paper 000 eq. 2: InfoNCE averaged over all ordered pairs of the modalities given.
 
     Returns ``{"loss": mean, "loss/a-b": InfoNCE(a, b), ...}`` with one part per ordered pair.
+    ``masks`` (optional, modality -> bool (N,)): instance-aligned batches with missing
+    modalities; a pair uses only the rows where both are present, and a pair with no such
+    row is left out of the mean. Both directions of a pair share one similarity matrix.
     """
-    parts = {f"loss/{a}-{b}": info_nce(embs[a], embs[b], tau) for a, b in itertools.permutations(embs, 2)}
-    if not parts:
+    if len(embs) < 2:
         raise ValueError("pairwise InfoNCE needs at least two modalities")
+    masks = masks or {}
+    normed = {m: F.normalize(e.float(), dim=-1) for m, e in embs.items()}
+    parts = {}
+    for a, b in itertools.combinations(embs, 2):
+        rows = _both(normed[a], normed[b], masks.get(a), masks.get(b))
+        if rows is not None:
+            parts[f"loss/{a}-{b}"], parts[f"loss/{b}-{a}"] = nce_both_ways(*rows, tau)
+    if not parts:
+        zero = next(iter(embs.values())).sum() * 0.0  # keeps the graph: no pair had a row in common
+        return {"loss": zero}
     return {"loss": torch.stack(list(parts.values())).mean(), **parts}
+
+
+def term_name(x: tuple, y: tuple) -> str:
+    """``text-audio+video`` for the term between subsets ``x`` and ``y``."""
+    return f"{'+'.join(map(str, x))}-{'+'.join(map(str, y))}"
+
+
+def combinatorial_loss(
+    embs: dict, present: dict, terms: list, tau: float = 0.05
+) -> dict[str, torch.Tensor]:
+    """Paper 001 eq. 3: ``L = sum_(X,Y) lambda_XY (NCE(X->Y) + NCE(Y->X))``.
+
+    ``embs``: subset (tuple of modality names) -> (B, d) embedding of the batch;
+    ``present``: subset -> bool (B,), rows where every modality of the subset is present;
+    ``terms``: ``(X, Y, weight)`` with ``X``, ``Y`` disjoint subsets. A term with no row in
+    common is skipped (it would be a loss over an empty batch). ``loss/<X>-<Y>`` parts are
+    the unweighted terms, so runs with different weights stay comparable.
+    """
+    total, parts = None, {}
+    for x, y, w in terms:
+        if set(x) & set(y):
+            raise ValueError(f"combinatorial loss terms need disjoint subsets, got {x} and {y}")
+        keep = present[x] & present[y]
+        if int(keep.sum()) == 0:
+            continue
+        a, b = F.normalize(embs[x][keep].float(), dim=-1), F.normalize(embs[y][keep].float(), dim=-1)
+        term = sum(nce_both_ways(a, b, tau))
+        parts[f"loss/{term_name(x, y)}"] = term
+        total = w * term if total is None else total + w * term
+    if total is None:
+        total = sum(e.sum() for e in embs.values()) * 0.0
+    return {"loss": total, **parts}

@@ -4,28 +4,42 @@ Class-aligned (paper 000, Sec. III-A): modalities are aligned by class, not one 
 so a batch is ``B`` distinct classes with one item of each modality per class. Items of a
 (modality, class) are drawn from a queue reshuffled each time it runs out, which
 over-samples modalities with fewer items per class. An epoch has ``ceil(N_max / B)``
-batches, where ``N_max`` is the item count of the largest modality in play, so each item
-of the largest modality is seen about once per epoch.
+batches, where ``N_max`` is the item count of the largest modality in play (counting only
+classes that every modality has), so each item of the largest modality is seen about once
+per epoch.
+
+Instance-aligned (paper 001, Sec. 3.1 and 4.1 "computed NCE only over non-empty
+embeddings"): a batch is ``B`` groups (clips) with the item of each modality that belongs
+to it; a group that lacks a modality gets row index ``-1`` there, which the strategies
+mask, so the group still counts for the terms it can take part in. An epoch visits every
+group that has at least ``min_present`` of the modalities in play once (groups with a single
+modality take part in no term). A group with several items of one modality (several
+captions of a clip) contributes one of them, drawn afresh each epoch.
+
+Both samplers yield ``(rows, keys)``: ``rows[m]`` is an int array (B,) of item indices into
+modality ``m`` of the split (``-1`` = absent), ``keys`` the classes or group indices drawn.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 
 
 class ClassAlignedSampler:
     def __init__(self, classes: dict, batch_size: int, seed: int = 0):
-        """``classes``: modality -> int array (N_m,) of class indices (no -1)."""
+        """``classes``: modality -> int array (N_m,) of class indices (-1 = unlabelled, ignored)."""
         self.modalities = list(classes)
         cls = {m: np.asarray(c) for m, c in classes.items()}
-        common = set.intersection(*(set(np.unique(c).tolist()) for c in cls.values()))
+        common = set.intersection(*(set(np.unique(c).tolist()) for c in cls.values())) - {-1}
         if not common:
             raise ValueError("no class has items in every modality in play; class-aligned batches are impossible")
         self.classes = np.array(sorted(common))
         self.batch_size = min(batch_size, len(self.classes))
-        self.n_max = max(len(c) for c in cls.values())
+        # items of classes some modality lacks are never drawn, so they do not count for the epoch
+        self.n_max = max(int(np.isin(c, self.classes).sum()) for c in cls.values())
         self.rng = np.random.default_rng(seed)
-        # per modality: item indices grouped by class, and each class's segment
         self._members = {m: {int(k): np.flatnonzero(c == k) for k in self.classes} for m, c in cls.items()}
         self._queues: dict = {m: {} for m in self.modalities}
 
@@ -43,3 +57,65 @@ class ClassAlignedSampler:
         for _ in range(len(self)):
             chosen = self.rng.choice(self.classes, size=self.batch_size, replace=False)
             yield {m: np.array([self._next(m, int(k)) for k in chosen]) for m in self.modalities}, chosen
+
+
+def group_table(groups: dict) -> tuple[np.ndarray, dict, dict]:
+    """The groups of a split: ``(names (G,), first (m -> (G,) first item or -1), members)``.
+
+    ``groups``: modality -> array (N_m,) of group names ("" = no group, ignored).
+    ``members[m]`` is ``(order, start, count)``: item indices of modality ``m`` sorted by
+    group, and each group's segment in that order (count 0 when absent).
+    """
+    names = np.array(sorted({str(g) for gs in groups.values() for g in gs if str(g)}), dtype=str)
+    first, members = {}, {}
+    for m, gs in groups.items():
+        gs = np.asarray([str(g) for g in gs], dtype=str)
+        ok = np.flatnonzero(gs != "")
+        code = np.searchsorted(names, gs[ok]) if len(names) else np.zeros(0, np.int64)
+        order = ok[np.argsort(code, kind="stable")]
+        count = np.bincount(code, minlength=len(names))
+        start = np.concatenate([[0], np.cumsum(count)[:-1]]).astype(np.int64)
+        members[m] = (order, start, count)
+        first[m] = np.where(count > 0, order[np.minimum(start, max(len(order) - 1, 0))] if len(order) else -1, -1)
+    return names, first, members
+
+
+class InstanceAlignedSampler:
+    def __init__(self, groups: dict, batch_size: int, seed: int = 0, min_present: int = 2):
+        """``groups``: modality -> array (N_m,) of group names."""
+        self.modalities = list(groups)
+        self.names, _, self._members = group_table(groups)
+        present = np.stack([self._members[m][2] > 0 for m in self.modalities], 1) if len(self.names) else np.zeros((0, 1), bool)
+        self.present = present  # (G, M)
+        self.keep = np.flatnonzero(present.sum(1) >= min(min_present, len(self.modalities)))
+        if len(self.keep) == 0:
+            raise ValueError(
+                f"no group has items of at least {min_present} of the modalities {[str(m) for m in self.modalities]}; "
+                "instance-aligned batches are impossible"
+            )
+        self.batch_size = min(batch_size, len(self.keep))
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return -(-len(self.keep) // self.batch_size)
+
+    def __iter__(self) -> Iterator:
+        perm = self.rng.permutation(self.keep)
+        for i in range(0, len(perm), self.batch_size):
+            chosen = perm[i : i + self.batch_size]
+            rows = {}
+            for m in self.modalities:
+                order, start, count = self._members[m]
+                c = count[chosen]
+                pick = start[chosen] + (self.rng.random(len(chosen)) * np.maximum(c, 1)).astype(np.int64)
+                rows[m] = np.where(c > 0, order[np.minimum(pick, max(len(order) - 1, 0))] if len(order) else -1, -1)
+            yield rows, chosen
+
+
+def make_sampler(split, modalities: list, alignment: str, batch_size: int, seed: int):
+    """The sampler the data needs: class-aligned or instance-aligned over ``modalities`` of ``split``."""
+    if alignment == "class":
+        return ClassAlignedSampler({m: split.classes[m].cpu().numpy() for m in modalities}, batch_size, seed)
+    if alignment == "instance":
+        return InstanceAlignedSampler({m: split.features[m].groups for m in modalities}, batch_size, seed)
+    raise ValueError(f"alignment must be 'class' or 'instance', not {alignment!r}")

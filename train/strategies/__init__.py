@@ -10,6 +10,12 @@ import importlib
 
 STRATEGIES: dict[str, str] = {
     "joint": "mmx.train.strategies.fuerer:JointStrategy",
+    "roundrobin": "mmx.train.strategies.fuerer:RoundRobinStrategy",
+    "eao": "mmx.train.strategies.eao:EverythingAtOnceStrategy",
+    "cvs": "mmx.train.strategies.cvs:CVSStrategy",
+    "mcvs": "mmx.train.strategies.cvs:MCVSStrategy",
+    "rvs": "mmx.train.strategies.cvs:RVSStrategy",
+    "stagewise": "mmx.train.strategies.cvs:StagewiseStrategy",
 }
 
 

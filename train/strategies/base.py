@@ -47,6 +47,17 @@ class Strategy:
         """``{"loss": scalar, "loss/<part>": scalar, ...}`` for one batch."""
         raise NotImplementedError
 
+    def rows(self, split: SplitData, name: str) -> Any:
+        """Row metadata (``.ids``, ``.labels``, ``.groups``) of the embedding named ``name``.
+
+        Single modalities are the split's items; strategies that save fused subsets
+        (``audio+video``, rows = groups) override this for those names.
+        """
+        try:
+            return split.features[Modality.parse(name)]
+        except (ValueError, KeyError):
+            raise KeyError(f"strategy {self.name!r} returned embeddings {name!r} with no row metadata") from None
+
     @torch.no_grad()
     def embed(self, model: nn.Module, split: SplitData) -> dict[str, torch.Tensor]:
         """Embeddings of every item of ``split``, keyed by modality (or fused subset) name."""

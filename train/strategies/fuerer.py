@@ -2,39 +2,70 @@
 
 ``joint`` trains the heads of all modalities in play together (Sec. III-D: the tri-modal
 run uses text, image and audio, the quad-modal run all four), with the loss of eq. 2
-over every ordered pair on class-aligned batches (Sec. III-A).
+over every ordered pair of each batch.
+
+``roundrobin`` (Sec. III-D, first scenario) simulates having only pairwise-aligned data:
+every batch holds exactly two modalities, and every unordered pair of the modalities in
+play gets its batches within each epoch. Each pair has its own sampler, and the epoch
+interleaves the pairs' batches in turn (pair 1, pair 2, ..., pair 1, ...), so all pairs are
+trained on throughout the epoch. A pair gets ``1/(M-1)`` of its sampler's epoch (one pass
+over the pair's larger modality), because each modality takes part in ``M-1`` pairs: the
+largest modality is then seen about once per epoch, as in ``joint``, and an epoch costs
+about as many batches as a joint one. The loss of a
+batch is eq. 2 with M = the pair, i.e. the mean of both InfoNCE directions.
+
+Batches come from the sampler the data needs (``cfg.alignment``): class-aligned
+(Sec. III-A) or instance-aligned, where a pair only uses the rows that have both modalities.
 """
 
 from __future__ import annotations
+
+import itertools
+import math
 
 import torch
 from torch import nn
 
 from mmx.train.heads import Heads
 from mmx.train.losses import pairwise_info_nce
-from mmx.train.samplers import ClassAlignedSampler
+from mmx.train.samplers import make_sampler
 from mmx.train.strategies.base import Strategy
 
 
 class JointStrategy(Strategy):
     name = "joint"
+    alignment = "any"  # class- or instance-aligned, as cfg.alignment says
 
     def build_model(self) -> nn.Module:
         dims = {m.value: self.data.dims[m] for m in self.modalities}
         return Heads(dims, self.cfg.embed_dim, self.cfg.dropout)
 
-    def batches(self, split, epoch, train):
+    def _seed(self, epoch: int, train: bool, offset: int = 0) -> int:
         # held-out batches use a fixed seed so the early-stopping loss is comparable across epochs
-        seed = self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
-        sampler = ClassAlignedSampler(
-            {m: split.classes[m].cpu().numpy() for m in self.modalities}, self.cfg.batch_size, seed
-        )
-        for rows, _ in sampler:
-            yield {m.value: split.pooled(m)[torch.as_tensor(rows[m], device=split.pooled(m).device)] for m in self.modalities}
+        return (self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7) * 31 + offset
+
+    def _gather(self, split, rows: dict) -> dict:
+        """Sampler rows (-1 = absent) -> pooled features (B, D_m) and presence masks."""
+        x, present = {}, {}
+        for m, r in rows.items():
+            feats = split.pooled(m)
+            r = torch.as_tensor(r, device=feats.device)
+            x[m.value] = feats[r.clamp_min(0)]
+            if bool((r < 0).any()):
+                present[m.value] = r >= 0
+        return {"x": x, "present": present}
+
+    def _batches(self, split, modalities, seed: int, share: float = 1.0):
+        sampler = make_sampler(split, modalities, self.cfg.alignment, self.cfg.batch_size, seed)
+        for rows, _ in itertools.islice(sampler, math.ceil(len(sampler) * share)):
+            yield self._gather(split, rows)
+
+    def batches(self, split, epoch, train):
+        yield from self._batches(split, self.modalities, self._seed(epoch, train))
 
     def step(self, model, batch):
-        embs = {m: model(m, x) for m, x in batch.items()}  # each (B, embed_dim)
-        return pairwise_info_nce(embs, self.cfg.tau)
+        embs = {m: model(m, x) for m, x in batch["x"].items()}  # each (B, embed_dim)
+        return pairwise_info_nce(embs, self.cfg.tau, batch["present"])
 
     @torch.no_grad()
     def embed(self, model, split):
@@ -43,3 +74,22 @@ class JointStrategy(Strategy):
             x = split.pooled(m)
             out[m.value] = torch.cat([model(m, x[i : i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x.new_zeros((0, self.cfg.embed_dim))
         return out
+
+
+class RoundRobinStrategy(JointStrategy):
+    name = "roundrobin"
+
+    def pairs(self) -> list[tuple]:
+        return list(itertools.combinations(self.modalities, 2))
+
+    def batches(self, split, epoch, train):
+        share = 1.0 / (len(self.modalities) - 1)
+        streams = [self._batches(split, list(p), self._seed(epoch, train, i), share) for i, p in enumerate(self.pairs())]
+        while streams:
+            alive = []
+            for s in streams:
+                batch = next(s, None)
+                if batch is not None:
+                    yield batch  # exactly one pair: batch["x"] has two modalities
+                    alive.append(s)
+            streams = alive

@@ -1,0 +1,84 @@
+"""Batch samplers: class-aligned (paper 000 Sec. III-A) and instance-aligned (paper 001)."""
+
+import numpy as np
+import pytest
+
+from mmx.train.samplers import ClassAlignedSampler, InstanceAlignedSampler, group_table, make_sampler
+
+
+def test_class_sampler_distinct_classes_matching_items_and_epoch_length():
+    classes = {"text": np.arange(60) % 6, "audio": np.arange(18) % 6}
+    s = ClassAlignedSampler(classes, batch_size=4, seed=1)
+    assert len(s) == 15  # ceil(60 / 4): one pass over the largest modality
+    n = 0
+    for rows, chosen in s:
+        n += 1
+        assert len(set(chosen.tolist())) == len(chosen) == 4  # never a class twice in a batch
+        for m, r in rows.items():
+            assert (classes[m][r] == chosen).all()  # one item of each modality per class, of that class
+    assert n == 15
+
+
+def test_class_sampler_oversamples_the_smaller_modality_evenly():
+    # audio has 3 items per class, text 10: audio items are cycled, each used equally often
+    classes = {"text": np.arange(60) % 6, "audio": np.arange(18) % 6}
+    s = ClassAlignedSampler(classes, batch_size=6, seed=0)  # every class in every batch
+    counts = {m: np.zeros(len(c), int) for m, c in classes.items()}
+    for rows, _ in s:
+        for m, r in rows.items():
+            np.add.at(counts[m], r, 1)
+    assert counts["text"].min() == counts["text"].max() == 1  # the largest modality: once per epoch
+    # 10 draws per class over 3 audio items: a reshuffled queue gives each item 3 or 4 draws
+    assert counts["audio"].sum() == 60 and counts["audio"].min() >= 3 and counts["audio"].max() <= 4
+
+
+def test_class_sampler_skips_unlabelled_and_classes_a_modality_lacks():
+    classes = {"text": np.array([0, 1, 2, -1, -1]), "image": np.array([1, 2, 2, 3])}
+    s = ClassAlignedSampler(classes, batch_size=8, seed=0)
+    assert s.classes.tolist() == [1, 2] and s.batch_size == 2
+    for rows, chosen in s:
+        assert set(chosen.tolist()) <= {1, 2}
+    with pytest.raises(ValueError, match="no class has items in every modality"):
+        ClassAlignedSampler({"text": np.array([0]), "image": np.array([1])}, 4)
+
+
+def test_group_table_first_items_and_absence():
+    names, first, members = group_table({"text": np.array(["b", "a", "c"]), "video": np.array(["c", "", "a", "a"])})
+    assert names.tolist() == ["a", "b", "c"]
+    assert first["text"].tolist() == [1, 0, 2]
+    assert first["video"].tolist() == [2, -1, 0]  # "b" has no video; "" is no group
+
+
+def test_instance_sampler_visits_each_group_once_and_masks_absent():
+    groups = {
+        "text": np.array(["g0", "g1", "g2", "g3", "g4"]),
+        "audio": np.array(["g1", "g3", "g0"]),
+        "video": np.array(["g0", "g2", "g2", "g9"]),  # g2 has two clips' worth of video; g9 only video
+    }
+    s = InstanceAlignedSampler(groups, batch_size=2, seed=3)
+    names = s.names
+    seen = []
+    for rows, chosen in s:
+        for m, r in rows.items():
+            for row, g in zip(r, names[chosen]):
+                if row >= 0:
+                    assert groups[m][row] == g  # the item belongs to the row's group
+                else:
+                    assert g not in set(groups[m])  # -1 only where the group lacks the modality
+        seen += names[chosen].tolist()
+    # g4 (text only) and g9 (video only) take part in no term and are skipped; the rest once each
+    assert sorted(seen) == ["g0", "g1", "g2", "g3"]
+    assert len(s) == 2
+    # both video items of g2 get drawn over epochs
+    picks = set()
+    for seed in range(20):
+        for rows, chosen in InstanceAlignedSampler(groups, 4, seed):
+            picks |= {int(r) for r, g in zip(rows["video"], names[chosen]) if g == "g2"}
+    assert picks == {1, 2}
+
+
+def test_instance_sampler_needs_two_modalities_somewhere_and_make_sampler_rejects_bad_alignment():
+    with pytest.raises(ValueError, match="no group has items"):
+        InstanceAlignedSampler({"text": np.array(["a"]), "audio": np.array(["b"])}, 2)
+    with pytest.raises(ValueError, match="alignment must be"):
+        make_sampler(None, [], "diagonal", 2, 0)

@@ -1,0 +1,166 @@
+"""CVS, M-CVS, RVS and stage-wise learning (papers 002, 004) on a tiny class-aligned cache."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mmx.cache.synthesize import SyntheticConfig, synthesize
+from mmx.pipeline.cli import main
+from mmx.pipeline.runs import load_embeddings, read_jsonl
+from mmx.train import loop
+from mmx.train.config import TrainConfig
+from mmx.train.strategies import get_strategy
+from mmx.train.strategies.cvs import MCVSStrategy
+
+CLASSES = 8
+MODS = ["text", "image", "audio", "video"]
+
+
+@pytest.fixture(autouse=True)
+def fast(monkeypatch):
+    # one thread: on a small shared CPU, tiny matmuls on two threads are many times slower
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setattr(loop, "quick_recall", lambda *a, **k: {})  # tests score mAP@50 themselves
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cache")
+    synthesize(root, SyntheticConfig(classes=CLASSES, items={"text": 96, "image": 96, "audio": 48, "video": 48},
+                                     dims={"text": 24, "image": 32, "audio": 12, "video": 16}, tokens=None, noise=0.5))
+    return root
+
+
+def _cfg(cache, tmp_path, strategy, **kw):
+    base = dict(strategy=strategy, cache=str(cache), modalities=MODS, epochs=4, patience=4, batch_size=32,
+                lr=3e-3, embed_dim=32, out=str(tmp_path / "runs"))
+    return TrainConfig(**{**base, **kw})
+
+
+def map_at_50(q, ql, g, gl):
+    """Brute force: AP = (1/N) sum_{r<=50} P(r) rel(r), N relevant in the top 50."""
+    aps = []
+    for v, lab in zip(q, ql):
+        order = np.argsort(-(g @ v), kind="stable")[:50]
+        rel = (gl[order] == lab).astype(float)
+        prec = np.cumsum(rel) / np.arange(1, len(rel) + 1)
+        aps.append((prec * rel).sum() / rel.sum() if rel.sum() else 0.0)
+    return float(np.mean(aps))
+
+
+def mean_map(run, mods):
+    e = load_embeddings(run, "test")
+    return np.mean([map_at_50(e[q]["emb"], e[q]["label"], e[r]["emb"], e[r]["label"]) for q in mods for r in mods if q != r])
+
+
+@pytest.mark.parametrize("strategy", ["cvs", "mcvs", "rvs", "stagewise"])
+def test_each_strategy_learns_far_above_chance(cache, tmp_path, strategy):
+    kw = {"options": {"classes_per_stage": 4}, "modalities": ["text", "image"]} if strategy == "stagewise" else {}
+    run = loop.train(_cfg(cache, tmp_path, strategy, **kw))
+    mods = kw.get("modalities", MODS)
+    score = mean_map(run, mods)
+    # chance: about 1/8 of a random ranking is relevant
+    assert score > 0.6, score
+    e = load_embeddings(run, "test")
+    assert e["text"]["emb"].shape[1] == 32
+    np.testing.assert_allclose(np.linalg.norm(e["text"]["emb"], axis=1), 1.0, rtol=1e-5)
+
+
+def test_mcvs_freezes_every_earlier_stage_bitwise(cache, tmp_path, monkeypatch):
+    snapshots = []
+    original = MCVSStrategy.end_stage
+
+    def snapshot(self, model, stage):
+        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return original(self, model, stage)
+
+    monkeypatch.setattr(MCVSStrategy, "end_stage", snapshot)
+    run = loop.train(_cfg(cache, tmp_path, "mcvs", epochs=3))
+    assert len(snapshots) == 3  # image+text, video, audio
+    stage1 = [k for k in snapshots[0] if k.startswith(("heads.image.", "heads.text.", "blocks.image-text.", "classifier."))]
+    video = [k for k in snapshots[1] if k.startswith(("heads.video.", "blocks.image-video.", "blocks.text-video."))]
+    assert stage1 and video
+    final = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    for k in stage1:
+        assert torch.equal(snapshots[0][k], final[k]), k
+    for k in video:
+        assert torch.equal(snapshots[1][k], final[k]), k
+        assert not torch.equal(snapshots[0][k], snapshots[1][k]), k  # and stage 2 did train them
+    stages = [r for r in read_jsonl(run / "metrics.jsonl") if "stage_name" in r]
+    assert [r["stage_name"] for r in stages] == ["image+text", "video", "audio"]
+
+
+def test_rvs_reference_weight_is_frozen_after_stage_one(cache, tmp_path):
+    cfg = _cfg(cache, tmp_path, "rvs", epochs=2)
+    strategy = get_strategy("rvs")(cfg, _data(cache, cfg), torch.device("cpu"))
+    assert [s.blocks for s in strategy.stages()] == [[("image", "text")], [("image", "audio")], [("image", "video")]]
+    model = strategy.build_model()
+    strategy.begin_stage(model, strategy.stages()[1])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("heads.audio.", "blocks.image-audio.")) for n in trainable)
+    assert "blocks.image-audio.w_e.weight" in trainable and not model.w_ie.weight.requires_grad
+
+
+def _data(cache, cfg):
+    from mmx.pipeline.modality import Modality
+    from mmx.train.data import load_train_data
+
+    return load_train_data(str(cache), "synthetic", [Modality.parse(m) for m in cfg.modalities], ["train", "test"])
+
+
+def test_stagewise_logs_table13_after_each_stage(cache, tmp_path):
+    run = loop.train(_cfg(cache, tmp_path, "stagewise", modalities=["text", "image"], epochs=2,
+                          options={"classes_per_stage": 3}))
+    stages = [r for r in read_jsonl(run / "metrics.jsonl") if "stage_name" in r]
+    assert [r["stage_name"] for r in stages] == ["classes 1-3", "classes 4-6", "classes 7-8"]
+    for r in stages:
+        for part in ("stage1", "all"):
+            for pair in ("text->image", "image->text"):
+                assert 0.0 <= r[f"map@50/{part}/{pair}"] <= 1.0
+
+
+@pytest.mark.parametrize("strategy", ["mcvs", "rvs", "joint"])
+def test_adding_a_modality_keeps_existing_embeddings_bitwise(cache, tmp_path, strategy):
+    first = loop.train(_cfg(cache, tmp_path, strategy, modalities=["text", "image", "video"], epochs=2, name="first"))
+    res = CliRunner().invoke(main, ["train", "--from", str(first), "--add-modality", "audio", "--epochs", "2",
+                                    "--name", "second", "--quiet"])
+    assert res.exit_code == 0, res.output
+    second = Path(res.output.strip().splitlines()[-1])
+    a, b = load_embeddings(first, "test"), load_embeddings(second, "test")
+    assert "audio" in b and "audio" not in a
+    for m in ("text", "image", "video"):
+        assert np.array_equal(a[m]["emb"], b[m]["emb"]), m
+    old = torch.load(first / "checkpoint.pt", weights_only=False)["model"]
+    new = torch.load(second / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(old[k], new[k]) for k in old)
+    cfg = json.loads(json.dumps(__import__("yaml").safe_load((second / "config.yaml").read_text())))
+    assert cfg["modalities"] == ["text", "image", "video", "audio"] and cfg["options"]["trained_modalities"] == ["text", "image", "video"]
+    # the new modality did learn against the frozen space
+    assert map_at_50(b["audio"]["emb"], b["audio"]["label"], b["image"]["emb"], b["image"]["label"]) > 0.4
+
+
+def test_bad_options_are_reported_together(tmp_path):
+    cfg = TrainConfig(strategy="mcvs", modalities=MODS, options={"stagez": 1, "stages": [["image"], ["text"]],
+                                                                  "attention_wi": False, "attention_ws": False, "attention_wis": False})
+    problems = "\n".join(get_strategy("mcvs").check(cfg))
+    assert "unknown option(s) stagez" in problems and "exactly once" in problems and "at least two" in problems
+    assert "all false" in problems
+    rvs = get_strategy("rvs").check(TrainConfig(strategy="rvs", modalities=["text", "audio"]))
+    assert any("reference 'image'" in p for p in rvs)
+    cvs = get_strategy("cvs").check(TrainConfig(strategy="cvs", options={"extend_from": "x"}))
+    assert any("mcvs, rvs or joint" in p for p in cvs)
+
+
+def test_cli_extension_errors(cache, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(main, ["train", "--add-modality", "audio"])
+    assert res.exit_code != 0 and "--from RUN and --add-modality M go together" in res.output
+    res = runner.invoke(main, ["train", "--from", str(tmp_path), "--add-modality", "audio"])
+    assert res.exit_code != 0 and "no config.yaml" in res.output

@@ -1,0 +1,223 @@
+"""Everything at Once (paper 001): fusion model, combinatorial loss, strategy, ablations."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mmx.cache.synthesize import SyntheticConfig, synthesize
+from mmx.pipeline.modality import Modality
+from mmx.pipeline.runs import load_embeddings
+from mmx.train.config import TrainConfig, preset_names, resolve
+from mmx.train.data import load_train_data
+from mmx.train.fusion import EverythingAtOnce, masked_mean
+from mmx.train.losses import combinatorial_loss, info_nce
+from mmx.train.loop import train
+from mmx.train.strategies import get_strategy
+from mmx.train.strategies.eao import build_terms
+
+MODS = ["text", "audio", "video"]
+DIMS = {"text": 16, "audio": 12, "video": 20}
+TINY = {"token_dim": 32, "depth": 1, "heads": 2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def instance_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inst")
+    synthesize(root, SyntheticConfig(classes=20, alignment="instance", missing=0.2, items={m: 300 for m in MODS},
+                                     dims=DIMS, tokens=(2, 5), noise=0.5))
+    return root
+
+
+@pytest.fixture(scope="module")
+def class_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    synthesize(root, SyntheticConfig(classes=20, items={"text": 200, "audio": 100, "video": 100}, dims=DIMS, tokens=(2, 5), noise=0.5))
+    return root
+
+
+def eao_cfg(cache, tmp_path, **kw):
+    base = dict(strategy="eao", cache=str(cache), modalities=MODS, alignment="auto", out=str(tmp_path / "runs") if tmp_path else "unused", epochs=4,
+                patience=3, batch_size=32, lr=3e-3, embed_dim=32, dropout=0.0, options=dict(TINY))
+    return TrainConfig(**{**base, **kw})
+
+
+def nce(x, y, tau):
+    """Hand-written eq. 4, one direction, as a per-row loop."""
+    x = x / x.norm(dim=1, keepdim=True)
+    y = y / y.norm(dim=1, keepdim=True)
+    s = (x @ y.T / tau).double()
+    return float(np.mean([-(s[i, i] - torch.logsumexp(s[i], 0)).item() for i in range(len(x))]))
+
+
+def test_combinatorial_loss_hand_computed_with_missing_rows():
+    g = torch.Generator().manual_seed(1)
+    t, v, a, va = (torch.randn(4, 5, generator=g) for _ in range(4))
+    embs = {("t",): t, ("v",): v, ("a",): a, ("v", "a"): va}
+    audio = torch.tensor([True, True, False, True])
+    ones = torch.ones(4, dtype=torch.bool)
+    present = {("t",): ones, ("v",): ones, ("a",): audio, ("v", "a"): audio}
+    terms = [(("t",), ("v",), 1.0), (("t",), ("a",), 0.1), (("t",), ("v", "a"), 0.1)]
+    out = combinatorial_loss(embs, present, terms, tau=0.05)
+    k = audio
+    tv = nce(t, v, 0.05) + nce(v, t, 0.05)  # both directions, every row
+    ta = nce(t[k], a[k], 0.05) + nce(a[k], t[k], 0.05)  # the row without audio is neither positive nor negative
+    tva = nce(t[k], va[k], 0.05) + nce(va[k], t[k], 0.05)
+    assert float(out["loss/t-v"]) == pytest.approx(tv, rel=1e-4)
+    assert float(out["loss/t-a"]) == pytest.approx(ta, rel=1e-4)
+    assert float(out["loss/t-v+a"]) == pytest.approx(tva, rel=1e-4)
+    assert float(out["loss"]) == pytest.approx(tv + 0.1 * ta + 0.1 * tva, rel=1e-4)
+    # a term with no complete row is skipped, not NaN
+    present[("a",)] = present[("v", "a")] = torch.zeros(4, dtype=torch.bool)
+    out = combinatorial_loss(embs, present, terms, tau=0.05)
+    assert set(out) == {"loss", "loss/t-v"} and torch.isfinite(out["loss"])
+    with pytest.raises(ValueError, match="disjoint"):
+        combinatorial_loss(embs, {k_: ones for k_ in embs}, [(("v",), ("v", "a"), 1.0)])
+
+
+def test_term_sets_and_weights():
+    three = build_terms(MODS, "eao", {"video-text": 1.0}, 0.1)
+    assert len(three) == 6 and {frozenset(map(str, x + y)) for x, y, _ in three} >= {frozenset(["text", "audio", "video"])}
+    assert len(build_terms(MODS, "all", {}, 0.1)) == 6  # for three modalities EAO's set is every disjoint pair
+    weights = {tuple(map(str, x)) + ("|",) + tuple(map(str, y)): w for x, y, w in three}
+    assert weights[("text", "|", "video")] == 1.0 and sum(w == 0.1 for w in weights.values()) == 5
+    four = ["text", "image", "audio", "video"]
+    assert len(build_terms(four, "pairwise", {}, 0.1)) == 6
+    assert len(build_terms(four, "eao", {}, 0.1)) == 6 + 4 * 3  # single-single and single-vs-pair
+    assert len(build_terms(four, "all", {}, 0.1)) == 25  # + pair-pair (3) and single-vs-triple (4)
+    custom = build_terms(four, ["text-audio+video", "image-text"], {}, 0.5)
+    assert [(tuple(map(str, x)), tuple(map(str, y))) for x, y, _ in custom] == [(("text",), ("audio", "video")), (("image",), ("text",))]
+
+
+def _model(**kw):
+    torch.manual_seed(0)
+    return EverythingAtOnce(DIMS, token_dim=32, embed_dim=16, depth=1, heads=2, **kw).eval()
+
+
+def test_padding_tokens_do_not_change_outputs():
+    model = _model()
+    g = torch.Generator().manual_seed(0)
+    x = {m: torch.randn(3, 4, d, generator=g) for m, d in DIMS.items()}
+    valid = {m: torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool) for m in DIMS}
+    present = torch.ones(3, dtype=torch.bool)
+    inputs = {m: (x[m], valid[m], present) for m in DIMS}
+    # the same items with garbage in the padding and two extra padded steps
+    padded = {}
+    for m in DIMS:
+        junk = 100 * torch.randn(3, 6, DIMS[m], generator=g)
+        junk[:, :4][valid[m]] = x[m][valid[m]]
+        padded[m] = (junk, torch.cat([valid[m], torch.zeros(3, 2, dtype=torch.bool)], 1), present)
+    with torch.no_grad():
+        for subset in (("text",), ("audio", "video"), ("text", "audio", "video")):
+            assert torch.allclose(model(inputs, subset), model(padded, subset), atol=1e-5)
+    assert torch.allclose(masked_mean(torch.tensor([[[1.0], [3.0], [99.0]]]), torch.tensor([[True, True, False]])), torch.tensor([[2.0]]))
+
+
+def test_absent_modality_becomes_the_empty_token_and_is_masked_from_its_terms(instance_cache):
+    cfg = eao_cfg(instance_cache, None)
+    data = load_train_data(str(instance_cache), "synthetic", Modality.parse_list(MODS), ["train", "test"], tokens=True)
+    cfg.alignment = "instance"
+    strategy = get_strategy("eao")(cfg, data, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = strategy.build_model().eval()
+    batch = next(iter(strategy.batches(data.splits["train"], 1, train=True)))
+    audio_absent = ~batch["audio"][2]
+    assert audio_absent.any() and batch["text"][2].all()  # the cache leaves audio out of some groups
+    # what the absent audio rows hold does not matter: they become the learned empty token
+    x, valid, present = batch["audio"]
+    noisy = dict(batch, audio=(torch.where(present[:, None, None], x, torch.randn_like(x)), valid, present))
+    with torch.no_grad():
+        assert torch.allclose(model(batch, ("text", "audio")), model(noisy, ("text", "audio")), atol=1e-6)
+        out = strategy.step(model, batch)
+        # a term with audio equals its loss over the groups that have audio; one without, over all groups
+        t, a = model(batch, ("text",)), model(batch, ("audio",))
+        exp = info_nce(t[present], a[present], cfg.tau) + info_nce(a[present], t[present], cfg.tau)
+        assert float(out["loss/text-audio"]) == pytest.approx(float(exp), rel=1e-4)
+        tv_rows = batch["video"][2]
+        t, v = model(batch, ("text",)), model(batch, ("video",))
+        exp = info_nce(t[tv_rows], v[tv_rows], cfg.tau) + info_nce(v[tv_rows], t[tv_rows], cfg.tau)
+        assert float(out["loss/text-video"]) == pytest.approx(float(exp), rel=1e-4)
+
+
+def test_eao_learns_on_instance_aligned_with_fused_embeddings(instance_cache, tmp_path):
+    run = train(eao_cfg(instance_cache, tmp_path))
+    s = json.loads((run / "metrics.json").read_text())
+    # ~60 test groups: chance R@10 is about 1/6
+    assert s["final"]["recall/mean@10"] > 0.8
+    assert s["final"]["recall/mean@10"] > s["untrained"]["recall/mean@10"] + 0.4
+    assert s["final"]["recall/text->audio+video@10"] > 0.8  # paper 001's t->va
+    emb = load_embeddings(run, "test")
+    assert {"text", "audio", "video", "audio+video", "text+video", "text+audio"} == set(emb)
+    va = emb["audio+video"]
+    assert (va["id"] == va["group"]).all() and len(set(va["group"])) == len(va["group"])  # rows are groups
+    both = set(emb["audio"]["group"]) & set(emb["video"]["group"])
+    assert set(va["group"]) == both  # exactly the groups that have both modalities
+
+
+def test_eao_runs_and_learns_on_class_aligned(class_cache, tmp_path):
+    run = train(eao_cfg(class_cache, tmp_path))
+    s = json.loads((run / "metrics.json").read_text())
+    assert resolve([str(run / "config.yaml")]).alignment == "class"
+    # 20 classes: chance R@1 is about 1/20
+    assert s["final"]["recall/mean@1"] > 0.4 and s["final"]["recall/mean@1"] > s["untrained"]["recall/mean@1"] + 0.25
+    assert set(load_embeddings(run, "test")) == set(MODS)  # no fixed groups to fuse
+
+
+@pytest.mark.parametrize("options", [
+    {"fusion": "none", "terms": "pairwise"},
+    {"fusion": "separate", "terms": "pairwise"},
+    {"terms": "pairwise"},
+    {"shared_projection": True},
+    {"cls_token": True},
+    {"positional": True},
+    {"depth": 2, "mlp_dim": 48, "terms": "all"},
+])
+def test_ablations_build_and_step(instance_cache, options):
+    data = load_train_data(str(instance_cache), "synthetic", Modality.parse_list(MODS), ["train", "test"], tokens=True)
+    cfg = eao_cfg(instance_cache, None, alignment="instance", options={**TINY, **options})
+    assert get_strategy("eao").check(cfg) == []
+    strategy = get_strategy("eao")(cfg, data, torch.device("cpu"))
+    model = strategy.build_model()
+    out = strategy.step(model, next(iter(strategy.batches(data.splits["train"], 1, train=True))))
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    if options.get("fusion") == "none":
+        assert not hasattr(model, "transformer")
+    embs = strategy.embed(model.eval(), data.splits["test"])
+    assert embs["audio+video"].shape[1] == 32
+
+
+def test_check_reports_every_problem_at_once(tmp_path):
+    cfg = TrainConfig(strategy="eao", modalities=["text"], options={"token_dim": 30, "heads": 4, "fusion": "late", "colour": 1})
+    problems = get_strategy("eao").check(cfg)
+    text = "\n".join(problems)
+    assert len(problems) >= 4 and "colour" in text and "divisible" in text and "fusion" in text and "at least 2" in text
+
+
+def test_eao_needs_tokens_in_the_cache(tmp_path):
+    synthesize(tmp_path / "c", SyntheticConfig(items={"text": 20, "audio": 20}, dims={"text": 8, "audio": 8}, tokens=None))
+    with pytest.raises(ValueError, match="tokens"):
+        train(eao_cfg(tmp_path / "c", tmp_path, modalities=["text", "audio"]))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_eao_presets_resolve_and_pass_checks():
+    names = [n for n in preset_names() if n.startswith("eao")]
+    assert {"eao", "eao-no-transformer", "eao-separate-transformers", "eao-pairwise-loss", "eao-shared-projection",
+            "eao-cls-token", "eao-positional"} <= set(names)
+    for name in names:
+        cfg = resolve([name])
+        assert get_strategy(cfg.strategy).check(cfg) == [], name
+    base = resolve(["eao"])
+    assert (base.lr, base.lr_decay, base.tau, base.epochs, base.options["weights"]) == (5e-5, 0.9, 0.05, 15, {"text-video": 1.0})

@@ -1,0 +1,338 @@
+"""CVS, M-CVS, RVS and stage-wise class learning (paper 002 Sec. III; thesis 004 ch. 3 and 5).
+
+All four share the model of :mod:`cvs_model` and the loss of :mod:`mmx.train.triplet`;
+they differ in which attention blocks exist and in the stages that train them:
+
+* ``cvs`` (thesis 3.1-B): one stage, a block for every pair of modalities (n choose 2).
+* Epochs: the first stage's epoch is one pass over its largest modality; a later stage's
+  one pass over the modality it adds (frozen ones are re-sampled as partners), since only
+  it learns (paper 002 III-A: adding a modality takes "only a fraction" of the time).
+* ``mcvs`` (paper 002 III-A, thesis 3.2): stages of modalities, by default image+text, then
+  video, then audio, then anything else (``options.stages``). A stage adds the heads of
+  its new modalities and one block between each new modality and each earlier one (the
+  earlier one on the ``i`` side, Fig. 2: the new modality is aligned to the existing one);
+  every earlier weight, the classifier included, is frozen.
+* ``rvs`` (thesis 3.3): one reference modality (``options.reference``, default image; the
+  thesis also tries text) and one block per other modality, added one per stage in
+  ``options.order`` (thesis 5.1-E: text, audio, video, ...). ``W_ie`` is shared and frozen
+  after stage 1, ``W_se`` is new per block. Reading: stage 1 trains the reference head;
+  later stages freeze it and everything of earlier stages, and train only the new head
+  and the new block (its ``W_i, W_s, W_is, b, W_se``), as M-CVS does (thesis 5.1-E: "highly
+  constrained because of the lack of the update of the parameters").
+* ``stagewise`` (thesis 3.4, 5.1-F, Tables 12-13): the CVS model trained over groups of
+  ``options.classes_per_stage`` classes; stage k's batches and loss hold only group k's
+  classes (3.4-A), nothing is frozen and earlier classes are not revisited (5.1-F). After
+  each stage, mAP@50 per ordered pair on the test items of the stage-1 classes and on the
+  whole test split is logged (Table 13).
+
+Loss per trained block (i, s): ``w_cls * L_c + w_triplet * L_t`` (thesis eq. 3.1.7, weights
+unstated: 1 and 1) with ``L_c`` the mean of the classifier's cross-entropy on both sides,
+summed over the stage's blocks (the sum over x, y of eq. 3.1.6). Only the stage's own
+blocks are computed: frozen blocks give no gradient, which is why M-CVS's time per
+iteration stays flat (thesis 5.2-B, Fig. 27).
+
+Inference (the block needs two inputs; issue "Inference"). A retrieval item has no partner,
+so each item is embedded once per modality, which serves every Q->R pair and Q->Any with
+one gallery: modality ``m`` goes through its *home blocks*, the blocks containing ``m`` of
+the first stage in which ``m`` appears (cvs and stagewise: all n-1 blocks of ``m``;
+mcvs: the blocks it joined with; rvs: its own block, and for the reference the stage-1
+block on the ``W_ie`` side), and with several the outputs are averaged and re-normalised.
+The missing partner is ``options.inference_partner``: ``self`` (default: the item is its
+own partner, keeping the ``W_is`` term alive) or ``zero`` (no partner term). Home blocks
+never change after their stage, so embeddings of earlier modalities stay bitwise fixed.
+Pair-specific embeddings (Q through the (Q, R) block) would not fit Q->Any, where one
+gallery mixes modalities, nor the one-file-per-modality run folder, so they are not offered.
+
+``batch_size`` here counts items per modality (paper 002 V-A: batch size 128), drawn as
+``batch_size // per_class`` classes with ``per_class`` items each (see ClassGroupSampler).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import torch
+
+from mmx.pipeline.modality import Modality
+from mmx.train.strategies.base import Strategy
+from mmx.train.strategies.cvs_model import ClassGroupSampler, CommonSpaceModel
+from mmx.train.triplet import classification_loss, pair_triplet_loss
+
+DEFAULTS = {
+    "attention_wi": True,  # thesis 5.2-A ablation switches
+    "attention_ws": True,
+    "attention_wis": True,
+    "margins": [1.0, 1.0, 1.0],  # alpha_1..3, thesis 4.2
+    "gammas": [0.25, 0.25, 0.5],  # gamma_1..3, thesis 4.2
+    "triplet_symmetric": True,
+    "weight_triplet": 1.0,  # beta of eq. 3.1.7
+    "weight_classification": 1.0,  # alpha of eq. 3.1.7
+    "per_class": 2,
+    "inference_partner": "self",
+    "extend_from": "",  # set by `mmx train --from RUN --add-modality M`
+    "trained_modalities": [],  # the modalities of RUN (frozen)
+}
+PREFERRED_ORDER = ["image", "text", "video", "audio"]  # paper 002 III-A stage order
+
+
+@dataclasses.dataclass
+class Stage:
+    name: str
+    modalities: list  # modality names in the batches
+    blocks: list  # (i, s) blocks trained and scored
+    train: list  # parameter-name prefixes trained in this stage
+    classes: list | None = None  # class indices (stagewise), None: all
+    size_by: list | None = None  # modalities whose item count sets the epoch length; None: all in play
+
+
+def _ordered(mods: list[str]) -> list[str]:
+    return [m for m in PREFERRED_ORDER if m in mods] + [m for m in mods if m not in PREFERRED_ORDER]
+
+
+class CommonSpaceStrategy(Strategy):
+    name = "cvs"
+    extra_options: dict = {}
+    extendable = False
+
+    def __init__(self, cfg, data, device):
+        super().__init__(cfg, data, device)
+        self.opt = {**DEFAULTS, **self.extra_options, **cfg.options}
+        self.mods = [m.value for m in self.modalities]
+        self.plan = self.make_stages()
+        self.stage = self.plan[0]
+        self.all_blocks = list(dict.fromkeys(b for st in self.plan for b in st.blocks))
+        if self.opt["trained_modalities"]:  # extending a run: stages of RUN are already trained
+            done = set(self.opt["trained_modalities"])
+            self.plan = [st for st in self.plan if not set(st.modalities) <= done]
+
+    # ---- config -------------------------------------------------------------------------
+    @classmethod
+    def check(cls, cfg) -> list[str]:
+        problems = super().check(cfg)
+        known = {**DEFAULTS, **cls.extra_options}
+        unknown = sorted(set(cfg.options) - set(known))
+        if unknown:
+            problems.append(f"strategy {cls.name!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        opt = {**known, **cfg.options}
+        if not (opt["attention_wi"] or opt["attention_ws"] or opt["attention_wis"]):
+            problems.append("options: attention_wi, attention_ws and attention_wis are all false; the attention needs one")
+        for key in ("margins", "gammas"):
+            if not (isinstance(opt[key], (list, tuple)) and len(opt[key]) == 3):
+                problems.append(f"options.{key} must be a list of 3 numbers, got {opt[key]!r}")
+        if not isinstance(opt["per_class"], int) or opt["per_class"] < 2:
+            problems.append(f"options.per_class must be an integer >= 2 (intra-modal triplets need two items of a class), got {opt['per_class']!r}")
+        elif cfg.batch_size < opt["per_class"]:
+            problems.append(f"batch_size {cfg.batch_size} is smaller than options.per_class {opt['per_class']}")
+        if opt["inference_partner"] not in ("self", "zero"):
+            problems.append(f"options.inference_partner must be 'self' or 'zero', got {opt['inference_partner']!r}")
+        if opt["extend_from"] and not cls.extendable:
+            problems.append(f"strategy {cls.name!r} retrains every modality (thesis 3.1-D); add modalities with mcvs, rvs or joint")
+        problems += cls.check_stages(cfg, opt)
+        return problems
+
+    @classmethod
+    def check_stages(cls, cfg, opt) -> list[str]:
+        return []
+
+    # ---- stages ---------------------------------------------------------------------------
+    def make_stages(self) -> list[Stage]:
+        blocks = list(itertools.combinations(_ordered(self.mods), 2))
+        return [Stage("all", list(self.mods), blocks, ["heads.", "blocks.", "classifier."])]
+
+    def stages(self) -> list[Stage]:
+        return self.plan
+
+    def begin_stage(self, model, stage: Stage) -> None:
+        """Train exactly ``stage.train``; everything else (and what a warm start froze) is frozen."""
+        self.stage = stage
+        frozen = getattr(model, "extension_frozen", set())
+        for name, p in model.named_parameters():
+            p.requires_grad_(any(name.startswith(t) for t in stage.train) and name not in frozen)
+
+    def end_stage(self, model, stage: Stage) -> dict:
+        return {}
+
+    # ---- model, batches, loss -----------------------------------------------------------
+    def build_model(self):
+        ablation = {"use_wi": self.opt["attention_wi"], "use_ws": self.opt["attention_ws"], "use_wis": self.opt["attention_wis"]}
+        dims = {m: self.data.dims[Modality.parse(m)] for m in self.mods}
+        model = CommonSpaceModel(dims, self.cfg.embed_dim, len(self.data.class_names), self.all_blocks, ablation,
+                                 shared_reference=self.name == "rvs")
+        self.begin_stage(model, self.plan[0])
+        return model
+
+    def batches(self, split, epoch, train):
+        seed = self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
+        per = self.opt["per_class"]
+        stage = self.stage
+        sampler = ClassGroupSampler({m: split.classes[Modality.parse(m)].cpu().numpy() for m in stage.modalities},
+                                    self.cfg.batch_size // per, per, seed, stage.classes, stage.size_by)
+        for rows in sampler:
+            batch = {}
+            for m, r in rows.items():
+                mod = Modality.parse(m)
+                idx = torch.as_tensor(r, device=split.pooled(mod).device)
+                batch[m] = (split.pooled(mod)[idx], split.classes[mod][idx])
+            yield batch
+
+    def step(self, model, batch):
+        g = {m: model.heads[m](x) for m, (x, _) in batch.items()}  # each (B*K, D)
+        labels = {m: y for m, (_, y) in batch.items()}
+        parts, trip, cls = {}, [], []
+        for i, s in self.stage.blocks:
+            out_i, out_s = model.attend(i, s, g[i], g[s])
+            t = pair_triplet_loss(out_i, labels[i], out_s, labels[s], self.opt["margins"], self.opt["gammas"],
+                                  self.opt["triplet_symmetric"])
+            c = 0.5 * (classification_loss(model.classifier(out_i), labels[i]) + classification_loss(model.classifier(out_s), labels[s]))
+            parts[f"loss/triplet/{i}-{s}"], parts[f"loss/cls/{i}-{s}"] = t["triplet"], c
+            trip.append(t["triplet"])
+            cls.append(c)
+        loss = self.opt["weight_triplet"] * torch.stack(trip).sum() + self.opt["weight_classification"] * torch.stack(cls).sum()
+        return {"loss": loss, **parts}
+
+    def home_blocks(self, m: str) -> list:
+        for st in self.make_stages():  # the full plan, also when extending
+            if m in st.modalities:
+                return [b for b in st.blocks if m in b]
+        raise KeyError(m)
+
+    @torch.no_grad()
+    def embed(self, model, split):
+        out = {}
+        for mod in split.features:
+            m = mod.value
+            if m not in self.mods:
+                continue
+            x, blocks = split.pooled(mod), self.home_blocks(m)
+            parts = [model.embed_through(m, x[i : i + 4096], blocks, self.opt["inference_partner"]) for i in range(0, len(x), 4096)]
+            out[m] = torch.cat(parts) if parts else x.new_zeros((0, self.cfg.embed_dim))
+        return out
+
+
+class CVSStrategy(CommonSpaceStrategy):
+    name = "cvs"
+
+
+class MCVSStrategy(CommonSpaceStrategy):
+    name = "mcvs"
+    extra_options = {"stages": []}  # e.g. [[image, text], [video], [audio]]; empty: the paper's order
+    extendable = True
+
+    @classmethod
+    def check_stages(cls, cfg, opt) -> list[str]:
+        stages = opt["stages"]
+        if not stages:
+            return []
+        flat = [str(m) for st in stages for m in (st if isinstance(st, (list, tuple)) else [st])]
+        problems = []
+        expected = [m for m in cfg.modalities if not opt["trained_modalities"] or m in opt["trained_modalities"]]
+        if sorted(flat) != sorted(expected) or len(set(flat)) != len(flat):
+            problems.append(f"options.stages {stages} must list every modality of {expected} exactly once")
+        if not isinstance(stages[0], (list, tuple)) or len(stages[0]) < 2:
+            problems.append(f"options.stages: the first stage needs at least two modalities, got {stages[0]!r}")
+        return problems
+
+    def _groups(self) -> list[list[str]]:
+        if self.opt["stages"]:
+            groups = [[str(m) for m in (st if isinstance(st, (list, tuple)) else [st])] for st in self.opt["stages"]]
+        else:
+            trained = [m for m in self.opt["trained_modalities"]] or self.mods
+            order = _ordered([m for m in trained if m in self.mods])
+            groups = [order[:2]] + [[m] for m in order[2:]]
+        seen = {m for g in groups for m in g}
+        return groups + [[m] for m in self.mods if m not in seen]  # modalities added by --add-modality
+
+    def make_stages(self) -> list[Stage]:
+        stages, existing = [], []
+        for k, group in enumerate(self._groups()):
+            if k == 0:
+                blocks = list(itertools.combinations(group, 2))
+                train = [f"heads.{m}." for m in group] + [f"blocks.{i}-{s}." for i, s in blocks] + ["classifier."]
+            else:
+                blocks = [(e, m) for m in group for e in existing]
+                train = [f"heads.{m}." for m in group] + [f"blocks.{e}-{m}." for e, m in blocks]
+            existing = existing + group
+            # a later stage's epoch is one pass over the new modality, not over the (frozen) largest one
+            stages.append(Stage("+".join(group), list(existing) if k == 0 else list(dict.fromkeys(group + existing)), blocks, train,
+                                size_by=None if k == 0 else list(group)))
+        return stages
+
+
+class RVSStrategy(CommonSpaceStrategy):
+    name = "rvs"
+    extra_options = {"reference": "image", "order": []}  # order of the other modalities; empty: text, audio, video
+    extendable = True
+
+    @classmethod
+    def check_stages(cls, cfg, opt) -> list[str]:
+        problems = []
+        if opt["reference"] not in cfg.modalities:
+            problems.append(f"options.reference {opt['reference']!r} is not among the modalities {cfg.modalities}")
+        expected = [m for m in cfg.modalities if m != opt["reference"] and (not opt["trained_modalities"] or m in opt["trained_modalities"])]
+        if opt["order"] and sorted(map(str, opt["order"])) != sorted(expected):
+            problems.append(f"options.order {opt['order']} must list every modality but the reference exactly once")
+        return problems
+
+    def make_stages(self) -> list[Stage]:
+        ref = self.opt["reference"]
+        thesis = ["text", "image", "audio", "video"]  # thesis 5.1-E stage order
+        others = [str(m) for m in self.opt["order"]] or [m for m in thesis if m in self.mods and m != ref] + \
+            [m for m in self.mods if m not in thesis and m != ref]
+        others += [m for m in self.mods if m not in others and m != ref]  # added by --add-modality
+        stages = []
+        for k, m in enumerate(others):
+            train = [f"heads.{m}.", f"blocks.{ref}-{m}."] + ([f"heads.{ref}.", "classifier.", "w_ie."] if k == 0 else [])
+            stages.append(Stage(m, [ref, m], [(ref, m)], train, size_by=None if k == 0 else [m]))
+        return stages
+
+
+class StagewiseStrategy(CommonSpaceStrategy):
+    name = "stagewise"
+    extra_options = {"classes_per_stage": 5, "eval_k": 50}  # Table 12 (Pascal): groups of 5 classes
+
+    @classmethod
+    def check_stages(cls, cfg, opt) -> list[str]:
+        k = opt["classes_per_stage"]
+        return [] if isinstance(k, int) and k >= 1 else [f"options.classes_per_stage must be a positive integer, got {k!r}"]
+
+    def make_stages(self) -> list[Stage]:
+        """Class groups in class-name order (Table 12: classes 1-5, 6-10, ...)."""
+        blocks = list(itertools.combinations(_ordered(self.mods), 2))
+        n, k = len(self.data.class_names), self.opt["classes_per_stage"]
+        return [Stage(f"classes {lo + 1}-{min(lo + k, n)}", list(self.mods), blocks, ["heads.", "blocks.", "classifier."],
+                      list(range(lo, min(lo + k, n)))) for lo in range(0, n, k)]
+
+    def end_stage(self, model, stage: Stage) -> dict:
+        """Table 13: mAP@50 on the test items of the stage-1 classes and on the whole test split."""
+        split = self.data.splits.get("test")
+        if split is None:
+            return {}
+        model.eval()
+        embs = self.embed(model, split)
+        labels = {m: split.classes[Modality.parse(m)] for m in embs}
+        first = torch.as_tensor(self.plan[0].classes, device=self.device)
+        out = {}
+        for q, r in itertools.permutations(embs, 2):
+            for part, keep_q, keep_r in (("stage1", torch.isin(labels[q], first), torch.isin(labels[r], first)),
+                                         ("all", None, None)):
+                eq, lq, er, lr = embs[q], labels[q], embs[r], labels[r]
+                if keep_q is not None:
+                    eq, lq, er, lr = eq[keep_q], lq[keep_q], er[keep_r], lr[keep_r]
+                out[f"map@{self.opt['eval_k']}/{part}/{q}->{r}"] = map_at_k(eq, lq, er, lr, self.opt["eval_k"])
+        return out
+
+
+def map_at_k(query, qlab, gallery, glab, k: int = 50) -> float:
+    """mAP@k by cosine similarity: AP = (1/N) sum_{r<=k} P(r) rel(r), N the relevant items in
+    the top k (paper 002 eq. 7, thesis eq. 4.2.1); AP = 0 when none is relevant."""
+    if len(query) == 0 or len(gallery) == 0:
+        return float("nan")
+    sims = query @ gallery.T  # (Q, G), rows are L2-normalised
+    k = min(k, len(gallery))
+    top = sims.topk(k, dim=1).indices
+    rel = (glab[top] == qlab.unsqueeze(1)).float()  # (Q, k)
+    precision = rel.cumsum(1) / torch.arange(1, k + 1, device=rel.device)
+    n_rel = rel.sum(1)
+    ap = (precision * rel).sum(1) / n_rel.clamp_min(1)
+    return float(ap.mean())

@@ -1,0 +1,110 @@
+"""The CVS-family model (paper 002 Sec. III-A/C; thesis 004 Sec. 3.1-3.3) and its batches.
+
+Per modality a :class:`TanhHead` (two fully connected layers with tanh between them, to
+the D-dimensional common space; D = 512 in the papers, ``cfg.embed_dim`` here), aligned
+attention blocks keyed ``"<i>-<s>"`` (modality on the ``i`` side, modality on the ``s``
+side), one softmax classifier over the common space (paper 002 III-B), and for RVS the
+shared reference output weight ``w_ie`` (thesis 3.3-A).
+
+Readings: no activation after the second layer ("tanh in between the fully connected
+layers", paper 002 III-A); both layers have D units (paper 002 V-A: "both of which contain
+512 neurons"); no dropout (neither paper mentions one, so ``cfg.dropout`` is unused).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from mmx.train.attention import AlignedAttention
+
+
+class TanhHead(nn.Module):
+    def __init__(self, in_dim: int, dim: int):
+        super().__init__()
+        self.fc1 = nn.Linear(in_dim, dim)  # (B, D_m) -> (B, D)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+
+def block_key(i, s) -> str:
+    return f"{i}-{s}"
+
+
+class CommonSpaceModel(nn.Module):
+    def __init__(self, dims: dict, dim: int, n_classes: int, blocks: list, ablation: dict, shared_reference: bool):
+        """``dims``: modality name -> input dim; ``blocks``: (i, s) modality-name pairs."""
+        super().__init__()
+        self.heads = nn.ModuleDict({m: TanhHead(d, dim) for m, d in dims.items()})
+        self.blocks = nn.ModuleDict({block_key(i, s): AlignedAttention(dim, **ablation) for i, s in blocks})
+        self.classifier = nn.Linear(dim, n_classes)
+        # RVS: one W_ie for every block, trained in stage 1 and frozen after (thesis 3.3-A)
+        self.w_ie = nn.Linear(dim, dim, bias=False) if shared_reference else None
+
+    def attend(self, i: str, s: str, g_i: torch.Tensor, g_s: torch.Tensor):
+        """``(g_i', g_s')`` of block (i, s), each (B, D), L2-normalised."""
+        return self.blocks[block_key(i, s)](g_i, g_s, self.w_ie)
+
+    def embed_through(self, m: str, x: torch.Tensor, blocks: list, partner: str) -> torch.Tensor:
+        """Items ``x`` of modality ``m`` (N, D_m) through its home ``blocks`` with no real partner.
+
+        ``partner="self"``: the item is its own partner (both inputs are ``g``);
+        ``"zero"``: the partner input is zero, so only ``m``'s own weight (and the bias)
+        drive the attention. Several home blocks: the mean of their outputs, re-normalised.
+        """
+        g = self.heads[m](x)  # (N, D)
+        other = g if partner == "self" else torch.zeros_like(g)
+        outs = []
+        for i, s in blocks:
+            if m == i:
+                outs.append(self.attend(i, s, g, other)[0])
+            else:
+                outs.append(self.attend(i, s, other, g)[1])
+        out = torch.stack(outs).mean(0) if len(outs) > 1 else outs[0]
+        return nn.functional.normalize(out, dim=-1)
+
+
+class ClassGroupSampler:
+    """Batches of ``n_classes`` distinct classes with ``per_class`` items of every modality each.
+
+    The papers' triplet loss has intra-modal terms (thesis 3.1.6), which need two items of
+    one modality and one class in a batch; the spine's sampler gives one, so this one draws
+    ``per_class`` (P x K sampling, FaceNet [12]). Items of a (modality, class) come from a
+    queue reshuffled when it runs out, over-sampling small modalities (as paper 000 III-A).
+    An epoch has ``ceil(N_max / (n_classes * per_class))`` batches, ``N_max`` the item count
+    of the largest modality in play over the allowed classes (or of ``size_by`` only: a stage
+    that adds a modality sizes its epoch by the new modality's items).
+    """
+
+    def __init__(self, classes: dict, n_classes: int, per_class: int, seed: int, allowed=None, size_by=None):
+        cls = {m: np.asarray(c) for m, c in classes.items()}
+        common = set.intersection(*(set(np.unique(c[c >= 0]).tolist()) for c in cls.values()))
+        if allowed is not None:
+            common &= set(int(a) for a in allowed)
+        if not common:
+            raise ValueError("no class has items in every modality of this stage; class-aligned batches are impossible")
+        self.classes = np.array(sorted(common))
+        self.n_classes = max(1, min(n_classes, len(self.classes)))
+        self.per_class = per_class
+        self.rng = np.random.default_rng(seed)
+        self.members = {m: {int(k): np.flatnonzero(c == k) for k in self.classes} for m, c in cls.items()}
+        self.n_max = max(sum(len(v) for v in per.values()) for m, per in self.members.items() if not size_by or m in size_by)
+        self.queues: dict = {m: {} for m in cls}
+
+    def __len__(self) -> int:
+        return -(-self.n_max // (self.n_classes * self.per_class))
+
+    def _next(self, m, k: int) -> int:
+        q = self.queues[m].get(k)
+        if not q:
+            q = list(self.rng.permutation(self.members[m][k]))
+            self.queues[m][k] = q
+        return int(q.pop())
+
+    def __iter__(self):
+        for _ in range(len(self)):
+            chosen = self.rng.choice(self.classes, size=self.n_classes, replace=False)
+            yield {m: np.array([self._next(m, int(k)) for k in chosen for _ in range(self.per_class)]) for m in self.members}

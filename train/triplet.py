@@ -1,0 +1,105 @@
+"""Inter- and intra-modal triplet loss with semi-hard negatives, and the classification loss.
+
+Paper 002 Sec. III-B eq. 1-2; thesis 004 Sec. 3.1-A eq. 3.1.4-3.1.7, Sec. 2.5-B and 2.6;
+margins and weights from thesis Sec. 4.2 (alpha_1..3 = 1.0; gamma = 0.25, 0.25, 0.5).
+
+Readings:
+
+* Distance. Thesis eq. 3.1.6 and 2.5.2 square the Euclidean distance (paper 002 eq. 1
+  does not); we use the squared distance, on the L2-normalised outputs of the attention
+  block, so it lies in [0, 4] and a margin of 1.0 is meaningful.
+* Triplets. Two items are positive when they share a class, negative otherwise
+  (paper 002 III-B). For every anchor ``a`` and every positive ``p`` of the batch (all
+  pairs, as FaceNet [12] does; the anchor itself is not its own positive) one negative is
+  mined; the term is the mean over those (a, p) pairs.
+* Semi-hard mining (thesis 2.6, after Schroff et al. [12]). The thesis implementation is
+  TensorFlow, whose ``triplet_semihard_loss`` we follow: the negative of (a, p) is the
+  closest negative that is still farther from ``a`` than ``p`` (``d_an > d_ap``). If such a
+  negative is within the margin it is the hardest semi-hard one, and if the closest one
+  lies beyond the margin the term is zero, as the thesis says of easy negatives. When no
+  negative is farther than ``p`` (all are hard), the farthest negative is used, because
+  hard negatives "could be too high for the model to handle" (2.6).
+* Eq. 3.1.6 per modality pair (x, y): ``gamma_1 T(x->x) + gamma_2 T(y->y) + gamma_3 T(x->y)``,
+  where ``T(u->v)`` has anchors from ``u`` and positives/negatives from ``v``. As written the
+  inter-modal term runs one way (anchor in x). A block's pair is unordered, so by default
+  (``symmetric=True``) the inter-modal term is the mean of ``x->y`` and ``y->x``; set it
+  false for eq. 3.1.6 verbatim.
+* Classification (eq. 3.1.4-3.1.5 mix a binary cross-entropy with a softmax): we read it
+  as the categorical cross-entropy of a softmax classifier over the classes, applied to
+  the common-space vectors.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_FAR = 1e9  # a finite stand-in for infinity keeps masked-out gradients free of NaN
+
+
+def squared_distances(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(A, C) squared Euclidean distances between rows of ``a`` (A, D) and ``b`` (C, D)."""
+    d = (a * a).sum(1, keepdim=True) - 2 * a @ b.T + (b * b).sum(1).unsqueeze(0)
+    return d.clamp_min(0.0)
+
+
+def select_semihard(dist: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor):
+    """The mined negative for every (anchor, positive) cell.
+
+    ``dist``: (A, C); ``positive``/``negative``: bool (A, C) masks over the candidates.
+    Returns ``(d_an, index)``, each (A, C): for cell (a, p) the distance to, and the column
+    of, the closest negative farther than ``dist[a, p]``, else the farthest negative.
+    Cells that are not positive, or whose anchor has no negative, are meaningless.
+    """
+    # sort each anchor's negatives once; the first one beyond d_ap is found by binary search,
+    # O(A C log C) instead of comparing every (positive, negative) pair, O(A C^2)
+    cols = dist.shape[1]
+    sorted_d, order = torch.where(negative, dist, torch.full_like(dist, _FAR)).detach().sort(1)
+    first = torch.searchsorted(sorted_d.contiguous(), dist.detach().contiguous(), right=True)  # first sorted > d_ap
+    has_semi = first < negative.sum(1, keepdim=True)
+    semi_idx = order.gather(1, first.clamp(max=cols - 1))
+    far_idx = torch.where(negative, dist, torch.full_like(dist, -_FAR)).argmax(1, keepdim=True).expand_as(semi_idx)
+    index = torch.where(has_semi, semi_idx, far_idx)
+    value = dist.gather(1, index)  # differentiable in the chosen distance
+    return value, index
+
+
+def semihard_triplet_loss(
+    anchor: torch.Tensor, anchor_labels: torch.Tensor, cand: torch.Tensor, cand_labels: torch.Tensor,
+    margin: float = 1.0, same_set: bool = False,
+) -> torch.Tensor:
+    """Mean over (anchor, positive) pairs of ``max(0, d_ap - d_an + margin)`` with mined ``n``.
+
+    ``same_set``: ``cand`` is ``anchor`` (intra-modal), so the diagonal is no positive.
+    Returns 0 (with a graph) when the batch has no usable (a, p) pair.
+    """
+    dist = squared_distances(anchor, cand)  # (A, C)
+    same = anchor_labels.unsqueeze(1) == cand_labels.unsqueeze(0)
+    positive = same.clone()
+    if same_set:
+        positive.fill_diagonal_(False)
+    negative = ~same
+    d_an, _ = select_semihard(dist, positive, negative)
+    valid = positive & negative.any(1, keepdim=True)
+    if not bool(valid.any()):
+        return dist.sum() * 0.0
+    return F.relu(dist - d_an + margin)[valid].mean()
+
+
+def pair_triplet_loss(
+    fx: torch.Tensor, lx: torch.Tensor, fy: torch.Tensor, ly: torch.Tensor,
+    margins=(1.0, 1.0, 1.0), gammas=(0.25, 0.25, 0.5), symmetric: bool = True,
+) -> dict[str, torch.Tensor]:
+    """Thesis eq. 3.1.6 for one modality pair: ``{"triplet", "intra_x", "intra_y", "inter"}``."""
+    intra_x = semihard_triplet_loss(fx, lx, fx, lx, margins[0], same_set=True)
+    intra_y = semihard_triplet_loss(fy, ly, fy, ly, margins[1], same_set=True)
+    inter = semihard_triplet_loss(fx, lx, fy, ly, margins[2])
+    if symmetric:
+        inter = 0.5 * (inter + semihard_triplet_loss(fy, ly, fx, lx, margins[2]))
+    total = gammas[0] * intra_x + gammas[1] * intra_y + gammas[2] * inter
+    return {"triplet": total, "intra_x": intra_x, "intra_y": intra_y, "inter": inter}
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Categorical cross-entropy (our reading of thesis eq. 3.1.4-3.1.5)."""
+    return F.cross_entropy(logits, labels)
