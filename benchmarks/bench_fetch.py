@@ -1,13 +1,14 @@
 """Benchmark of ``mmx fetch`` against a loopback server (issue 3).
 
-    python benchmarks/bench_fetch.py                # 10 000 and 50 000 items
+    python benchmarks/bench_fetch.py                # 10 000 and 50 000 items (about 3 minutes)
+    python benchmarks/bench_fetch.py --sizes 10000,50000,100000   # add 100 000 (about 7 minutes)
     python benchmarks/bench_fetch.py --sizes 2000   # a quick look
 
 A server process on 127.0.0.1 serves small JPEGs, 15% of them broken in assorted ways (404,
 410, persistent 500, HTML with status 200, truncated body, a JPEG cut short at the source,
 429 then success). Each size is fetched in a fresh child process, which reports items/s and
 its peak resident memory (ru_maxrss), so the figures of 10 000 and 50 000 items can be
-compared. Baseline in the same run: a plain sequential ``httpx.Client`` loop over the first
+compared; the last line gives the growth of the peak per extra item. Baseline in the same run: a plain sequential ``httpx.Client`` loop over the first
 1 000 items with no validation, journal or retries.
 """
 
@@ -129,6 +130,7 @@ def main() -> None:
             print(f"machine: {os.cpu_count()} CPU cores; server in its own process on {base}")
             base_rate = baseline(base, 1000)
             print(f"baseline (sequential httpx.Client, no validation, 1000 items): {base_rate:.0f} items/s")
+            peaks = {}
             for n in [int(s) for s in args.sizes.split(",")]:
                 frame = pd.DataFrame({"id": [f"i{i}" for i in range(n)], "modality": "image",
                                       "uri": [f"{base}/i{i}.jpg" for i in range(n)],
@@ -141,6 +143,11 @@ def main() -> None:
                 print(f"mmx fetch {n:>6} items: {res['items_per_s']:.0f} items/s ({res['seconds']:.1f} s, "
                       f"{res['items_per_s'] / base_rate:.2f}x baseline), ok {res['ok']} "
                       f"({100 * res['ok'] / n:.1f}%), peak RSS {res['peak_rss_mib']:.0f} MiB; {res['statuses']}")
+                peaks[n] = res["peak_rss_mib"]
+            if len(peaks) > 1:
+                (small, lo), (big, hi) = min(peaks.items()), max(peaks.items())
+                print(f"peak RSS {big} vs {small} items: {hi - lo:+.1f} MiB, "
+                      f"{(hi - lo) * 2**20 / (big - small):+.0f} bytes per extra item")
         finally:
             server.kill()
             server.wait()

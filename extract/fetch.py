@@ -18,9 +18,11 @@ Choices where the issue is silent:
 * a plain rerun skips every item that already has a final status (an ``ok`` one only while its
   file is still there with the recorded size); ``retry_failed`` retries the transient kinds
   (:data:`~mmx.extract.fetch_status.TRANSIENT_KINDS`), ``retry_all`` every failure;
-* memory: a fixed pool of workers pulls from a queue of bounded size, so what is in flight
-  does not grow with the manifest; what does grow is the manifest table itself and one
-  small journal record per finished item, read back on resume (see benchmarks/RESULTS.md);
+* memory: the manifest is never held whole; it is validated, planned, fed to the workers and
+  summarised in chunks (:mod:`mmx.extract.fetch_manifest`), and a fixed pool of workers pulls
+  from a queue of bounded size. What still grows with the manifest is a few bytes per item:
+  one bit of the work list and 16 bytes of :class:`~mmx.extract.fetch_status.JournalIndex`
+  (8 bytes of id hash while validating); see benchmarks/RESULTS.md;
 * local paths (and ``file://``) are only read below ``allowed_roots`` (default: the
   manifest's folder), validated like downloads, then hard-linked, or copied when linking fails.
 """
@@ -109,20 +111,22 @@ def is_url(uri: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri))
 
 
-def needs_fetch(brief, uri: str, root: Path, cfg: FetchConfig) -> bool:
-    """Whether an item whose last journal record is ``brief`` must be (re)fetched in this run."""
-    if brief is None or brief.uri != uri:
+def needs_fetch(rec: dict | None, uri: str, root: Path, cfg: FetchConfig) -> bool:
+    """Whether an item whose last journal record is ``rec`` must be (re)fetched in this run."""
+    if rec is None or rec.get("uri", "") != uri:
         return True
-    if brief.status == OK:
-        if not brief.path:
+    status = rec.get("status", "")
+    if status == OK:
+        path = rec.get("path") or ""
+        if not path:
             return False  # inline text
         try:
-            return (root / brief.path).stat().st_size != brief.bytes
+            return (root / path).stat().st_size != int(rec.get("bytes") or 0)
         except OSError:
             return True
     if cfg.retry_all:
         return True
-    return cfg.retry_failed and brief.status in TRANSIENT_KINDS
+    return cfg.retry_failed and status in TRANSIENT_KINDS
 
 
 def sweep_partial_files(media: Path) -> int:

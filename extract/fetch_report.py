@@ -28,45 +28,56 @@ def _pct(ok: int, total: int) -> float:
     return round(100.0 * ok / total, 1) if total else 0.0
 
 
-def build_report(frame, journal: dict) -> dict:
-    """Availability per modality, per class and per failure kind; JSON-ready.
+class ReportCounter:
+    """Running counts for the report, fed one item at a time: memory grows with the number of
+    classes and modalities, never with the number of items."""
 
-    ``journal`` maps ids to :class:`~mmx.extract.fetch_status.Brief` (see ``index_journal``).
-    """
-    modalities: dict[str, dict] = {}
-    classes: dict[str, dict[str, dict]] = {}
-    for item_id, modality, label in zip(frame["id"], frame["modality"], frame["label"]):
-        brief = journal.get(item_id)
-        status = brief.status if brief is not None else "pending"
-        m = modalities.setdefault(modality, {"items": 0, "ok": 0, "failures": {}})
+    def __init__(self):
+        self.modalities: dict[str, dict] = {}
+        self.classes: dict[str, dict[str, dict]] = {}
+
+    def add(self, modality: str, label: str, status: str) -> None:
+        m = self.modalities.setdefault(modality, {"items": 0, "ok": 0, "failures": {}})
         m["items"] += 1
         if status == OK:
             m["ok"] += 1
         else:
             m["failures"][status] = m["failures"].get(status, 0) + 1
         if label:
-            c = classes.setdefault(label, {}).setdefault(modality, {"items": 0, "ok": 0})
+            c = self.classes.setdefault(label, {}).setdefault(modality, {"items": 0, "ok": 0})
             c["items"] += 1
             c["ok"] += status == OK
-    for m in modalities.values():
-        m["percent"] = _pct(m["ok"], m["items"])
-        m["failures"] = dict(sorted(m["failures"].items(), key=lambda kv: -kv[1]))
-    failures: dict[str, int] = {}
-    for m in modalities.values():
-        for kind, n in m["failures"].items():
-            failures[kind] = failures.get(kind, 0) + n
-    lost = [{"label": label, "modality": modality, "items": c["items"]}
-            for label, per in sorted(classes.items()) for modality, c in sorted(per.items())
-            if c["items"] and not c["ok"]]
-    total = sum(m["items"] for m in modalities.values())
-    ok = sum(m["ok"] for m in modalities.values())
-    return {
-        "items": total, "ok": ok, "percent": _pct(ok, total),
-        "modalities": dict(sorted(modalities.items())),
-        "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
-        "classes": classes,
-        "lost_classes": lost,
-    }
+
+    def report(self) -> dict:
+        """Availability per modality, per class and per failure kind; JSON-ready."""
+        modalities = {name: dict(m) for name, m in self.modalities.items()}
+        for m in modalities.values():
+            m["percent"] = _pct(m["ok"], m["items"])
+            m["failures"] = dict(sorted(m["failures"].items(), key=lambda kv: -kv[1]))
+        failures: dict[str, int] = {}
+        for m in modalities.values():
+            for kind, n in m["failures"].items():
+                failures[kind] = failures.get(kind, 0) + n
+        lost = [{"label": label, "modality": modality, "items": c["items"]}
+                for label, per in sorted(self.classes.items()) for modality, c in sorted(per.items())
+                if c["items"] and not c["ok"]]
+        total = sum(m["items"] for m in modalities.values())
+        ok = sum(m["ok"] for m in modalities.values())
+        return {
+            "items": total, "ok": ok, "percent": _pct(ok, total),
+            "modalities": dict(sorted(modalities.items())),
+            "failures": dict(sorted(failures.items(), key=lambda kv: -kv[1])),
+            "classes": self.classes,
+            "lost_classes": lost,
+        }
+
+
+def build_report(items) -> dict:
+    """The report of ``(modality, label, status)`` triples (see :class:`ReportCounter`)."""
+    counter = ReportCounter()
+    for modality, label, status in items:
+        counter.add(modality, label, status)
+    return counter.report()
 
 
 def summary_lines(report: dict) -> list[str]:

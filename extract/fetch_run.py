@@ -1,8 +1,9 @@
 """The asyncio engine behind :func:`mmx.extract.fetch.fetch_manifest`.
 
 A fixed pool of ``workers`` coroutines pulls items from a queue of at most ``2 * workers``
-entries, fed by one producer that walks the manifest; so the work in flight, and the memory
-it needs, does not depend on the manifest's size. Each worker streams into a ``.part`` file
+entries, fed by one producer that walks the manifest a chunk at a time
+(:mod:`mmx.extract.fetch_manifest`); so the work in flight, and the memory it needs, does not
+depend on the manifest's size. Each worker streams into a ``.part`` file
 beside its destination, validates it in a small thread pool (decoders hold the GIL only
 partly and must not stall the event loop), renames it into place and only then appends the
 item's final status to the journal (see :mod:`mmx.extract.fetch_status`).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import os
 import time
 import uuid
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from mmx.extract.fetch import (FetchConfig, FetchLayout, is_url, link_or_copy, local_source, needs_fetch,
                                place_file, safe_stem, sweep_partial_files)
-from mmx.extract.fetch_status import OK, Journal, index_journal, status_rows, write_status_table
+from mmx.extract.fetch_status import OK, Journal
 
 
 @dataclasses.dataclass
@@ -55,10 +57,16 @@ class _Progress:
         now = time.monotonic()
         if now - self._shown > 0.5:
             self._shown = now
-            rate = self.nbytes / max(now - self.start, 1e-9)
-            self.bar.set_postfix_str(f"{rate / 2**20:.2f} MiB/s, ok {100 * self.ok / self.done:.1f}%")
+            self._show(now)
+
+    def _show(self, now: float) -> None:
+        rate = self.nbytes / max(now - self.start, 1e-9)
+        self.bar.set_postfix_str(f"{rate / 2**20:.2f} MiB/s, ok {100 * self.ok / max(self.done, 1):.1f}%",
+                                 refresh=False)
 
     def close(self) -> None:
+        if self.done:
+            self._show(time.monotonic())  # the final figures, not those of the last half second
         self.bar.close()
 
 
@@ -76,53 +84,92 @@ def _lock(layout: FetchLayout):
 
 
 def run_fetch(manifest_path, out_dir, cfg: FetchConfig) -> FetchSummary:
-    from mmx.extract.fetch_report import build_report, write_report
-    from mmx.pipeline.manifest import read_manifest
+    """Four walks over the manifest, a chunk at a time: validate, plan, fetch, summarise.
 
-    manifest = read_manifest(manifest_path)
+    Between chunks only the plan (one bit per item) and the journal index (16 bytes per id)
+    are kept, so memory does not grow with the manifest beyond those few bytes per item.
+    """
+    from mmx.extract.fetch_manifest import scan_manifest
+    from mmx.extract.fetch_status import JournalIndex
+
+    stream = scan_manifest(manifest_path)  # every problem of the manifest, before anything is written
     layout = FetchLayout(Path(out_dir).resolve())
     if layout.manifest.resolve() == Path(manifest_path).resolve():
         raise ValueError(f"{manifest_path} would be overwritten by the fetched manifest; use another --out")
-    frame = manifest.frame
-    if cfg.modalities:
-        frame = frame[frame["modality"].isin(cfg.modalities)].reset_index(drop=True)
-    roots = [Path(os.path.realpath(r)) for r in (cfg.allowed_roots or (str(manifest.path.parent),))]
+    roots = [Path(os.path.realpath(r)) for r in (cfg.allowed_roots or (str(stream.path.parent),))]
     layout.root.mkdir(parents=True, exist_ok=True)
     lock = _lock(layout)
     try:
         swept = sweep_partial_files(layout.media)
-        journal = index_journal(layout.journal)
-        ids, uris = frame["id"].tolist(), frame["uri"].tolist()
-        todo = [i for i, (item_id, uri) in enumerate(zip(ids, uris))
-                if needs_fetch(journal.get(item_id), uri, layout.root, cfg)]
-        del journal  # the engine needs none of it; it is read back for the table below
-        this_run = asyncio.run(_engine(manifest, frame, todo, layout, roots, cfg))
-        journal = index_journal(layout.journal)
-        write_status_table(status_rows(ids, layout.journal, journal), layout.status)
-        _write_fetched_manifest(frame, journal, layout)
-        report = build_report(frame, journal)
-        write_report(report, layout.meta)
+        plan, items, todo = _plan(stream, JournalIndex(layout.journal), layout, cfg)
+        this_run = asyncio.run(_engine(stream, plan, todo, layout, roots, cfg))
+        report, totals = _finalise(stream, JournalIndex(layout.journal), layout, cfg)
     finally:
         lock.close()
-    totals: dict[str, int] = {}
-    for item_id in ids:
-        status = journal[item_id].status if item_id in journal else "pending"
-        totals[status] = totals.get(status, 0) + 1
-    return FetchSummary(layout, len(frame), len(todo), len(frame) - len(todo), this_run, totals, report, swept)
+    return FetchSummary(layout, items, todo, items - todo, this_run, totals, report, swept)
 
 
-def _write_fetched_manifest(frame, journal: dict, layout: FetchLayout) -> None:
-    from mmx.pipeline.manifest import write_manifest
+def _selected(frame, cfg: FetchConfig):
+    """The rows of a chunk this run is about (the modality filter)."""
+    return frame[frame["modality"].isin(cfg.modalities)] if cfg.modalities else frame
 
-    keep, uris = [], []
-    for i, item_id in enumerate(frame["id"].tolist()):
-        brief = journal.get(item_id)
-        if brief is not None and brief.status == OK:
-            keep.append(i)
-            uris.append(brief.path or frame.at[i, "uri"])
-    out = frame.iloc[keep].copy()
-    out["uri"] = uris
-    write_manifest(out.reset_index(drop=True), layout.manifest)
+
+def _plan(stream, index, layout: FetchLayout, cfg: FetchConfig):
+    """Which items to fetch: one bit per manifest row (``np.packbits`` per chunk), and the counts."""
+    import numpy as np
+
+    plan, items, todo = [], 0, 0
+    for _, chunk in stream.chunks():
+        wanted = np.zeros(len(chunk), dtype=bool)
+        frame = _selected(chunk, cfg)
+        ids, uris = frame["id"].tolist(), frame["uri"].tolist()
+        for pos, rec, uri in zip(frame.index - chunk.index[0], index.records(ids), uris):
+            wanted[pos] = needs_fetch(rec, uri, layout.root, cfg)
+        plan.append(np.packbits(wanted))
+        items += len(frame)
+        todo += int(wanted.sum())
+    return plan, items, todo
+
+
+def _finalise(stream, index, layout: FetchLayout, cfg: FetchConfig) -> tuple[dict, dict]:
+    """Status table, fetched manifest and link-rot report, streamed chunk by chunk from the journal."""
+    import pandas as pd
+
+    from mmx.extract.fetch_report import ReportCounter, write_report
+    from mmx.extract.fetch_status import StatusTableWriter, status_row
+
+    counter, totals = ReportCounter(), {}
+    table = StatusTableWriter(layout.status)
+    fetched_tmp = layout.manifest.with_name(f".{layout.manifest.name}.tmp")
+    try:
+        with open(fetched_tmp, "w", newline="", encoding="utf-8") as fetched:
+            pd.DataFrame(columns=stream.columns).to_csv(fetched, index=False)  # header, as write_manifest
+            for _, chunk in stream.chunks():
+                frame = _selected(chunk, cfg)
+                ids = frame["id"].tolist()
+                records = index.records(ids)
+                keep, local = [], []
+                for item_id, modality, label, uri, rec in zip(ids, frame["modality"], frame["label"], frame["uri"],
+                                                              records):
+                    table.write(status_row(item_id, rec))
+                    status = rec["status"] if rec is not None else "pending"
+                    counter.add(modality, label, status)
+                    totals[status] = totals.get(status, 0) + 1
+                    keep.append(status == OK)
+                    if status == OK:
+                        local.append(rec.get("path") or uri)
+                out = frame[keep].copy()
+                out["uri"] = local
+                out.to_csv(fetched, index=False, header=False)
+        os.replace(fetched_tmp, layout.manifest)
+    except BaseException:
+        table.abort()
+        fetched_tmp.unlink(missing_ok=True)
+        raise
+    table.commit()
+    report = counter.report()
+    write_report(report, layout.meta)
+    return report, totals
 
 
 def _skip_missing_sniffio() -> None:
@@ -137,33 +184,50 @@ def _skip_missing_sniffio() -> None:
         sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
-async def _engine(manifest, frame, todo: list[int], layout: FetchLayout, roots, cfg: FetchConfig) -> dict:
+async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg: FetchConfig) -> dict:
     import httpx
+    import numpy as np
 
     _skip_missing_sniffio()
 
-    columns = {c: frame[c].tolist() for c in ("id", "modality", "uri", "text", "label")}
     queue: asyncio.Queue = asyncio.Queue(maxsize=2 * cfg.workers)
     counts: dict[str, int] = {}
     host_limits: dict[str, asyncio.Semaphore] = {}
-    progress = _Progress(len(todo), cfg.progress)
+    folders: set[str] = set()
+    progress = _Progress(todo, cfg.progress)
     pool = ThreadPoolExecutor(max_workers=cfg.validate_threads, thread_name_prefix="mmx-validate")
+    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmx-manifest")  # one thread, one malloc arena
+    loop = asyncio.get_running_loop()
     timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout, pool=None)
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
-    for modality in set(columns["modality"][i] for i in todo):
-        (layout.media / modality).mkdir(parents=True, exist_ok=True)
+
+    def planned_items():
+        """The items to fetch, walking the manifest again one chunk at a time."""
+        for (_, chunk), bits in zip(stream.chunks(), plan):
+            wanted = np.unpackbits(bits, count=len(chunk)).astype(bool)
+            if not wanted.any():
+                continue
+            rows = chunk[wanted]
+            yield from zip(rows["id"], rows["modality"], rows["uri"], rows["text"], rows["label"])
 
     async def producer() -> None:
-        for i in todo:
-            await queue.put(i)
+        # Parsing a chunk takes tens of milliseconds: done in a thread so the downloads go on.
+        items = planned_items()
+        batch: list = []
+        while batch is not None:
+            batch = await loop.run_in_executor(reader, lambda: list(itertools.islice(items, 512)) or None)
+            for item_id, modality, uri, text, label in batch or ():
+                if modality not in folders:
+                    (layout.media / modality).mkdir(parents=True, exist_ok=True)
+                    folders.add(modality)
+                await queue.put({"id": item_id, "modality": modality, "uri": uri, "text": text, "label": label})
         for _ in range(cfg.workers):
             await queue.put(None)
 
     async def worker(client, journal: Journal) -> None:
-        while (i := await queue.get()) is not None:
-            item = {c: columns[c][i] for c in columns}
+        while (item := await queue.get()) is not None:
             started = time.monotonic()
-            rec = await _fetch_item(item, client, manifest, layout, roots, cfg, host_limits, pool)
+            rec = await _fetch_item(item, client, stream, layout, roots, cfg, host_limits, pool)
             rec.update(id=item["id"], modality=item["modality"], label=item["label"], uri=item["uri"],
                        time=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                        elapsed_s=round(time.monotonic() - started, 3))
@@ -184,10 +248,11 @@ async def _engine(manifest, frame, todo: list[int], layout: FetchLayout, roots, 
     finally:
         progress.close()
         pool.shutdown(wait=True)
+        reader.shutdown(wait=True)
     return counts
 
 
-async def _fetch_item(item, client, manifest, layout, roots, cfg, host_limits, pool) -> dict:
+async def _fetch_item(item, client, stream, layout, roots, cfg, host_limits, pool) -> dict:
     """Fetch one item; always returns a record with a ``status``."""
     from mmx.extract.fetch_http import get_with_retries, remove_quietly
     from mmx.extract.fetch_validate import check_file
@@ -212,7 +277,7 @@ async def _fetch_item(item, client, manifest, layout, roots, cfg, host_limits, p
             if got.kind is not None:
                 return {**rec, "status": got.kind, "error": got.error}
         elif scheme == "file":
-            src, kind, why = local_source(uri, manifest.resolve(uri), roots)
+            src, kind, why = local_source(uri, stream.resolve(uri), roots)
             if src is None:
                 return {"status": kind, "error": why, "attempts": 1}
             if src.stat().st_size > cfg.max_bytes:

@@ -8,8 +8,9 @@ The journal (``fetch/journal.jsonl``) is the source of truth. One line is append
 flushed, when an item reaches its final status, which for an ``ok`` item is only after its
 file has been validated and renamed into place. A SIGKILL can therefore lose only the items in
 flight (their temporary ``.part`` files are swept on the next run) and at most tear the last
-line, which :func:`read_journal` ignores. Reruns append; the last line of an id wins. The table
-(``fetch/status.csv``) is rewritten atomically from the journal at the end of every run.
+line, which readers ignore. Reruns append; the last line of an id wins. The table
+(``fetch/status.csv``) is rewritten atomically from the journal at the end of every run, streamed
+in manifest order through a :class:`JournalIndex` (16 bytes per id in memory).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import csv
 import json
 import os
 from pathlib import Path
-from typing import Iterable, Iterator, NamedTuple
+from typing import Iterable
 
 STATUS_COLUMNS = (
     "id", "modality", "label", "uri", "status", "http_status", "final_url", "path", "bytes",
@@ -52,7 +53,11 @@ TRANSIENT_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connect
 
 
 def read_journal(path: str | os.PathLike) -> dict[str, dict]:
-    """The last record of every id in the journal; a torn last line (SIGKILL) is ignored."""
+    """The last record of every id in the journal; a torn last line (SIGKILL) is ignored.
+
+    Holds every record (about a kilobyte each): for tests and small journals. ``mmx fetch``
+    itself goes through :class:`JournalIndex`.
+    """
     records: dict[str, dict] = {}
     path = Path(path)
     if not path.exists():
@@ -102,69 +107,153 @@ def _ends_with_newline(path: Path) -> bool:
         return fh.read(1) == b"\n"
 
 
-class Brief(NamedTuple):
-    """What resuming and reporting need of an item's last journal record (kept per item, so small)."""
+class JournalIndex:
+    """Where the last record of every id lies in the journal: 16 bytes per id, not a dict of records.
 
-    offset: int
-    uri: str
-    status: str
-    path: str
-    bytes: int
-
-
-def index_journal(path: str | os.PathLike) -> dict[str, Brief]:
-    """The last record of every id, as a :class:`Brief` with its byte offset in the journal.
-
-    Holding whole records for a big manifest would make memory grow by kilobytes per item;
-    the full rows are read back one at a time through the offsets (:func:`status_rows`).
+    Two numpy arrays sorted by a 64-bit hash of the id (:func:`~mmx.extract.fetch_manifest.id_hashes`)
+    hold the byte offset of that id's last line; the records themselves stay on disk and are read
+    back a chunk of ids at a time (:meth:`records`). A record is only returned when its ``id``
+    matches, so a hash collision (odds about N^2 / 2^65) costs a refetch, never a wrong status.
     """
-    index: dict[str, Brief] = {}
-    path = Path(path)
-    if not path.exists():
-        return index
-    with open(path, "rb") as fh:
-        offset = 0
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except (json.JSONDecodeError, UnicodeDecodeError):
-                rec = None  # a torn last line
-            if isinstance(rec, dict) and "id" in rec:
-                index[rec["id"]] = Brief(offset, rec.get("uri", ""), rec.get("status", ""), rec.get("path") or "",
-                                         int(rec.get("bytes") or 0))
-            offset += len(line)
-    return index
 
+    _BATCH = 4096  # ids hashed per batch while indexing: bounds the Python objects held at once
 
-def status_rows(ids_in_order: Iterable[str], journal_path: str | os.PathLike,
-                index: dict[str, Brief]) -> Iterator[dict]:
-    """Rows of the status table in manifest order, one per id (``pending`` if never reached)."""
-    with open(journal_path, "rb") if Path(journal_path).exists() else open(os.devnull, "rb") as fh:
-        for item_id in ids_in_order:
-            brief = index.get(item_id)
-            if brief is None:
-                rec = {"id": item_id, "status": "pending"}
-            else:
-                fh.seek(brief.offset)
+    def __init__(self, path: str | os.PathLike):
+        import numpy as np
+
+        from mmx.extract.fetch_manifest import id_hashes
+
+        self.path = Path(path)
+        hashes, offsets = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
+        ids, starts = [], []
+
+        def flush():
+            hashes.append(id_hashes(ids))
+            offsets.append(np.asarray(starts, dtype=np.int64))
+            ids.clear()
+            starts.clear()
+
+        if self.path.exists():
+            with open(self.path, "rb") as fh:
+                offset = 0
+                for line in fh:
+                    try:
+                        rec = json.loads(line)
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        rec = None  # a torn line (SIGKILL)
+                    if isinstance(rec, dict) and isinstance(rec.get("id"), str):
+                        ids.append(rec["id"])
+                        starts.append(offset)
+                        if len(ids) == self._BATCH:
+                            flush()
+                    offset += len(line)
+        flush()
+        h, o = np.concatenate(hashes), np.concatenate(offsets)
+        order = np.lexsort((o, h))            # by hash, then by position in the journal
+        h, o = h[order], o[order]
+        last = np.ones(len(h), dtype=bool)    # reruns append: the last line of an id wins
+        last[:-1] = h[1:] != h[:-1]
+        self.hashes, self.offsets = h[last], o[last]
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def records(self, ids: list[str]) -> list[dict | None]:
+        """The last journal record of each id (None where it has none), in the order of ``ids``."""
+        import numpy as np
+
+        from mmx.extract.fetch_manifest import id_hashes
+
+        out: list[dict | None] = [None] * len(ids)
+        if not len(self.hashes) or not ids:
+            return out
+        wanted = id_hashes(ids)
+        pos = np.searchsorted(self.hashes, wanted).clip(max=len(self.hashes) - 1)
+        found = np.flatnonzero(self.hashes[pos] == wanted)
+        offsets = self.offsets[pos[found]]
+        with open(self.path, "rb") as fh:
+            for k in np.argsort(offsets, kind="stable"):  # read forwards through the file
+                fh.seek(int(offsets[k]))
                 rec = json.loads(fh.readline())
-            yield {col: rec.get(col, "") for col in STATUS_COLUMNS}
+                i = int(found[k])
+                if rec.get("id") == ids[i]:
+                    out[i] = rec
+        return out
+
+
+def status_row(item_id: str, rec: dict | None) -> dict:
+    """One row of the status table (``pending`` if the item was never reached)."""
+    rec = rec if rec is not None else {"id": item_id, "status": "pending"}
+    return {col: rec.get(col, "") for col in STATUS_COLUMNS}
+
+
+class StatusTableWriter:
+    """Writes the status table row by row into a temp file, renamed into place by :meth:`commit`.
+
+    CSV is streamed as it comes; Parquet (by suffix) is written one row group per ``batch_rows``
+    rows, so neither holds the table.
+    """
+
+    def __init__(self, path: str | os.PathLike, batch_rows: int = 8192):
+        self.path = Path(path)
+        self.tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self.batch_rows = batch_rows
+        self._pending: list[dict] = []
+        if self.path.suffix == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            self._schema = pa.schema([(c, pa.string()) for c in STATUS_COLUMNS])
+            self._parquet = pq.ParquetWriter(self.tmp, self._schema)
+        else:
+            self._parquet = None
+            self._fh = open(self.tmp, "w", newline="", encoding="utf-8")
+            self._csv = csv.DictWriter(self._fh, fieldnames=list(STATUS_COLUMNS))
+            self._csv.writeheader()
+
+    def write(self, row: dict) -> None:
+        if self._parquet is None:
+            self._csv.writerow(row)
+            return
+        self._pending.append(row)
+        if len(self._pending) >= self.batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if self._pending:
+            columns = {c: ["" if r[c] is None else str(r[c]) for r in self._pending] for c in STATUS_COLUMNS}
+            self._parquet.write_table(pa.table(columns, schema=self._schema))
+            self._pending = []
+
+    def commit(self) -> Path:
+        if self._parquet is None:
+            self._fh.close()
+        else:
+            self._flush()
+            self._parquet.close()
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        if self._parquet is None:
+            self._fh.close()
+        else:
+            self._parquet.close()
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_status_table(rows: Iterable[dict], path: str | os.PathLike) -> Path:
-    """Write the status table atomically, streaming rows (CSV; Parquet by suffix, in memory)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        import pandas as pd
-
-        pd.DataFrame(list(rows), columns=list(STATUS_COLUMNS)).astype(str).to_parquet(tmp, index=False)
-    else:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(STATUS_COLUMNS))
-            writer.writeheader()
-            writer.writerows(rows)
-    os.replace(tmp, path)
-    return path
+    """Write the status table atomically from an iterable of rows, streaming (CSV or Parquet)."""
+    writer = StatusTableWriter(path)
+    try:
+        for row in rows:
+            writer.write(row)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
 
 
 def read_status_table(path: str | os.PathLike) -> "pd.DataFrame":  # noqa: F821

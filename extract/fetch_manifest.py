@@ -1,0 +1,198 @@
+"""A manifest read in chunks, so ``mmx fetch`` never holds it whole (issue 3: "memory stays
+bounded whatever the manifest's size").
+
+:func:`mmx.pipeline.manifest.read_manifest` materialises the table, about a kilobyte of Python
+strings per item. ``mmx fetch`` instead walks the file a few times, ``CHUNK_ROWS`` rows at a
+time (pandas' chunked CSV and JSON Lines readers, pyarrow's Parquet batches), and keeps nothing
+per item between chunks except what its caller asks for (a bit per item for the work list).
+Every chunk goes through the same :func:`~mmx.pipeline.manifest.normalise_frame` and
+:func:`~mmx.pipeline.manifest.validate_frame` as ``read_manifest``, so the same manifests are
+accepted and the same problems are reported (all at once, with 1-based row numbers); ids
+duplicated across chunks are found through a sorted array of 64-bit id hashes (8 bytes per
+item while validating, freed afterwards) and confirmed on the real ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Iterator
+
+from mmx.pipeline.manifest import COLUMNS, ManifestError, normalise_frame, validate_frame
+
+CHUNK_ROWS = 2048  # a few MB of Python strings per chunk in flight; parsing overhead stays small
+MAX_LISTED_PROBLEMS = 10_000  # a manifest broken on every row must not fill memory with messages
+_ROW = re.compile(r"^row (\d+): ")
+_DUPLICATE = re.compile(r"^row \d+: duplicate id ")
+
+
+def id_hashes(ids) -> "np.ndarray":  # noqa: F821
+    """64-bit hashes of ids (pandas' keyed SipHash: the same in every process)."""
+    import numpy as np
+    import pandas as pd
+
+    return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
+
+
+def _format(path: Path) -> str:
+    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
+    if suffix in (".csv", ".csv.gz", ".tsv"):
+        return "tsv" if suffix == ".tsv" else "csv"
+    if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
+        return "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise ManifestError(path, [f"unknown manifest format {path.suffix!r}; use .csv, .jsonl or .parquet"])
+
+
+def _raw_chunks(path: Path, chunk_rows: int) -> Iterator["pd.DataFrame"]:  # noqa: F821
+    """The file's rows as raw frames of at most ``chunk_rows`` rows (the readers of read_manifest)."""
+    import pandas as pd
+
+    kind = _format(path)
+    if kind in ("csv", "tsv"):
+        with pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if kind == "tsv" else ",",
+                         chunksize=chunk_rows) as reader:
+            yield from reader
+    elif kind == "jsonl":
+        with pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows) as reader:
+            for chunk in reader:
+                yield chunk.astype(object)
+    else:
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(path) as pf:
+            if pf.metadata.num_rows == 0:
+                yield pf.schema_arrow.empty_table().to_pandas()
+            for batch in pf.iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+
+
+@dataclasses.dataclass
+class ManifestStream:
+    """A validated manifest on disk, read again chunk by chunk whenever it is walked."""
+
+    path: Path
+    rows: int
+    columns: list[str]           # COLUMNS, then the file's other columns in first-seen order
+    chunk_rows: int = CHUNK_ROWS
+    stamp: tuple = ()            # size and mtime when validated: the walks must see the same file
+
+    def chunks(self) -> Iterator[tuple[int, "pd.DataFrame"]]:  # noqa: F821
+        """``(first row index, normalised frame)`` for each chunk, every column present, as strings."""
+        if self.stamp and _stamp(self.path) != self.stamp:
+            raise ManifestError(self.path, ["the manifest changed while 'mmx fetch' was reading it; run again"])
+        start = 0
+        for raw in _raw_chunks(self.path, self.chunk_rows):
+            if len(raw) == 0:
+                continue
+            frame = _normalise(raw).reindex(columns=self.columns, fill_value="")
+            frame.index = range(start, start + len(frame))
+            yield start, frame
+            start += len(frame)
+
+    def resolve(self, uri: str) -> str:
+        """A local ``uri`` resolved against the manifest's folder; URLs unchanged (as Manifest.resolve)."""
+        if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri):
+            return uri
+        p = Path(uri)
+        return str(p if p.is_absolute() else (self.path.parent / p))
+
+
+def _stamp(path: Path) -> tuple:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
+
+
+def _normalise(raw):
+    raw.columns = [str(c).strip().lower() for c in raw.columns]
+    return normalise_frame(raw)
+
+
+def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
+    """Validate a manifest in one pass of chunks; raise :class:`ManifestError` listing every problem.
+
+    Accepts what :func:`~mmx.pipeline.manifest.read_manifest` accepts, with the same messages.
+    """
+    import numpy as np
+
+    path = Path(path)
+    chunk_rows = chunk_rows or CHUNK_ROWS
+    if not path.exists():
+        raise ManifestError(path, ["file not found"])
+    stamp = _stamp(path)
+    fixed_schema = _format(path) != "jsonl"  # every chunk of a CSV/Parquet file has all columns
+    problems: list[tuple[int, str]] = []
+    unlisted = 0
+    hashes, seen_columns = [], []
+    rows = 0
+    try:
+        for raw in _raw_chunks(path, chunk_rows):
+            if len(raw) == 0:
+                continue
+            raw.columns = [str(c).strip().lower() for c in raw.columns]
+            seen_columns += [c for c in raw.columns if c not in seen_columns]
+            if fixed_schema and ({"id", "modality"} - set(raw.columns)
+                                 or not {"uri", "text"} & set(raw.columns)):
+                raise ManifestError(path, validate_frame(raw))
+            frame = normalise_frame(raw)
+            for message in validate_frame(frame):
+                if _DUPLICATE.match(message):
+                    continue  # duplicates are found across chunks below, once
+                match = _ROW.match(message)
+                row = rows + int(match.group(1)) if match else 0
+                if len(problems) < MAX_LISTED_PROBLEMS:
+                    problems.append((row, f"row {row}: {message[match.end():]}" if match else message))
+                else:
+                    unlisted += 1
+            hashes.append(id_hashes(frame["id"].tolist()))
+            rows += len(frame)
+    except ManifestError:
+        raise
+    except Exception as exc:  # pandas/pyarrow parse errors, with their own message
+        raise ManifestError(path, [f"cannot parse as a table: {exc}"]) from exc
+    if rows == 0:
+        raise ManifestError(path, ["the manifest has no rows"])
+    missing = [c for c in ("id", "modality") if c not in seen_columns]
+    if missing:
+        raise ManifestError(path, [f"missing required column(s): {', '.join(missing)} "
+                                   f"(have: {', '.join(seen_columns)})"])
+    if "uri" not in seen_columns and "text" not in seen_columns:
+        raise ManifestError(path, ["missing column: a manifest needs 'uri' or 'text' (or both)"])
+    all_hashes = np.sort(np.concatenate(hashes))
+    del hashes
+    repeated = np.unique(all_hashes[1:][all_hashes[1:] == all_hashes[:-1]])
+    del all_hashes
+    if len(repeated):
+        problems += _duplicate_problems(path, chunk_rows, repeated)
+    if problems:
+        problems.sort(key=lambda p: p[0])
+        listed = [message for _, message in problems]
+        if unlisted:
+            listed.append(f"... and {unlisted} more problem(s) not listed")
+        raise ManifestError(path, listed)
+    columns = list(COLUMNS) + [c for c in seen_columns if c not in COLUMNS]
+    return ManifestStream(path, rows, columns, chunk_rows, stamp)
+
+
+def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> list[tuple[int, str]]:
+    """Rows whose id repeats an earlier row's, among the ids whose hash repeats (a second pass)."""
+    import numpy as np
+
+    first: dict[str, int] = {}
+    found = []
+    rows = 0
+    for raw in _raw_chunks(path, chunk_rows):
+        if len(raw) == 0:
+            continue
+        ids = _normalise(raw)["id"].tolist()
+        candidates = np.isin(id_hashes(ids), repeated)
+        for offset in np.flatnonzero(candidates):
+            item_id, row = ids[offset], rows + int(offset) + 1
+            if item_id in first:
+                found.append((row, f"row {row}: duplicate id {item_id!r} (first at row {first[item_id]})"))
+            else:
+                first[item_id] = row
+        rows += len(ids)
+    return found
