@@ -21,7 +21,7 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--out", default=None, help="Folder for run folders (default: runs).")
 @click.option("--name", default=None, help="Run folder name (default: date + strategy + modalities).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set patience=10 or options.x=1.")
-@click.option("--resume", default=None, metavar="RUN", help="Continue the run folder RUN from its last epoch (its config, plus any options given here).")
+@click.option("--resume", default=None, metavar="RUN", help="Continue the run folder RUN from its last epoch, in its stage for multi-stage strategies (its config, plus any options given here).")
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")

@@ -164,3 +164,53 @@ def test_cli_extension_errors(cache, tmp_path):
     assert res.exit_code != 0 and "--from RUN and --add-modality M go together" in res.output
     res = runner.invoke(main, ["train", "--from", str(tmp_path), "--add-modality", "audio"])
     assert res.exit_code != 0 and "no config.yaml" in res.output
+
+
+class Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("strategy, kill_at, written", [
+    ("mcvs", 3, True),  # stage 1's last epoch saved; its best weights not yet passed on
+    ("mcvs", 4, False),  # stage 1's end record written, stage 2 not yet entered in last.pt
+    ("rvs", 5, True),  # in the middle of stage 2
+    ("stagewise", 6, False),  # stage 2's last epoch logged in metrics.jsonl but not in last.pt
+])
+def test_staged_resume_ends_bit_identical(cache, tmp_path, monkeypatch, strategy, kill_at, written):
+    """A staged run killed at any point and resumed ends exactly as an uninterrupted one."""
+    kw = {"options": {"classes_per_stage": 4}, "modalities": ["text", "image"]} if strategy == "stagewise" else {}
+    full = loop.train(_cfg(cache, tmp_path / "a", strategy, epochs=2, patience=2, **kw))
+
+    save_last, calls = loop.save_last, []
+
+    def dying_save_last(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == kill_at and not written:
+            raise Killed  # died just before this last.pt was written
+        save_last(*args, **kwargs)
+        if len(calls) == kill_at:
+            raise Killed  # died right after it was written
+
+    monkeypatch.setattr(loop, "save_last", dying_save_last)
+    with pytest.raises(Killed):
+        loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw))
+    monkeypatch.setattr(loop, "save_last", save_last)
+    part = next((tmp_path / "b" / "runs").iterdir())
+    resumed = loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw), resume=part)
+
+    for name in ("checkpoint.pt", "last.pt"):
+        a = torch.load(full / name, weights_only=False)["model"]
+        b = torch.load(resumed / name, weights_only=False)["model"]
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    untimed = lambda run: [{k: v for k, v in r.items() if "seconds" not in k} for r in read_jsonl(run / "metrics.jsonl")]
+    assert untimed(resumed) == untimed(full)  # every epoch and stage record once, in order
+    ea, eb = load_embeddings(full, "test"), load_embeddings(resumed, "test")
+    assert all(np.array_equal(ea[m]["emb"], eb[m]["emb"]) for m in ea)
+
+
+def test_resume_refuses_a_different_stage_plan(cache, tmp_path):
+    run = loop.train(_cfg(cache, tmp_path, "mcvs", epochs=1))
+    with pytest.raises(ValueError, match="stage 3 recorded, but this config has 2"):
+        loop.train(_cfg(cache, tmp_path, "mcvs", epochs=1, options={"stages": [["image", "text"], ["video", "audio"]]}), resume=run)
+    with pytest.raises(ValueError, match="stage 3 is 'audio' there, but 'video' in this config"):
+        loop.train(_cfg(cache, tmp_path, "mcvs", epochs=1, options={"stages": [["image", "text"], ["audio"], ["video"]]}), resume=run)

@@ -15,7 +15,7 @@ from mmx.pipeline.runs import load_embeddings, read_jsonl
 from mmx.train.config import TrainConfig, preset_names, resolve
 from mmx.train.data import load_train_data
 from mmx.train.losses import info_nce, pairwise_info_nce
-from mmx.train.loop import train
+from mmx.train.loop import PartMeans, improved, train
 from mmx.train.strategies import get_strategy
 
 MODS = ["text", "image", "audio", "video"]
@@ -149,3 +149,18 @@ def test_paper_presets_resolve_and_pass_checks():
         cfg = resolve([name])
         assert (cfg.strategy, len(cfg.modalities), cfg.tau, cfg.embed_dim) == (strategy, n, 0.05, 256)
         assert get_strategy(cfg.strategy).check(cfg) == []
+
+
+def test_early_stopping_tolerance_is_relative():
+    assert improved(0.97, 1.0, 0.02)  # 3% below the best
+    assert not improved(0.99, 1.0, 0.02)  # 1%: not a fall at a 2% tolerance
+    assert improved(9.7, 10.0, 0.02) and not improved(9.9, 10.0, 0.02)  # the same at any loss scale
+    assert improved(0.999, 1.0, 0.0) and not improved(1.0, 1.0, 0.0)
+    assert improved(5.0, float("inf"), 0.02) and not improved(float("nan"), float("inf"), 0.02)
+
+
+def test_part_means_average_each_part_over_the_steps_that_had_it():
+    m = PartMeans()
+    m.add({"loss": torch.tensor(1.0), "loss/a-b": torch.tensor(2.0)})
+    m.add({"loss": torch.tensor(3.0)})
+    assert m.means("test") == {"loss_test": 2.0, "loss_test/a-b": 2.0}

@@ -24,7 +24,8 @@ class TrainConfig:
     alignment: str = "class"  # "class" (paper 000/002) or "instance" (paper 001)
     holdout: str = "test"  # split whose loss drives early stopping (paper 000 Sec. III-D uses test)
     epochs: int = 200
-    patience: int = 5  # epochs without a lower held-out loss before stopping
+    patience: int = 5  # epochs in a row without a lower held-out loss before stopping
+    # relative tolerance: a held-out loss counts as lower only when below best * (1 - min_delta)
     min_delta: float = 0.0
     batch_size: int = 128  # classes per batch (class-aligned) or groups per batch (instance-aligned)
     lr: float = 1e-3

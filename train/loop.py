@@ -1,11 +1,20 @@
 """The one training loop. Strategies own model, batches and loss; this only runs them.
 
-Per epoch: train steps, the held-out loss (early stopping on it, paper 000 Sec. III-D),
-a quick held-out Recall@K, one line of ``metrics.jsonl`` (total and per-part losses),
-``checkpoint.pt`` when the held-out loss improved and ``last.pt`` (weights, optimiser,
-schedule, early-stopping state and RNG state) after every epoch, from which ``resume``
-continues a killed or finished run exactly where it stopped. At the end the best weights
-embed every loaded split for ``mmx eval``. Mixed precision (bf16 autocast) on CUDA only.
+Per epoch: train steps, the held-out loss (early stopping on it, paper 000 Sec. III-D; the
+tolerance ``min_delta`` is relative, see :func:`improved`), a quick held-out Recall@K, one
+line of ``metrics.jsonl`` (total and per-part losses), ``checkpoint.pt`` when the held-out
+loss improved and ``last.pt`` (weights, optimiser, schedule, RNG state and the
+:class:`Progress`: stage, epoch, early-stopping state) after every epoch, from which
+``resume`` continues a killed or finished run exactly where it stopped. Step losses are
+summed on the device and read once per epoch (:class:`PartMeans`), so a CUDA run does not
+wait on the host after every step. At the end the best weights embed every loaded split for
+``mmx eval``. Mixed precision (bf16 autocast) on CUDA only.
+
+Multi-stage strategies (M-CVS, RVS, stage-wise) list ``stages()``; each stage gets a fresh
+optimiser, schedule and early stopping (:meth:`Runner.run_stage`) and hands its best weights
+to the next. ``last.pt`` is also written on entering a stage, so a resume re-enters the
+recorded stage via ``begin_stage`` (which fixes what trains) and continues at its next epoch;
+``metrics.jsonl`` is cut back to the lines recorded with that ``last.pt`` and the rest redone.
 
 Alignment (``cfg.alignment``): ``class`` or ``instance`` picks the batch sampler and the
 relevance of the quick recall; ``auto`` picks ``instance`` when every loaded item has a
@@ -48,16 +57,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def _mean_parts(parts: list[dict[str, float]], prefix: str) -> dict[str, float]:
-    keys = sorted({k for p in parts for k in p})
-    out = {}
-    for k in keys:
-        vals = [p[k] for p in parts if k in p]
-        name = k.replace("loss", f"loss_{prefix}", 1) if k.startswith("loss") else f"{prefix}/{k}"
-        out[name] = float(np.mean(vals))
-    return out
 
 
 QUICK_ROWS = 2000  # per-epoch recall: at most this many rows per embedding (a fixed subset)
@@ -112,7 +111,7 @@ def train(
     elif strategy_cls.alignment not in ("any", cfg.alignment) and cfg.alignment != "auto":
         problems.append(f"strategy {cfg.strategy!r} needs {strategy_cls.alignment}-aligned data, not alignment={cfg.alignment}")
     if resume is not None and not (Path(resume) / "last.pt").exists():
-        problems.append(f"--resume {resume}: no last.pt there (not a run folder, or it stopped before its first epoch ended)")
+        problems.append(f"--resume {resume}: no last.pt there (not a run folder, or it stopped before training started)")
     try:
         mods = Modality.parse_list(cfg.modalities)
     except ValueError as exc:
@@ -146,89 +145,51 @@ def train(
         warm_start(model, cfg.options["extend_from"], device)
     # multi-stage strategies (M-CVS, RVS, stage-wise) list stages; the epoch loop runs once per stage
     stages = strategy.stages() if hasattr(strategy, "stages") else [None]
-    if resume is not None and len(stages) > 1:
-        raise ValueError(f"--resume is not supported for the multi-stage strategy {cfg.strategy!r} yet; start a new run")
-    params = list(strategy.parameters(model))
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
-    amp = cfg.amp and device.type == "cuda"
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
 
     if resume is None:
         run = runs.new_run_dir(cfg.out, [cfg.name] if cfg.name else [cfg.strategy, "-".join(m[0] for m in cfg.modalities)])
     else:
         run = Path(resume)
     config_mod.save(cfg, run / "config.yaml")  # before the first step
-    train_split, hold_split = data.splits["train"], data.splits[cfg.holdout]
+    runner = Runner(cfg, strategy, model, data.splits["train"], data.splits[cfg.holdout], run, device, log)
+    started = time.perf_counter()
 
-    def held_out_loss(epoch: int) -> dict[str, float]:
-        model.eval()
-        parts = []
-        with torch.no_grad(), autocast():
-            for batch in strategy.batches(hold_split, epoch, train=False):
-                parts.append({k: float(v) for k, v in strategy.step(model, batch).items()})
-        return _mean_parts(parts, cfg.holdout)
-
-    best, best_epoch, stale, first, started = math.inf, 0, 0, 1, time.perf_counter()
     if resume is None:
-        untrained = quick_recall(strategy, model, hold_split)
-        runs.append_jsonl(run / "metrics.jsonl", {"epoch": 0, **held_out_loss(0), **untrained})
+        untrained = quick_recall(strategy, model, runner.hold)
+        progress = Progress(untrained=untrained)
+        runner.append(progress, {"epoch": 0, **runner.held_out_loss(0), **untrained})
+        state = None
     else:
-        state = load_last(run / "last.pt", model, opt, sched, device)
-        best, best_epoch, stale, untrained = state["best"], state["best_epoch"], state["stale"], state["untrained"]
-        first = state["epoch"] + 1
-        # lines of an epoch that was cut off before last.pt was written are redone
-        kept = [r for r in runs.read_jsonl(run / "metrics.jsonl") if r.get("epoch", 0) < first]
+        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
+        if "progress" not in state:
+            raise ValueError(f"{run / 'last.pt'}: written by an older mmx without the stage record; start a new run")
+        progress = Progress(**state["progress"])
+        if not 0 <= progress.stage < len(stages):
+            raise ValueError(f"{run / 'last.pt'}: stage {progress.stage + 1} recorded, but this config has {len(stages)} stage(s)")
+        if progress.stage_name != _stage_name(stages[progress.stage]):
+            raise ValueError(f"{run / 'last.pt'}: stage {progress.stage + 1} is {progress.stage_name!r} there, "
+                             f"but {_stage_name(stages[progress.stage])!r} in this config (changed the stages on resume?)")
+        # lines written after last.pt (an epoch or a stage end that was cut off) are redone
+        kept = runs.read_jsonl(run / "metrics.jsonl")[: progress.metrics_lines]
         runs.atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in kept).encode())
-        log(f"resuming {run} at epoch {first}")
-    for stage_no, stage in enumerate(stages, 1):
-        if stage is not None:  # fresh optimiser and early stopping per stage; the stage picks what trains
+        log(f"resuming {run} at stage {progress.stage + 1}/{len(stages)}, epoch {progress.epoch + 1}")
+
+    for k in range(progress.stage, len(stages)):
+        stage = stages[k]
+        if stage is not None:  # the stage picks what trains (and so what the optimiser holds)
             strategy.begin_stage(model, stage)
-            opt = torch.optim.AdamW(list(strategy.parameters(model)), lr=cfg.lr, weight_decay=cfg.weight_decay)
-            sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
-            if stage_no > 1:
-                best, best_epoch, stale, first = math.inf, 0, 0, 1
-            stage_started = time.perf_counter()
-        stop_reason = "max_epochs"
-        if stale >= cfg.patience:
-            stop_reason = f"{cfg.holdout} loss did not fall for {cfg.patience} epochs"
-        for epoch in range(first, cfg.epochs + 1):
-            if stale >= cfg.patience:
-                break
-            model.train()
-            t0, parts = time.perf_counter(), []
-            for batch in strategy.batches(train_split, epoch, train=True):
-                with autocast():
-                    out = strategy.step(model, batch)
-                opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                opt.step()
-                parts.append({k: float(v.detach()) for k, v in out.items()})
-            sched.step()
-            record = {"epoch": epoch, **({"stage": stage_no} if stage is not None else {}), **_mean_parts(parts, "train"), **held_out_loss(epoch)}
-            record.update(quick_recall(strategy, model, hold_split, cap=QUICK_ROWS))
-            record["seconds"] = time.perf_counter() - t0
-            runs.append_jsonl(run / "metrics.jsonl", record)
-            hold = record[f"loss_{cfg.holdout}"]
-            log(f"epoch {epoch:3d}  train {record['loss_train']:.4f}  {cfg.holdout} {hold:.4f}  "
-                f"R@10 {record.get('recall/mean@10', float('nan')):.3f}  ({record['seconds']:.1f}s)")
-            if hold < best - cfg.min_delta:
-                best, best_epoch, stale = hold, epoch, 0
-                save_checkpoint(run / "checkpoint.pt", model, opt, epoch, cfg)
-            else:
-                stale += 1
-                if stale >= cfg.patience:
-                    stop_reason = f"{cfg.holdout} loss did not fall for {cfg.patience} epochs"
-            save_last(run / "last.pt", model, opt, sched, epoch, cfg,
-                      {"best": best, "best_epoch": best_epoch, "stale": stale, "untrained": untrained})
-        if best_epoch == 0:
-            save_checkpoint(run / "checkpoint.pt", model, opt, 0, cfg)
-        model.load_state_dict(torch.load(run / "checkpoint.pt", map_location=device, weights_only=False)["model"])
-        if stage is not None:  # the stage's best weights go on to the next stage
-            stage_record = {"stage": stage_no, "stage_name": stage.name, "best_epoch": best_epoch,
-                            f"best_loss_{cfg.holdout}": best, "stage_seconds": time.perf_counter() - stage_started}
-            runs.append_jsonl(run / "metrics.jsonl", {**stage_record, **strategy.end_stage(model, stage)})
-            log(f"stage {stage_no}/{len(stages)} ({stage.name}) done: best epoch {best_epoch}")
+        # a fresh optimiser, schedule and early stopping per stage
+        opt, sched = make_optimiser(cfg, strategy.parameters(model))
+        if state is not None:  # resuming inside this stage
+            restore(state, run / "last.pt", model, opt, sched)
+            state = None
+        else:
+            progress = dataclasses.replace(progress, stage=k, stage_name=_stage_name(stage), epoch=0, best=math.inf,
+                                           best_epoch=0, stale=0, stop_reason="max_epochs")
+            # entering the stage: a kill before its first epoch ends resumes here, not in the stage before
+            save_last(run / "last.pt", model, opt, sched, cfg, progress)
+        progress = runner.run_stage(stage, len(stages), progress, opt, sched)
+
     model.eval()
     for name, split in data.splits.items():
         for key, emb in strategy.embed(model, split).items():
@@ -237,16 +198,157 @@ def train(
     runs.write_json(run / "metrics.json", {
         "strategy": cfg.strategy,
         "modalities": cfg.modalities,
-        "best_epoch": best_epoch,
-        f"best_loss_{cfg.holdout}": best,
-        "stop_reason": stop_reason,
+        "best_epoch": progress.best_epoch,
+        f"best_loss_{cfg.holdout}": progress.best,
+        "stop_reason": progress.stop_reason,
         "seconds": time.perf_counter() - started,
-        "untrained": untrained,
-        "final": quick_recall(strategy, model, hold_split),
+        "untrained": progress.untrained,
+        "final": quick_recall(strategy, model, runner.hold),
         "device": str(device),
     })
-    log(f"run folder: {run}  (best epoch {best_epoch}; {stop_reason})")
+    log(f"run folder: {run}  (best epoch {progress.best_epoch}; {progress.stop_reason})")
     return run
+
+
+def _stage_name(stage) -> str:
+    return "" if stage is None else str(stage.name)
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands after an epoch: what ``last.pt`` records and ``resume`` restores.
+
+    A strategy's stage state must follow from ``begin_stage(model, stage)`` alone (which
+    parameters train, which blocks the loss uses), so the stage index is all a resume needs
+    to re-enter it; the weights, optimiser and schedule come from ``last.pt``.
+    """
+
+    stage: int = 0  # index into the strategy's stages (0 for single-stage strategies)
+    stage_name: str = ""  # its name, to refuse a resume whose config plans other stages
+    epoch: int = 0  # last finished epoch of that stage (0: the stage was just entered)
+    best: float = math.inf  # the stage's lowest held-out loss so far
+    best_epoch: int = 0
+    stale: int = 0  # epochs since ``best`` last fell by more than the tolerance
+    stop_reason: str = "max_epochs"
+    metrics_lines: int = 0  # lines of metrics.jsonl written when this was recorded
+    untrained: dict = dataclasses.field(default_factory=dict)  # quick recall before the first step
+
+
+def improved(loss: float, best: float, min_delta: float) -> bool:
+    """``loss`` counts as a fall when it is below ``best`` by more than the fraction ``min_delta`` of it.
+
+    Relative, like ``ReduceLROnPlateau(threshold_mode="rel")``, so one tolerance fits the
+    InfoNCE of paper 000, EAO's weighted sums and CVS's triplet losses alike.
+    """
+    return loss < best - min_delta * abs(best) if math.isfinite(best) else not math.isnan(loss)
+
+
+def make_optimiser(cfg: TrainConfig, params):
+    params = list(params)
+    # fused: one kernel for all tensors instead of a Python loop over them (same update rule)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(params))
+    return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+
+
+def _fused(params) -> dict:
+    devices = {p.device.type for p in params}
+    return {"fused": True} if params and devices <= {"cpu", "cuda"} and all(p.dtype == torch.float32 for p in params) else {}
+
+
+class PartMeans:
+    """Per-part means of step outputs, summed on the device: one host sync per epoch, not per step."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.counts: dict[str, int] = {}
+
+    def add(self, out: dict[str, torch.Tensor]) -> None:
+        for k, v in out.items():
+            v = v.detach().double()
+            self.sums[k] = self.sums[k] + v if k in self.sums else v
+            self.counts[k] = self.counts.get(k, 0) + 1
+
+    def means(self, prefix: str) -> dict[str, float]:
+        keys = sorted(self.sums)
+        values = torch.stack([self.sums[k] for k in keys]).tolist() if keys else []
+        out = {}
+        for k, v in zip(keys, values):
+            name = k.replace("loss", f"loss_{prefix}", 1) if k.startswith("loss") else f"{prefix}/{k}"
+            out[name] = v / self.counts[k]
+        return out
+
+
+class Runner:
+    """The epochs of a run, one stage at a time: train steps, held-out loss, quick recall,
+    early stopping, checkpoints; ``append`` counts the ``metrics.jsonl`` lines for resume."""
+
+    def __init__(self, cfg, strategy, model, train_split, hold_split, run: Path, device, log):
+        self.cfg, self.strategy, self.model, self.run, self.device, self.log = cfg, strategy, model, run, device, log
+        self.train_split, self.hold = train_split, hold_split
+        amp = cfg.amp and device.type == "cuda"
+        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+
+    def append(self, progress: Progress, record: dict) -> None:
+        runs.append_jsonl(self.run / "metrics.jsonl", record)
+        progress.metrics_lines += 1
+
+    def held_out_loss(self, epoch: int) -> dict[str, float]:
+        self.model.eval()
+        parts = PartMeans()
+        with torch.no_grad(), self.autocast():
+            for batch in self.strategy.batches(self.hold, epoch, train=False):
+                parts.add(self.strategy.step(self.model, batch))
+        return parts.means(self.cfg.holdout)
+
+    def train_epoch(self, epoch: int, opt) -> dict[str, float]:
+        self.model.train()
+        parts = PartMeans()
+        for batch in self.strategy.batches(self.train_split, epoch, train=True):
+            with self.autocast():
+                out = self.strategy.step(self.model, batch)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+            parts.add(out)
+        return parts.means("train")
+
+    def run_stage(self, stage, n_stages: int, p: Progress, opt, sched) -> Progress:
+        """Epochs ``p.epoch + 1 ..`` of ``stage`` until early stopping; ends with its best weights loaded."""
+        cfg, run, staged = self.cfg, self.run, stage is not None
+        t_stage = time.perf_counter()
+        by = f" by more than {cfg.min_delta:.1%}" if cfg.min_delta else ""
+        patience_msg = f"{cfg.holdout} loss did not fall{by} for {cfg.patience} epoch{'s' if cfg.patience != 1 else ''}"
+        for epoch in range(p.epoch + 1, cfg.epochs + 1):
+            if p.stale >= cfg.patience:
+                break
+            t0 = time.perf_counter()
+            record = {"epoch": epoch, **({"stage": p.stage + 1} if staged else {}), **self.train_epoch(epoch, opt)}
+            sched.step()
+            record.update(self.held_out_loss(epoch))
+            record.update(quick_recall(self.strategy, self.model, self.hold, cap=QUICK_ROWS))
+            record["seconds"] = time.perf_counter() - t0
+            self.append(p, record)
+            hold = record[f"loss_{cfg.holdout}"]
+            self.log(f"epoch {epoch:3d}  train {record['loss_train']:.4f}  {cfg.holdout} {hold:.4f}  "
+                     f"R@10 {record.get('recall/mean@10', float('nan')):.3f}  ({record['seconds']:.1f}s)")
+            p.epoch = epoch
+            if improved(hold, p.best, cfg.min_delta):
+                p.best, p.best_epoch, p.stale = hold, epoch, 0
+                save_checkpoint(run / "checkpoint.pt", self.model, opt, epoch, cfg)
+            else:
+                p.stale += 1
+                if p.stale >= cfg.patience:
+                    p.stop_reason = patience_msg
+            save_last(run / "last.pt", self.model, opt, sched, cfg, p)
+        if p.best_epoch == 0:
+            save_checkpoint(run / "checkpoint.pt", self.model, opt, 0, cfg)
+        self.model.load_state_dict(torch.load(run / "checkpoint.pt", map_location=self.device, weights_only=False)["model"])
+        if staged:  # the stage's best weights go on to the next stage
+            record = {"stage": p.stage + 1, "stage_name": stage.name, "best_epoch": p.best_epoch,
+                      f"best_loss_{cfg.holdout}": p.best, "stage_seconds": time.perf_counter() - t_stage}
+            self.append(p, {**record, **self.strategy.end_stage(self.model, stage)})
+            self.log(f"stage {p.stage + 1}/{n_stages} ({stage.name}) done: best epoch {p.best_epoch}")
+        return p
 
 
 def save_checkpoint(path: Path, model, opt, epoch: int, cfg: TrainConfig) -> None:
@@ -255,25 +357,24 @@ def save_checkpoint(path: Path, model, opt, epoch: int, cfg: TrainConfig) -> Non
     runs.atomic_write_bytes(path, buf.getvalue())
 
 
-def save_last(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig, progress: dict) -> None:
-    """Everything ``resume`` needs to continue after ``epoch`` as if never stopped."""
+def save_last(path: Path, model, opt, sched, cfg: TrainConfig, progress: Progress) -> None:
+    """Everything ``resume`` needs to continue after ``progress`` (stage, epoch) as if never stopped."""
     rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
     buf = io.BytesIO()
     torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": epoch, "config": cfg.to_dict(), "rng": rng, **progress}, buf)
+                "epoch": progress.epoch, "config": cfg.to_dict(), "rng": rng, "progress": dataclasses.asdict(progress)}, buf)
     runs.atomic_write_bytes(path, buf.getvalue())
 
 
-def load_last(path: Path, model, opt, sched, device) -> dict:
-    state = torch.load(path, map_location=device, weights_only=False)
+def restore(state: dict, path: Path, model, opt, sched) -> None:
+    """Weights, optimiser, schedule and RNG from a loaded ``last.pt`` (``path`` names it in errors)."""
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as exc:
+        opt.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as exc:
         raise ValueError(f"{path}: the checkpoint does not fit the model of this config "
                          f"(changed a model setting on resume?): {str(exc).splitlines()[0]}") from None
-    opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     if state["rng"]["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-    return state

@@ -1,6 +1,12 @@
 """What every strategy provides to the one training loop (open_clip's task/ pattern).
 
 A strategy owns its model, its batches and its loss; the loop never branches on strategy.
+
+Multi-stage strategies (M-CVS, RVS, stage-wise) add ``stages()`` (a list of objects with a
+``name``), ``begin_stage(model, stage)`` and ``end_stage(model, stage) -> dict`` (extra fields
+of the stage's line in ``metrics.jsonl``). Everything a stage changes (which parameters
+train, which blocks the loss uses) must follow from ``begin_stage`` alone: a resumed run
+calls it for the recorded stage only, then loads the weights and optimiser from ``last.pt``.
 """
 
 from __future__ import annotations

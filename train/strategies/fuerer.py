@@ -23,6 +23,7 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -49,10 +50,11 @@ class JointStrategy(Strategy):
         x, present = {}, {}
         for m, r in rows.items():
             feats = split.pooled(m)
-            r = torch.as_tensor(r, device=feats.device)
-            x[m.value] = feats[r.clamp_min(0)]
-            if bool((r < 0).any()):
-                present[m.value] = r >= 0
+            absent = r < 0  # on the host: asking a device tensor would wait for the device every batch
+            idx = torch.as_tensor(np.where(absent, 0, r), device=feats.device)
+            x[m.value] = feats.index_select(0, idx)  # (B, D_m)
+            if absent.any():
+                present[m.value] = torch.as_tensor(~absent, device=feats.device)
         return {"x": x, "present": present}
 
     def _batches(self, split, modalities, seed: int, share: float = 1.0):
