@@ -22,12 +22,7 @@ MODS = ["text", "image", "audio", "video"]
 
 @pytest.fixture(autouse=True)
 def fast(monkeypatch):
-    # one thread: on a small shared CPU, tiny matmuls on two threads are many times slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     monkeypatch.setattr(loop, "quick_recall", lambda *a, **k: {})  # tests score mAP@50 themselves
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -22,14 +22,6 @@ DIMS = {"text": 16, "audio": 12, "video": 20}
 TINY = {"token_dim": 32, "depth": 1, "heads": 2}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def instance_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("inst")

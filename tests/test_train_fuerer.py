@@ -21,15 +21,6 @@ from mmx.train.strategies import get_strategy
 MODS = ["text", "image", "audio", "video"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny matrices: on a busy 2-core machine thread hand-offs cost more than the maths
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def class_cache(tmp_path_factory):
     root = tmp_path_factory.mktemp("cls")

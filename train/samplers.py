@@ -28,23 +28,35 @@ import numpy as np
 
 
 class ClassAlignedSampler:
-    def __init__(self, classes: dict, batch_size: int, seed: int = 0):
+    """``batch_size`` distinct classes per batch, ``per_class`` items of every modality each.
+
+    ``per_class`` > 1 is P x K sampling (FaceNet): the intra-modal triplet terms of CVS
+    (thesis 3.1.6) need two items of one modality and one class in a batch. ``allowed``
+    restricts the classes (stage-wise learning); ``size_by`` names the modalities whose item
+    count sets the epoch length (a stage that adds a modality sizes its epoch by it).
+    """
+
+    def __init__(self, classes: dict, batch_size: int, seed: int = 0, per_class: int = 1,
+                 allowed=None, size_by=None):
         """``classes``: modality -> int array (N_m,) of class indices (-1 = unlabelled, ignored)."""
         self.modalities = list(classes)
         cls = {m: np.asarray(c) for m, c in classes.items()}
         common = set.intersection(*(set(np.unique(c).tolist()) for c in cls.values())) - {-1}
+        if allowed is not None:
+            common &= {int(a) for a in allowed}
         if not common:
             raise ValueError("no class has items in every modality in play; class-aligned batches are impossible")
         self.classes = np.array(sorted(common))
-        self.batch_size = min(batch_size, len(self.classes))
+        self.batch_size = max(1, min(batch_size, len(self.classes)))
+        self.per_class = per_class
         # items of classes some modality lacks are never drawn, so they do not count for the epoch
-        self.n_max = max(int(np.isin(c, self.classes).sum()) for c in cls.values())
+        self.n_max = max(int(np.isin(c, self.classes).sum()) for m, c in cls.items() if not size_by or m in size_by)
         self.rng = np.random.default_rng(seed)
         self._members = {m: {int(k): np.flatnonzero(c == k) for k in self.classes} for m, c in cls.items()}
         self._queues: dict = {m: {} for m in self.modalities}
 
     def __len__(self) -> int:
-        return -(-self.n_max // self.batch_size)
+        return -(-self.n_max // (self.batch_size * self.per_class))
 
     def _next(self, m, k: int) -> int:
         q = self._queues[m].get(k)
@@ -56,7 +68,9 @@ class ClassAlignedSampler:
     def __iter__(self):
         for _ in range(len(self)):
             chosen = self.rng.choice(self.classes, size=self.batch_size, replace=False)
-            yield {m: np.array([self._next(m, int(k)) for k in chosen]) for m in self.modalities}, chosen
+            rows = {m: np.array([self._next(m, int(k)) for k in chosen for _ in range(self.per_class)])
+                    for m in self.modalities}
+            yield rows, chosen
 
 
 def group_table(groups: dict) -> tuple[np.ndarray, dict, dict]:

@@ -44,7 +44,7 @@ Pair-specific embeddings (Q through the (Q, R) block) would not fit Q->Any, wher
 gallery mixes modalities, nor the one-file-per-modality run folder, so they are not offered.
 
 ``batch_size`` here counts items per modality (paper 002 V-A: batch size 128), drawn as
-``batch_size // per_class`` classes with ``per_class`` items each (see ClassGroupSampler).
+``batch_size // per_class`` classes with ``per_class`` items each (see ClassAlignedSampler).
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ import torch
 
 from mmx.pipeline.modality import Modality
 from mmx.train.strategies.base import Strategy
-from mmx.train.strategies.cvs_model import ClassGroupSampler, CommonSpaceModel
+from mmx.train.samplers import ClassAlignedSampler
+from mmx.train.strategies.cvs_model import CommonSpaceModel
 from mmx.train.triplet import classification_loss, pair_triplet_loss
 
 DEFAULTS = {
@@ -166,9 +167,10 @@ class CommonSpaceStrategy(Strategy):
         seed = self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
         per = self.opt["per_class"]
         stage = self.stage
-        sampler = ClassGroupSampler({m: split.classes[Modality.parse(m)].cpu().numpy() for m in stage.modalities},
-                                    self.cfg.batch_size // per, per, seed, stage.classes, stage.size_by)
-        for rows in sampler:
+        sampler = ClassAlignedSampler({m: split.classes[Modality.parse(m)].cpu().numpy() for m in stage.modalities},
+                                      self.cfg.batch_size // per, seed, per_class=per, allowed=stage.classes,
+                                      size_by=stage.size_by)
+        for rows, _ in sampler:
             batch = {}
             for m, r in rows.items():
                 mod = Modality.parse(m)

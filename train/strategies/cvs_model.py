@@ -13,7 +13,6 @@ layers", paper 002 III-A); both layers have D units (paper 002 V-A: "both of whi
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -66,45 +65,3 @@ class CommonSpaceModel(nn.Module):
         out = torch.stack(outs).mean(0) if len(outs) > 1 else outs[0]
         return nn.functional.normalize(out, dim=-1)
 
-
-class ClassGroupSampler:
-    """Batches of ``n_classes`` distinct classes with ``per_class`` items of every modality each.
-
-    The papers' triplet loss has intra-modal terms (thesis 3.1.6), which need two items of
-    one modality and one class in a batch; the spine's sampler gives one, so this one draws
-    ``per_class`` (P x K sampling, FaceNet [12]). Items of a (modality, class) come from a
-    queue reshuffled when it runs out, over-sampling small modalities (as paper 000 III-A).
-    An epoch has ``ceil(N_max / (n_classes * per_class))`` batches, ``N_max`` the item count
-    of the largest modality in play over the allowed classes (or of ``size_by`` only: a stage
-    that adds a modality sizes its epoch by the new modality's items).
-    """
-
-    def __init__(self, classes: dict, n_classes: int, per_class: int, seed: int, allowed=None, size_by=None):
-        cls = {m: np.asarray(c) for m, c in classes.items()}
-        common = set.intersection(*(set(np.unique(c[c >= 0]).tolist()) for c in cls.values()))
-        if allowed is not None:
-            common &= set(int(a) for a in allowed)
-        if not common:
-            raise ValueError("no class has items in every modality of this stage; class-aligned batches are impossible")
-        self.classes = np.array(sorted(common))
-        self.n_classes = max(1, min(n_classes, len(self.classes)))
-        self.per_class = per_class
-        self.rng = np.random.default_rng(seed)
-        self.members = {m: {int(k): np.flatnonzero(c == k) for k in self.classes} for m, c in cls.items()}
-        self.n_max = max(sum(len(v) for v in per.values()) for m, per in self.members.items() if not size_by or m in size_by)
-        self.queues: dict = {m: {} for m in cls}
-
-    def __len__(self) -> int:
-        return -(-self.n_max // (self.n_classes * self.per_class))
-
-    def _next(self, m, k: int) -> int:
-        q = self.queues[m].get(k)
-        if not q:
-            q = list(self.rng.permutation(self.members[m][k]))
-            self.queues[m][k] = q
-        return int(q.pop())
-
-    def __iter__(self):
-        for _ in range(len(self)):
-            chosen = self.rng.choice(self.classes, size=self.n_classes, replace=False)
-            yield {m: np.array([self._next(m, int(k)) for k in chosen for _ in range(self.per_class)]) for m in self.members}
