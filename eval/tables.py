@@ -58,11 +58,8 @@ def _lookup(results: dict, split: str, section: str, key: tuple[str, str]) -> di
     return None
 
 
-def recall_table(results: dict, section: str = "pairs", metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Paper 000's layout: rows ``Q -> T`` and Mean; columns split x metric (test first)."""
-    metrics = metrics or [f"R@{k}" for k in results["ks"]]
-    splits = list(results["splits"])
-    header = ["Query " + ARROW + " Target"] + [f"{s} {m}" for s in splits for m in metrics]
+def _metric_rows(results: dict, section: str, splits: list[str], metrics: list[str]) -> list[list[str]]:
+    """One row per ``Q -> T`` of ``section``: the metrics of each split, side by side."""
     rows = []
     for key in _row_keys(results, section):
         cells = [f"{display(key[0])} {ARROW} {display(key[1])}"]
@@ -70,6 +67,15 @@ def recall_table(results: dict, section: str = "pairs", metrics: list[str] | Non
             r = _lookup(results, s, section, key)
             cells += [fmt(r.get(m) if r else None, m) for m in metrics]
         rows.append(cells)
+    return rows
+
+
+def recall_table(results: dict, section: str = "pairs", metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
+    """Paper 000's layout: rows ``Q -> T`` and Mean; columns split x metric (test first)."""
+    metrics = metrics or [f"R@{k}" for k in results["ks"]]
+    splits = list(results["splits"])
+    header = ["Query " + ARROW + " Target"] + [f"{s} {m}" for s in splits for m in metrics]
+    rows = _metric_rows(results, section, splits, metrics)
     if rows:
         mean = ["Mean"]
         for s in splits:
@@ -110,15 +116,7 @@ def rank_table(results: dict) -> tuple[list[str], list[list[str]]]:
     splits = list(results["splits"])
     metrics = ["MedR", "MeanR"]
     header = ["Query " + ARROW + " Target"] + [f"{s} {m}" for s in splits for m in metrics]
-    rows = []
-    for section in ("pairs", "any"):
-        for key in _row_keys(results, section):
-            cells = [f"{display(key[0])} {ARROW} {display(key[1])}"]
-            for s in splits:
-                r = _lookup(results, s, section, key)
-                cells += [fmt(r.get(m) if r else None, m) for m in metrics]
-            rows.append(cells)
-    return header, rows
+    return header, _metric_rows(results, "pairs", splits, metrics) + _metric_rows(results, "any", splits, metrics)
 
 
 def coverage_table(results: dict) -> tuple[list[str], list[list[str]]]:
