@@ -92,3 +92,15 @@ def test_config_rejects_unknown_keys_and_coerces():
     assert cfg.patience == 7 and cfg.modalities == ["text", "image"] and cfg.options == {"depth": 2}
     with pytest.raises(ValueError, match="unknown config key"):
         resolve(sets=["patiense=7"])
+
+
+def test_every_strategy_rejects_unknown_options():
+    from mmx.train.strategies import STRATEGIES, get_strategy
+
+    for name in STRATEGIES:
+        cls = get_strategy(name)
+        problems = cls.check(TrainConfig(strategy=name, options={"no_such_option": 1}))
+        assert any("unknown option(s) no_such_option" in p for p in problems), name
+        # the options `mmx train --from RUN --add-modality` sets are known to every strategy
+        problems = cls.check(TrainConfig(strategy=name, options={"trained_modalities": ["text"]}))
+        assert not any("unknown option" in p for p in problems), name

@@ -21,20 +21,35 @@ from mmx.train.config import TrainConfig
 from mmx.train.data import SplitData, TrainData
 
 
+# Set by `mmx train --from RUN --add-modality M` (train/extend.py), whatever the strategy.
+EXTENSION_OPTIONS = {"extend_from": "", "trained_modalities": []}
+
+
 class Strategy:
     name: str = ""
     needs_tokens: bool = False
     alignment: str = "class"  # the sampler the data needs: "class" or "instance"
     min_modalities: int = 2
+    options: dict = {}  # the strategy's ``cfg.options`` with their defaults; other keys are errors
+    extra_options: dict = {}  # a subclass's additions to its parent's ``options``
 
     def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device):
         self.cfg, self.data, self.device = cfg, data, device
         self.modalities = [Modality.parse(m) for m in cfg.modalities]
+        self.opt = {**self.option_defaults(), **cfg.options}
+
+    @classmethod
+    def option_defaults(cls) -> dict:
+        return {**EXTENSION_OPTIONS, **cls.options, **cls.extra_options}
 
     @classmethod
     def check(cls, cfg: TrainConfig) -> list[str]:
         """Problems with the config alone (before loading anything); empty when fine."""
         problems = []
+        known = cls.option_defaults()
+        unknown = sorted(set(cfg.options) - set(known))
+        if unknown:
+            problems.append(f"strategy {cls.name!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         if len(cfg.modalities) < cls.min_modalities:
             problems.append(f"strategy {cls.name!r} needs at least {cls.min_modalities} modalities, got {cfg.modalities}")
         return problems

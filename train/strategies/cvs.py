@@ -71,8 +71,6 @@ DEFAULTS = {
     "weight_classification": 1.0,  # alpha of eq. 3.1.7
     "per_class": 2,
     "inference_partner": "self",
-    "extend_from": "",  # set by `mmx train --from RUN --add-modality M`
-    "trained_modalities": [],  # the modalities of RUN (frozen)
 }
 PREFERRED_ORDER = ["image", "text", "video", "audio"]  # paper 002 III-A stage order
 
@@ -93,12 +91,11 @@ def _ordered(mods: list[str]) -> list[str]:
 
 class CommonSpaceStrategy(Strategy):
     name = "cvs"
-    extra_options: dict = {}
+    options = DEFAULTS
     extendable = False
 
     def __init__(self, cfg, data, device):
         super().__init__(cfg, data, device)
-        self.opt = {**DEFAULTS, **self.extra_options, **cfg.options}
         self.mods = [m.value for m in self.modalities]
         self.plan = self.make_stages()
         self.stage = self.plan[0]
@@ -111,11 +108,7 @@ class CommonSpaceStrategy(Strategy):
     @classmethod
     def check(cls, cfg) -> list[str]:
         problems = super().check(cfg)
-        known = {**DEFAULTS, **cls.extra_options}
-        unknown = sorted(set(cfg.options) - set(known))
-        if unknown:
-            problems.append(f"strategy {cls.name!r}: unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        opt = {**known, **cfg.options}
+        opt = {**cls.option_defaults(), **cfg.options}
         if not (opt["attention_wi"] or opt["attention_ws"] or opt["attention_wis"]):
             problems.append("options: attention_wi, attention_ws and attention_wis are all false; the attention needs one")
         for key in ("margins", "gammas"):

@@ -112,21 +112,18 @@ class EverythingAtOnceStrategy(Strategy):
     name = "eao"
     needs_tokens = True
     alignment = "any"
+    options = DEFAULTS
 
     def __init__(self, cfg, data, device):
         super().__init__(cfg, data, device)
-        self.opts = {**DEFAULTS, **cfg.options}
-        self.terms = build_terms(self.modalities, self.opts["terms"], self.opts["weights"], self.opts["default_weight"])
+        self.terms = build_terms(self.modalities, self.opt["terms"], self.opt["weights"], self.opt["default_weight"])
         self.subsets = sorted({s for x, y, _ in self.terms for s in (x, y)}, key=lambda s: (len(s), [ORDER.index(m) for m in s]))
         self._groups: dict = {}
 
     @classmethod
     def check(cls, cfg) -> list[str]:
         problems = super().check(cfg)
-        opts = {**DEFAULTS, **cfg.options}
-        unknown = sorted(set(cfg.options) - set(DEFAULTS))
-        if unknown:
-            problems.append(f"eao: unknown option(s) {', '.join(unknown)}; known: {', '.join(DEFAULTS)}")
+        opts = {**cls.option_defaults(), **cfg.options}
         for k in ("token_dim", "depth", "heads"):
             if not isinstance(opts[k], int) or opts[k] < 1:
                 problems.append(f"eao: options.{k} must be a positive integer, got {opts[k]!r}")
@@ -150,7 +147,7 @@ class EverythingAtOnceStrategy(Strategy):
 
     # -- model ----------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
-        o = self.opts
+        o = self.opt
         max_positions = 0
         if o["positional"]:
             lengths = [int((f.offsets[1:] - f.offsets[:-1]).max()) for s in self.data.splits.values() for f in s.features.values() if len(f)]
@@ -169,8 +166,8 @@ class EverythingAtOnceStrategy(Strategy):
         r = rows.clamp_min(0)
         start = f.offsets[r]
         length = (f.offsets[r + 1] - start) * present
-        if self.opts["max_tokens"]:
-            length = length.clamp(max=self.opts["max_tokens"])
+        if self.opt["max_tokens"]:
+            length = length.clamp(max=self.opt["max_tokens"])
         t = int(length.max()) if len(rows) else 0
         ar = torch.arange(t, device=rows.device)
         valid = ar[None, :] < length[:, None]  # (B, T)
