@@ -149,6 +149,26 @@ class LoadedFeatures:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def select(self, rows) -> "LoadedFeatures":
+        """Rows ``rows`` (in that order) on their own, e.g. one split of a load of several.
+
+        ``missing`` and ``failed`` keep the counts of the whole load.
+        """
+        import torch
+
+        rows = np.asarray(rows, np.int64)
+        out = dataclasses.replace(self, ids=self.ids[rows], labels=self.labels[rows], groups=self.groups[rows],
+                                  splits=self.splits[rows])
+        if self.pooled is not None:
+            out.pooled = self.pooled[torch.as_tensor(rows, device=self.pooled.device)]
+        if self.tokens is not None:
+            off = self.offsets.cpu().numpy()
+            starts, ln = off[rows], off[rows + 1] - off[rows]
+            idx = np.arange(int(ln.sum())) - np.repeat(np.cumsum(ln) - ln, ln) + np.repeat(starts, ln)
+            out.tokens = self.tokens[torch.as_tensor(idx, device=self.tokens.device)]
+            out.offsets = torch.as_tensor(np.concatenate([[0], np.cumsum(ln)]), device=self.offsets.device)
+        return out
+
 
 class FeatureStore:
     """An open feature store. Create one with :func:`create_store`, open with :func:`open_store`."""

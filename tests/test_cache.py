@@ -89,6 +89,17 @@ def test_split_filter_with_tokens_keeps_offsets_consistent(tmp_path):
         np.testing.assert_array_equal(got.tokens.numpy()[off[j]:off[j + 1]], toks[i].astype(np.float16).astype(np.float32))
 
 
+def test_selecting_a_split_of_a_load_equals_loading_that_split(tmp_path):
+    store, ids, splits, labels, pooled, toks = _make(tmp_path)
+    _write_all(store, pooled, toks)
+    whole = store.load(split=["train", "test"], tokens=True)
+    for name in ("train", "test"):
+        got, want = whole.select(np.flatnonzero(whole.splits == name)), store.load(split=name, tokens=True)
+        assert list(got.ids) == list(want.ids)
+        for field in ("pooled", "tokens", "offsets"):
+            assert np.array_equal(getattr(got, field).numpy(), getattr(want, field).numpy()), field
+
+
 def test_failed_items_are_skipped_and_counted(tmp_path):
     store, ids, splits, labels, pooled, toks = _make(tmp_path, tokens=False)
     status = np.full(10, STATUS_OK, np.uint8)

@@ -63,8 +63,9 @@ def load_train_data(
 
     loaded: dict[str, dict[Modality, LoadedFeatures]] = {s: {} for s in splits}
     for m, store in stores.items():
+        whole = store.load(split=splits, tokens=tokens, device=device)  # one read of the store for all splits
         for s in splits:
-            loaded[s][m] = store.load(split=s, tokens=tokens, device=device)
+            loaded[s][m] = whole.select(np.flatnonzero(whole.splits == s))
     for s in splits:
         for m, f in loaded[s].items():
             if len(f) == 0:
