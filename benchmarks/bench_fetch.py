@@ -115,7 +115,7 @@ def main() -> None:
 
     import pandas as pd
 
-    from mmx.pipeline.manifest import write_manifest
+    from mmx.extract.manifest import write_manifest
 
     with tempfile.TemporaryDirectory(prefix="mmx-bench-fetch-") as tmp:
         port_file = Path(tmp) / "port"

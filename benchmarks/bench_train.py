@@ -34,7 +34,7 @@ TARGET_S = 60.0
 
 
 def _run(cfg, label: str) -> dict:
-    from mmx.pipeline.runs import read_jsonl
+    from mmx.eval.runs import read_jsonl
     from mmx.train.loop import train
 
     t = time.perf_counter()

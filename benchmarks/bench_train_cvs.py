@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from mmx.cache.synthesize import SyntheticConfig, synthesize
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 from mmx.train.config import TrainConfig
 from mmx.train.data import load_train_data
 from mmx.train.strategies import get_strategy

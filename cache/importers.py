@@ -78,7 +78,7 @@ from mmx.cache.store import (
     ids_digest,
     store_path,
 )
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 SPLITS = ("train", "test", "val")
 SOURCE_KEYS = ("split", "features", "labels", "ids", "groups", "splits", "labels_file")
@@ -552,7 +552,7 @@ def import_features(
 
 
 def _check_ids(ids: list[str]) -> None:
-    from mmx.pipeline.manifest import id_problem
+    from mmx.cache.names import id_problem
 
     problems = [f"{i!r}: {p}" for i in ids if (p := id_problem(i))]
     if problems:

@@ -42,7 +42,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mmx import __version__
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 SCHEMA_VERSION = 1
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from mmx.cache.store import FeatureStore, StoreSpec, create_store, ids_digest
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 # XMediaNet as paper 000 could obtain it (Sec. III-A), with the dimensions of its backbones
 # (BERT-small 512, ResNet50 2048, VGGish 128, MoViNet-A2 600).

@@ -140,7 +140,7 @@ def comparison_json(comp: dict) -> str:
 
 
 def write_comparison(comp: dict, folder: str | Path) -> dict[str, Path]:
-    from mmx.pipeline.runs import atomic_write_bytes
+    from mmx.eval.runs import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """From a run folder's saved embeddings to one results dict (what ``mmx eval`` reports).
 
-Reads only the run folder (see ``mmx.pipeline.runs``): ``embeddings/<split>/<name>.npz`` and,
+Reads only the run folder (see ``mmx.eval.runs``): ``embeddings/<split>/<name>.npz`` and,
 when present, ``config.yaml`` for the strategy, the modalities and the alignment. The default
 relevance follows the alignment the run was trained with: ``instance`` for ``alignment:
 instance`` (paper 001), otherwise ``class`` (papers 000, 002).
@@ -114,7 +114,7 @@ def evaluate_run(
     ``splits=None`` evaluates the default splits (test, train) that the run has; naming a
     split it lacks is an error. ``relevance=None`` follows the run's alignment.
     """
-    from mmx.pipeline.runs import load_embeddings, splits_of
+    from mmx.eval.runs import load_embeddings, splits_of
 
     run = Path(run)
     if not run.is_dir():

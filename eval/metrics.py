@@ -78,7 +78,7 @@ def modalities_of(name: str) -> frozenset[str]:
 
 def name_order(name: str) -> tuple:
     """Paper order (text, image, audio, video), fused subsets after single modalities."""
-    from mmx.pipeline.modality import NAMES
+    from mmx.cache.modality import NAMES
 
     parts = name.split("+")
     return (len(parts), [NAMES.index(p) if p in NAMES else len(NAMES) for p in parts], name)

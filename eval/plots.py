@@ -73,7 +73,7 @@ def heatmap(results: dict, split: str, metric: str, path: str | Path) -> Path:
 
 def training_curves(run: str | Path, path: str | Path) -> Path | None:
     """Losses and recalls per epoch from ``metrics.jsonl``; None when there is nothing to plot."""
-    from mmx.pipeline.runs import read_jsonl
+    from mmx.eval.runs import read_jsonl
 
     records = [r for r in read_jsonl(Path(run) / "metrics.jsonl") if isinstance(r, dict) and "epoch" in r]
     series: dict[str, list[tuple[float, float]]] = {}
@@ -107,7 +107,7 @@ def training_curves(run: str | Path, path: str | Path) -> Path | None:
 
 def projection(run: str | Path, split: str, path: str | Path, max_points: int = 4000, max_classes: int = 10, seed: int = 0) -> Path | None:
     """2-D PCA of the joint space: colour = class (the ``max_classes`` largest), marker = modality."""
-    from mmx.pipeline.runs import load_embeddings
+    from mmx.eval.runs import load_embeddings
 
     data = {n: d for n, d in load_embeddings(run, split).items() if "+" not in n and len(d["emb"])}
     if not data:

@@ -187,7 +187,7 @@ def report_csv(results: dict) -> str:
 
 def write_reports(results: dict, folder: str | Path, stem: str = "eval") -> dict[str, Path]:
     """``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` in ``folder`` (atomic writes)."""
-    from mmx.pipeline.runs import atomic_write_bytes
+    from mmx.eval.runs import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

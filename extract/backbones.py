@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 DEFAULT_MAX_PIXELS = 89_478_485  # = mmx.extract.decode.DEFAULT_MAX_PIXELS (not imported: keeps the CLI light)
 _IMAGE = {"image_size": 224, "max_pixels": DEFAULT_MAX_PIXELS, "jpeg_draft": True}

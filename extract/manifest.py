@@ -26,15 +26,14 @@ import unicodedata
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from mmx.pipeline.modality import NAMES, Modality
+from mmx.cache.modality import NAMES, Modality
+from mmx.cache.names import id_problem
 
 if TYPE_CHECKING:
     import pandas as pd
 
 COLUMNS = ("id", "modality", "uri", "text", "label", "group", "split")
 SPLITS = ("train", "test", "val")
-MAX_ID_LENGTH = 128
-_UNSAFE_ID = re.compile(r"[/\\\x00-\x1f\x7f]")
 
 
 class ManifestError(ValueError):
@@ -45,21 +44,6 @@ class ManifestError(ValueError):
         shown = "\n  ".join(problems[:50])
         more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
         super().__init__(f"{path}: {len(problems)} problem(s) in the manifest:\n  {shown}{more}")
-
-
-def id_problem(item_id: str) -> str | None:
-    """Why ``item_id`` is unsafe as a file name, or None when it is fine."""
-    if item_id == "":
-        return "empty id"
-    if len(item_id) > MAX_ID_LENGTH:
-        return f"id longer than {MAX_ID_LENGTH} characters"
-    if _UNSAFE_ID.search(item_id):
-        return "id contains a path separator or a control character"
-    if item_id == "." or ".." in item_id:
-        return "id is '.' or contains '..'"
-    if unicodedata.normalize("NFC", item_id) != item_id:
-        return "id is not NFC-normalised unicode"
-    return None
 
 
 def _read_table(path: Path) -> "pd.DataFrame":

@@ -229,8 +229,8 @@ def extract(
 ) -> dict:
     """Extract one modality of a manifest into its store; returns a summary of the run."""
     from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
-    from mmx.pipeline.manifest import read_manifest
-    from mmx.pipeline.modality import Modality
+    from mmx.extract.manifest import read_manifest
+    from mmx.cache.modality import Modality
 
     modality = Modality.parse(modality)
     backbone = backbone or DEFAULT_BACKBONE[modality]

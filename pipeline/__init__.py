@@ -1,1 +1,1 @@
-"""The glue: the shared ``Modality`` vocabulary, the manifest, config, run folders and the CLI."""
+"""The top floor: the click commands, config resolution and the demo. No stage imports it."""

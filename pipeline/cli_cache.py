@@ -14,7 +14,7 @@ _CACHE_HELP = "Cache root (default: $MMX_CACHE or ./.mmx-cache)."
 
 
 def _root(cache: str | None):
-    from mmx.pipeline.config_paths import default_cache_root
+    from mmx.cache.paths import default_cache_root
 
     return default_cache_root(cache)
 

@@ -11,7 +11,7 @@ import json
 import click
 
 from mmx.extract.backbones import BACKBONES, describe
-from mmx.pipeline.modality import NAMES
+from mmx.cache.modality import NAMES
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:

@@ -56,8 +56,8 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
     resumes; --retry-failed retries transient failures (all with --all-failures).
     """
     from mmx.extract.fetch import FetchConfig, fetch_manifest
-    from mmx.extract.fetch_report import summary_lines
-    from mmx.pipeline.modality import Modality
+    from mmx.extract.fetch.report import summary_lines
+    from mmx.cache.modality import Modality
 
     if retry_all and not retry_failed:
         raise click.UsageError("--all-failures only makes sense with --retry-failed")
@@ -103,8 +103,8 @@ def manifest_from_lists_command(lists, texts, columns, text_columns, sep, id_pre
     mmx manifest-from-lists --list image=images.txt --list video=videos.txt \\
         --texts texts.txt --columns id,label,uri -o manifest.csv
     """
-    from mmx.extract.fetch_import import manifest_from_lists
-    from mmx.pipeline.manifest import write_manifest
+    from mmx.extract.fetch.lists import manifest_from_lists
+    from mmx.extract.manifest import write_manifest
 
     by_modality = {}
     for spec in lists:

@@ -32,7 +32,7 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
     Example:
       mmx train --strategy joint --modalities text,image,audio,video --cache .mmx-cache --dataset synthetic
     """
-    from mmx.pipeline.config_paths import default_cache_root
+    from mmx.cache.paths import default_cache_root
     from mmx.train.config import resolve
     from mmx.train.loop import train
 

@@ -89,7 +89,7 @@ def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
 
 
 def preset_names() -> list[str]:
-    folder = resources.files("mmx.pipeline.presets")
+    folder = resources.files("mmx.train.presets")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
 
 
@@ -104,7 +104,7 @@ def load_yaml(path_or_preset: str) -> tuple[dict, str]:
         names = preset_names()
         if path_or_preset not in names:
             raise ValueError(f"unknown preset {path_or_preset!r}; known: {', '.join(names) or 'none'}")
-        text = (resources.files("mmx.pipeline.presets") / f"{path_or_preset}.yaml").read_text()
+        text = (resources.files("mmx.train.presets") / f"{path_or_preset}.yaml").read_text()
         source = f"preset {path_or_preset}"
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
@@ -133,7 +133,7 @@ def resolve(presets: list[str] = (), overrides: dict | None = None, sets: list[s
 
 
 def save(cfg: TrainConfig, path: Path) -> None:
-    from mmx.pipeline.runs import atomic_write_bytes
+    from mmx.eval.runs import atomic_write_bytes
 
     atomic_write_bytes(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mmx.cache import LoadedFeatures, find_store
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 
 @dataclasses.dataclass

@@ -36,8 +36,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from mmx.pipeline import runs
-from mmx.pipeline.modality import Modality
+from mmx.eval import runs
+from mmx.cache.modality import Modality
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
 from mmx.train.data import SplitData, load_train_data
@@ -126,7 +126,7 @@ def train(
     splits = ["train", cfg.holdout] + ([] if cfg.holdout == "test" else ["test"])
     if data is None:
         if not cfg.cache:
-            from mmx.pipeline.config_paths import default_cache_root
+            from mmx.cache.paths import default_cache_root
 
             cfg = dataclasses.replace(cfg, cache=str(default_cache_root()))
         data = load_train_data(

@@ -8,7 +8,7 @@ its videos and 82.8% of its audio were still reachable). This module turns a man
       media/<modality>/<safe id>.<real extension>   validated files only
       fetch/journal.jsonl    one line per finished item (source of truth, append-only)
       fetch/status.csv       one row per manifest item, failed ones included
-      fetch/report.md, fetch/report.json              link-rot report (mmx.extract.fetch_report)
+      fetch/report.md, fetch/report.json              link-rot report (mmx.extract.fetch.report)
       manifest.fetched.csv   the manifest of the available items, uris pointing at media/
 
 Choices where the issue is silent:
@@ -17,11 +17,11 @@ Choices where the issue is silent:
   URL; every other item is in ``fetch/status.csv`` and the report with its failure kind;
 * a plain rerun skips every item that already has a final status (an ``ok`` one only while its
   file is still there with the recorded size); ``retry_failed`` retries the transient kinds
-  (:data:`~mmx.extract.fetch_status.TRANSIENT_KINDS`), ``retry_all`` every failure;
+  (:data:`~mmx.extract.fetch.status.TRANSIENT_KINDS`), ``retry_all`` every failure;
 * memory: the manifest is never held whole; it is validated, planned, fed to the workers and
-  summarised in chunks (:mod:`mmx.extract.fetch_manifest`), and a fixed pool of workers pulls
+  summarised in chunks (:mod:`mmx.extract.fetch.manifest`), and a fixed pool of workers pulls
   from a queue of bounded size. What still grows with the manifest is a few bytes per item:
-  one bit of the work list and 16 bytes of :class:`~mmx.extract.fetch_status.JournalIndex`
+  one bit of the work list and 16 bytes of :class:`~mmx.extract.fetch.status.JournalIndex`
   (8 bytes of id hash while validating); see benchmarks/RESULTS.md;
 * local paths (and ``file://``) are only read below ``allowed_roots`` (default: the
   manifest's folder), validated like downloads, then hard-linked, or copied when linking fails.
@@ -36,7 +36,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mmx.extract.fetch_status import OK, TRANSIENT_KINDS
+from mmx.extract.fetch.status import OK, TRANSIENT_KINDS
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _MEDIA_EXTENSIONS = ("jpg", "png", "gif", "webp", "bmp", "tif", "wav", "flac", "mp3", "aiff", "m4a",
@@ -178,6 +178,6 @@ def link_or_copy(src: Path, tmp: str) -> str:
 
 def fetch_manifest(manifest_path, out_dir, cfg: FetchConfig | None = None):
     """Fetch every item of a manifest into ``out_dir``; returns a :class:`FetchSummary`."""
-    from mmx.extract.fetch_run import run_fetch
+    from mmx.extract.fetch.run import run_fetch
 
     return run_fetch(manifest_path, out_dir, cfg or FetchConfig())

@@ -27,8 +27,8 @@ import random
 import time
 from urllib.parse import urljoin, urlsplit
 
-from mmx.extract.fetch_status import TRANSIENT_KINDS
-from mmx.extract.fetch_validate import content_type_problem
+from mmx.extract.fetch.status import TRANSIENT_KINDS
+from mmx.extract.fetch.validate import content_type_problem
 
 _DNS_HINTS = ("name or service not known", "nodename nor servname", "temporary failure in name resolution",
               "getaddrinfo failed", "no address associated", "name resolution")

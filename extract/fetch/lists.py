@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from mmx.pipeline.manifest import COLUMNS, ManifestError, normalise_frame, validate_frame
-from mmx.pipeline.modality import Modality
+from mmx.extract.manifest import COLUMNS, ManifestError, normalise_frame, validate_frame
+from mmx.cache.modality import Modality
 
 FIELD_NAMES = ("id", "label", "uri", "text", "group", "split", "-")
 SEPARATORS = {"whitespace": None, "tab": "\t", "comma": ",", "space": " ", "semicolon": ";", "pipe": "|"}

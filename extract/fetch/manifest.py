@@ -1,12 +1,12 @@
 """A manifest read in chunks, so ``mmx fetch`` never holds it whole (issue 3: "memory stays
 bounded whatever the manifest's size").
 
-:func:`mmx.pipeline.manifest.read_manifest` materialises the table, about a kilobyte of Python
+:func:`mmx.extract.manifest.read_manifest` materialises the table, about a kilobyte of Python
 strings per item. ``mmx fetch`` instead walks the file a few times, ``CHUNK_ROWS`` rows at a
 time (pandas' chunked CSV and JSON Lines readers, pyarrow's Parquet batches), and keeps nothing
 per item between chunks except what its caller asks for (a bit per item for the work list).
-Every chunk goes through the same :func:`~mmx.pipeline.manifest.normalise_frame` and
-:func:`~mmx.pipeline.manifest.validate_frame` as ``read_manifest``, so the same manifests are
+Every chunk goes through the same :func:`~mmx.extract.manifest.normalise_frame` and
+:func:`~mmx.extract.manifest.validate_frame` as ``read_manifest``, so the same manifests are
 accepted and the same problems are reported (all at once, with 1-based row numbers); ids
 duplicated across chunks are found through a sorted array of 64-bit id hashes (8 bytes per
 item while validating, freed afterwards) and confirmed on the real ids.
@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mmx.pipeline.manifest import COLUMNS, ManifestError, normalise_frame, validate_frame
+from mmx.extract.manifest import COLUMNS, ManifestError, normalise_frame, validate_frame
 
 CHUNK_ROWS = 2048  # a few MB of Python strings per chunk in flight; parsing overhead stays small
 MAX_LISTED_PROBLEMS = 10_000  # a manifest broken on every row must not fill memory with messages
@@ -113,7 +113,7 @@ def _normalise(raw):
 def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
     """Validate a manifest in one pass of chunks; raise :class:`ManifestError` listing every problem.
 
-    Accepts what :func:`~mmx.pipeline.manifest.read_manifest` accepts, with the same messages.
+    Accepts what :func:`~mmx.extract.manifest.read_manifest` accepts, with the same messages.
     """
     import numpy as np
 

@@ -14,7 +14,7 @@ import json
 import os
 from pathlib import Path
 
-from mmx.extract.fetch_status import FAILURE_KINDS, OK
+from mmx.extract.fetch.status import FAILURE_KINDS, OK
 
 _PLURAL = {"image": "images", "video": "videos", "audio": "audio files", "text": "texts"}
 

@@ -2,11 +2,11 @@
 
 A fixed pool of ``workers`` coroutines pulls items from a queue of at most ``2 * workers``
 entries, fed by one producer that walks the manifest a chunk at a time
-(:mod:`mmx.extract.fetch_manifest`); so the work in flight, and the memory it needs, does not
+(:mod:`mmx.extract.fetch.manifest`); so the work in flight, and the memory it needs, does not
 depend on the manifest's size. Each worker streams into a ``.part`` file
 beside its destination, validates it in a small thread pool (decoders hold the GIL only
 partly and must not stall the event loop), renames it into place and only then appends the
-item's final status to the journal (see :mod:`mmx.extract.fetch_status`).
+item's final status to the journal (see :mod:`mmx.extract.fetch.status`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 from mmx.extract.fetch import (FetchConfig, FetchLayout, is_url, link_or_copy, local_source, needs_fetch,
                                place_file, safe_stem, sweep_partial_files)
-from mmx.extract.fetch_status import OK, Journal
+from mmx.extract.fetch.status import OK, Journal
 
 
 @dataclasses.dataclass
@@ -89,8 +89,8 @@ def run_fetch(manifest_path, out_dir, cfg: FetchConfig) -> FetchSummary:
     Between chunks only the plan (one bit per item) and the journal index (16 bytes per id)
     are kept, so memory does not grow with the manifest beyond those few bytes per item.
     """
-    from mmx.extract.fetch_manifest import scan_manifest
-    from mmx.extract.fetch_status import JournalIndex
+    from mmx.extract.fetch.manifest import scan_manifest
+    from mmx.extract.fetch.status import JournalIndex
 
     stream = scan_manifest(manifest_path)  # every problem of the manifest, before anything is written
     layout = FetchLayout(Path(out_dir).resolve())
@@ -135,8 +135,8 @@ def _finalise(stream, index, layout: FetchLayout, cfg: FetchConfig) -> tuple[dic
     """Status table, fetched manifest and link-rot report, streamed chunk by chunk from the journal."""
     import pandas as pd
 
-    from mmx.extract.fetch_report import ReportCounter, write_report
-    from mmx.extract.fetch_status import StatusTableWriter, status_row
+    from mmx.extract.fetch.report import ReportCounter, write_report
+    from mmx.extract.fetch.status import StatusTableWriter, status_row
 
     counter, totals = ReportCounter(), {}
     table = StatusTableWriter(layout.status)
@@ -254,8 +254,8 @@ async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg
 
 async def _fetch_item(item, client, stream, layout, roots, cfg, host_limits, pool) -> dict:
     """Fetch one item; always returns a record with a ``status``."""
-    from mmx.extract.fetch_http import get_with_retries, remove_quietly
-    from mmx.extract.fetch_validate import check_file
+    from mmx.extract.fetch.http import get_with_retries, remove_quietly
+    from mmx.extract.fetch.validate import check_file
 
     uri, modality = item["uri"], item["modality"]
     if not uri:

@@ -110,7 +110,7 @@ def _ends_with_newline(path: Path) -> bool:
 class JournalIndex:
     """Where the last record of every id lies in the journal: 16 bytes per id, not a dict of records.
 
-    Two numpy arrays sorted by a 64-bit hash of the id (:func:`~mmx.extract.fetch_manifest.id_hashes`)
+    Two numpy arrays sorted by a 64-bit hash of the id (:func:`~mmx.extract.fetch.manifest.id_hashes`)
     hold the byte offset of that id's last line; the records themselves stay on disk and are read
     back a chunk of ids at a time (:meth:`records`). A record is only returned when its ``id``
     matches, so a hash collision (odds about N^2 / 2^65) costs a refetch, never a wrong status.
@@ -121,7 +121,7 @@ class JournalIndex:
     def __init__(self, path: str | os.PathLike):
         import numpy as np
 
-        from mmx.extract.fetch_manifest import id_hashes
+        from mmx.extract.fetch.manifest import id_hashes
 
         self.path = Path(path)
         hashes, offsets = [np.empty(0, np.uint64)], [np.empty(0, np.int64)]
@@ -162,7 +162,7 @@ class JournalIndex:
         """The last journal record of each id (None where it has none), in the order of ``ids``."""
         import numpy as np
 
-        from mmx.extract.fetch_manifest import id_hashes
+        from mmx.extract.fetch.manifest import id_hashes
 
         out: list[dict | None] = [None] * len(ids)
         if not len(self.hashes) or not ids:

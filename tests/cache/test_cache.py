@@ -18,7 +18,7 @@ from mmx.cache import (
 )
 from mmx.cache.store import STATUS_FAILED, STATUS_OK, ids_digest
 from mmx.cache.synthesize import SyntheticConfig, synthesize
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 D = 6
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from mmx.cache import list_stores
 from mmx.pipeline.cli import main
-from mmx.pipeline.config_paths import default_cache_root
+from mmx.cache.paths import default_cache_root
 
 SMALL = ["--items", "text=40,image=30", "--dims", "text=8,image=6", "--classes", "5"]
 

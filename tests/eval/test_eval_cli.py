@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from mmx.eval.evaluate import evaluate_run
 from mmx.eval.tables import NA, map_matrix, recall_table
 from mmx.pipeline.cli import main
-from mmx.pipeline.runs import append_jsonl, save_embeddings
+from mmx.eval.runs import append_jsonl, save_embeddings
 
 CLASSES = 6
 

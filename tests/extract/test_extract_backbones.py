@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mmx.extract.backbones import BACKBONES, DEFAULT_BACKBONE, build_encoder, get_backbone, resolve_options
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 
 
 @pytest.fixture(scope="session")

@@ -5,8 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from mmx.pipeline.manifest import ManifestError, id_problem, read_manifest, write_manifest
-from mmx.pipeline.modality import Modality
+from mmx.cache.names import id_problem
+from mmx.extract.manifest import ManifestError, read_manifest, write_manifest
+from mmx.cache.modality import Modality
 
 ROWS = [
     {"id": "t1", "modality": "text", "text": "A dog.", "label": "dog", "split": "train"},

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.pipeline.cli import main
-from mmx.pipeline.runs import load_embeddings, read_jsonl
+from mmx.eval.runs import load_embeddings, read_jsonl
 from mmx.train import loop
 from mmx.train.config import TrainConfig
 from mmx.train.strategies import get_strategy
@@ -104,7 +104,7 @@ def test_rvs_reference_weight_is_frozen_after_stage_one(cache, tmp_path):
 
 
 def _data(cache, cfg):
-    from mmx.pipeline.modality import Modality
+    from mmx.cache.modality import Modality
     from mmx.train.data import load_train_data
 
     return load_train_data(str(cache), "synthetic", [Modality.parse(m) for m in cfg.modalities], ["train", "test"])

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mmx.cache.synthesize import SyntheticConfig, synthesize
-from mmx.pipeline.modality import Modality
-from mmx.pipeline.runs import load_embeddings
+from mmx.cache.modality import Modality
+from mmx.eval.runs import load_embeddings
 from mmx.train.config import TrainConfig, preset_names, resolve
 from mmx.train.data import load_train_data
 from mmx.train.fusion import EverythingAtOnce, masked_mean

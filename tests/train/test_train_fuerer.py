@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.pipeline.cli import main
-from mmx.pipeline.modality import Modality
-from mmx.pipeline.runs import load_embeddings, read_jsonl
+from mmx.cache.modality import Modality
+from mmx.eval.runs import load_embeddings, read_jsonl
 from mmx.train.config import TrainConfig, preset_names, resolve
 from mmx.train.data import load_train_data
 from mmx.train.losses import info_nce, pairwise_info_nce

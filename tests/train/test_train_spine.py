@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mmx.cache.synthesize import SyntheticConfig, synthesize
-from mmx.pipeline.runs import load_embeddings
+from mmx.eval.runs import load_embeddings
 from mmx.train.config import TrainConfig, resolve
 from mmx.train.heads import ProjectionHead
 from mmx.train.losses import info_nce, pairwise_info_nce

@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import torch
 from torch import nn
 
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 from mmx.train.config import TrainConfig
 from mmx.train.data import SplitData, TrainData
 

@@ -54,7 +54,7 @@ import itertools
 
 import torch
 
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 from mmx.train.strategies.base import Strategy
 from mmx.train.samplers import ClassAlignedSampler
 from mmx.train.strategies.cvs_model import CommonSpaceModel

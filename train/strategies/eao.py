@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmx.pipeline.modality import Modality
+from mmx.cache.modality import Modality
 from mmx.train.fusion import EverythingAtOnce
 from mmx.train.losses import combinatorial_loss
 from mmx.train.samplers import group_table, make_sampler

@@ -12,9 +12,9 @@ from fetch_server import (LoopbackServer, redirect, reset, send, sequence, serve
                           unbounded)
 
 from mmx.extract.fetch import FetchConfig, fetch_manifest, safe_stem
-from mmx.extract.fetch_status import read_status_table
+from mmx.extract.fetch.status import read_status_table
 from mmx.pipeline.cli import main
-from mmx.pipeline.manifest import read_manifest, write_manifest
+from mmx.extract.manifest import read_manifest, write_manifest
 
 FAST = dict(workers=6, per_host=6, connect_timeout=1.0, read_timeout=0.4, item_timeout=5.0, retries=2,
             backoff_base=0.01, backoff_max=0.05, max_retry_after=1.0, max_bytes=700_000, max_pixels=1_000_000,

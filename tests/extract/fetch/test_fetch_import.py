@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from mmx.extract.fetch_import import manifest_from_lists
+from mmx.extract.fetch.lists import manifest_from_lists
 from mmx.pipeline.cli import main
-from mmx.pipeline.manifest import ManifestError, read_manifest
+from mmx.extract.manifest import ManifestError, read_manifest
 
 
 def _write(path, text):

@@ -14,9 +14,9 @@ import pytest
 from click.testing import CliRunner
 from fetch_server import LoopbackServer, send, serve, status
 
-from mmx.extract.fetch_status import read_journal, read_status_table
+from mmx.extract.fetch.status import read_journal, read_status_table
 from mmx.pipeline.cli import main
-from mmx.pipeline.manifest import write_manifest
+from mmx.extract.manifest import write_manifest
 
 N_SLOW = 40
 ARGS = ["--no-progress", "--backoff-base", "0.01", "--read-timeout", "5", "--connect-timeout", "2"]

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner
 from fetch_server import LoopbackServer, serve, status
 
-import mmx.extract.fetch_manifest as fetch_manifest_module
+import mmx.extract.fetch.manifest as fetch_manifest_module
 from mmx.extract.fetch import FetchConfig, fetch_manifest
-from mmx.extract.fetch_manifest import scan_manifest
-from mmx.extract.fetch_status import JournalIndex, read_status_table
+from mmx.extract.fetch.manifest import scan_manifest
+from mmx.extract.fetch.status import JournalIndex, read_status_table
 from mmx.pipeline.cli import main
-from mmx.pipeline.manifest import ManifestError, read_manifest, write_manifest
+from mmx.extract.manifest import ManifestError, read_manifest, write_manifest
 
 
 def _problems(call) -> list[str]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from mmx.extract.fetch_http import backoff_delay, classify_status, parse_retry_after
-from mmx.extract.fetch_validate import check_file, content_type_problem, sniff
+from mmx.extract.fetch.http import backoff_delay, classify_status, parse_retry_after
+from mmx.extract.fetch.validate import check_file, content_type_problem, sniff
 
 
 @pytest.mark.parametrize("head, fmt", [
