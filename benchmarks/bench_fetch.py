@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent / "tests" / "extract" / "fetch"))
 
 # path number mod 100 -> how the item is broken (15 of 100)
 BROKEN = {0: "404", 1: "404", 2: "404", 3: "404", 4: "410", 5: "410", 6: "500", 7: "500", 8: "html",
