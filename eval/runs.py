@@ -6,11 +6,18 @@ Layout::
         config.yaml                         the resolved config, written before the first step
         metrics.jsonl                       one JSON object per epoch (losses, quick recall)
         metrics.json                        the final summary (best epoch, stop reason, ...)
-        checkpoint.pt                       best weights (+ optimiser state for resume)
+        checkpoint.safetensors              best weights (what --from and each stage's end load)
+        last.safetensors                    weights, optimiser, schedule, RNG and progress after
+                                            the last epoch (what --resume continues from)
         embeddings/<split>/<name>.npz       emb [N, d] float32, label [N], group [N], id [N]
 
 ``<name>`` is a modality (``text``) or, for models that fuse, a ``+``-joined subset
 (``audio+video``) whose rows are groups. Eval reads only this folder.
+
+The two checkpoints hold tensors plus JSON in the safetensors header and nothing else, so
+reading a run folder cannot run code (train/checkpoint.py). Run folders written before this
+format have pickled ``checkpoint.pt`` / ``last.pt`` instead; mmx refuses to load those (a
+pickle can run code) and says that the run predates the safe format.
 """
 
 from __future__ import annotations
@@ -39,12 +46,17 @@ def new_run_dir(root: str | os.PathLike, name_parts: list[str]) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``path`` holds ``data`` or, if the write fails (a full disk), what it held before; no temporary is left."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from mmx.train import checkpoint
 from mmx.train import config as config_mod
 
 
@@ -27,8 +28,9 @@ def extension_config(run: str | Path, add: list[str], overrides: dict | None = N
     problems = []
     if not (run / "config.yaml").exists():
         problems.append(f"{run}: no config.yaml; --from needs a run folder written by mmx train")
-    if not (run / "checkpoint.pt").exists():
-        problems.append(f"{run}: no checkpoint.pt to extend")
+    if not (run / checkpoint.BEST).exists():
+        old = " (it has a pickled checkpoint.pt: it predates mmx's safe checkpoint format, train it again)"
+        problems.append(f"{run}: no {checkpoint.BEST} to extend" + (old if (run / "checkpoint.pt").exists() else ""))
     if problems:
         raise ValueError("cannot extend this run:\n  " + "\n  ".join(problems))
     cfg = config_mod.load(run / "config.yaml")
@@ -38,7 +40,7 @@ def extension_config(run: str | Path, add: list[str], overrides: dict | None = N
         raise ValueError(f"--add-modality {', '.join(twice)}: already in {run} ({', '.join(old)})")
     if not add:
         raise ValueError("--from needs at least one --add-modality")
-    options = {**cfg.options, "extend_from": str(run / "checkpoint.pt"), "trained_modalities": old}
+    options = {**cfg.options, "extend_from": str(run / checkpoint.BEST), "trained_modalities": old}
     cfg = dataclasses.replace(cfg, modalities=old + list(add), options=options, name="")
     values = {k: v for k, v in (overrides or {}).items() if v is not None}
     if values:
@@ -54,21 +56,19 @@ def extension_config(run: str | Path, add: list[str], overrides: dict | None = N
     return cfg
 
 
-def warm_start(model, checkpoint: str | Path, device=None) -> set[str]:
-    """Load every tensor of ``checkpoint`` into ``model`` and freeze it; return the names loaded.
+def warm_start(model, path: str | Path) -> set[str]:
+    """Load every tensor of the checkpoint at ``path`` into ``model`` and freeze it; return the names loaded.
 
     Raises listing every problem when the checkpoint does not fit the new model (a tensor
     the model lacks, or a different shape, e.g. when the class set changed).
     """
-    import torch
-
-    state = torch.load(checkpoint, map_location=device or "cpu", weights_only=False)["model"]
+    state = checkpoint.load(path)["model"]
     own = model.state_dict()
     problems = [f"{k}: in the checkpoint, not in the new model" for k in state if k not in own]
     problems += [f"{k}: shape {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the new model"
                  for k, v in state.items() if k in own and own[k].shape != v.shape]
     if problems:
-        raise ValueError(f"checkpoint {checkpoint} does not fit the extended model (same strategy options and classes needed):\n  "
+        raise ValueError(f"checkpoint {path} does not fit the extended model (same strategy options and classes needed):\n  "
                          + "\n  ".join(problems))
     model.load_state_dict(state, strict=False)
     loaded = set(state)

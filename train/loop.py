@@ -2,8 +2,8 @@
 
 Per epoch: train steps, the held-out loss (early stopping on it, paper 000 Sec. III-D; the
 tolerance ``min_delta`` is relative, see :func:`improved`), a quick held-out Recall@K, one
-line of ``metrics.jsonl`` (total and per-part losses), ``checkpoint.pt`` when the held-out
-loss improved and ``last.pt`` (weights, optimiser, schedule, RNG state and the
+line of ``metrics.jsonl`` (total and per-part losses), ``checkpoint.safetensors`` when the
+held-out loss improved and ``last.safetensors`` (weights, optimiser, schedule, RNG state and the
 :class:`Progress`: stage, epoch, early-stopping state) after every epoch, from which
 ``resume`` continues a killed or finished run exactly where it stopped. Step losses are
 summed on the device and read once per epoch (:class:`PartMeans`), so a CUDA run does not
@@ -12,9 +12,10 @@ wait on the host after every step. At the end the best weights embed every loade
 
 Multi-stage strategies (M-CVS, RVS, stage-wise) list ``stages()``; each stage gets a fresh
 optimiser, schedule and early stopping (:meth:`Runner.run_stage`) and hands its best weights
-to the next. ``last.pt`` is also written on entering a stage, so a resume re-enters the
+to the next. ``last.safetensors`` is also written on entering a stage, so a resume re-enters the
 recorded stage via ``begin_stage`` (which fixes what trains) and continues at its next epoch;
-``metrics.jsonl`` is cut back to the lines recorded with that ``last.pt`` and the rest redone.
+``metrics.jsonl`` is cut back to the lines recorded with that checkpoint and the rest redone.
+Checkpoints hold tensors and JSON only, never a pickle (train/checkpoint.py).
 
 Alignment (``cfg.alignment``): ``class`` or ``instance`` picks the batch sampler and the
 relevance of the quick recall; ``auto`` picks ``instance`` when every loaded item has a
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import math
 import random
@@ -38,6 +38,7 @@ import torch
 
 from mmx.eval import runs
 from mmx.cache.modality import Modality
+from mmx.train import checkpoint
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
 from mmx.train.data import SplitData, load_train_data
@@ -103,15 +104,19 @@ def train(
     data=None,
     resume: str | Path | None = None,
 ) -> Path:
-    """Train ``cfg`` and return its run folder; ``resume``: a run folder to continue (its ``last.pt``)."""
+    """Train ``cfg`` and return its run folder; ``resume``: a run folder to continue (its ``last.safetensors``)."""
     strategy_cls = get_strategy(cfg.strategy)
     problems = strategy_cls.check(cfg)
     if cfg.alignment not in ("class", "instance", "auto"):
         problems.append(f"alignment must be class, instance or auto, not {cfg.alignment!r}")
     elif strategy_cls.alignment not in ("any", cfg.alignment) and cfg.alignment != "auto":
         problems.append(f"strategy {cfg.strategy!r} needs {strategy_cls.alignment}-aligned data, not alignment={cfg.alignment}")
-    if resume is not None and not (Path(resume) / "last.pt").exists():
-        problems.append(f"--resume {resume}: no last.pt there (not a run folder, or it stopped before training started)")
+    if resume is not None and not (Path(resume) / checkpoint.LAST).exists():
+        if (Path(resume) / "last.pt").exists():
+            problems.append(f"--resume {resume}: this run predates mmx's safe checkpoint format (a pickled last.pt, "
+                            "which mmx no longer loads because loading it can run code); train it again")
+        else:
+            problems.append(f"--resume {resume}: no {checkpoint.LAST} there (not a run folder, or it stopped before training started)")
     try:
         mods = Modality.parse_list(cfg.modalities)
     except ValueError as exc:
@@ -142,7 +147,7 @@ def train(
     if cfg.options.get("extend_from"):  # mmx train --from RUN --add-modality M: load RUN, freeze it (train/extend.py)
         from mmx.train.extend import warm_start
 
-        warm_start(model, cfg.options["extend_from"], device)
+        warm_start(model, cfg.options["extend_from"])
     # multi-stage strategies (M-CVS, RVS, stage-wise) list stages; the epoch loop runs once per stage
     stages = strategy.stages() if hasattr(strategy, "stages") else [None]
 
@@ -160,16 +165,18 @@ def train(
         runner.append(progress, {"epoch": 0, **runner.held_out_loss(0), **untrained})
         state = None
     else:
-        state = torch.load(run / "last.pt", map_location=device, weights_only=False)
-        if "progress" not in state:
-            raise ValueError(f"{run / 'last.pt'}: written by an older mmx without the stage record; start a new run")
-        progress = Progress(**state["progress"])
+        last = run / checkpoint.LAST
+        state = checkpoint.load(last)
+        try:
+            progress = Progress(**state["progress"])
+        except (KeyError, TypeError) as exc:
+            raise checkpoint.CheckpointError(f"{last}: no valid progress record ({exc}); train again") from None
         if not 0 <= progress.stage < len(stages):
-            raise ValueError(f"{run / 'last.pt'}: stage {progress.stage + 1} recorded, but this config has {len(stages)} stage(s)")
+            raise ValueError(f"{last}: stage {progress.stage + 1} recorded, but this config has {len(stages)} stage(s)")
         if progress.stage_name != _stage_name(stages[progress.stage]):
-            raise ValueError(f"{run / 'last.pt'}: stage {progress.stage + 1} is {progress.stage_name!r} there, "
+            raise ValueError(f"{last}: stage {progress.stage + 1} is {progress.stage_name!r} there, "
                              f"but {_stage_name(stages[progress.stage])!r} in this config (changed the stages on resume?)")
-        # lines written after last.pt (an epoch or a stage end that was cut off) are redone
+        # lines written after the checkpoint (an epoch or a stage end that was cut off) are redone
         kept = runs.read_jsonl(run / "metrics.jsonl")[: progress.metrics_lines]
         runs.atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in kept).encode())
         log(f"resuming {run} at stage {progress.stage + 1}/{len(stages)}, epoch {progress.epoch + 1}")
@@ -181,13 +188,13 @@ def train(
         # a fresh optimiser, schedule and early stopping per stage
         opt, sched = make_optimiser(cfg, strategy.parameters(model))
         if state is not None:  # resuming inside this stage
-            restore(state, run / "last.pt", model, opt, sched)
+            restore(state, run / checkpoint.LAST, model, opt, sched)
             state = None
         else:
             progress = dataclasses.replace(progress, stage=k, stage_name=_stage_name(stage), epoch=0, best=math.inf,
                                            best_epoch=0, stale=0, stop_reason="max_epochs")
             # entering the stage: a kill before its first epoch ends resumes here, not in the stage before
-            save_last(run / "last.pt", model, opt, sched, cfg, progress)
+            save_last(run / checkpoint.LAST, model, opt, sched, cfg, progress)
         progress = runner.run_stage(stage, len(stages), progress, opt, sched)
 
     model.eval()
@@ -216,11 +223,11 @@ def _stage_name(stage) -> str:
 
 @dataclasses.dataclass
 class Progress:
-    """Where a run stands after an epoch: what ``last.pt`` records and ``resume`` restores.
+    """Where a run stands after an epoch: what ``last.safetensors`` records and ``resume`` restores.
 
     A strategy's stage state must follow from ``begin_stage(model, stage)`` alone (which
     parameters train, which blocks the loss uses), so the stage index is all a resume needs
-    to re-enter it; the weights, optimiser and schedule come from ``last.pt``.
+    to re-enter it; the weights, optimiser and schedule come from ``last.safetensors``.
     """
 
     stage: int = 0  # index into the strategy's stages (0 for single-stage strategies)
@@ -334,15 +341,15 @@ class Runner:
             p.epoch = epoch
             if improved(hold, p.best, cfg.min_delta):
                 p.best, p.best_epoch, p.stale = hold, epoch, 0
-                save_checkpoint(run / "checkpoint.pt", self.model, opt, epoch, cfg)
+                save_checkpoint(run / checkpoint.BEST, self.model, epoch, cfg)
             else:
                 p.stale += 1
                 if p.stale >= cfg.patience:
                     p.stop_reason = patience_msg
-            save_last(run / "last.pt", self.model, opt, sched, cfg, p)
+            save_last(run / checkpoint.LAST, self.model, opt, sched, cfg, p)
         if p.best_epoch == 0:
-            save_checkpoint(run / "checkpoint.pt", self.model, opt, 0, cfg)
-        self.model.load_state_dict(torch.load(run / "checkpoint.pt", map_location=self.device, weights_only=False)["model"])
+            save_checkpoint(run / checkpoint.BEST, self.model, 0, cfg)
+        self.model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
         if staged:  # the stage's best weights go on to the next stage
             record = {"stage": p.stage + 1, "stage_name": stage.name, "best_epoch": p.best_epoch,
                       f"best_loss_{cfg.holdout}": p.best, "stage_seconds": time.perf_counter() - t_stage}
@@ -351,30 +358,25 @@ class Runner:
         return p
 
 
-def save_checkpoint(path: Path, model, opt, epoch: int, cfg: TrainConfig) -> None:
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "config": cfg.to_dict()}, buf)
-    runs.atomic_write_bytes(path, buf.getvalue())
+def save_checkpoint(path: Path, model, epoch: int, cfg: TrainConfig) -> None:
+    """The best weights so far (what ``--from`` and the end of a stage load); no optimiser, resume uses the last."""
+    checkpoint.save(path, {"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()})
 
 
 def save_last(path: Path, model, opt, sched, cfg: TrainConfig, progress: Progress) -> None:
     """Everything ``resume`` needs to continue after ``progress`` (stage, epoch) as if never stopped."""
-    rng = {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
-    buf = io.BytesIO()
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "epoch": progress.epoch, "config": cfg.to_dict(), "rng": rng, "progress": dataclasses.asdict(progress)}, buf)
-    runs.atomic_write_bytes(path, buf.getvalue())
+    checkpoint.save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                           "epoch": progress.epoch, "config": cfg.to_dict(), "rng": checkpoint.rng_state(),
+                           "progress": dataclasses.asdict(progress)})
 
 
 def restore(state: dict, path: Path, model, opt, sched) -> None:
-    """Weights, optimiser, schedule and RNG from a loaded ``last.pt`` (``path`` names it in errors)."""
+    """Weights, optimiser, schedule and RNG from a loaded ``last.safetensors`` (``path`` names it in errors)."""
     try:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError) as exc:
+        sched.load_state_dict(state["scheduler"])
+        checkpoint.restore_rng(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: the checkpoint does not fit the model of this config "
                          f"(changed a model setting on resume?): {str(exc).splitlines()[0]}") from None
-    sched.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["rng"]["torch"].cpu())
-    if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng"]["cuda"])

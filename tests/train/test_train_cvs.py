@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.pipeline.cli import main
 from mmx.eval.runs import load_embeddings, read_jsonl
-from mmx.train import loop
+from mmx.train import checkpoint, loop
 from mmx.train.config import TrainConfig
 from mmx.train.strategies import get_strategy
 from mmx.train.strategies.cvs import MCVSStrategy
@@ -82,7 +82,7 @@ def test_mcvs_freezes_every_earlier_stage_bitwise(cache, tmp_path, monkeypatch):
     stage1 = [k for k in snapshots[0] if k.startswith(("heads.image.", "heads.text.", "blocks.image-text.", "classifier."))]
     video = [k for k in snapshots[1] if k.startswith(("heads.video.", "blocks.image-video.", "blocks.text-video."))]
     assert stage1 and video
-    final = torch.load(run / "checkpoint.pt", weights_only=False)["model"]
+    final = checkpoint.load(run / checkpoint.BEST)["model"]
     for k in stage1:
         assert torch.equal(snapshots[0][k], final[k]), k
     for k in video:
@@ -132,8 +132,8 @@ def test_adding_a_modality_keeps_existing_embeddings_bitwise(cache, tmp_path, st
     assert "audio" in b and "audio" not in a
     for m in ("text", "image", "video"):
         assert np.array_equal(a[m]["emb"], b[m]["emb"]), m
-    old = torch.load(first / "checkpoint.pt", weights_only=False)["model"]
-    new = torch.load(second / "checkpoint.pt", weights_only=False)["model"]
+    old = checkpoint.load(first / checkpoint.BEST)["model"]
+    new = checkpoint.load(second / checkpoint.BEST)["model"]
     assert all(torch.equal(old[k], new[k]) for k in old)
     cfg = json.loads(json.dumps(__import__("yaml").safe_load((second / "config.yaml").read_text())))
     assert cfg["modalities"] == ["text", "image", "video", "audio"] and cfg["options"]["trained_modalities"] == ["text", "image", "video"]
@@ -193,9 +193,9 @@ def test_staged_resume_ends_bit_identical(cache, tmp_path, monkeypatch, strategy
     part = next((tmp_path / "b" / "runs").iterdir())
     resumed = loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw), resume=part)
 
-    for name in ("checkpoint.pt", "last.pt"):
-        a = torch.load(full / name, weights_only=False)["model"]
-        b = torch.load(resumed / name, weights_only=False)["model"]
+    for name in (checkpoint.BEST, checkpoint.LAST):
+        a = checkpoint.load(full / name)["model"]
+        b = checkpoint.load(resumed / name)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name
     untimed = lambda run: [{k: v for k, v in r.items() if "seconds" not in k} for r in read_jsonl(run / "metrics.jsonl")]
     assert untimed(resumed) == untimed(full)  # every epoch and stage record once, in order

@@ -12,6 +12,7 @@ from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.pipeline.cli import main
 from mmx.cache.modality import Modality
 from mmx.eval.runs import load_embeddings, read_jsonl
+from mmx.train import checkpoint
 from mmx.train.config import TrainConfig, preset_names, resolve
 from mmx.train.data import load_train_data
 from mmx.train.losses import info_nce, pairwise_info_nce
@@ -106,14 +107,14 @@ def test_resume_continues_exactly(class_cache, tmp_path):
     part = train(small(class_cache, tmp_path / "b", epochs=2, **kw))
     resumed = train(small(class_cache, tmp_path / "b", epochs=4, **kw), resume=part)
     assert resumed == part
-    a = torch.load(full / "last.pt", weights_only=False)["model"]
-    b = torch.load(resumed / "last.pt", weights_only=False)["model"]
+    a = checkpoint.load(full / checkpoint.LAST)["model"]
+    b = checkpoint.load(resumed / checkpoint.LAST)["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)  # same batches, same dropout masks, same steps
     assert [r["epoch"] for r in read_jsonl(resumed / "metrics.jsonl")] == [0, 1, 2, 3, 4]
 
 
 def test_resume_refuses_a_folder_without_state(tmp_path, class_cache):
-    with pytest.raises(ValueError, match="no last.pt"):
+    with pytest.raises(ValueError, match="no last.safetensors"):
         train(small(class_cache, tmp_path), resume=tmp_path)
 
 

@@ -71,7 +71,7 @@ def test_joint_learns_far_above_chance_and_untrained(class_cache, tmp_path):
     # 40 classes: a random ranking puts a relevant item first about 1/40 of the time
     assert final["recall/mean@1"] > 0.5
     assert final["recall/mean@1"] > untrained["recall/mean@1"] + 0.3
-    assert (run / "config.yaml").exists() and (run / "checkpoint.pt").exists()
+    assert (run / "config.yaml").exists() and (run / "checkpoint.safetensors").exists()
     emb = load_embeddings(run, "test")
     assert set(emb) == {"text", "image", "audio", "video"}
     assert emb["audio"]["emb"].shape[1] == 64

@@ -6,7 +6,7 @@ Multi-stage strategies (M-CVS, RVS, stage-wise) add ``stages()`` (a list of obje
 ``name``), ``begin_stage(model, stage)`` and ``end_stage(model, stage) -> dict`` (extra fields
 of the stage's line in ``metrics.jsonl``). Everything a stage changes (which parameters
 train, which blocks the loss uses) must follow from ``begin_stage`` alone: a resumed run
-calls it for the recorded stage only, then loads the weights and optimiser from ``last.pt``.
+calls it for the recorded stage only, then loads the weights and optimiser from ``last.safetensors``.
 """
 
 from __future__ import annotations
