@@ -43,6 +43,7 @@ import numpy as np
 
 from mmx import __version__
 from mmx.cache.modality import Modality
+from mmx.cache.names import check_name
 
 SCHEMA_VERSION = 1
 STATUS_PENDING, STATUS_OK, STATUS_FAILED = 0, 1, 2
@@ -120,7 +121,9 @@ def _diff(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def store_path(root: str | os.PathLike, spec: StoreSpec) -> Path:
-    """Where the store for ``spec`` lives under a cache root."""
+    """Where the store for ``spec`` lives under a cache root (always below it: names are checked)."""
+    check_name(spec.dataset, "dataset name")
+    check_name(str(spec.backbone["name"]), "backbone name")
     name = f"{_slug(str(spec.backbone['name']))}-{spec.key()[:10]}.zarr"
     return Path(root) / _slug(spec.dataset) / Modality.parse(spec.modality).value / name
 
@@ -646,9 +649,9 @@ def open_store(path: str | os.PathLike, expected: StoreSpec | str | None = None)
 def list_stores(root: str | os.PathLike, dataset: str | None = None) -> list[FeatureStore]:
     """Every feature store under a cache root (optionally of one dataset), sorted by path."""
     root = Path(root)
+    base = root / _slug(check_name(dataset, "dataset name")) if dataset else root
     if not root.exists():
         return []
-    base = root / _slug(dataset) if dataset else root
     out = []
     for p in sorted(base.glob("**/*.zarr")):
         if p.name.startswith("."):

@@ -30,11 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from mmx.cache.names import check_name
+
 EMBEDDINGS = "embeddings"
 
 
 def new_run_dir(root: str | os.PathLike, name_parts: list[str]) -> Path:
     """A fresh, readable run folder name: ``<date>-<time>-<parts>`` (suffixed if taken)."""
+    for part in name_parts:
+        if part:
+            check_name(part, "run name")
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     base = Path(root) / "-".join([stamp] + [p for p in name_parts if p])
     path, n = base, 1
@@ -77,6 +82,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def save_embeddings(run: Path, split: str, name: str, emb, labels, groups, ids) -> Path:
     """Save one modality's (or fused subset's) embeddings of one split."""
+    check_name(split, "split name")
+    check_name(name, "embedding name")
     emb = np.asarray(emb.detach().cpu() if hasattr(emb, "detach") else emb, dtype=np.float32)
     out = Path(run) / EMBEDDINGS / split
     out.mkdir(parents=True, exist_ok=True)

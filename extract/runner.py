@@ -231,7 +231,9 @@ def extract(
     from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
     from mmx.extract.manifest import read_manifest
     from mmx.cache.modality import Modality
+    from mmx.cache.names import check_name
 
+    check_name(dataset, "--dataset")
     modality = Modality.parse(modality)
     backbone = backbone or DEFAULT_BACKBONE[modality]
     get_backbone(backbone, modality)  # validate before anything expensive

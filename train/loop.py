@@ -38,6 +38,7 @@ import torch
 
 from mmx.eval import runs
 from mmx.cache.modality import Modality
+from mmx.cache.names import name_problem
 from mmx.train import checkpoint
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
@@ -117,6 +118,9 @@ def train(
                             "which mmx no longer loads because loading it can run code); train it again")
         else:
             problems.append(f"--resume {resume}: no {checkpoint.LAST} there (not a run folder, or it stopped before training started)")
+    for value, what in ((cfg.dataset, "dataset"), (cfg.name, "name"), (cfg.holdout, "holdout")):
+        if value and (why := name_problem(value, what)):  # each becomes a folder name
+            problems.append(f"{what} {value!r}: {why}; use a plain name (letters, digits, '_', '-', single '.')")
     try:
         mods = Modality.parse_list(cfg.modalities)
     except ValueError as exc:

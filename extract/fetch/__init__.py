@@ -39,6 +39,7 @@ from pathlib import Path
 from mmx.extract.fetch.status import OK, TRANSIENT_KINDS
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_HASHED_STEM = re.compile(r"-[0-9a-f]{10}$")
 _MEDIA_EXTENSIONS = ("jpg", "png", "gif", "webp", "bmp", "tif", "wav", "flac", "mp3", "aiff", "m4a",
                      "ogg", "mp4", "webm", "avi", "flv", "mpg", "txt")
 
@@ -96,13 +97,18 @@ class FetchLayout:
 
 
 def safe_stem(item_id: str) -> str:
-    """A file name stem for ``item_id`` that stays in its folder and never collides.
+    """A file name stem for ``item_id`` that stays in its folder; distinct ids get distinct stems.
 
-    The manifest already refuses separators and '..'; anything else outside ``[A-Za-z0-9._-]``
-    is replaced, and a short hash of the real id keeps two ids that clean to the same stem apart.
+    The manifest already refuses separators and '..'. An id made of ``[A-Za-z0-9._-]`` only
+    is its own stem, unless it ends like a hashed stem (``-`` and 10 hex digits); every other
+    id becomes its cleaned form (at most 100 characters) plus ``-`` and the first 10 hex
+    digits of its sha1. So an unchanged id can never equal a hashed stem (``a b`` and
+    ``a_b-7dbde93504`` both meant ``a_b-7dbde93504`` before), and two hashed stems are equal
+    only if the sha1 prefixes collide, which :func:`mmx.extract.fetch.manifest.scan_manifest`
+    refuses, naming both ids.
     """
     cleaned = _SAFE_CHARS.sub("_", item_id).lstrip(".") or "_"
-    if cleaned != item_id:
+    if cleaned != item_id or _HASHED_STEM.search(item_id):
         cleaned = f"{cleaned[:100]}-{hashlib.sha1(item_id.encode()).hexdigest()[:10]}"
     return cleaned
 

@@ -8,8 +8,10 @@ per item between chunks except what its caller asks for (a bit per item for the 
 Every chunk goes through the same :func:`~mmx.extract.manifest.normalise_frame` and
 :func:`~mmx.extract.manifest.validate_frame` as ``read_manifest``, so the same manifests are
 accepted and the same problems are reported (all at once, with 1-based row numbers); ids
-duplicated across chunks are found through a sorted array of 64-bit id hashes (8 bytes per
-item while validating, freed afterwards) and confirmed on the real ids.
+duplicated across chunks are found through a sorted array of 64-bit hashes of their file
+stems (:func:`~mmx.extract.fetch.safe_stem`; 8 bytes per item while validating, freed
+afterwards) and confirmed on the real ids. Equal ids have equal stems, so the same pass also
+refuses two different ids that would share a media file, naming both.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
                     problems.append((row, f"row {row}: {message[match.end():]}" if match else message))
                 else:
                     unlisted += 1
-            hashes.append(id_hashes(frame["id"].tolist()))
+            hashes.append(id_hashes(_stems(frame["id"].tolist())))
             rows += len(frame)
     except ManifestError:
         raise
@@ -176,23 +178,37 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
     return ManifestStream(path, rows, columns, chunk_rows, stamp)
 
 
+def _stems(ids: list[str]) -> list[str]:
+    from mmx.extract.fetch import safe_stem
+
+    return [safe_stem(i) for i in ids]
+
+
 def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> list[tuple[int, str]]:
-    """Rows whose id repeats an earlier row's, among the ids whose hash repeats (a second pass)."""
+    """Rows whose id, or whose file stem, repeats an earlier row's, among those whose stem hash
+    repeats (a second pass)."""
     import numpy as np
 
     first: dict[str, int] = {}
+    owner: dict[str, tuple[str, int]] = {}  # stem -> (id, row) of its first row
     found = []
     rows = 0
     for raw in _raw_chunks(path, chunk_rows):
         if len(raw) == 0:
             continue
         ids = _normalise(raw)["id"].tolist()
-        candidates = np.isin(id_hashes(ids), repeated)
+        stems = _stems(ids)
+        candidates = np.isin(id_hashes(stems), repeated)
         for offset in np.flatnonzero(candidates):
-            item_id, row = ids[offset], rows + int(offset) + 1
+            item_id, stem, row = ids[offset], stems[offset], rows + int(offset) + 1
             if item_id in first:
                 found.append((row, f"row {row}: duplicate id {item_id!r} (first at row {first[item_id]})"))
+            elif stem in owner:
+                other, at = owner[stem]
+                found.append((row, f"row {row}: id {item_id!r} and id {other!r} (row {at}) would share the media "
+                                   f"file name {stem!r}; rename one of them"))
             else:
                 first[item_id] = row
+                owner[stem] = (item_id, row)
         rows += len(ids)
     return found
