@@ -22,10 +22,16 @@ class TrainConfig:
     modalities: list = dataclasses.field(default_factory=lambda: ["text", "image", "audio", "video"])
     backbones: dict = dataclasses.field(default_factory=dict)  # modality -> backbone, when a cache has several
     alignment: str = "class"  # "class" (paper 000/002) or "instance" (paper 001)
-    holdout: str = "test"  # split whose loss drives early stopping (paper 000 Sec. III-D uses test)
+    # split that early stopping and selection watch: "val" (the store's, else a seeded slice of
+    # train, train/data.py) or "test" (paper 000 Sec. III-D; an explicit option, never the default)
+    holdout: str = "val"
+    val_fraction: float = 0.1  # of each class (or group stratum) of train, when the store has no val
+    test_fraction: float = 0.2  # when the store has no split at all (a manifest without `split`)
+    monitor: str = "loss"  # the held-out signal: "loss", or a retrieval mean over pairs: "mAP@R", "mAP", "R@K"
+    keep: str = "best"  # "best": early stopping, the best epoch's weights; "last": a fixed number of epochs
     epochs: int = 200
-    patience: int = 5  # epochs in a row without a lower held-out loss before stopping
-    # relative tolerance: a held-out loss counts as lower only when below best * (1 - min_delta)
+    patience: int = 5  # epochs in a row without a better held-out signal before stopping
+    # relative tolerance: a held-out signal counts as better only when it beats best by min_delta * |best|
     min_delta: float = 0.0
     batch_size: int = 128  # classes per batch (class-aligned) or groups per batch (instance-aligned)
     lr: float = 1e-3

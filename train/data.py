@@ -1,4 +1,15 @@
-"""Loading cached features into memory once, and the checks that run before any step."""
+"""Loading cached features into memory once, the held-out splits, and the checks that run before any step.
+
+Held-out splits (issue 13 item 1; issue 15 item 2). The test split chooses nothing: early
+stopping and the kept weights follow a *validation* split, the store's ``val`` items when
+every modality has some, else a seeded slice of ``train`` (:class:`Holdout`). A store with
+no split at all (a manifest without a ``split`` column) gets a seeded test split too. Both
+slices are stratified: an item with a group goes with its whole group (every modality of a
+clip lands in one split, so nothing leaks between them), drawn per class of the group; an
+item without a group is drawn per (modality, class). Papers 000-004 fix their splits by the
+benchmark and say nothing on validation; a stratified 10% slice of train (20% for a missing
+test split) is our choice, recorded in the run (``splits.json``: seed, fraction and ids).
+"""
 
 from __future__ import annotations
 
@@ -32,6 +43,89 @@ class TrainData:
     class_names: list[str]
     dims: dict[Modality, int]
     meta: dict[Modality, dict]
+    # how each split was formed: {"val": {"source": "train slice", "seed", "fraction", ...}}
+    split_info: dict = dataclasses.field(default_factory=dict)
+
+
+STORED_SPLITS = ("train", "val", "test")
+
+
+def _units(features: dict) -> tuple[dict, dict]:
+    """Per modality, each item's draw unit and stratum (see the module docstring)."""
+    unit, stratum = {}, {}
+    for m, f in features.items():
+        groups, labels, ids = (np.asarray([str(x) for x in a]) for a in (f.groups, f.labels, f.ids))
+        unit[m] = [("g", g) if g else ("i", m.value, i) for g, i in zip(groups, ids)]
+        stratum[m] = [("g", lab) if g else ("i", m.value, lab) for g, lab in zip(groups, labels)]
+    return unit, stratum
+
+
+def stratified_pick(features: dict, eligible: dict, fraction: float, seed: int, salt: int) -> dict:
+    """Per modality, a bool mask of the items drawn: ``fraction`` of the units of each stratum.
+
+    ``eligible[m]``: bool mask of the items that may be drawn. Each stratum with at least two
+    units gives ``round(fraction * n)`` of them, at least one and never all, so every class
+    stays in both parts; units are sorted before the seeded shuffle, so the draw does not
+    depend on store order.
+    """
+    unit, stratum = _units(features)
+    by_stratum: dict = {}
+    for m in features:
+        for u, st, ok in zip(unit[m], stratum[m], eligible[m]):
+            if ok:
+                by_stratum.setdefault(st, set()).add(u)
+    rng = np.random.default_rng([seed, salt])
+    drawn = set()
+    for st in sorted(by_stratum):
+        units = sorted(by_stratum[st])
+        n = len(units)
+        k = 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
+        drawn.update(units[i] for i in rng.permutation(n)[:k])
+    return {m: np.array([u in drawn for u in unit[m]], bool) & eligible[m] for m in features}
+
+
+@dataclasses.dataclass
+class Holdout:
+    """Which split early stopping and selection watch, and how missing splits are formed.
+
+    ``split``: ``val`` (default: the store's, else a slice of train) or ``test`` (paper 000
+    Sec. III-D stops on the test loss; an explicit option only).
+    """
+
+    split: str = "val"
+    fraction: float = 0.1  # of each stratum of train, when the store has no val items
+    test_fraction: float = 0.2  # of each stratum of all items, when the store has no split at all
+    seed: int = 0
+
+    def assign(self, features: dict) -> tuple[dict, dict]:
+        """``(modality -> split name per item, split_info)``; items of other splits keep theirs."""
+        names = {m: np.asarray([str(x) for x in f.splits]) for m, f in features.items()}
+        info: dict = {}
+        if not any(np.isin(n, STORED_SPLITS).any() for n in names.values()):
+            everything = {m: np.ones(len(n), bool) for m, n in names.items()}
+            test = stratified_pick(features, everything, self.test_fraction, self.seed, 1)
+            names = {m: np.where(test[m], "test", "train") for m in names}
+            info["test"] = {"source": "derived: the store has no split", "fraction": self.test_fraction,
+                            "seed": self.seed, "stratified": "by class; grouped items by group"}
+        if self.split == "val":
+            has = {m.value: bool((n == "val").any()) for m, n in names.items()}
+            if all(has.values()):
+                info["val"] = {"source": "store"}
+            elif any(has.values()):
+                lacking = sorted(m for m, h in has.items() if not h)
+                raise ValueError(f"cannot train on this cache: the store has val items for "
+                                 f"{', '.join(sorted(m for m, h in has.items() if h))} but none for {', '.join(lacking)}; "
+                                 "give every modality val items, or choose the holdout with --set holdout=test")
+            else:
+                train = {m: n == "train" for m, n in names.items()}
+                val = stratified_pick(features, train, self.fraction, self.seed, 2)
+                names = {m: np.where(val[m], "val", n) for m, n in names.items()}
+                info["val"] = {"source": "train slice", "fraction": self.fraction, "seed": self.seed,
+                               "stratified": "by class; grouped items by group"}
+        return names, info
+
+    def splits(self) -> list[str]:
+        return ["train", self.split] + ([] if self.split == "test" else ["test"])
 
 
 def load_train_data(
@@ -44,8 +138,13 @@ def load_train_data(
     need_labels: bool = True,
     need_groups: bool = False,
     device: Any = None,
+    holdout: Holdout | None = None,
 ) -> TrainData:
-    """Load every (modality, split) once; report every problem at once before training."""
+    """Load every (modality, split) once; report every problem at once before training.
+
+    With ``holdout``, ``splits`` is ignored: the store is read whole and split by
+    :meth:`Holdout.assign` into ``holdout.splits()``.
+    """
     import torch
 
     problems: list[str] = []
@@ -61,11 +160,15 @@ def load_train_data(
     if problems:
         raise ValueError("cannot train on this cache:\n  " + "\n  ".join(problems))
 
+    if holdout is not None:
+        splits = holdout.splits()
+    # one read of each store for all splits
+    wholes = {m: store.load(split=None if holdout else splits, tokens=tokens, device=device) for m, store in stores.items()}
+    names, split_info = holdout.assign(wholes) if holdout else ({m: w.splits for m, w in wholes.items()}, {})
     loaded: dict[str, dict[Modality, LoadedFeatures]] = {s: {} for s in splits}
-    for m, store in stores.items():
-        whole = store.load(split=splits, tokens=tokens, device=device)  # one read of the store for all splits
+    for m, whole in wholes.items():
         for s in splits:
-            loaded[s][m] = whole.select(np.flatnonzero(whole.splits == s))
+            loaded[s][m] = whole.select(np.flatnonzero(names[m] == s))
     for s in splits:
         for m, f in loaded[s].items():
             if len(f) == 0:
@@ -91,4 +194,5 @@ def load_train_data(
         class_names=names,
         dims={m: st.dim for m, st in stores.items()},
         meta={m: st.meta for m, st in stores.items()},
+        split_info=split_info,
     )

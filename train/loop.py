@@ -1,17 +1,26 @@
 """The one training loop. Strategies own model, batches and loss; this only runs them.
 
-Per epoch: train steps, the held-out loss (early stopping on it, paper 000 Sec. III-D; the
-tolerance ``min_delta`` is relative, see :func:`improved`), a quick held-out Recall@K, one
-line of ``metrics.jsonl`` (total and per-part losses), ``checkpoint.safetensors`` when the
-held-out loss improved and ``last.safetensors`` (weights, optimiser, schedule, RNG state and the
+Per epoch: train steps, the held-out loss, a quick held-out Recall@K, the monitored signal
+(``cfg.monitor``, see :func:`parse_monitor`), one line of ``metrics.jsonl`` (total and
+per-part losses, the batch composition), ``checkpoint.safetensors`` when the signal improved
+and ``last.safetensors`` (weights, optimiser, schedule, RNG state and the
 :class:`Progress`: stage, epoch, early-stopping state) after every epoch, from which
 ``resume`` continues a killed or finished run exactly where it stopped. Step losses are
 summed on the device and read once per epoch (:class:`PartMeans`), so a CUDA run does not
 wait on the host after every step. At the end the best weights embed every loaded split for
 ``mmx eval``. Mixed precision (bf16 autocast) on CUDA only.
 
+Held-out split and selection (issue 13 items 1-2). The held-out split is ``cfg.holdout``:
+``val`` by default (the store's, else a seeded stratified slice of train, train/data.py),
+``test`` only when asked (paper 000 Sec. III-D stops on the test loss). The test split
+chooses nothing otherwise: it is loaded only to be embedded for ``mmx eval`` at the end
+(and for stage-wise's per-stage report, thesis Table 13). ``cfg.keep``: ``best`` stops
+early (``patience`` epochs without a relative improvement of ``min_delta``, see
+:func:`improved`) and keeps the best epoch's weights; ``last`` trains exactly ``epochs``
+epochs per stage and keeps the last weights (the CVS papers' fixed 50 epochs).
+
 Multi-stage strategies (M-CVS, RVS, stage-wise) list ``stages()``; each stage gets a fresh
-optimiser, schedule and early stopping (:meth:`Runner.run_stage`) and hands its best weights
+optimiser, schedule and early stopping (:meth:`Runner.run_stage`) and hands its kept weights
 to the next. ``last.safetensors`` is also written on entering a stage, so a resume re-enters the
 recorded stage via ``begin_stage`` (which fixes what trains) and continues at its next epoch;
 ``metrics.jsonl`` is cut back to the lines recorded with that checkpoint and the rest redone.
@@ -42,7 +51,7 @@ from mmx.cache.names import name_problem
 from mmx.train import checkpoint
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
-from mmx.train.data import SplitData, load_train_data
+from mmx.train.data import Holdout, SplitData, load_train_data
 from mmx.train.strategies import get_strategy
 
 
@@ -64,14 +73,39 @@ def seed_everything(seed: int) -> None:
 QUICK_ROWS = 2000  # per-epoch recall: at most this many rows per embedding (a fixed subset)
 
 
-def quick_recall(strategy, model, split: SplitData, ks=(1, 5, 10), cap: int | None = None) -> dict[str, float]:
-    """Mean Recall@K over the query->target pairs of ``split`` (a cheap per-epoch signal).
+MONITOR_KEYS = {"R": "recall/mean@{}", "mAP@": "map@{}/mean", "mAP": "map/mean"}
+
+
+def parse_monitor(name: str) -> tuple[str | None, int | None]:
+    """``cfg.monitor`` -> (key of its value in the epoch record, or None for the loss; mAP's R).
+
+    ``loss``: the held-out loss, lower is better. ``R@K``: mean Recall@K, ``mAP@R``: mean
+    mAP@R (paper 002 eq. 7), ``mAP``: mean full mAP, each over the query->target pairs of the
+    held-out split (:mod:`mmx.eval.metrics`), higher is better.
+    """
+    import re
+
+    if name == "loss":
+        return None, None
+    m = re.fullmatch(r"(R@|mAP@)([1-9][0-9]*)|mAP", name)
+    if not m:
+        raise ValueError(f"monitor must be loss, mAP, mAP@R or R@K (e.g. mAP@50, R@10), not {name!r}")
+    if name == "mAP":
+        return MONITOR_KEYS["mAP"], None
+    k = int(m.group(2))
+    return (MONITOR_KEYS["R"].format(k), None) if m.group(1) == "R@" else (MONITOR_KEYS["mAP@"].format(k), k)
+
+
+def quick_recall(strategy, model, split: SplitData, ks=(1, 5, 10), cap: int | None = None,
+                 map_r: int | None = None) -> dict[str, float]:
+    """Recall@K per query->target pair of ``split`` and its mean (a cheap per-epoch signal).
 
     ``cap``: rank only a fixed, seeded subset of at most ``cap`` rows of each embedding (the
     same rows every epoch), so the per-epoch figure stays cheap on large splits; a smaller
     gallery makes it higher than the full figure, which ``untrained``/``final`` and ``mmx eval`` give.
+    With ``map_r`` also the means over pairs of mAP@R and full mAP (``map@R/mean``, ``map/mean``).
     """
-    from mmx.eval.metrics import pairwise_recall
+    from mmx.eval.metrics import per_query_metrics, summarise
 
     model.eval()
     embs = strategy.embed(model, split)
@@ -82,8 +116,20 @@ def quick_recall(strategy, model, split: SplitData, ks=(1, 5, 10), cap: int | No
             if len(keys[k]) > cap:
                 rows = np.sort(np.random.default_rng(strategy.cfg.seed).choice(len(keys[k]), cap, replace=False))
                 embs[k], keys[k] = embs[k][torch.as_tensor(rows, device=embs[k].device)], keys[k][rows]
-    res = pairwise_recall(embs, keys, ks=ks)
-    return {f"recall/{k}": v for k, v in res.items()}
+    data = {n: {"emb": embs[n], "label": keys[n]} for n in embs}
+    per = per_query_metrics(data, ("class",), map_r=map_r or 50, any_gallery=False)["class"]
+    rows = {f"{q}->{t}": summarise(v, ks, map_r or 50) for (q, t), v in per.items()}
+    out: dict[str, float] = {}
+    wanted = [(f"R@{k}", "recall/{}@" + str(k), f"recall/mean@{k}") for k in ks]
+    if map_r:
+        wanted += [(f"mAP@{map_r}", None, MONITOR_KEYS["mAP@"].format(map_r)), ("mAP", None, MONITOR_KEYS["mAP"])]
+    for metric, per_pair, mean_key in wanted:
+        vals = {p: r[metric] for p, r in rows.items() if r[metric] is not None}
+        if per_pair:
+            out.update({per_pair.format(p): v for p, v in vals.items()})
+        if vals:
+            out[mean_key] = float(np.mean(list(vals.values())))
+    return out
 
 
 def resolve_alignment(cfg: TrainConfig, strategy_cls, data) -> str:
@@ -112,6 +158,7 @@ def train(
         problems.append(f"alignment must be class, instance or auto, not {cfg.alignment!r}")
     elif strategy_cls.alignment not in ("any", cfg.alignment) and cfg.alignment != "auto":
         problems.append(f"strategy {cfg.strategy!r} needs {strategy_cls.alignment}-aligned data, not alignment={cfg.alignment}")
+    problems += check_protocol(cfg)
     if resume is not None and not (Path(resume) / checkpoint.LAST).exists():
         if (Path(resume) / "last.pt").exists():
             problems.append(f"--resume {resume}: this run predates mmx's safe checkpoint format (a pickled last.pt, "
@@ -132,19 +179,23 @@ def train(
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
 
-    splits = ["train", cfg.holdout] + ([] if cfg.holdout == "test" else ["test"])
     if data is None:
         if not cfg.cache:
             from mmx.cache.paths import default_cache_root
 
             cfg = dataclasses.replace(cfg, cache=str(default_cache_root()))
         data = load_train_data(
-            cfg.cache, cfg.dataset, mods, splits, cfg.backbones,
+            cfg.cache, cfg.dataset, mods, [], cfg.backbones,
             tokens=strategy_cls.needs_tokens,
             need_labels=cfg.alignment == "class",
             need_groups=cfg.alignment == "instance",
             device=device,
+            holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed),
         )
+    elif cfg.holdout not in data.splits:
+        raise ValueError(f"holdout {cfg.holdout!r}: the data given has splits {', '.join(data.splits)} only")
+    for name, how in data.split_info.items():
+        log(f"{name} split: {_describe(how)}")
     cfg = dataclasses.replace(cfg, alignment=resolve_alignment(cfg, strategy_cls, data))
     strategy = strategy_cls(cfg, data, device)
     model = strategy.build_model().to(device)
@@ -160,6 +211,8 @@ def train(
     else:
         run = Path(resume)
     config_mod.save(cfg, run / "config.yaml")  # before the first step
+    if resume is None:
+        write_splits(run / "splits.json", data)
     runner = Runner(cfg, strategy, model, data.splits["train"], data.splits[cfg.holdout], run, device, log)
     started = time.perf_counter()
 
@@ -209,8 +262,11 @@ def train(
     runs.write_json(run / "metrics.json", {
         "strategy": cfg.strategy,
         "modalities": cfg.modalities,
+        "holdout": {"split": cfg.holdout, **data.split_info.get(cfg.holdout, {"source": "store"})},
+        "monitor": cfg.monitor,
+        "keep": cfg.keep,
         "best_epoch": progress.best_epoch,
-        f"best_loss_{cfg.holdout}": progress.best,
+        f"best_{_signal_name(cfg)}": _signal_value(cfg, progress.best),
         "stop_reason": progress.stop_reason,
         "seconds": time.perf_counter() - started,
         "untrained": progress.untrained,
@@ -225,6 +281,47 @@ def _stage_name(stage) -> str:
     return "" if stage is None else str(stage.name)
 
 
+def check_protocol(cfg: TrainConfig) -> list[str]:
+    """Problems with the holdout, monitor and keep settings (before loading anything)."""
+    problems = []
+    if cfg.holdout not in ("val", "test"):
+        problems.append(f"holdout must be val or test, not {cfg.holdout!r}")
+    for name in ("val_fraction", "test_fraction"):
+        if not 0 < getattr(cfg, name) < 1:
+            problems.append(f"{name} must be between 0 and 1, not {getattr(cfg, name)!r}")
+    try:
+        parse_monitor(cfg.monitor)
+    except ValueError as exc:
+        problems.append(str(exc))
+    if cfg.keep not in ("best", "last"):
+        problems.append(f"keep must be best (early stopping) or last (fixed epochs), not {cfg.keep!r}")
+    return problems
+
+
+def _describe(how: dict) -> str:
+    if how.get("source") == "store":
+        return "the store's"
+    return f"{how['source']}, seeded ({how['seed']}), {how['fraction']:.0%} of each class ({how['stratified']})"
+
+
+def _signal_name(cfg: TrainConfig) -> str:
+    return f"{'loss' if cfg.monitor == 'loss' else cfg.monitor}_{cfg.holdout}"
+
+
+def _signal_value(cfg: TrainConfig, score: float) -> float:
+    """The monitored value from its score (scores are lower-is-better: metrics are negated)."""
+    return score if cfg.monitor == "loss" or not math.isfinite(score) else -score
+
+
+def write_splits(path: Path, data) -> None:
+    """``splits.json``: how each split was formed and, for derived ones, the ids in it."""
+    out = {}
+    for name, how in data.split_info.items():
+        ids = {m.value: [str(i) for i in f.ids] for m, f in data.splits[name].features.items()} if how.get("source") != "store" else {}
+        out[name] = {**how, **({"ids": ids} if ids else {})}
+    runs.write_json(path, out)
+
+
 @dataclasses.dataclass
 class Progress:
     """Where a run stands after an epoch: what ``last.safetensors`` records and ``resume`` restores.
@@ -237,16 +334,17 @@ class Progress:
     stage: int = 0  # index into the strategy's stages (0 for single-stage strategies)
     stage_name: str = ""  # its name, to refuse a resume whose config plans other stages
     epoch: int = 0  # last finished epoch of that stage (0: the stage was just entered)
-    best: float = math.inf  # the stage's lowest held-out loss so far
+    best: float = math.inf  # the stage's best monitored score so far (lower is better: metrics negated)
     best_epoch: int = 0
-    stale: int = 0  # epochs since ``best`` last fell by more than the tolerance
+    stale: int = 0  # epochs since ``best`` last improved by more than the tolerance
     stop_reason: str = "max_epochs"
     metrics_lines: int = 0  # lines of metrics.jsonl written when this was recorded
     untrained: dict = dataclasses.field(default_factory=dict)  # quick recall before the first step
 
 
 def improved(loss: float, best: float, min_delta: float) -> bool:
-    """``loss`` counts as a fall when it is below ``best`` by more than the fraction ``min_delta`` of it.
+    """``loss`` (a lower-is-better score) counts as a fall when it is below ``best`` by more than
+    the fraction ``min_delta`` of ``|best|`` (metrics enter negated, so a rise counts the same way).
 
     Relative, like ``ReduceLROnPlateau(threshold_mode="rel")``, so one tolerance fits the
     InfoNCE of paper 000, EAO's weighted sums and CVS's triplet losses alike.
@@ -323,40 +421,68 @@ class Runner:
             parts.add(out)
         return parts.means("train")
 
+    def score(self, record: dict) -> tuple[float, dict]:
+        """The monitored signal of an epoch as a lower-is-better score, and the record's extra fields.
+
+        A retrieval monitor ranks the whole held-out split (no row cap), so the selection
+        does not depend on a subset; the loss is already in the record.
+        """
+        cfg = self.cfg
+        key, map_r = parse_monitor(cfg.monitor)
+        if key is None:
+            return record[f"loss_{cfg.holdout}"], {}
+        ks = (int(key.rsplit("@", 1)[1]),) if key.startswith("recall/") else (1, 5, 10)
+        res = quick_recall(self.strategy, self.model, self.hold, ks=ks, map_r=map_r or 50)
+        value = res.get(key, float("nan"))
+        return (-value if math.isfinite(value) else math.inf), {f"{cfg.holdout}/{cfg.monitor}": value}
+
     def run_stage(self, stage, n_stages: int, p: Progress, opt, sched) -> Progress:
-        """Epochs ``p.epoch + 1 ..`` of ``stage`` until early stopping; ends with its best weights loaded."""
+        """Epochs ``p.epoch + 1 ..`` of ``stage``; ends with its kept weights loaded.
+
+        ``keep: best``: until ``patience`` epochs bring no improvement of the monitored signal,
+        then the best epoch's weights. ``keep: last``: all ``epochs`` epochs, then the last
+        weights (the signal is still logged, and ``best_epoch`` is the last epoch).
+        """
         cfg, run, staged = self.cfg, self.run, stage is not None
+        fixed = cfg.keep == "last"
         t_stage = time.perf_counter()
         by = f" by more than {cfg.min_delta:.1%}" if cfg.min_delta else ""
-        patience_msg = f"{cfg.holdout} loss did not fall{by} for {cfg.patience} epoch{'s' if cfg.patience != 1 else ''}"
+        what = f"{cfg.holdout} loss did not fall" if cfg.monitor == "loss" else f"{cfg.holdout} {cfg.monitor} did not rise"
+        patience_msg = f"{what}{by} for {cfg.patience} epoch{'s' if cfg.patience != 1 else ''}"
         for epoch in range(p.epoch + 1, cfg.epochs + 1):
-            if p.stale >= cfg.patience:
+            if p.stale >= cfg.patience and not fixed:
                 break
             t0 = time.perf_counter()
             record = {"epoch": epoch, **({"stage": p.stage + 1} if staged else {}), **self.train_epoch(epoch, opt)}
+            record.update(self.strategy.composition)
             sched.step()
             record.update(self.held_out_loss(epoch))
             record.update(quick_recall(self.strategy, self.model, self.hold, cap=QUICK_ROWS))
+            score, extra = self.score(record)
+            record.update(extra)
             record["seconds"] = time.perf_counter() - t0
             self.append(p, record)
             hold = record[f"loss_{cfg.holdout}"]
-            self.log(f"epoch {epoch:3d}  train {record['loss_train']:.4f}  {cfg.holdout} {hold:.4f}  "
+            shown = "".join(f"  {k} {v:.4f}" for k, v in extra.items())
+            self.log(f"epoch {epoch:3d}  train {record['loss_train']:.4f}  {cfg.holdout} {hold:.4f}{shown}  "
                      f"R@10 {record.get('recall/mean@10', float('nan')):.3f}  ({record['seconds']:.1f}s)")
             p.epoch = epoch
-            if improved(hold, p.best, cfg.min_delta):
-                p.best, p.best_epoch, p.stale = hold, epoch, 0
+            if fixed or improved(score, p.best, cfg.min_delta):
+                p.best, p.best_epoch, p.stale = score, epoch, 0
                 save_checkpoint(run / checkpoint.BEST, self.model, epoch, cfg)
             else:
                 p.stale += 1
                 if p.stale >= cfg.patience:
                     p.stop_reason = patience_msg
             save_last(run / checkpoint.LAST, self.model, opt, sched, cfg, p)
+        if fixed:
+            p.stop_reason = f"fixed {cfg.epochs} epochs (keep: last)"
         if p.best_epoch == 0:
             save_checkpoint(run / checkpoint.BEST, self.model, 0, cfg)
         self.model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
-        if staged:  # the stage's best weights go on to the next stage
+        if staged:  # the stage's kept weights go on to the next stage
             record = {"stage": p.stage + 1, "stage_name": stage.name, "best_epoch": p.best_epoch,
-                      f"best_loss_{cfg.holdout}": p.best, "stage_seconds": time.perf_counter() - t_stage}
+                      f"best_{_signal_name(cfg)}": _signal_value(cfg, p.best), "stage_seconds": time.perf_counter() - t_stage}
             self.append(p, {**record, **self.strategy.end_stage(self.model, stage)})
             self.log(f"stage {p.stage + 1}/{n_stages} ({stage.name}) done: best epoch {p.best_epoch}")
         return p

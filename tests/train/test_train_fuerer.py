@@ -39,7 +39,9 @@ def instance_cache(tmp_path_factory):
 
 
 def small(cache, tmp_path, **kw):
-    base = dict(cache=str(cache), out=str(tmp_path / "runs"), epochs=8, patience=3, batch_size=16, lr=3e-3, embed_dim=32)
+    # a quarter of train held out: ~60 val groups, enough for the recall checks below
+    base = dict(cache=str(cache), out=str(tmp_path / "runs"), epochs=8, patience=3, batch_size=16, lr=3e-3, embed_dim=32,
+                val_fraction=0.25)
     return TrainConfig(**{**base, **kw})
 
 
@@ -85,7 +87,7 @@ def test_roundrobin_learns_on_class_aligned(class_cache, tmp_path):
     assert s["final"]["recall/mean@1"] > 0.4
     assert s["final"]["recall/mean@1"] > s["untrained"]["recall/mean@1"] + 0.25
     first = read_jsonl(run / "metrics.jsonl")[1]
-    assert "loss_train/text-image" in first and "loss_test/audio-video" in first  # losses per part
+    assert "loss_train/text-image" in first and "loss_val/audio-video" in first  # losses per part
 
 
 @pytest.mark.parametrize("strategy", ["joint", "roundrobin"])
@@ -94,7 +96,7 @@ def test_learns_on_instance_aligned_with_missing_modalities(instance_cache, tmp_
     s = json.loads((run / "metrics.json").read_text())
     cfg = resolve([str(run / "config.yaml")])
     assert cfg.alignment == "instance"  # auto resolved from the data and recorded
-    # ~60 test groups: chance R@10 is about 1/6
+    # ~60 val groups: chance R@10 is about 1/6
     assert s["final"]["recall/mean@10"] > 0.7
     assert s["final"]["recall/mean@10"] > s["untrained"]["recall/mean@10"] + 0.3
     emb = load_embeddings(run, "test")

@@ -37,6 +37,8 @@ class Strategy:
         self.cfg, self.data, self.device = cfg, data, device
         self.modalities = [Modality.parse(m) for m in cfg.modalities]
         self.opt = {**self.option_defaults(), **cfg.options}
+        # the training batches as drawn (``batch/...`` fields of metrics.jsonl), set by ``batches``
+        self.composition: dict = {}
 
     @classmethod
     def option_defaults(cls) -> dict:
