@@ -188,6 +188,8 @@ async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg
     import httpx
     import numpy as np
 
+    from mmx.extract.fetch.http import ACCEPT_ENCODING
+
     _skip_missing_sniffio()
 
     queue: asyncio.Queue = asyncio.Queue(maxsize=2 * cfg.workers)
@@ -239,7 +241,7 @@ async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg
         # One small pool per worker: httpcore scans every connection of a pool on each request,
         # so a shared pool of ``workers`` connections costs O(workers) per item.
         async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
-                                     headers={"user-agent": cfg.user_agent}) as client:
+                                     headers={"user-agent": cfg.user_agent, "accept-encoding": ACCEPT_ENCODING}) as client:
             await worker(client, journal)
 
     try:

@@ -69,3 +69,93 @@ def test_a_stem_collision_is_refused_naming_both_ids(tmp_path, monkeypatch):
         scan_manifest(manifest)
     text = str(info.value)
     assert "'third'" in text and "'first'" in text and "share the media file name 'same'" in text
+
+
+# -- stacked Content-Encoding: the cap holds on decoded bytes, memory stays bounded ------------
+BOMB_SCRIPT = r"""
+import json, resource, sys, zlib
+sys.path.insert(0, sys.argv[1])
+from pathlib import Path
+import pandas as pd
+from fetch_server import LoopbackServer, send
+from mmx.extract.fetch import FetchConfig, fetch_manifest
+from mmx.extract.manifest import write_manifest
+
+def gzip_stream(chunks):
+    z = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    return b"".join(z.compress(c) for c in chunks) + z.flush()
+
+decoded_mib = int(sys.argv[3])
+inner = gzip_stream(b"\0" * 2**20 for _ in range(decoded_mib))  # ~1000:1, built a MiB at a time
+body = gzip_stream([inner])
+root = Path(sys.argv[2])
+routes = {"/bomb": lambda h, hit: send(h, 200, body, "application/octet-stream", {"Content-Encoding": "gzip, gzip"})}
+with LoopbackServer(routes) as srv:
+    frame = pd.DataFrame({"id": ["bomb"], "modality": ["image"], "uri": [srv.url("/bomb")]})
+    manifest = write_manifest(frame, root / "m.csv")
+    # everything but the body's decoding, first: the baseline of the peak
+    fetch_manifest(write_manifest(frame.assign(uri=srv.url("/missing")), root / "warm.csv"), root / "warm",
+                   FetchConfig(workers=1, retries=0, progress=False))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    summary = fetch_manifest(manifest, root / "ds", FetchConfig(workers=1, retries=0, max_bytes=2**20, progress=False))
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"totals": summary.totals, "body_bytes": len(body), "peak_growth_mib": (after - before) / 1024}))
+"""
+
+
+def run_gzip_bomb(tmp_path, decoded_mib: int) -> dict:
+    """Fetch a ``gzip, gzip`` body that decodes to ``decoded_mib`` MiB of zeros, with a 1 MiB cap, in a
+    fresh process (ru_maxrss is per process); returns its totals and peak memory growth."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).parent
+    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(here), str(tmp_path), str(decoded_mib)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_stacked_gzip_is_capped_on_decoded_bytes_with_bounded_memory(tmp_path):
+    """Before: httpx inflated each network chunk whole, so this 200 MiB grew the process by ~200 MiB."""
+    result = run_gzip_bomb(tmp_path, 200)
+    assert result["totals"] == {"too_large": 1}
+    assert result["body_bytes"] < 64 * 1024
+    assert result["peak_growth_mib"] < 40, result
+
+
+def test_the_decoder_streams_every_supported_chain():
+    import asyncio
+    import gzip
+
+    from mmx.extract.fetch.http import DECODED_PIECE, _inflater, content_encodings, decode_chain
+
+    payload = bytes(range(256)) * 5000
+    deflate_raw = zlib_raw(payload)
+    cases = [("gzip", gzip.compress(payload)), ("gzip, gzip", gzip.compress(gzip.compress(payload))),
+             ("deflate", __import__("zlib").compress(payload)), ("deflate", zlib_raw(payload)),
+             ("x-gzip", gzip.compress(payload)), ("identity, gzip", gzip.compress(payload)), ("", payload),
+             ("gzip", gzip.compress(payload[:1000]) + gzip.compress(payload[1000:]))]  # two gzip members
+
+    async def decode(header, body):
+        async def raw():
+            for i in range(0, len(body), 777):
+                yield body[i:i + 777]
+        stages = [_inflater(e) for e in reversed(content_encodings(header))]
+        pieces = [p async for p in decode_chain(raw(), stages)]
+        assert all(len(p) <= DECODED_PIECE for p in pieces)
+        return b"".join(pieces)
+
+    for header, body in cases:
+        assert asyncio.run(decode(header, body)) == payload, header
+    with pytest.raises(ValueError, match="'br' is not supported"):
+        _inflater("br")
+
+
+def zlib_raw(data: bytes) -> bytes:
+    import zlib
+
+    z = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return z.compress(data) + z.flush()
