@@ -10,7 +10,7 @@ from mmx.train.strategies import STRATEGIES
 @click.command("train")
 @click.option("--strategy", type=click.Choice(list(STRATEGIES)), default=None, help="Training strategy (default: joint).")
 @click.option("--preset", "presets", multiple=True, help="Preset name or YAML file; repeatable, later wins.")
-@click.option("--modalities", default=None, help="Comma-separated, e.g. text,image,audio,video.")
+@click.option("--modalities", default=None, help="Comma-separated, e.g. text,image (default: every modality the dataset has).")
 @click.option("--cache", default=None, help="Cache root (default: $MMX_CACHE or ./.mmx-cache).")
 @click.option("--dataset", default=None, help="Dataset name in the cache.")
 @click.option("--epochs", type=int, default=None)

@@ -19,7 +19,7 @@ class TrainConfig:
     strategy: str = "joint"
     dataset: str = "synthetic"
     cache: str = ""  # cache root; empty: the default root (--cache, $MMX_CACHE, ./.mmx-cache)
-    modalities: list = dataclasses.field(default_factory=lambda: ["text", "image", "audio", "video"])
+    modalities: list = dataclasses.field(default_factory=list)  # empty: every modality the dataset has
     backbones: dict = dataclasses.field(default_factory=dict)  # modality -> backbone, when a cache has several
     alignment: str = "class"  # "class" (paper 000/002) or "instance" (paper 001)
     # split that early stopping and selection watch: "val" (the store's, else a seeded slice of
@@ -119,23 +119,39 @@ def load_yaml(path_or_preset: str) -> tuple[dict, str]:
 
 
 def resolve(presets: list[str] = (), overrides: dict | None = None, sets: list[str] = ()) -> TrainConfig:
-    """Defaults <- presets/files (in order) <- explicit overrides <- ``key=value`` strings."""
-    cfg = TrainConfig()
-    for p in presets:
-        data, source = load_yaml(p)
-        cfg = merge(cfg, data, source)
+    """Defaults <- the strategy's paper settings <- presets/files (in order) <- explicit overrides
+    <- ``key=value`` strings.
+
+    The strategy is the one the layers above name last (``joint`` when none does); its
+    ``defaults`` (the paper's settings, train/strategies) sit under every preset, so a preset
+    only names a variant and ``mmx train --strategy rvs`` alone is paper 004's RVS.
+    """
+    layers = [load_yaml(p)[::-1] for p in presets]
     if overrides:
-        cfg = merge(cfg, {k: v for k, v in overrides.items() if v is not None}, "command line")
+        layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
     for item in sets:
         if "=" not in item:
             raise ValueError(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        k = k.strip()
+        k, v = (x.strip() for x in item.split("=", 1))
         if k.startswith("options."):
-            cfg = merge(cfg, {"options": {k[len("options."):]: yaml.safe_load(v)}}, "--set")
+            layers.append(("--set", {"options": {k[len("options."):]: yaml.safe_load(v)}}))
         else:
-            cfg = merge(cfg, {k: v}, "--set")
-    return cfg
+            layers.append(("--set", {k: v}))
+
+    def apply(cfg: TrainConfig) -> TrainConfig:
+        for source, values in layers:
+            cfg = merge(cfg, values, source)
+        return cfg
+
+    strategy = apply(TrainConfig()).strategy
+    return apply(merge(TrainConfig(), strategy_defaults(strategy), f"strategy {strategy!r} defaults"))
+
+
+def strategy_defaults(name: str) -> dict:
+    """The paper settings of strategy ``name`` (its class's ``defaults``)."""
+    from mmx.train.strategies import get_strategy
+
+    return dict(get_strategy(name).defaults)
 
 
 def save(cfg: TrainConfig, path: Path) -> None:

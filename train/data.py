@@ -128,6 +128,14 @@ class Holdout:
         return ["train", self.split] + ([] if self.split == "test" else ["test"])
 
 
+def dataset_modalities(cache_root: str, dataset: str) -> list[Modality]:
+    """The modalities with a store of ``dataset`` under ``cache_root``, in the shared order."""
+    from mmx.cache import list_stores
+
+    have = {s.modality for s in list_stores(cache_root, dataset) if s.dataset == dataset}
+    return [m for m in Modality if m in have]
+
+
 def load_train_data(
     cache_root: str,
     dataset: str,
@@ -152,7 +160,10 @@ def load_train_data(
     for m in modalities:
         try:
             stores[m] = find_store(cache_root, dataset, m, (backbones or {}).get(m.value))
-        except (FileNotFoundError, ValueError) as exc:
+        except FileNotFoundError as exc:
+            have = ", ".join(h.value for h in dataset_modalities(cache_root, dataset)) or "none"
+            problems.append(f"{exc}; or leave {m.value} out of --modalities (dataset {dataset!r} has: {have})")
+        except ValueError as exc:
             problems.append(str(exc))
     for m, store in stores.items():
         if tokens and not store.has_tokens:

@@ -51,7 +51,7 @@ from mmx.cache.names import name_problem
 from mmx.train import checkpoint
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
-from mmx.train.data import Holdout, SplitData, load_train_data
+from mmx.train.data import Holdout, SplitData, dataset_modalities, load_train_data
 from mmx.train.strategies import get_strategy
 
 
@@ -152,6 +152,19 @@ def train(
     resume: str | Path | None = None,
 ) -> Path:
     """Train ``cfg`` and return its run folder; ``resume``: a run folder to continue (its ``last.safetensors``)."""
+    if not cfg.cache:
+        from mmx.cache.paths import default_cache_root
+
+        cfg = dataclasses.replace(cfg, cache=str(default_cache_root()))
+    if not cfg.modalities and data is None:  # the modalities the dataset has (issue 13 item 11)
+        found = dataset_modalities(cfg.cache, cfg.dataset)
+        if not found:
+            raise ValueError(f"no features of dataset {cfg.dataset!r} in cache {cfg.cache}; check --dataset and --cache, "
+                             "or run 'mmx extract' first")
+        cfg = dataclasses.replace(cfg, modalities=[m.value for m in found])
+        log(f"modalities: {', '.join(cfg.modalities)} (all the dataset has; choose with --modalities)")
+    elif not cfg.modalities:
+        cfg = dataclasses.replace(cfg, modalities=[m.value for m in data.splits["train"].modalities])
     strategy_cls = get_strategy(cfg.strategy)
     problems = strategy_cls.check(cfg)
     if cfg.alignment not in ("class", "instance", "auto"):
@@ -180,10 +193,6 @@ def train(
     seed_everything(cfg.seed)
 
     if data is None:
-        if not cfg.cache:
-            from mmx.cache.paths import default_cache_root
-
-            cfg = dataclasses.replace(cfg, cache=str(default_cache_root()))
         data = load_train_data(
             cfg.cache, cfg.dataset, mods, [], cfg.backbones,
             tokens=strategy_cls.needs_tokens,

@@ -48,6 +48,9 @@ def test_eval_writes_paper_tables_and_plots(tmp_path):
     res = invoke("eval", run, "--plots")
     assert res.exit_code == 0, res.output
     assert "Text → Image" in res.output and "Video → Any" in res.output and "| Mean |" in res.output
+    # mAP@R and full mAP are printed beside Recall@K, for the pairs and for -> Any
+    assert "\nmAP@50 and mAP\n" in res.output and "\nmAP@50 and mAP, query -> Any\n" in res.output
+    assert "test mAP@50 | test mAP | train mAP@50 | train mAP" in res.output
     out = run / "eval"
     for f in ("eval-class.md", "eval-class.csv", "eval-class.json", "training-curves.png",
               "projection-test.png", "heatmap-test-mAP50-class.png", "heatmap-train-R10-class.png"):

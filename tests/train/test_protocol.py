@@ -177,6 +177,6 @@ def test_monitor_names_and_bad_protocol_settings():
     with pytest.raises(ValueError, match="monitor must be"):
         parse_monitor("accuracy")
     with pytest.raises(ValueError) as exc:
-        train(TrainConfig(holdout="train", monitor="mAP@0", keep="first", val_fraction=1.5))
+        train(TrainConfig(modalities=MODS, holdout="train", monitor="mAP@0", keep="first", val_fraction=1.5))
     msg = str(exc.value)
     assert "holdout must be val or test" in msg and "monitor must be" in msg and "keep must be" in msg and "val_fraction" in msg

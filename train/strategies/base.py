@@ -30,6 +30,8 @@ class Strategy:
     needs_tokens: bool = False
     alignment: str = "class"  # the sampler the data needs: "class" or "instance"
     min_modalities: int = 2
+    # config values of the strategy's paper, under every preset (train/config.py ``resolve``)
+    defaults: dict = {}
     options: dict = {}  # the strategy's ``cfg.options`` with their defaults; other keys are errors
     extra_options: dict = {}  # a subclass's additions to its parent's ``options``
 

@@ -85,12 +85,39 @@ class Stage:
     size_by: list | None = None  # modalities whose item count sets the epoch length; None: all in play
 
 
+def present_stages(stages: list, mods: list[str]) -> list[list[str]]:
+    """``options.stages`` restricted to the modalities in play (issue 13 item 11): modalities
+    not present are dropped, then empty stages; a first stage that dropping left with one
+    modality takes the next stage in, so the paper's plan [[image, text], [video], [audio]]
+    serves any dataset (a first stage *given* with one modality stays an error)."""
+    listed = [[str(m) for m in (st if isinstance(st, (list, tuple)) else [st])] for st in stages]
+    groups = [[m for m in g if m in mods] for g in listed]
+    shrunk = bool(groups) and len(groups[0]) < len(listed[0])
+    groups = [g for g in groups if g]
+    if shrunk and len(groups) > 1 and len(groups[0]) < 2:
+        groups = [groups[0] + groups[1]] + groups[2:]
+    return groups
+
+
+def present_order(order: list, mods: list[str]) -> list[str]:
+    """``options.order`` restricted to the modalities in play (the thesis order on any dataset)."""
+    return [str(m) for m in order if str(m) in mods]
+
+
 def _ordered(mods: list[str]) -> list[str]:
     return [m for m in PREFERRED_ORDER if m in mods] + [m for m in mods if m not in PREFERRED_ORDER]
 
 
+# Paper 002 Sec. V-A and thesis 004 Sec. 4.2: a 512-d space, batch 128, Adam lr 1e-3, a fixed 50
+# epochs with the last weights kept (no early stopping is described). mAP@50 (their metric) is
+# the monitored signal, logged per epoch and used when keep=best is asked for.
+CVS_CONFIG = {"embed_dim": 512, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "epochs": 50,
+              "keep": "last", "monitor": "mAP@50", "patience": 5}
+
+
 class CommonSpaceStrategy(Strategy):
     name = "cvs"
+    defaults = CVS_CONFIG
     options = DEFAULTS
     extendable = False
 
@@ -216,7 +243,7 @@ class MCVSStrategy(CommonSpaceStrategy):
 
     @classmethod
     def check_stages(cls, cfg, opt) -> list[str]:
-        stages = opt["stages"]
+        stages = present_stages(opt["stages"], [str(m) for m in cfg.modalities])
         if not stages:
             return []
         flat = [str(m) for st in stages for m in (st if isinstance(st, (list, tuple)) else [st])]
@@ -229,8 +256,8 @@ class MCVSStrategy(CommonSpaceStrategy):
         return problems
 
     def _groups(self) -> list[list[str]]:
-        if self.opt["stages"]:
-            groups = [[str(m) for m in (st if isinstance(st, (list, tuple)) else [st])] for st in self.opt["stages"]]
+        if present_stages(self.opt["stages"], self.mods):
+            groups = present_stages(self.opt["stages"], self.mods)
         else:
             trained = [m for m in self.opt["trained_modalities"]] or self.mods
             order = _ordered([m for m in trained if m in self.mods])
@@ -265,14 +292,15 @@ class RVSStrategy(CommonSpaceStrategy):
         if opt["reference"] not in cfg.modalities:
             problems.append(f"options.reference {opt['reference']!r} is not among the modalities {cfg.modalities}")
         expected = [m for m in cfg.modalities if m != opt["reference"] and (not opt["trained_modalities"] or m in opt["trained_modalities"])]
-        if opt["order"] and sorted(map(str, opt["order"])) != sorted(expected):
+        order = present_order(opt["order"], [str(m) for m in cfg.modalities])
+        if order and sorted(order) != sorted(expected):
             problems.append(f"options.order {opt['order']} must list every modality but the reference exactly once")
         return problems
 
     def make_stages(self) -> list[Stage]:
         ref = self.opt["reference"]
         thesis = ["text", "image", "audio", "video"]  # thesis 5.1-E stage order
-        others = [str(m) for m in self.opt["order"]] or [m for m in thesis if m in self.mods and m != ref] + \
+        others = present_order(self.opt["order"], self.mods) or [m for m in thesis if m in self.mods and m != ref] + \
             [m for m in self.mods if m not in thesis and m != ref]
         others += [m for m in self.mods if m not in others and m != ref]  # added by --add-modality
         stages = []
