@@ -50,6 +50,23 @@ def new_run_dir(root: str | os.PathLike, name_parts: list[str]) -> Path:
     return path
 
 
+def named_run_dir(root: str | os.PathLike, name: str) -> Path:
+    """The run folder ``root/name``, exactly as named (``--name``); refused when it already holds a run.
+
+    A name given by the user is theirs: no date prefix and no suffix, so scripts can rely on it.
+    """
+    from mmx.cache.names import id_problem
+
+    problem = id_problem(name)
+    if problem:
+        raise ValueError(f"--name {name!r}: {problem}; use a plain folder name")
+    path = Path(root) / name
+    if path.exists() and any(path.iterdir()):
+        raise ValueError(f"{path} already holds a run; pick another --name, or continue it with --resume {path}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """``path`` holds ``data`` or, if the write fails (a full disk), what it held before; no temporary is left."""
     tmp = path.with_name(f".{path.name}.tmp")

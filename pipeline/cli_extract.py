@@ -49,7 +49,7 @@ def _defaults() -> dict:
 @click.option("--backbone", type=click.Choice(list(BACKBONES)), help="Registered backbone (default: the offline default of the modality).")
 @click.option("--weights", help="Hub id or local directory for a hub backbone (overrides its default weights).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Backbone option, e.g. fps=2 (see --list).")
-@click.option("--cache", type=click.Path(file_okay=False), help="Cache root folder.")
+@click.option("--cache", type=click.Path(file_okay=False), help="Cache root folder (default: $MMX_CACHE, else ./.mmx-cache).")
 @click.option("--dataset", help="Dataset name (the cache is keyed by it).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
@@ -66,10 +66,13 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     if list_:
         _print_list()
         return
-    missing = [f for f, v in (("MANIFEST", manifest), ("--modality", modality), ("--cache", cache), ("--dataset", dataset)) if not v]
+    missing = [f for f, v in (("MANIFEST", manifest), ("--modality", modality), ("--dataset", dataset)) if not v]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --list)")
+    from mmx.cache.paths import default_cache_root
     from mmx.extract.runner import extract
+
+    cache = str(default_cache_root(cache))
 
     summary = extract(
         manifest, modality, cache, dataset, backbone=backbone, options=_parse_set(settings), weights=weights,

@@ -13,19 +13,20 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--modalities", default=None, help="Comma-separated, e.g. text,image (default: every modality the dataset has).")
 @click.option("--cache", default=None, help="Cache root (default: $MMX_CACHE or ./.mmx-cache).")
 @click.option("--dataset", default=None, help="Dataset name in the cache.")
-@click.option("--epochs", type=int, default=None)
-@click.option("--batch-size", type=int, default=None)
+@click.option("--epochs", type=click.IntRange(min=1), default=None)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Classes (class-aligned) or groups (instance-aligned) per batch.")
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto (CUDA when present), cpu or cuda[:N].")
 @click.option("--out", default=None, help="Folder for run folders (default: runs).")
-@click.option("--name", default=None, help="Run folder name (default: date + strategy + modalities).")
+@click.option("--name", default=None, help="Run folder name, used as given (default: date + strategy + modalities).")
+@click.option("--store", "stores", multiple=True, metavar="MODALITY=STORE", help="Pick the store of a modality when the cache has several: its path, folder name or key prefix (see mmx cache ls); repeatable.")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Any config value, e.g. --set patience=10 or options.x=1.")
 @click.option("--resume", default=None, metavar="RUN", help="Continue the run folder RUN from its last epoch, in its stage for multi-stage strategies (its config, plus any options given here).")
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
-def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, out, name, sets, resume, from_run, add_modalities, quiet):
+def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, out, name, stores, sets, resume, from_run, add_modalities, quiet):
     """Train projection heads / fusion model from the in-memory cache.
 
     \b
@@ -39,6 +40,7 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
     overrides = {
         "strategy": strategy, "modalities": modalities, "cache": cache, "dataset": dataset, "epochs": epochs,
         "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "out": out, "name": name,
+        "stores": _parse_stores(stores) or None,
     }
     if resume:
         from pathlib import Path
@@ -62,8 +64,26 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
         cfg = resolve(list(presets), overrides, list(sets))
     if not cfg.cache:
         cfg.cache = str(default_cache_root())
-    run = train(cfg, log=(lambda s: None) if quiet else click.echo, resume=resume)
+    run = train(cfg, log=(lambda s: None) if quiet else click.echo, resume=resume,
+                warn=lambda s: click.echo(f"warning: {s}", err=True))
     click.echo(str(run))
+
+
+def _parse_stores(values: tuple[str, ...]) -> dict:
+    """``--store MODALITY=STORE`` values as the config's ``stores`` mapping."""
+    from mmx.cache.modality import Modality
+
+    out = {}
+    for v in values:
+        mod, sep, store = v.partition("=")
+        if not sep or not store.strip():
+            raise click.BadParameter(f"{v!r}: expected MODALITY=STORE, e.g. image=.mmx-cache/mine/image/STORE.zarr",
+                                     param_hint="--store")
+        try:
+            out[Modality.parse(mod.strip()).value] = store.strip()
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--store") from None
+    return out
 
 
 COMMANDS = [train_cmd]

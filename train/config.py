@@ -21,6 +21,7 @@ class TrainConfig:
     cache: str = ""  # cache root; empty: the default root (--cache, $MMX_CACHE, ./.mmx-cache)
     modalities: list = dataclasses.field(default_factory=list)  # empty: every modality the dataset has
     backbones: dict = dataclasses.field(default_factory=dict)  # modality -> backbone, when a cache has several
+    stores: dict = dataclasses.field(default_factory=dict)  # modality -> store path, folder name or key prefix
     alignment: str = "class"  # "class" (paper 000/002) or "instance" (paper 001)
     # split that early stopping and selection watch: "val" (the store's, else a seeded slice of
     # train, train/data.py) or "test" (paper 000 Sec. III-D; an explicit option, never the default)
@@ -63,10 +64,14 @@ def _coerce(name: str, value: Any) -> Any:
             if low not in ("true", "false", "1", "0", "yes", "no"):
                 raise ValueError(f"{name}: expected true/false, got {value!r}")
             return low in ("true", "1", "yes")
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
+        if isinstance(default, (int, float)):
+            kind = type(default)
+            try:
+                return kind(value)
+            except ValueError:
+                example = "20" if kind is int else "0.001"
+                raise ValueError(f"{name}={value}: {name} expects {'an integer' if kind is int else 'a number'}, "
+                                 f"e.g. --set {name}={example}") from None
         if isinstance(default, list):
             return [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(default, dict):
@@ -77,6 +82,41 @@ def _coerce(name: str, value: Any) -> Any:
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     return value
+
+
+# the numeric settings that make no sense below a bound: (field, smallest value, what it means)
+_LOWER_BOUNDS = (
+    ("epochs", 1, "epochs to train"),
+    ("batch_size", 1, "classes or groups per batch"),
+    ("patience", 1, "epochs without improvement before stopping"),
+    ("embed_dim", 1, "joint-space size"),
+)
+
+
+def check_values(cfg: TrainConfig) -> list[str]:
+    """Values that would train to a meaningless result (a batch of 0 trains nothing and scores 1.0).
+
+    Refused up front, each naming the fix, before any data is loaded.
+    """
+    problems = []
+    for name, low, meaning in _LOWER_BOUNDS:
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int):
+            problems.append(f"{name}={v!r}: expected an integer ({meaning}), e.g. --set {name}={max(low, 1) * 20}")
+        elif v < low:
+            problems.append(f"{name}={v}: must be at least {low} ({meaning}); pass e.g. --{name.replace('_', '-')} "
+                            f"{getattr(TrainConfig(), name)}")
+    if cfg.name:
+        from mmx.cache.names import id_problem
+
+        problem = id_problem(cfg.name)
+        if problem:
+            problems.append(f"--name {cfg.name!r}: {problem}; use a plain folder name")
+    for name in ("lr", "tau"):
+        v = getattr(cfg, name)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            problems.append(f"{name}={v!r}: must be a positive number, e.g. --set {name}={getattr(TrainConfig(), name)}")
+    return problems
 
 
 def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:

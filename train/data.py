@@ -147,8 +147,12 @@ def load_train_data(
     need_groups: bool = False,
     device: Any = None,
     holdout: Holdout | None = None,
+    picks: dict[str, str] | None = None,
 ) -> TrainData:
     """Load every (modality, split) once; report every problem at once before training.
+
+    ``picks`` (modality -> store path, folder name or key prefix: the config's ``stores``)
+    picks a store outright; ``backbones`` (modality -> backbone name) picks among several.
 
     With ``holdout``, ``splits`` is ignored: the store is read whole and split by
     :meth:`Holdout.assign` into ``holdout.splits()``.
@@ -159,7 +163,7 @@ def load_train_data(
     stores = {}
     for m in modalities:
         try:
-            stores[m] = find_store(cache_root, dataset, m, (backbones or {}).get(m.value))
+            stores[m] = find_store(cache_root, dataset, m, (backbones or {}).get(m.value), (picks or {}).get(m.value))
         except FileNotFoundError as exc:
             have = ", ".join(h.value for h in dataset_modalities(cache_root, dataset)) or "none"
             problems.append(f"{exc}; or leave {m.value} out of --modalities (dataset {dataset!r} has: {have})")

@@ -48,7 +48,7 @@ import torch
 from mmx.eval import runs
 from mmx.cache.modality import Modality
 from mmx.cache.names import name_problem
-from mmx.train import checkpoint
+from mmx.train import checkpoint, checks
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, SplitData, dataset_modalities, load_train_data
@@ -132,6 +132,20 @@ def quick_recall(strategy, model, split: SplitData, ks=(1, 5, 10), cap: int | No
     return out
 
 
+def quick_recall_note(cfg: TrainConfig, hold: SplitData) -> str:
+    """Why the per-epoch R@10 is not the figure ``mmx eval`` prints (said once, in the run header)."""
+    capped = any(len(f) > QUICK_ROWS for f in hold.features.values())
+    gallery = f"a fixed sub-gallery of at most {QUICK_ROWS} rows per modality of" if capped else "the whole"
+    return (f"per-epoch R@10: mean over modality pairs on {gallery} {cfg.holdout} split "
+            f"(class or group relevance as trained); 'mmx eval RUN' gives the full per-pair tables")
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, UserWarning, stacklevel=3)
+
+
 def resolve_alignment(cfg: TrainConfig, strategy_cls, data) -> str:
     """``cfg.alignment`` made concrete (see the module docstring); raises when the data cannot serve it."""
     wanted = cfg.alignment if cfg.alignment != "auto" else strategy_cls.alignment
@@ -150,8 +164,13 @@ def train(
     log: Callable[[str], None] = lambda s: None,
     data=None,
     resume: str | Path | None = None,
+    warn: Callable[[str], None] | None = None,
 ) -> Path:
-    """Train ``cfg`` and return its run folder; ``resume``: a run folder to continue (its ``last.safetensors``)."""
+    """Train ``cfg`` and return its run folder; ``resume``: a run folder to continue (its ``last.safetensors``).
+
+    ``warn`` receives what the user should know before trusting the run (see
+    :mod:`mmx.train.checks`); by default it goes through :func:`warnings.warn`.
+    """
     if not cfg.cache:
         from mmx.cache.paths import default_cache_root
 
@@ -166,7 +185,7 @@ def train(
     elif not cfg.modalities:
         cfg = dataclasses.replace(cfg, modalities=[m.value for m in data.splits["train"].modalities])
     strategy_cls = get_strategy(cfg.strategy)
-    problems = strategy_cls.check(cfg)
+    problems = config_mod.check_values(cfg) + strategy_cls.check(cfg)
     if cfg.alignment not in ("class", "instance", "auto"):
         problems.append(f"alignment must be class, instance or auto, not {cfg.alignment!r}")
     elif strategy_cls.alignment not in ("any", cfg.alignment) and cfg.alignment != "auto":
@@ -200,12 +219,16 @@ def train(
             need_groups=cfg.alignment == "instance",
             device=device,
             holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed),
+            picks=cfg.stores,
         )
     elif cfg.holdout not in data.splits:
         raise ValueError(f"holdout {cfg.holdout!r}: the data given has splits {', '.join(data.splits)} only")
     for name, how in data.split_info.items():
         log(f"{name} split: {_describe(how)}")
     cfg = dataclasses.replace(cfg, alignment=resolve_alignment(cfg, strategy_cls, data))
+    refusals, cautions = checks.learnability(cfg, data)
+    if refusals:
+        raise ValueError("cannot train on this cache:\n  " + "\n  ".join(refusals))
     strategy = strategy_cls(cfg, data, device)
     model = strategy.build_model().to(device)
     if cfg.options.get("extend_from"):  # mmx train --from RUN --add-modality M: load RUN, freeze it (train/extend.py)
@@ -216,7 +239,8 @@ def train(
     stages = strategy.stages() if hasattr(strategy, "stages") else [None]
 
     if resume is None:
-        run = runs.new_run_dir(cfg.out, [cfg.name] if cfg.name else [cfg.strategy, "-".join(m[0] for m in cfg.modalities)])
+        run = (runs.named_run_dir(cfg.out, cfg.name) if cfg.name
+               else runs.new_run_dir(cfg.out, [cfg.strategy, "-".join(m[0] for m in cfg.modalities)]))
     else:
         run = Path(resume)
     config_mod.save(cfg, run / "config.yaml")  # before the first step
@@ -247,9 +271,15 @@ def train(
         runs.atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in kept).encode())
         log(f"resuming {run} at stage {progress.stage + 1}/{len(stages)}, epoch {progress.epoch + 1}")
 
+    # said once everything that can fail before the first step has passed, so an error stays the first line
+    for line in checks.header(cfg, data, device, len(stages)) + [quick_recall_note(cfg, data.splits[cfg.holdout])]:
+        log(line)
+    for line in cautions if resume is None else []:  # a resumed run said them when it began
+        (warn or _warn)(line)
     for k in range(progress.stage, len(stages)):
         stage = stages[k]
         if stage is not None:  # the stage picks what trains (and so what the optimiser holds)
+            log(f"stage {k + 1}/{len(stages)} ({stage.name}): starting")
             strategy.begin_stage(model, stage)
         # a fresh optimiser, schedule and early stopping per stage
         opt, sched = make_optimiser(cfg, strategy.parameters(model))
@@ -473,7 +503,7 @@ class Runner:
             self.append(p, record)
             hold = record[f"loss_{cfg.holdout}"]
             shown = "".join(f"  {k} {v:.4f}" for k, v in extra.items())
-            self.log(f"epoch {epoch:3d}  train {record['loss_train']:.4f}  {cfg.holdout} {hold:.4f}{shown}  "
+            self.log(f"epoch {epoch:3d}/{cfg.epochs}  train {record['loss_train']:.4f}  {cfg.holdout} {hold:.4f}{shown}  "
                      f"R@10 {record.get('recall/mean@10', float('nan')):.3f}  ({record['seconds']:.1f}s)")
             p.epoch = epoch
             if fixed or improved(score, p.best, cfg.min_delta):

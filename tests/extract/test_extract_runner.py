@@ -98,7 +98,7 @@ def test_cli_errors_and_list(tmp_path):
     r = runner.invoke(main, ["extract", str(man), "--modality", "text", "--backbone", "logmel", "--cache", "c", "--dataset", "d"])
     assert r.exit_code != 0 and "extracts audio, not text" in r.output
     r = runner.invoke(main, ["extract", str(man), "--modality", "text"])
-    assert r.exit_code != 0 and "--cache" in r.output
+    assert r.exit_code != 0 and "missing --dataset" in r.output and "--cache" not in r.output
     import torch
 
     if not torch.cuda.is_available():
@@ -106,6 +106,23 @@ def test_cli_errors_and_list(tmp_path):
         assert r.exit_code != 0 and "CUDA is not available" in r.output
     r = runner.invoke(main, ["extract", str(man), "--modality", "text", "--backbone", "bow", "--set", "nope=1", "--cache", "c", "--dataset", "d"])
     assert r.exit_code != 0 and "unknown option(s) nope" in r.output
+
+
+def test_cli_cache_root_defaults_to_env_then_dot_folder(tmp_path, monkeypatch):
+    """README: the cache root is --cache, else $MMX_CACHE, else ./.mmx-cache (issue 15 item 1)."""
+    man = _manifest(tmp_path, [dict(id="t0", modality="text", uri="", text="a dog", split="train")])
+    args = ["extract", str(man), "--modality", "text", "--backbone", "bow", "--dataset", "d", "--workers", "0", "--no-progress"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MMX_CACHE", raising=False)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert [s.dataset for s in list_stores(tmp_path / ".mmx-cache")] == ["d"]
+    monkeypatch.setenv("MMX_CACHE", str(tmp_path / "env-cache"))
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert [s.dataset for s in list_stores(tmp_path / "env-cache")] == ["d"]
+    r = CliRunner().invoke(main, args + ["--cache", str(tmp_path / "flag-cache")])
+    assert r.exit_code == 0 and len(list_stores(tmp_path / "flag-cache")) == 1
 
 
 def test_bow_vocabulary_from_train_split_and_key_changes(tmp_path):

@@ -1,0 +1,101 @@
+"""What a run is about to do, said before the first step: the run header, and data it cannot learn from.
+
+A run on degenerate data trains without error and reports perfect figures: with one class
+every pair is a positive (loss 0, R@1 1.0), and a held-out gallery of ten items gives R@10 =
+1.0 by chance alone. So, before any step, :func:`learnability` refuses data with nothing to
+tell apart and warns about data whose figures will mean little; :func:`header` states the
+dataset, modalities, strategy, device, threads, items per split and the batch actually drawn.
+The papers set no such limits; the thresholds are our choice and are stated in the messages.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from mmx.train.config import TrainConfig
+
+# A held-out gallery below this many items per modality gets a warning: chance Recall@10 is
+# then above 10 / SMALL_HOLDOUT = 0.2, too high for the figure (or early stopping) to mean much.
+SMALL_HOLDOUT = 50
+PLURAL = {"class": "classes", "group": "groups"}
+
+
+def _units(split, modalities, alignment: str) -> tuple[list[np.ndarray], str]:
+    """Per modality, the class (or group) key of each item, and the word for those units."""
+    if alignment == "instance":
+        return [np.asarray([str(g) for g in split.features[m].groups]) for m in modalities], "group"
+    return [split.classes[m].cpu().numpy() for m in modalities], "class"
+
+
+def _shared(keys: list[np.ndarray], blank) -> set:
+    """Units with items in at least two modalities: the only ones a cross-modal loss can use."""
+    seen: dict = {}
+    for k in keys:
+        for u in set(k.tolist()) - {blank}:
+            seen[u] = seen.get(u, 0) + 1
+    return {u for u, n in seen.items() if n >= 2}
+
+
+def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
+    """``(refusals, warnings)`` about the loaded data; refusals mean nothing can be learnt."""
+    refuse, warn = [], []
+    train = data.splits["train"]
+    keys, unit = _units(train, train.modalities, cfg.alignment)
+    blank = "" if unit == "group" else -1
+    shared = _shared(keys, blank)
+    if len(shared) < 2:
+        refuse.append(
+            f"nothing to learn: the train split has {len(shared)} {PLURAL[unit]} with items in two or more modalities; "
+            f"contrastive training needs at least 2 to tell apart (loss 0 and R@1 1.0 otherwise). "
+            f"Check the {'group' if unit == 'group' else 'label'} column of the manifest and re-extract")
+    elif unit == "class" and all(np.bincount(k[k >= 0]).max(initial=0) <= 1 for k in keys):
+        warn.append(
+            "every class has one item per modality in the train split, so labels act as item ids (pairs): "
+            "nothing generalises across items of a class. If that is not meant, check the label column")
+    hold = data.splits[cfg.holdout]
+    for m in hold.modalities:
+        n = len(hold.features[m])
+        if n < SMALL_HOLDOUT:
+            warn.append(
+                f"the {cfg.holdout} split has only {n} {m.value} item(s): chance Recall@10 is {min(1.0, 10 / n):.2f}, "
+                f"so its figures and early stopping mean little (give it {SMALL_HOLDOUT}+ items per modality)")
+    hold_keys, _ = _units(hold, hold.modalities, cfg.alignment)
+    if len(_shared(hold_keys, blank)) < 2:
+        warn.append(f"the {cfg.holdout} split has fewer than 2 {PLURAL[unit]} shared between modalities: "
+                    f"its retrieval figures are 1.0 or n/a by construction")
+    return refuse, warn
+
+
+def effective_batch(cfg: TrainConfig, data) -> str:
+    """The batch a step draws: the configured size capped by the classes (groups) the train split has."""
+    train = data.splits["train"]
+    keys, unit = _units(train, train.modalities, cfg.alignment)
+    blank = "" if unit == "group" else -1
+    available = len(_shared(keys, blank))
+    per = int(cfg.options.get("per_class", 1)) if unit == "class" else 1
+    wanted = max(1, cfg.batch_size // per)
+    got = min(wanted, available)
+    units = PLURAL[unit]
+    text = f"{got} {units} x {per} item(s) per modality per step"
+    if got < wanted:
+        text += f" (batch_size {cfg.batch_size} capped by the {available} train {units})"
+    return text
+
+
+def header(cfg: TrainConfig, data, device: torch.device, n_stages: int) -> list[str]:
+    """The run header: everything that decides what a run means, before its first step."""
+    synthetic = any(meta.get("backbone", {}).get("name") == "synthetic" for meta in data.meta.values())
+    note = " (SYNTHETIC features from 'mmx cache synthesize', not media; pass --dataset NAME for yours)" if synthetic else ""
+    counts = "; ".join(
+        f"{name} " + ", ".join(f"{m.value} {len(f)}" for m, f in split.features.items())
+        for name, split in data.splits.items())
+    stages = f", {n_stages} stages" if n_stages > 1 else ""
+    return [
+        f"dataset {cfg.dataset}{note} in cache {cfg.cache}",
+        f"strategy {cfg.strategy}{stages}, modalities {','.join(cfg.modalities)}, alignment {cfg.alignment}",
+        f"device {device}, {torch.get_num_threads()} torch thread(s)",
+        f"items: {counts}",
+        f"batch: {effective_batch(cfg, data)}; up to {cfg.epochs} epochs, "
+        f"stop after {cfg.patience} without a lower {cfg.holdout} loss",
+    ]
