@@ -26,6 +26,29 @@ def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float = 0.05) -> torch.Tenso
     return F.cross_entropy(logits, torch.arange(len(x), device=x.device))
 
 
+def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
+    """Supervised-contrastive InfoNCE of rows against columns (Khosla et al. 2020, eq. 2, L_out).
+
+    ``logits``: (N, M) similarities / tau; ``positive``: bool (N, M), the positives of each
+    row. Each row's loss is minus the mean log-softmax (over all M columns) of its positives;
+    rows without a positive take no part. With ``positive`` the identity this is eq. 1 of
+    paper 000.
+    """
+    logp = F.log_softmax(logits, dim=1)
+    pos = positive.to(logp.dtype)
+    n = pos.sum(1)
+    keep = n > 0
+    per_row = -(logp * pos).sum(1)[keep] / n[keep]
+    return per_row.mean() if bool(keep.any()) else logits.sum() * 0.0
+
+
+def class_nce_both_ways(x, y, cx, cy, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x->y`` and ``y->x`` multi-positive InfoNCE: same-class items are positives (inputs L2-normalised)."""
+    logits = x @ y.T / tau
+    same = cx.unsqueeze(1) == cy.unsqueeze(0)  # (N, M)
+    return multi_positive_nce(logits, same), multi_positive_nce(logits.T, same.T)
+
+
 def _both(a: torch.Tensor, b: torch.Tensor, ma, mb) -> tuple | None:
     """``a``, ``b`` restricted to rows present in both masks; None when no row is."""
     if ma is None and mb is None:
@@ -43,8 +66,12 @@ def nce_both_ways(x: torch.Tensor, y: torch.Tensor, tau: float) -> tuple[torch.T
     return F.cross_entropy(logits, target), F.cross_entropy(logits.T, target)
 
 
-def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None) -> dict[str, torch.Tensor]:
+def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None,
+                      classes: dict | None = None) -> dict[str, torch.Tensor]:
     """Paper 000 eq. 2: InfoNCE averaged over all ordered pairs of the modalities given.
+
+    ``classes`` (optional, modality -> class per row): every same-class item of the other
+    modality is a positive (:func:`class_nce_both_ways`) instead of the row's partner only.
 
     Returns ``{"loss": mean, "loss/a-b": InfoNCE(a, b), ...}`` with one part per ordered pair.
     ``masks`` (optional, modality -> bool (N,)): instance-aligned batches with missing
@@ -57,6 +84,9 @@ def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None) 
     normed = {m: F.normalize(e.float(), dim=-1) for m, e in embs.items()}
     parts = {}
     for a, b in itertools.combinations(embs, 2):
+        if classes is not None:
+            parts[f"loss/{a}-{b}"], parts[f"loss/{b}-{a}"] = class_nce_both_ways(normed[a], normed[b], classes[a], classes[b], tau)
+            continue
         rows = _both(normed[a], normed[b], masks.get(a), masks.get(b))
         if rows is not None:
             parts[f"loss/{a}-{b}"], parts[f"loss/{b}-{a}"] = nce_both_ways(*rows, tau)

@@ -1,12 +1,17 @@
 """Batch samplers over in-memory features.
 
 Class-aligned (paper 000, Sec. III-A): modalities are aligned by class, not one to one,
-so a batch is ``B`` distinct classes with one item of each modality per class. Items of a
-(modality, class) are drawn from a queue reshuffled each time it runs out, which
-over-samples modalities with fewer items per class. An epoch has ``ceil(N_max / B)``
-batches, where ``N_max`` is the item count of the largest modality in play (counting only
-classes that every modality has), so each item of the largest modality is seen about once
-per epoch.
+so a batch is ``B`` distinct classes with one item of each modality per class. A batch
+holds the asked number of items (issue 13 item 4): ``B`` counts items per modality, and
+when there are fewer classes than that (10 digits, batch 128) the batch is P classes x K
+items (FaceNet's P x K): all ``P`` classes, ``B / P`` items each (the first ``B mod P``
+classes drawn get one more), never fewer than ``per_class``. Items of a (modality, class)
+are drawn from a queue reshuffled each time it runs out, which over-samples modalities with
+fewer items per class (with K above a class's item count, an item can recur in a batch).
+An epoch has ``ceil(N_max / B)`` batches, where ``N_max`` is the item count of the largest
+modality in play (counting only classes that every modality has), so each item of the
+largest modality is seen about once per epoch. ``composition`` says what a batch holds,
+for ``metrics.jsonl``.
 
 Instance-aligned (paper 001, Sec. 3.1 and 4.1 "computed NCE only over non-empty
 embeddings"): a batch is ``B`` groups (clips) with the item of each modality that belongs
@@ -28,10 +33,11 @@ import numpy as np
 
 
 class ClassAlignedSampler:
-    """``batch_size`` distinct classes per batch, ``per_class`` items of every modality each.
+    """``batch_size`` items of every modality per batch: P distinct classes, K items each.
 
-    ``per_class`` > 1 is P x K sampling (FaceNet): the intra-modal triplet terms of CVS
-    (thesis 3.1.6) need two items of one modality and one class in a batch. ``allowed``
+    ``P = min(classes, batch_size // per_class)``; ``per_class`` > 1 asks for at least that
+    many items of a class (FaceNet's P x K): the intra-modal triplet terms of CVS (thesis
+    3.1.6) need two items of one modality and one class in a batch. ``allowed``
     restricts the classes (stage-wise learning); ``size_by`` names the modalities whose item
     count sets the epoch length (a stage that adds a modality sizes its epoch by it).
     """
@@ -47,8 +53,10 @@ class ClassAlignedSampler:
         if not common:
             raise ValueError("no class has items in every modality in play; class-aligned batches are impossible")
         self.classes = np.array(sorted(common))
-        self.batch_size = max(1, min(batch_size, len(self.classes)))
-        self.per_class = per_class
+        self.batch_size = max(1, batch_size)
+        self.n_classes = max(1, min(len(self.classes), self.batch_size // max(1, per_class)))
+        base, extra = divmod(self.batch_size, self.n_classes)
+        self.counts = np.array([base + 1] * extra + [base] * (self.n_classes - extra))  # items of the i-th class drawn
         # items of classes some modality lacks are never drawn, so they do not count for the epoch
         self.n_max = max(int(np.isin(c, self.classes).sum()) for m, c in cls.items() if not size_by or m in size_by)
         self.rng = np.random.default_rng(seed)
@@ -56,7 +64,13 @@ class ClassAlignedSampler:
         self._queues: dict = {m: {} for m in self.modalities}
 
     def __len__(self) -> int:
-        return -(-self.n_max // (self.batch_size * self.per_class))
+        return -(-self.n_max // self.batch_size)
+
+    @property
+    def composition(self) -> dict:
+        """What every batch holds, per modality (the ``batch/...`` fields of ``metrics.jsonl``)."""
+        return {"batch/items": self.batch_size, "batch/classes": self.n_classes,
+                "batch/per_class_min": int(self.counts.min()), "batch/per_class_max": int(self.counts.max())}
 
     def _next(self, m, k: int) -> int:
         q = self._queues[m].get(k)
@@ -67,8 +81,8 @@ class ClassAlignedSampler:
 
     def __iter__(self):
         for _ in range(len(self)):
-            chosen = self.rng.choice(self.classes, size=self.batch_size, replace=False)
-            rows = {m: np.array([self._next(m, int(k)) for k in chosen for _ in range(self.per_class)])
+            chosen = self.rng.choice(self.classes, size=self.n_classes, replace=False)
+            rows = {m: np.array([self._next(m, int(k)) for k, n in zip(chosen, self.counts) for _ in range(n)])
                     for m in self.modalities}
             yield rows, chosen
 
@@ -112,6 +126,10 @@ class InstanceAlignedSampler:
 
     def __len__(self) -> int:
         return -(-len(self.keep) // self.batch_size)
+
+    @property
+    def composition(self) -> dict:
+        return {"batch/groups": self.batch_size}
 
     def __iter__(self) -> Iterator:
         perm = self.rng.permutation(self.keep)

@@ -124,7 +124,8 @@ def test_stagewise_logs_table13_after_each_stage(cache, tmp_path):
 @pytest.mark.parametrize("strategy", ["mcvs", "rvs", "joint"])
 def test_adding_a_modality_keeps_existing_embeddings_bitwise(cache, tmp_path, strategy):
     first = loop.train(_cfg(cache, tmp_path, strategy, modalities=["text", "image", "video"], epochs=2, name="first"))
-    res = CliRunner().invoke(main, ["train", "--from", str(first), "--add-modality", "audio", "--epochs", "2",
+    # 4 epochs: a batch holds 32 items (8 classes x 4), so an epoch over 40 audio items is 2 steps
+    res = CliRunner().invoke(main, ["train", "--from", str(first), "--add-modality", "audio", "--epochs", "4",
                                     "--name", "second", "--quiet"])
     assert res.exit_code == 0, res.output
     second = Path(res.output.strip().splitlines()[-1])

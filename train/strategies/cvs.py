@@ -44,7 +44,8 @@ Pair-specific embeddings (Q through the (Q, R) block) would not fit Q->Any, wher
 gallery mixes modalities, nor the one-file-per-modality run folder, so they are not offered.
 
 ``batch_size`` here counts items per modality (paper 002 V-A: batch size 128), drawn as
-``batch_size // per_class`` classes with ``per_class`` items each (see ClassAlignedSampler).
+``batch_size // per_class`` classes with ``per_class`` items each, or every class with more
+items each when there are fewer classes (see ClassAlignedSampler).
 """
 
 from __future__ import annotations
@@ -188,8 +189,10 @@ class CommonSpaceStrategy(Strategy):
         per = self.opt["per_class"]
         stage = self.stage
         sampler = ClassAlignedSampler({m: split.classes[Modality.parse(m)].cpu().numpy() for m in stage.modalities},
-                                      self.cfg.batch_size // per, seed, per_class=per, allowed=stage.classes,
+                                      self.cfg.batch_size, seed, per_class=per, allowed=stage.classes,
                                       size_by=stage.size_by)
+        if train:
+            self.composition = sampler.composition
         for rows, _ in sampler:
             batch = {}
             for m, r in rows.items():

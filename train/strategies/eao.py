@@ -194,7 +194,10 @@ class EverythingAtOnceStrategy(Strategy):
 
     def batches(self, split, epoch, train):
         seed = (self.cfg.seed * 100_003 + epoch) if train else self.cfg.seed + 7
-        for rows, _ in make_sampler(split, self.modalities, self.cfg.alignment, self.cfg.batch_size, seed):
+        sampler = make_sampler(split, self.modalities, self.cfg.alignment, self.cfg.batch_size, seed)
+        if train:
+            self.composition = sampler.composition
+        for rows, _ in sampler:
             yield self._inputs(split, rows)
 
     def step(self, model, batch):

@@ -16,6 +16,16 @@ batch is eq. 2 with M = the pair, i.e. the mean of both InfoNCE directions.
 
 Batches come from the sampler the data needs (``cfg.alignment``): class-aligned
 (Sec. III-A) or instance-aligned, where a pair only uses the rows that have both modalities.
+
+Positives (``options.positives``, issue 13 item 5). Paper 000's InfoNCE (eq. 1) has one
+positive per row, its partner in the batch, which is right when a batch holds distinct
+classes (200 XMediaNet classes, batch 128). With few classes a batch holds several items of
+a class (P x K, train/samplers.py) and eq. 1 pushes same-class items apart as negatives.
+``positives: class`` is the multi-positive form of supervised contrastive learning
+(Khosla et al. 2020, eq. 2, "L_out": the mean over positives outside the log), across
+modalities: every item of the other modality with the anchor's class is a positive, the
+denominator runs over the whole other-modality batch. ``pair`` (paper 000) stays the
+default of every paper-000 preset.
 """
 
 from __future__ import annotations
@@ -44,6 +54,24 @@ class JointStrategy(Strategy):
     name = "joint"
     alignment = "any"  # class- or instance-aligned, as cfg.alignment says
     defaults = FUERER_DEFAULTS
+    # positives: "pair" (paper 000 eq. 1: a row's own partner only) or "class" (every
+    # same-class item of the other modality, Khosla et al. 2020; class-aligned data only)
+    options = {"positives": "pair"}
+
+    @classmethod
+    def check(cls, cfg) -> list[str]:
+        problems = super().check(cfg)
+        positives = {**cls.option_defaults(), **cfg.options}["positives"]
+        if positives not in ("pair", "class"):
+            problems.append(f"options.positives must be pair (paper 000) or class (all same-class items), not {positives!r}")
+        elif positives == "class" and cfg.alignment == "instance":
+            problems.append("options.positives=class needs class-aligned data (alignment: class), not instance-aligned groups")
+        return problems
+
+    def __init__(self, cfg, data, device):
+        super().__init__(cfg, data, device)
+        if self.opt["positives"] == "class" and cfg.alignment != "class":
+            raise ValueError(f"options.positives=class needs class-aligned data; this run is {cfg.alignment}-aligned")
 
     def build_model(self) -> nn.Module:
         dims = {m.value: self.data.dims[m] for m in self.modalities}
@@ -54,8 +82,9 @@ class JointStrategy(Strategy):
         return (self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7) * 31 + offset
 
     def _gather(self, split, rows: dict) -> dict:
-        """Sampler rows (-1 = absent) -> pooled features (B, D_m) and presence masks."""
-        x, present = {}, {}
+        """Sampler rows (-1 = absent) -> pooled features (B, D_m), presence masks and, for
+        class positives, the class of every row."""
+        x, present, classes = {}, {}, {}
         for m, r in rows.items():
             feats = split.pooled(m)
             absent = r < 0  # on the host: asking a device tensor would wait for the device every batch
@@ -63,19 +92,23 @@ class JointStrategy(Strategy):
             x[m.value] = feats.index_select(0, idx)  # (B, D_m)
             if absent.any():
                 present[m.value] = torch.as_tensor(~absent, device=feats.device)
-        return {"x": x, "present": present}
+            if self.opt["positives"] == "class":
+                classes[m.value] = split.classes[m].index_select(0, idx.to(split.classes[m].device))
+        return {"x": x, "present": present, "classes": classes or None}
 
-    def _batches(self, split, modalities, seed: int, share: float = 1.0):
+    def _batches(self, split, modalities, seed: int, train: bool, share: float = 1.0):
         sampler = make_sampler(split, modalities, self.cfg.alignment, self.cfg.batch_size, seed)
+        if train:
+            self.composition = {**sampler.composition, "batch/modalities": len(modalities)}
         for rows, _ in itertools.islice(sampler, math.ceil(len(sampler) * share)):
             yield self._gather(split, rows)
 
     def batches(self, split, epoch, train):
-        yield from self._batches(split, self.modalities, self._seed(epoch, train))
+        yield from self._batches(split, self.modalities, self._seed(epoch, train), train)
 
     def step(self, model, batch):
         embs = {m: model(m, x) for m, x in batch["x"].items()}  # each (B, embed_dim)
-        return pairwise_info_nce(embs, self.cfg.tau, batch["present"])
+        return pairwise_info_nce(embs, self.cfg.tau, batch["present"], batch["classes"])
 
     @torch.no_grad()
     def embed(self, model, split):
@@ -94,7 +127,7 @@ class RoundRobinStrategy(JointStrategy):
 
     def batches(self, split, epoch, train):
         share = 1.0 / (len(self.modalities) - 1)
-        streams = [self._batches(split, list(p), self._seed(epoch, train, i), share) for i, p in enumerate(self.pairs())]
+        streams = [self._batches(split, list(p), self._seed(epoch, train, i), train, share) for i, p in enumerate(self.pairs())]
         while streams:
             alive = []
             for s in streams:
