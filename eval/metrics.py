@@ -71,17 +71,22 @@ def parse_ks(value: str | Iterable[int]) -> tuple[int, ...]:
     return tuple(sorted(set(ks)))
 
 
+# Suffix of a late-fused subset: ``audio+video.late`` is the mean of the separately embedded
+# audio and video (paper 001 Table 4's "v+a"); plain ``audio+video`` is one joint pass ("va").
+LATE = ".late"
+
+
 def modalities_of(name: str) -> frozenset[str]:
-    """``"audio+video"`` -> ``{"audio", "video"}``."""
-    return frozenset(name.split("+"))
+    """``"audio+video"`` (or ``"audio+video.late"``) -> ``{"audio", "video"}``."""
+    return frozenset(name.removesuffix(LATE).split("+"))
 
 
 def name_order(name: str) -> tuple:
     """Paper order (text, image, audio, video), fused subsets after single modalities."""
     from mmx.cache.modality import NAMES
 
-    parts = name.split("+")
-    return (len(parts), [NAMES.index(p) if p in NAMES else len(NAMES) for p in parts], name)
+    parts = name.removesuffix(LATE).split("+")
+    return (len(parts), [NAMES.index(p) if p in NAMES else len(NAMES) for p in parts], name.endswith(LATE), name)
 
 
 def pairs_of(names: Iterable[str]) -> list[tuple[str, str]]:

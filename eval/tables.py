@@ -25,7 +25,10 @@ ARROW = "→"
 
 def display(name: str) -> str:
     """``audio+video`` -> ``Audio+Video``; ``any`` -> ``Any``."""
-    return "+".join(p.capitalize() for p in name.split("+"))
+    from mmx.eval.metrics import LATE
+
+    joined = "+".join(p.capitalize() for p in name.removesuffix(LATE).split("+"))
+    return f"{joined} (late)" if name.endswith(LATE) else joined
 
 
 def fmt(value, metric: str = "") -> str:

@@ -45,6 +45,7 @@ class TrainData:
     meta: dict[Modality, dict]
     # how each split was formed: {"val": {"source": "train slice", "seed", "fraction", ...}}
     split_info: dict = dataclasses.field(default_factory=dict)
+    pooled_as_tokens: list[Modality] = dataclasses.field(default_factory=list)  # see load_train_data
 
 
 STORED_SPLITS = ("train", "val", "test")
@@ -156,6 +157,11 @@ def load_train_data(
 
     With ``holdout``, ``splits`` is ignored: the store is read whole and split by
     :meth:`Holdout.assign` into ``holdout.splits()``.
+
+    ``tokens``: the strategy needs token sequences (EAO). A store with pooled features only
+    (pre-extracted benchmarks ship nothing else) is then viewed as one-token sequences: item
+    ``i``'s sequence is its pooled vector alone (issue 13 item 9), and the modality is listed
+    in ``TrainData.pooled_as_tokens`` so the run can say so. Stores with tokens load them.
     """
     import torch
 
@@ -169,16 +175,16 @@ def load_train_data(
             problems.append(f"{exc}; or leave {m.value} out of --modalities (dataset {dataset!r} has: {have})")
         except ValueError as exc:
             problems.append(str(exc))
-    for m, store in stores.items():
-        if tokens and not store.has_tokens:
-            problems.append(f"{m.value}: the store {store.path} has pooled features only; this strategy needs tokens")
     if problems:
         raise ValueError("cannot train on this cache:\n  " + "\n  ".join(problems))
 
     if holdout is not None:
         splits = holdout.splits()
+    one_token = [m for m, store in stores.items() if tokens and not store.has_tokens]
     # one read of each store for all splits
-    wholes = {m: store.load(split=None if holdout else splits, tokens=tokens, device=device) for m, store in stores.items()}
+    wholes = {m: store.load(split=None if holdout else splits, tokens=tokens and m not in one_token, device=device)
+              for m, store in stores.items()}
+    wholes = {m: pooled_as_tokens(w) if m in one_token else w for m, w in wholes.items()}
     names, split_info = holdout.assign(wholes) if holdout else ({m: w.splits for m, w in wholes.items()}, {})
     loaded: dict[str, dict[Modality, LoadedFeatures]] = {s: {} for s in splits}
     for m, whole in wholes.items():
@@ -210,4 +216,13 @@ def load_train_data(
         dims={m: st.dim for m, st in stores.items()},
         meta={m: st.meta for m, st in stores.items()},
         split_info=split_info,
+        pooled_as_tokens=one_token,
     )
+
+
+def pooled_as_tokens(f: LoadedFeatures) -> LoadedFeatures:
+    """A view of pooled-only features as sequences of one token each (no copy)."""
+    import torch
+
+    offsets = torch.arange(len(f) + 1, device=f.pooled.device)
+    return dataclasses.replace(f, tokens=f.pooled, offsets=offsets)

@@ -7,18 +7,49 @@
   LN -> MLP -> residual) shared by all modalities, run over the concatenated tokens of any
   subset; no positional or type embeddings (3.2.2); padding is masked out of the keys.
   A modality a row lacks is replaced by one learned token (the reference code's masking
-  token), so no row ever attends to nothing.
+  token, one for all modalities), so no row ever attends to nothing.
 * Projection (3.2.4): per-modality masked mean of the output tokens, a per-modality gated
   projection to the joint space, L2 normalisation, and the fused embedding of a subset,
   eq. 1: ``f(v, a) = norm(norm(g_v(v^va)) + norm(g_a(a^va)))``.
 
-Ablations (Tables 4-6) as constructor arguments: ``fusion`` = ``shared`` (the paper),
-``separate`` (one transformer per modality, Table 4 row 2) or ``none`` (no transformer, row 1;
-then subsets are fused only by eq. 1, i.e. the paper's ``v + a``); ``cls_token`` (a learned
-[cls] token prepended to the sequence whose output, through the shared projection, is the
-embedding, Table 5); ``shared_projection`` (one final projection for all modalities,
-Table 5); ``max_positions`` > 0 adds learned positional embeddings, position counted within
-each modality's sequence (Table 6, "vanilla trainable embeddings summed to the input tokens").
+Where the paper is silent, the reference code (ninatu/everything_at_once) decides, and each
+difference from it is a constructor argument with the reference as default:
+
+* ``final_norm`` (default off): the reference builds a final LayerNorm but never applies it.
+* ``init`` = ``vit`` (default): the fusion transformer's linear layers get ViT's truncated
+  normal (std 0.02, zero bias), the masking, [cls] and positional tokens truncated normal
+  std 0.02; the token and final projections keep PyTorch's default, as in the reference.
+  As in ViT/timm the cut-offs are the absolute +-2, i.e. +-100 std: in effect N(0, 0.02).
+  ``torch``: PyTorch's default everywhere.
+* LayerNorms use eps 1e-6 (the reference's), attention has a qkv bias, MLP dropout and
+  attention dropout are both ``dropout`` (the reference's ``drop_rate``/``attn_drop_rate``,
+  both 0 in every config it ships).
+* Positional embeddings (Table 6, ``max_positions`` > 0): one learned table per modality,
+  added after an absent modality became the masking token (the reference adds them "after
+  masking"), so the masking token of a row gets position 0.
+
+Ablations (Tables 4-6): ``fusion`` = ``shared`` (the paper), ``separate`` (one transformer per
+modality, Table 4 row 2) or ``none`` (no transformer, row 1; then subsets are fused only by
+eq. 1, i.e. the paper's ``v + a``); ``cls_token`` (a learned [cls] token prepended to the
+sequence whose output, through the shared projection, is the embedding, Table 5);
+``shared_projection`` (one final projection for all modalities, Table 5).
+
+Speed (issue 12 item 4). A training step needs the embeddings of every subset the loss uses
+(six for text, video, audio). :meth:`EverythingAtOnce.embed_subsets` computes the shared work
+once and runs the subsets together:
+
+* each modality's tokens are projected once per batch, and only the real tokens (padding is
+  never projected, normed or fed to an MLP): tokens live in a *packed* layout (one row per
+  real token) for every per-token operation;
+* the first block's LayerNorm and query/key/value projection act on a token before it has
+  seen any other token, so they are the same in every subset: they are computed once per
+  token, not once per (token, subset);
+* the attention of all subsets runs as one padded batch (one sequence per subset and row),
+  the rest of the block in the packed layout, and each modality's final projection is one
+  call over all subsets that contain it.
+
+This is the same function as running each subset on its own (tested against a direct
+per-subset implementation of the reference's equations), with fewer, larger operations.
 """
 
 from __future__ import annotations
@@ -26,6 +57,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+EPS = 1e-6  # the reference's LayerNorm eps
 
 
 class GatedLinear(nn.Module):
@@ -41,33 +74,102 @@ class GatedLinear(nn.Module):
         return y * torch.sigmoid(self.gate(y))
 
 
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+
+
+class Layout:
+    """Where the packed tokens of a set of sequences sit in a padded attention batch.
+
+    ``seq`` (n,) is each packed token's sequence (0..N-1); tokens of one sequence keep their
+    packed order. Queries, keys and values are scattered straight into the ``(N, H, L, d/H)``
+    layout attention wants (one copy each way) and padded slots get a ``-inf`` bias.
+    """
+
+    def __init__(self, seq: torch.Tensor, n_seq: int, heads: int):
+        counts = torch.bincount(seq, minlength=n_seq)
+        order = torch.argsort(seq, stable=True)
+        start = torch.cumsum(counts, 0) - counts
+        slot = torch.empty_like(seq)
+        slot[order] = torch.arange(len(seq), device=seq.device) - start[seq[order]]
+        self.n, self.heads, self.length = n_seq, heads, max(int(counts.max()), 1) if n_seq else 1
+        keep = torch.zeros(n_seq * self.length, dtype=torch.bool, device=seq.device)
+        keep[seq * self.length + slot] = True
+        self.bias = torch.zeros(n_seq, 1, 1, self.length, device=seq.device).masked_fill(~keep.view(n_seq, 1, 1, -1), float("-inf"))
+        base = seq[:, None] * heads + torch.arange(heads, device=seq.device)  # (n, H): (sequence, head)
+        # row of each (token, head) vector in a flattened (N, H, L) batch, and of each
+        # (token, q/k/v, head) vector in a flattened (3, N, H, L) one
+        self.rows = (base * self.length + slot[:, None]).reshape(-1)  # (n * H,)
+        part = torch.arange(3, device=seq.device)[None, :, None] * (n_seq * heads)
+        self.qkv_rows = ((part + base[:, None, :]) * self.length + slot[:, None, None]).reshape(-1)  # (n * 3 * H,)
+
+    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+        """Packed (n, 3d) queries/keys/values -> packed (n, d) attention output."""
+        n, width = qkv.shape[0], qkv.shape[1] // 3
+        hd = width // self.heads
+        padded = qkv.new_zeros(3 * self.n * self.heads * self.length, hd).index_copy(0, self.qkv_rows, qkv.reshape(-1, hd))
+        q, k, v = padded.view(3, self.n, self.heads, self.length, hd)  # each (N, H, L, d/H), contiguous
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.to(q.dtype), dropout_p=dropout)
+        return out.reshape(-1, hd).index_select(0, self.rows).view(n, width)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(dropout)
+
+    def mix(self, qkv: torch.Tensor, layouts: list) -> torch.Tensor:
+        """Packed (n, 3d) -> packed (n, d): each layout covers the next run of the tokens."""
+        p = self.dropout if self.training else 0.0
+        parts = qkv.split([len(layout.rows) // layout.heads for layout in layouts])  # split, not slices: no zero-filled grads
+        return torch.cat([layout.attend(x, p) for layout, x in zip(layouts, parts)])
+
+
 class Block(nn.Module):
-    """One pre-norm transformer block (ViT / the paper's Fig. 2)."""
+    """One pre-norm transformer block (ViT / the paper's Fig. 2) on packed tokens."""
 
     def __init__(self, dim: int, heads: int, mlp_dim: int, dropout: float = 0.0):
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, mlp_dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(mlp_dim, dim), nn.Dropout(dropout))
+        self.norm1 = nn.LayerNorm(dim, eps=EPS)
+        self.attn = Attention(dim, heads, dropout)
+        self.norm2 = nn.LayerNorm(dim, eps=EPS)
+        self.mlp = Mlp(dim, mlp_dim, dropout)
 
-    def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        h = self.norm1(x)
-        x = x + self.attn(h, h, h, key_padding_mask=padding, need_weights=False)[0]
+    def forward(self, x: torch.Tensor, layouts: list, source: torch.Tensor | None = None) -> torch.Tensor:
+        """``x`` (n_in, d) packed; ``source`` (n,) picks each sequence token's input row.
+
+        With ``source``, the input rows are shared by several sequences (a token in every
+        subset containing its modality): LayerNorm and qkv run once per input row.
+        """
+        qkv = self.attn.qkv(self.norm1(x))  # (n_in, 3d)
+        if source is not None:
+            x, qkv = x.index_select(0, source), qkv.index_select(0, source)  # (n, d), (n, 3d)
+        x = x + self.attn.proj_drop(self.attn.proj(self.attn.mix(qkv, layouts)))
         return x + self.mlp(self.norm2(x))
 
 
 class FusionTransformer(nn.Module):
-    """A stack of :class:`Block` with a final LayerNorm; ``valid`` (B, T) marks real tokens."""
+    """A stack of :class:`Block` (and an optional final LayerNorm) over packed sequences."""
 
-    def __init__(self, dim: int, depth: int = 1, heads: int = 4, mlp_dim: int = 0, dropout: float = 0.0):
+    def __init__(self, dim: int, depth: int = 1, heads: int = 4, mlp_dim: int = 0, dropout: float = 0.0, final_norm: bool = False):
         super().__init__()
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim or dim, dropout) for _ in range(depth))
-        self.norm = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim, eps=EPS) if final_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        for blk in self.blocks:
-            x = blk(x, ~valid)
+    def forward(self, x: torch.Tensor, layouts: list, source: torch.Tensor) -> torch.Tensor:
+        """Input rows ``x`` (n_in, d) -> output tokens (n, d) of the sequences in ``layouts``."""
+        for k, blk in enumerate(self.blocks):
+            x = blk(x, layouts, source if k == 0 else None)
+        if not self.blocks:
+            x = x.index_select(0, source)
         return self.norm(x)
 
 
@@ -75,6 +177,21 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """(B, T, d), (B, T) -> (B, d): the mean over the valid tokens only."""
     w = valid.to(x.dtype).unsqueeze(-1)
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
+
+
+def segment_mean(x: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
+    """(m, d) rows, (m,) segment ids in [0, n) -> (n, d) mean of each segment's rows."""
+    total = x.new_zeros(n, x.shape[-1]).index_add(0, segment, x)
+    count = torch.bincount(segment, minlength=n).clamp_min(1).to(x.dtype)
+    return total / count[:, None]
+
+
+class Tokens:
+    """One batch's packed tokens: ``x`` (n, d) over all modalities, each row's batch row and
+    modality; ``present[m]`` (B,) the rows where modality ``m`` is real."""
+
+    def __init__(self, x, row, modality, present, batch):
+        self.x, self.row, self.modality, self.present, self.batch = x, row, modality, present, batch
 
 
 class EverythingAtOnce(nn.Module):
@@ -91,82 +208,145 @@ class EverythingAtOnce(nn.Module):
         cls_token: bool = False,
         shared_projection: bool = False,
         max_positions: int = 0,
+        final_norm: bool = False,
+        init: str = "vit",
     ):
         super().__init__()
         if fusion not in ("shared", "separate", "none"):
             raise ValueError(f"fusion must be shared, separate or none, not {fusion!r}")
+        if init not in ("vit", "torch"):
+            raise ValueError(f"init must be vit or torch, not {init!r}")
         self.modalities = [str(m) for m in dims]
-        self.fusion, self.use_cls = fusion, cls_token
+        self.fusion, self.use_cls, self.heads = fusion, cls_token, heads
         self.token_proj = nn.ModuleDict(
-            {str(m): nn.Sequential(GatedLinear(d, token_dim), nn.LayerNorm(token_dim)) for m, d in dims.items()}
+            {str(m): nn.Sequential(GatedLinear(d, token_dim), nn.LayerNorm(token_dim, eps=EPS)) for m, d in dims.items()}
         )
-        self.empty = nn.ParameterDict({m: nn.Parameter(0.02 * torch.randn(token_dim)) for m in self.modalities})
-        make = lambda: FusionTransformer(token_dim, depth, heads, mlp_dim, dropout)  # noqa: E731
+        self.empty = nn.Parameter(torch.zeros(token_dim))  # the reference's masking token
+        make = lambda: FusionTransformer(token_dim, depth, heads, mlp_dim, dropout, final_norm)  # noqa: E731
         if fusion == "shared":
             self.transformer = make()
         elif fusion == "separate":
             self.transformer = nn.ModuleDict({m: make() for m in self.modalities})
-        self.cls = nn.Parameter(0.02 * torch.randn(token_dim)) if cls_token else None
-        self.pos = nn.Parameter(0.02 * torch.randn(max_positions, token_dim)) if max_positions else None
+        self.cls = nn.Parameter(torch.zeros(token_dim)) if cls_token else None
+        self.pos = nn.ParameterDict({m: nn.Parameter(torch.zeros(max_positions, token_dim)) for m in self.modalities}) if max_positions else None
         # a [cls] output belongs to no modality, so it needs the shared projection (Table 5)
         self.shared_projection = shared_projection or cls_token
         if self.shared_projection:
             self.proj = GatedLinear(token_dim, embed_dim)
         else:
             self.proj = nn.ModuleDict({m: GatedLinear(token_dim, embed_dim) for m in self.modalities})
+        self._init(init)
 
-    def tokens(self, m: str, x: torch.Tensor, valid: torch.Tensor, present: torch.Tensor):
-        """(B, T, D_m) features -> (B, T', token_dim) tokens and their (B, T') validity.
+    def _init(self, init: str) -> None:
+        """ViT initialisation of the fusion part (the reference's ``init_weights``), or PyTorch's."""
+        std = 0.02
+        tokens = [self.empty, self.cls] + (list(self.pos.values()) if self.pos is not None else [])
+        for p in tokens:
+            if p is not None:
+                nn.init.trunc_normal_(p, std=std) if init == "vit" else nn.init.normal_(p, std=std)
+        if init == "vit" and self.fusion != "none":
+            for mod in self.transformer.modules():
+                if isinstance(mod, nn.Linear):
+                    nn.init.trunc_normal_(mod.weight, std=std)
+                    nn.init.zeros_(mod.bias)
 
-        Rows without the modality (``present`` false, or no valid token) become the single
-        learned empty token of ``m``.
+    # -- tokens ---------------------------------------------------------------------------
+    def tokenize(self, inputs: dict, modalities) -> Tokens:
+        """Project every real token of ``modalities`` once: ``inputs[m] = (x (B, T, D_m),
+        valid (B, T) bool, present (B,) bool)``. Rows without ``m`` (``present`` false, or no
+        valid token) get the masking token (plus position 0's embedding)."""
+        xs, rows, mods, present = [], [], [], {}
+        batch = None
+        for k, m in enumerate(modalities):
+            x, valid, pres = inputs[m]
+            batch = len(valid)
+            pres = pres & valid.any(1) if valid.shape[1] else torch.zeros_like(pres)
+            r, c = (valid & pres[:, None]).nonzero(as_tuple=True)
+            tok = self.token_proj[m](x[r, c])  # (n_m, token_dim): real tokens only
+            absent = (~pres).nonzero(as_tuple=True)[0]
+            fill = self.empty.to(tok.dtype).expand(len(absent), -1)
+            if self.pos is not None:
+                if valid.shape[1] > len(self.pos[m]):
+                    raise ValueError(f"{m}: {valid.shape[1]} tokens, but positional embeddings were built for {len(self.pos[m])}")
+                tok, fill = tok + self.pos[m][c], fill + self.pos[m][0]
+            xs += [tok, fill]
+            rows += [r, absent]
+            mods.append(torch.full((len(r) + len(absent),), k, dtype=torch.long, device=r.device))
+            present[m] = pres
+        return Tokens(torch.cat(xs), torch.cat(rows), torch.cat(mods), present, batch)
+
+    # -- embeddings -----------------------------------------------------------------------
+    def embed_subsets(self, inputs: dict, subsets: list) -> dict:
+        """``{subset: (B, embed_dim)}`` L2-normalised embeddings (eq. 1) of every subset (a
+        tuple of modality names), computed together (see the module docstring)."""
+        subsets = [tuple(str(m) for m in s) for s in subsets]
+        modalities = list(dict.fromkeys(m for s in subsets for m in s))
+        tok = self.tokenize(inputs, modalities)
+        if self.fusion == "shared":
+            pooled = self._fuse(self.transformer, tok, modalities, subsets)
+        else:  # each modality alone: Table 4's "v + a"
+            pooled = {}
+            for m in modalities:
+                (one,) = self._fuse(self.transformer[m] if self.fusion == "separate" else None, tok, modalities, [(m,)]).values()
+                pooled[((m,), m)] = one
+        return self._project(pooled, subsets)
+
+    def _fuse(self, transformer, tok: Tokens, modalities: list, subsets: list) -> dict:
+        """Run ``subsets`` (one sequence per subset and row) through ``transformer`` at once.
+
+        Subsets of the same size share one padded attention batch, so a single modality's
+        sequences are not padded to the length of a pair's. Returns ``{(subset, m): (B, d)}``
+        pooled outputs of each modality in each subset, or, with a [cls] token,
+        ``{(subset, None): (B, d)}``.
         """
-        b, t = valid.shape
-        if t == 0:  # nobody in the batch has this modality
-            x, valid = x.new_zeros(b, 1, x.shape[-1]), valid.new_zeros(b, 1)
-            t = 1
-        present = present & valid.any(1)
-        tok = self.token_proj[m](x)  # (B, T, token_dim)
-        if self.pos is not None:
-            if t > len(self.pos):
-                raise ValueError(f"{m}: {t} tokens, but positional embeddings were built for {len(self.pos)}")
-            tok = tok + self.pos[:t]
-        first = torch.zeros_like(valid)
-        first[:, 0] = True
-        valid = torch.where(present[:, None], valid, first)
-        tok = torch.where(present[:, None, None], tok, self.empty[m].to(tok.dtype).expand_as(tok))
-        return tok, valid
+        b, dev = tok.batch, tok.row.device
+        of = {m: (tok.modality == k).nonzero(as_tuple=True)[0] for k, m in enumerate(modalities)}  # packed rows of m
+        cls_row = len(tok.x)  # the [cls] token is one extra input row shared by all sequences
+        source, segment, keys, layouts = [], [], [], []
+        for size in sorted({len(s) for s in subsets}):
+            group = [s for s in subsets if len(s) == size]
+            seq = []
+            for j, s in enumerate(group):
+                parts = [(None, torch.full((b,), cls_row, dtype=torch.long, device=dev), torch.arange(b, device=dev))] if self.use_cls else []
+                parts += [(m, of[m], tok.row[of[m]]) for m in s]
+                for m, rows_in, row in parts:
+                    source.append(rows_in)
+                    seq.append(j * b + row)
+                    segment.append(len(keys) * b + row)
+                    keys.append((s, m))
+            seq = torch.cat(seq)
+            layouts.append((seq, len(group) * b))
+        source, segment = torch.cat(source), torch.cat(segment)
+        x = tok.x if not self.use_cls else torch.cat([tok.x, self.cls.to(tok.x.dtype)[None]])
+        if transformer is None:
+            out = x.index_select(0, source)  # no transformer: the tokens themselves
+        else:
+            out = transformer(x, [Layout(seq, n, self.heads) for seq, n in layouts], source)  # (n, d)
+        means = segment_mean(out, segment, len(keys) * b).view(len(keys), b, -1)  # a [cls] segment is its one token
+        return {key: means[k] for k, key in enumerate(keys) if (key[1] is None) == self.use_cls}
 
-    def _run(self, transformer, toks: list, valids: list):
-        """Run one transformer over concatenated token lists; return per-list pooled vectors."""
-        seq, val = torch.cat(toks, 1), torch.cat(valids, 1)  # (B, sum T', d)
-        if self.use_cls:
-            b = seq.shape[0]
-            seq = torch.cat([self.cls.to(seq.dtype).expand(b, 1, -1), seq], 1)  # (B, 1 + sum T', d)
-            val = torch.cat([val.new_ones(b, 1), val], 1)
-        out = transformer(seq, val) if transformer is not None else seq
-        if self.use_cls:
-            return [out[:, 0]]
-        pooled, i = [], 0
-        for t, v in zip(toks, valids):
-            pooled.append(masked_mean(out[:, i : i + t.shape[1]], v))  # (B, d)
-            i += t.shape[1]
-        return pooled
+    def _project(self, pooled: dict, subsets: list) -> dict:
+        """Final projections, one call per projection over every subset that uses it; eq. 1."""
+        groups: dict = {}
+        for key in pooled:
+            groups.setdefault("shared" if self.shared_projection else key[1], []).append(key)
+        embs = {}
+        for name, keys in groups.items():
+            proj = self.proj if self.shared_projection else self.proj[name]
+            out = F.normalize(proj(torch.cat([pooled[k] for k in keys])), dim=-1).split([len(pooled[k]) for k in keys])
+            embs.update(zip(keys, out))
+        return {s: F.normalize(torch.stack([embs[k] for k in self._parts(s)]).sum(0), dim=-1) for s in subsets}
+
+    def _parts(self, subset: tuple) -> list:
+        """Keys of the projected vectors summed into ``subset``'s embedding (eq. 1)."""
+        if self.fusion != "shared":
+            return [((m,), m) for m in subset]  # each modality embedded alone
+        return [(subset, None)] if self.use_cls else [(subset, m) for m in subset]
 
     def forward(self, inputs: dict, subset: tuple) -> torch.Tensor:
         """The L2-normalised embedding (B, embed_dim) of ``subset`` (eq. 1).
 
         ``inputs[m] = (x (B, T, D_m), valid (B, T) bool, present (B,) bool)``.
         """
-        toks = [self.tokens(str(m), *inputs[m]) for m in subset]
-        if self.fusion == "shared":
-            pooled = self._run(self.transformer, [t for t, _ in toks], [v for _, v in toks])
-        else:  # each modality alone: Table 4's "v + a"
-            pooled = []
-            for m, (t, v) in zip(subset, toks):
-                pooled += self._run(self.transformer[str(m)] if self.fusion == "separate" else None, [t], [v])
-        if self.shared_projection:
-            embs = [F.normalize(self.proj(p), dim=-1) for p in pooled]
-        else:
-            embs = [F.normalize(self.proj[str(m)](p), dim=-1) for m, p in zip(subset, pooled)]
-        return F.normalize(torch.stack(embs).sum(0), dim=-1)
+        subset = tuple(str(m) for m in subset)
+        return self.embed_subsets(inputs, [subset])[subset]

@@ -225,6 +225,8 @@ def train(
         raise ValueError(f"holdout {cfg.holdout!r}: the data given has splits {', '.join(data.splits)} only")
     for name, how in data.split_info.items():
         log(f"{name} split: {_describe(how)}")
+    if data.pooled_as_tokens:
+        log(f"{', '.join(m.value for m in data.pooled_as_tokens)}: pooled features only; each item is a one-token sequence")
     cfg = dataclasses.replace(cfg, alignment=resolve_alignment(cfg, strategy_cls, data))
     refusals, cautions = checks.learnability(cfg, data)
     if refusals:

@@ -104,7 +104,12 @@ def term_name(x: tuple, y: tuple) -> str:
 def combinatorial_loss(
     embs: dict, present: dict, terms: list, tau: float = 0.05
 ) -> dict[str, torch.Tensor]:
-    """Paper 001 eq. 3: ``L = sum_(X,Y) lambda_XY (NCE(X->Y) + NCE(Y->X))``.
+    """Paper 001 eq. 3: ``L = sum_(X,Y) lambda_XY (NCE(X->Y) + NCE(Y->X)) / sum_(X,Y) lambda_XY``.
+
+    The division by the sum of the weights (of the terms that had rows) is the reference
+    code's (``CombinatorialLoss``: ``loss_sum / weight_sum``); eq. 3 itself has none. It
+    only rescales the loss (Adam's updates do not change), but keeps the logged values
+    equal to the reference's.
 
     ``embs``: subset (tuple of modality names) -> (B, d) embedding of the batch;
     ``present``: subset -> bool (B,), rows where every modality of the subset is present;
@@ -112,7 +117,7 @@ def combinatorial_loss(
     common is skipped (it would be a loss over an empty batch). ``loss/<X>-<Y>`` parts are
     the unweighted terms, so runs with different weights stay comparable.
     """
-    total, parts = None, {}
+    total, weight, parts = None, 0.0, {}
     for x, y, w in terms:
         if set(x) & set(y):
             raise ValueError(f"combinatorial loss terms need disjoint subsets, got {x} and {y}")
@@ -123,6 +128,7 @@ def combinatorial_loss(
         term = sum(nce_both_ways(a, b, tau))
         parts[f"loss/{term_name(x, y)}"] = term
         total = w * term if total is None else total + w * term
+        weight += w
     if total is None:
-        total = sum(e.sum() for e in embs.values()) * 0.0
-    return {"loss": total, **parts}
+        return {"loss": sum(e.sum() for e in embs.values()) * 0.0}
+    return {"loss": total / weight if weight else total, **parts}

@@ -67,7 +67,7 @@ def test_combinatorial_loss_hand_computed_with_missing_rows():
     assert float(out["loss/t-v"]) == pytest.approx(tv, rel=1e-4)
     assert float(out["loss/t-a"]) == pytest.approx(ta, rel=1e-4)
     assert float(out["loss/t-v+a"]) == pytest.approx(tva, rel=1e-4)
-    assert float(out["loss"]) == pytest.approx(tv + 0.1 * ta + 0.1 * tva, rel=1e-4)
+    assert float(out["loss"]) == pytest.approx((tv + 0.1 * ta + 0.1 * tva) / 1.2, rel=1e-4)  # the reference's weight sum
     # a term with no complete row is skipped, not NaN
     present[("a",)] = present[("v", "a")] = torch.zeros(4, dtype=torch.bool)
     out = combinatorial_loss(embs, present, terms, tau=0.05)
@@ -148,11 +148,20 @@ def test_eao_learns_on_instance_aligned_with_fused_embeddings(instance_cache, tm
     assert s["final"]["recall/mean@10"] > s["untrained"]["recall/mean@10"] + 0.4
     assert s["final"]["recall/text->audio+video@10"] > 0.8  # paper 001's t->va
     emb = load_embeddings(run, "test")
-    assert {"text", "audio", "video", "audio+video", "text+video", "text+audio"} == set(emb)
+    pairs = {"audio+video", "text+video", "text+audio"}
+    assert {"text", "audio", "video"} | pairs | {p + ".late" for p in pairs} == set(emb)
     va = emb["audio+video"]
     assert (va["id"] == va["group"]).all() and len(set(va["group"])) == len(va["group"])  # rows are groups
     both = set(emb["audio"]["group"]) & set(emb["video"]["group"])
     assert set(va["group"]) == both  # exactly the groups that have both modalities
+    # late fusion (Table 4's "v+a"): the normalised sum of the separately embedded audio and video of the group
+    late = emb["audio+video.late"]
+    assert list(late["group"]) == list(va["group"])
+    row = {m: {g: i for i, g in enumerate(emb[m]["group"])} for m in ("audio", "video")}
+    g0 = late["group"][0]
+    expected = emb["audio"]["emb"][row["audio"][g0]] + emb["video"]["emb"][row["video"][g0]]
+    assert np.allclose(late["emb"][0], expected / np.linalg.norm(expected), atol=1e-5)
+    assert s["final"]["recall/text->audio+video.late@10"] > 0.5  # Table 4 row 3/5's t->v+a
 
 
 def test_eao_runs_and_learns_on_class_aligned(class_cache, tmp_path):
@@ -197,11 +206,27 @@ def test_check_reports_every_problem_at_once(tmp_path):
     assert len(problems) >= 4 and "colour" in text and "divisible" in text and "fusion" in text and "at least 2" in text
 
 
-def test_eao_needs_tokens_in_the_cache(tmp_path):
-    synthesize(tmp_path / "c", SyntheticConfig(items={"text": 20, "audio": 20}, dims={"text": 8, "audio": 8}, tokens=None))
-    with pytest.raises(ValueError, match="tokens"):
-        train(eao_cfg(tmp_path / "c", tmp_path, modalities=["text", "audio"]))
-    assert not (tmp_path / "runs").exists()
+def test_eao_runs_on_pooled_only_stores_as_one_token_sequences(tmp_path):
+    """Issue 13 item 9: a pooled vector serves as a one-token sequence."""
+    synthesize(tmp_path / "c", SyntheticConfig(classes=10, items={"text": 200, "audio": 200}, dims={"text": 8, "audio": 8},
+                                               tokens=None, noise=0.3))
+    data = load_train_data(str(tmp_path / "c"), "synthetic", Modality.parse_list(["text", "audio"]), ["train", "test"], tokens=True)
+    assert data.pooled_as_tokens == [Modality.TEXT, Modality.AUDIO]
+    split = data.splits["test"]
+    f = split.features[Modality.TEXT]
+    assert (f.offsets[1:] - f.offsets[:-1] == 1).all() and torch.equal(f.tokens, f.pooled)
+    # the model's one-token embedding of an item is its pooled vector through the fusion model
+    cfg = eao_cfg(tmp_path / "c", tmp_path, modalities=["text", "audio"], epochs=3)
+    strategy = get_strategy("eao")(cfg, data, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = strategy.build_model().eval()
+    x = f.pooled[:5]
+    one = {"text": (x[:, None], torch.ones(5, 1, dtype=torch.bool), torch.ones(5, dtype=torch.bool))}
+    with torch.no_grad():
+        assert torch.allclose(strategy.embed(model, split)["text"][:5], model(one, ("text",)), atol=1e-6)
+    run = train(cfg)
+    s = json.loads((run / "metrics.json").read_text())
+    assert s["final"]["recall/mean@1"] > s["untrained"]["recall/mean@1"] + 0.2  # it learns (10 classes)
 
 
 def test_eao_presets_resolve_and_pass_checks():
@@ -213,3 +238,7 @@ def test_eao_presets_resolve_and_pass_checks():
         assert get_strategy(cfg.strategy).check(cfg) == [], name
     base = resolve(["eao"])
     assert (base.lr, base.lr_decay, base.tau, base.epochs, base.options["weights"]) == (5e-5, 0.9, 0.05, 15, {"text-video": 1.0})
+    # the reference's settings (issue 13 item 10): no dropout, 224 x 10 in-batch negatives, no final norm, ViT init
+    for name in names:
+        cfg = resolve([name])
+        assert (cfg.dropout, cfg.batch_size, cfg.options["final_norm"], cfg.options["init"]) == (0.0, 2240, False, "vit"), name

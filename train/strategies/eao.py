@@ -15,6 +15,13 @@ every other term gets ``options.default_weight``; the defaults are the reference
 (text-video 1, others 0.1, Sec. 4.1). With Adam lr 5e-5, x0.9 decay per epoch, tau 0.05 and
 15 epochs, they are set by the ``eao`` preset.
 
+Against the reference code (ninatu/everything_at_once; issue 13 item 10): the model is the
+reference's (see :mod:`mmx.train.fusion` for each reading and its option), the loss is its
+``CombinatorialLoss`` (weighted sum over the weight sum), and the presets take its settings
+(dropout 0, 2240 in-batch negatives, no final LayerNorm, ViT init, positional tables per
+modality). ``benchmarks/bench_eao_reference.py --reference PATH`` copies the reference's
+weights into mmx's model and compares the loss and the speed.
+
 Groups. On instance-aligned data a row of a batch is a group (a clip) and a modality it
 lacks is replaced by the empty token and masked out of the terms that need it. On
 class-aligned data (XMediaNet) there are no groups, so a batch is formed as paper 000's
@@ -36,6 +43,7 @@ import torch
 from torch import nn
 
 from mmx.cache.modality import Modality
+from mmx.eval.metrics import LATE
 from mmx.train.fusion import EverythingAtOnce
 from mmx.train.losses import combinatorial_loss
 from mmx.train.samplers import group_table, make_sampler
@@ -54,6 +62,8 @@ DEFAULTS = {
     "weights": {"text-video": 1.0},
     "default_weight": 0.1,
     "max_tokens": 0,  # 0: no limit; else keep the first max_tokens tokens of an item
+    "final_norm": False,  # the reference builds a final LayerNorm and never applies it
+    "init": "vit",  # vit: truncated normal as the reference | torch: PyTorch's default
 }
 ORDER = list(Modality)
 
@@ -143,6 +153,8 @@ class EverythingAtOnceStrategy(Strategy):
             problems.append(f"eao: options.token_dim ({opts['token_dim']}) must be divisible by options.heads ({opts['heads']})")
         if opts["fusion"] not in ("shared", "separate", "none"):
             problems.append(f"eao: options.fusion must be shared, separate or none, not {opts['fusion']!r}")
+        if opts["init"] not in ("vit", "torch"):
+            problems.append(f"eao: options.init must be vit or torch, not {opts['init']!r}")
         if opts["cls_token"] and opts["fusion"] == "none":
             problems.append("eao: options.cls_token needs a transformer (fusion shared or separate)")
         if not isinstance(opts["max_tokens"], int) or opts["max_tokens"] < 0:
@@ -166,7 +178,7 @@ class EverythingAtOnceStrategy(Strategy):
             {m.value: self.data.dims[m] for m in self.modalities},
             token_dim=o["token_dim"], embed_dim=self.cfg.embed_dim, depth=o["depth"], heads=o["heads"],
             mlp_dim=o["mlp_dim"], dropout=self.cfg.dropout, fusion=o["fusion"], cls_token=o["cls_token"],
-            shared_projection=o["shared_projection"], max_positions=max_positions,
+            shared_projection=o["shared_projection"], max_positions=max_positions, final_norm=o["final_norm"], init=o["init"],
         )
 
     def _padded(self, split, m: Modality, rows: torch.Tensor):
@@ -201,11 +213,10 @@ class EverythingAtOnceStrategy(Strategy):
             yield self._inputs(split, rows)
 
     def step(self, model, batch):
-        embs, present = {}, {}
-        for s in self.subsets:
-            names = tuple(m.value for m in s)
-            embs[s] = model(batch, names)  # (B, embed_dim)
-            present[s] = torch.stack([batch[n][2] for n in names]).all(0)
+        names = {s: tuple(m.value for m in s) for s in self.subsets}
+        fused = model.embed_subsets(batch, list(names.values()))  # every subset in one pass
+        embs = {s: fused[n] for s, n in names.items()}  # each (B, embed_dim)
+        present = {s: torch.stack([batch[m][2] for m in n]).all(0) for s, n in names.items()}
         return combinatorial_loss(embs, present, self.terms, self.cfg.tau)
 
     # -- embeddings for eval ----------------------------------------------------------------
@@ -237,19 +248,27 @@ class EverythingAtOnceStrategy(Strategy):
 
     @torch.no_grad()
     def embed(self, model, split):
+        """Single modalities; on instance-aligned data also each fused subset twice: one joint
+        pass (``audio+video``, paper 001's "va") and the late fusion of the separately embedded
+        modalities (``audio+video.late``, Table 4's "v+a": ``norm(norm(e_v) + norm(e_a))``, the
+        reference's ``v+a_embed`` up to its factor 1/2, which the cosine ignores)."""
         out = {}
         for m in self.modalities:
             out[m.value] = self._embed_rows(model, split, (m,), {m: np.arange(len(split.features[m]))})
         names, first = self._group_rows(split)
         for s in self.fused_subsets():
             keep = np.all([first[m] >= 0 for m in s], 0)
-            out["+".join(m.value for m in s)] = self._embed_rows(model, split, s, {m: first[m][keep] for m in s})
+            name = "+".join(m.value for m in s)
+            out[name] = self._embed_rows(model, split, s, {m: first[m][keep] for m in s})
+            rows = [torch.as_tensor(first[m][keep], device=out[m.value].device) for m in s]
+            late = torch.stack([out[m.value][r] for m, r in zip(s, rows)]).sum(0)  # singles are L2-normalised
+            out[name + LATE] = torch.nn.functional.normalize(late, dim=-1)
         return out
 
     def rows(self, split, name: str):
         if "+" not in name:
             return super().rows(split, name)
-        subset = canonical(name.split("+"))
+        subset = canonical(name.removesuffix(LATE).split("+"))
         names, first = self._group_rows(split)
         keep = np.all([first[m] >= 0 for m in subset], 0)
         labels = np.asarray(split.features[subset[0]].labels)[first[subset[0]][keep]]
