@@ -84,11 +84,12 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, plots):
         click.echo(f"\n{title}\n" + (markdown(header, rows) if rows else "(no data)"))
     written = list(paths.values())
     if plots:
-        written += _plots(results, Path(run), out)
+        written += write_plots(results, Path(run), out)
     click.echo("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
 
 
-def _plots(results: dict, run, out) -> list:
+def write_plots(results: dict, run, out) -> list:
+    """Heatmaps (mAP@R, R@K) and projections per split, and the training curves (also used by ``mmx demo``)."""
     from mmx.eval import plots
 
     written = []

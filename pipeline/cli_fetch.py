@@ -56,7 +56,6 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
     resumes; --retry-failed retries transient failures (all with --all-failures).
     """
     from mmx.extract.fetch import FetchConfig, fetch_manifest
-    from mmx.extract.fetch.report import summary_lines
     from mmx.cache.modality import Modality
 
     if retry_all and not retry_failed:
@@ -67,19 +66,25 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
         max_bytes=parse_size(max_size), max_pixels=max_pixels, max_redirects=max_redirects,
         allowed_roots=tuple(allowed_roots), retry_failed=retry_failed, retry_all=retry_all,
         modalities=tuple(m.value for m in Modality.parse_list(modalities)), progress=progress)
-    summary = fetch_manifest(manifest, out_dir, cfg)
+    print_summary(fetch_manifest(manifest, out_dir, cfg), click.echo)
+
+
+def print_summary(summary, echo) -> None:
+    """What a fetch run did and obtained, its failures and where its files are (also used by ``mmx demo``)."""
+    from mmx.extract.fetch.report import summary_lines
+
     ran = ", ".join(f"{k} {v}" for k, v in sorted(summary.this_run.items(), key=lambda kv: -kv[1])) or "nothing"
-    click.echo(f"fetched {summary.fetched} item(s) this run ({ran}); {summary.skipped} already done")
-    click.echo("obtained: " + "; ".join(summary_lines(summary.report)))
+    echo(f"fetched {summary.fetched} item(s) this run ({ran}); {summary.skipped} already done")
+    echo("obtained: " + "; ".join(summary_lines(summary.report)))
     if summary.report["failures"]:
-        click.echo("failures: " + ", ".join(f"{k} {v}" for k, v in summary.report["failures"].items()))
+        echo("failures: " + ", ".join(f"{k} {v}" for k, v in summary.report["failures"].items()))
     if summary.report["lost_classes"]:
         lost = summary.report["lost_classes"]
         shown = ", ".join(f"{c['label']} ({c['modality']})" for c in lost[:10])
-        click.echo(f"classes with no {'item' if len(lost) == 1 else 'items'} left in a modality: {shown}"
-                   + (f" and {len(lost) - 10} more" if len(lost) > 10 else ""))
+        echo(f"classes with no {'item' if len(lost) == 1 else 'items'} left in a modality: {shown}"
+             + (f" and {len(lost) - 10} more" if len(lost) > 10 else ""))
     layout = summary.layout
-    click.echo(f"status: {layout.status}\nreport: {layout.meta / 'report.md'}\nmanifest: {layout.manifest}")
+    echo(f"status: {layout.status}\nreport: {layout.meta / 'report.md'}\nmanifest: {layout.manifest}")
 
 
 @click.command("manifest-from-lists")
