@@ -51,7 +51,7 @@ class DemoRun:
         from mmx.train.config import resolve
 
         values = {**_COMMON, **self.overrides, "dataset": DATASET, "cache": str(cache), "out": str(runs / self.name),
-                  "name": self.name, "epochs": self.quick_epochs if quick else self.epochs, "seed": seed, "device": "cpu"}
+                  "epochs": self.quick_epochs if quick else self.epochs, "seed": seed, "device": "cpu"}
         return resolve([self.preset], overrides=values)
 
 
@@ -157,15 +157,15 @@ def extract_stage(layout: Layout, manifest: Path, log: Callable[[str], None], pr
     return out
 
 
-def _finished_run(folder: Path, cfg) -> Path | None:
-    """A finished run under ``folder`` trained with exactly ``cfg`` (the rerun reuses it)."""
-    from mmx.train.config import load
+_ASKED = "demo-config.json"  # the config the demo asked for, next to the run's resolved config.yaml
 
-    for run in sorted(folder.glob("*/metrics.json"), reverse=True):
-        saved = load(run.parent / "config.yaml").to_dict()
-        wanted = cfg.to_dict()
-        if {k: saved[k] for k in wanted if k != "alignment"} == {k: v for k, v in wanted.items() if k != "alignment"}:
-            return run.parent
+
+def _finished_run(folder: Path, cfg) -> Path | None:
+    """A finished run under ``folder`` that the demo started with exactly ``cfg`` (a rerun reuses it)."""
+    wanted = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    for asked in sorted(folder.glob(f"*/{_ASKED}"), reverse=True):
+        if (asked.parent / "metrics.json").is_file() and asked.read_text() == wanted:
+            return asked.parent
     return None
 
 
@@ -182,6 +182,7 @@ def train_stage(layout: Layout, quick: bool, seed: int, log: Callable[[str], Non
             continue
         t0 = time.perf_counter()
         run = train(cfg, log=lambda s: None)
+        (run / _ASKED).write_text(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
         best = json.loads((run / "metrics.json").read_text())
         log(f"  {spec.name:11s} {cfg.strategy:10s} {'+'.join(cfg.modalities):24s} best epoch {best['best_epoch']:2d} "
             f"of {cfg.epochs} ({time.perf_counter() - t0:.0f}s) -> {run}")
