@@ -58,7 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=None, help="cache root to build once and reuse (default: a temporary folder)")
     ap.add_argument("--only", default="roundrobin,tri,quad,eao", help="comma-separated subset of roundrobin,tri,quad,eao")
-    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: mmx's default, mmx.cache.threads)")
     ap.add_argument("--eao-epochs", type=int, default=1)
     ap.add_argument("--max-epochs", type=int, default=0, help="cap on epochs for the paper-000 runs (0: the preset's 200)")
     ap.add_argument("--min-delta", type=float, default=None, help="relative early-stopping tolerance (default: the preset's)")
@@ -71,8 +71,9 @@ def main() -> None:
     from mmx.cache.synthesize import SyntheticConfig, synthesize
     from mmx.train.config import resolve
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    from mmx.cache.threads import set_threads
+
+    set_threads(args.threads)  # train() sets it again from the config, to the same value
     only = set(args.only.split(","))
     root = Path(args.cache) if args.cache else Path(tempfile.mkdtemp(prefix="mmx-bench-train-"))
     out = Path(tempfile.mkdtemp(prefix="mmx-bench-runs-"))
@@ -82,7 +83,7 @@ def main() -> None:
             t = time.perf_counter()
             synthesize(root, SyntheticConfig.preset("xmedianet", dataset="xmedianet"))
             print(f"xmedianet cache ready in {time.perf_counter() - t:.1f} s", flush=True)
-        common = {"cache": str(root), "dataset": "xmedianet", "out": str(out), "device": args.device}
+        common = {"cache": str(root), "dataset": "xmedianet", "out": str(out), "device": args.device, "threads": args.threads}
         for key, preset in (("roundrobin", "fuerer-roundrobin"), ("tri", "fuerer-tri"), ("quad", "fuerer-quad")):
             if key in only:
                 extra = {"epochs": args.max_epochs or None, "min_delta": args.min_delta, "patience": args.patience}

@@ -222,12 +222,18 @@ def extract(
     device: str = "auto",
     batch_size: int = 32,
     workers: int | None = None,
+    threads: int | None = None,
     shard_size: int = 256,
     dask_scheduler: Any = None,
     progress: bool = False,
     on_shard: Callable[[int, dict], None] | None = None,
 ) -> dict:
-    """Extract one modality of a manifest into its store; returns a summary of the run."""
+    """Extract one modality of a manifest into its store; returns a summary of the run.
+
+    ``threads``: torch's CPU threads in this process (:func:`mmx.cache.threads.set_threads`;
+    None/0: its default), recorded in the summary. Decoding workers are separate processes.
+    """
+    from mmx.cache.threads import set_threads
     from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
     from mmx.extract.manifest import read_manifest
     from mmx.cache.modality import Modality
@@ -249,13 +255,14 @@ def extract(
     # on dask the workers pick their own device; the client only needs the metadata
     device = "cpu" if dask_scheduler is not None else resolve_device(device)
     workers = default_workers() if workers is None else workers
+    threads = set_threads(threads)
     t0 = time.perf_counter()
     encoder = build_encoder(backbone, options, weights).to(device)
     store = open_output_store(cache, dataset, modality, encoder, items, shard_size)
     done_before = set(store.complete_shards())
     todo = [k for k in range(store.n_shards) if k not in done_before]
     summary = {"store": str(store.path), "backbone": backbone, "device": device, "shards": store.n_shards,
-               "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0}
+               "threads": threads, "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0}
     shard_items = {k: items[slice(*store.shard_range(k))] for k in todo}
     t1 = time.perf_counter()
     if dask_scheduler is not None and todo:

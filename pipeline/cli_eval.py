@@ -34,6 +34,8 @@ _common = [
     click.option("--missing-as-miss", is_flag=True,
                  help="Count queries without any relevant item as misses (default: exclude them from the means)."),
     click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N]."),
+    click.option("--threads", type=click.IntRange(min=0), default=0,
+                 help="torch CPU threads [default: half the cores, 1 to 4; see mmx.cache.threads]."),
 ]
 
 
@@ -58,7 +60,7 @@ def _device(name: str):
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
 @_with_common
 @click.option("--plots", is_flag=True, help="Also write PNGs: mAP and R@K heatmaps, training curves, 2-D projection.")
-def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, plots):
+def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, plots):
     """Evaluate a run folder: Recall@K per pair and to Any, mAP@R, mAP, median rank.
 
     Prints the pair table and writes Markdown, CSV and JSON into RUN/eval/.
@@ -69,11 +71,14 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, plots):
     """
     from pathlib import Path
 
+    from mmx.cache.threads import set_threads
     from mmx.eval.evaluate import evaluate_run
     from mmx.eval.tables import markdown, recall_table, write_reports
 
+    used = set_threads(threads)
     results = evaluate_run(run, _splits(split), relevance, _ks(k), map_r,
                            "miss" if missing_as_miss else "exclude", _device(device))
+    results["threads"] = used  # recorded in the JSON report
     out = Path(run) / "eval"
     paths = write_reports(results, out, stem=f"eval-{results['relevance']}")
     click.echo(f"relevance: {results['relevance']} ({results['relevance_source']})")
@@ -113,18 +118,20 @@ def write_plots(results: dict, run, out) -> list:
 @_with_common
 @click.option("--metric", "metrics", multiple=True, help="Metric columns (repeatable; default: R@K for every K).")
 @click.option("--out", default=None, help="Folder for compare.md/.csv/.json (default: print only).")
-def compare_cmd(runs, split, relevance, k, map_r, missing_as_miss, device, metrics, out):
+def compare_cmd(runs, split, relevance, k, map_r, missing_as_miss, device, threads, metrics, out):
     """Put runs side by side (same rows, one column group per run, differences to the first).
 
     \b
     Example (paper 000's comparison):
       mmx compare runs/round-robin runs/tri-modal runs/quad-modal --out runs/compare
     """
+    from mmx.cache.threads import set_threads
     from mmx.eval.compare import compare_results, comparison_markdown, write_comparison
     from mmx.eval.evaluate import default_relevance, evaluate_run, metric_names, read_config
 
     if len(runs) < 2:
         raise click.UsageError("compare needs at least two runs")
+    set_threads(threads)
     ks = _ks(k)
     known = metric_names(ks, map_r)
     bad = [m for m in metrics if m not in known]

@@ -54,11 +54,13 @@ def _defaults() -> dict:
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0), help="Decoding worker processes [default: min(4, CPUs)].")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="torch CPU threads of the model process [default: half the cores, 1 to 4; see mmx.cache.threads].")
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
 @click.option("--list", "list_", is_flag=True, help="List the registered backbones and exit.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, shard_size, dask_scheduler, list_, progress):
+def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, threads, shard_size, dask_scheduler, list_, progress):
     """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
 
     Reruns skip shards already complete; a changed backbone or option writes a new store.
@@ -76,7 +78,7 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
 
     summary = extract(
         manifest, modality, cache, dataset, backbone=backbone, options=_parse_set(settings), weights=weights,
-        device=device, batch_size=batch_size, workers=workers, shard_size=shard_size,
+        device=device, batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size,
         dask_scheduler=dask_scheduler, progress=progress,
     )
     click.echo(

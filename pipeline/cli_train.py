@@ -18,6 +18,7 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--lr", type=float, default=None)
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="auto (CUDA when present), cpu or cuda[:N].")
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="torch CPU threads [default: half the cores, 1 to 4; see mmx.cache.threads]; recorded in config.yaml.")
 @click.option("--out", default=None, help="Folder for run folders (default: runs).")
 @click.option("--name", default=None, help="Run folder name, used as given (default: date + strategy + modalities).")
 @click.option("--store", "stores", multiple=True, metavar="MODALITY=STORE", help="Pick the store of a modality when the cache has several: its path, folder name or key prefix (see mmx cache ls); repeatable.")
@@ -26,7 +27,7 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
-def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, out, name, stores, sets, resume, from_run, add_modalities, quiet):
+def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, threads, out, name, stores, sets, resume, from_run, add_modalities, quiet):
     """Train projection heads / fusion model from the in-memory cache.
 
     \b
@@ -39,7 +40,7 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
 
     overrides = {
         "strategy": strategy, "modalities": modalities, "cache": cache, "dataset": dataset, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "out": out, "name": name,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "threads": threads, "out": out, "name": name,
         "stores": _parse_stores(stores) or None,
     }
     if resume:

@@ -25,3 +25,15 @@ def _offline(monkeypatch):
     """Tests never reach the hub."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def device(request) -> str:
+    """Each test body once per device: ``cpu`` in the default suite, ``cuda`` with ``-m gpu``
+    (benchmarks/gpu_check.sh). The CUDA case skips, saying so, where no GPU is visible."""
+    if request.param == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("CUDA is not available here (run benchmarks/gpu_check.sh on a GPU machine)")
+    return request.param

@@ -44,6 +44,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA only
+    threads: int = 0  # torch CPU threads; 0: mmx.cache.threads.default_threads(), the value used is recorded
     out: str = "runs"
     name: str = ""  # run folder name; empty: date + key settings
     options: dict = dataclasses.field(default_factory=dict)  # strategy-specific settings

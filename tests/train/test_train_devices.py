@@ -1,0 +1,90 @@
+"""Every strategy trains, resumes and evaluates on each device (issue 12, item 1).
+
+The ``device`` fixture (tests/conftest.py) runs each body on the CPU in the default suite and
+on CUDA under ``-m gpu``. On CUDA this covers what only shows there: batches and index
+tensors on the model's device, RNG state restored from ``last.pt`` (saved and loaded on a
+GPU), bf16 autocast (``cfg.amp``) not leaking into the saved float32 embeddings, and the
+chunked metric path of ``mmx eval`` on the device.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmx.cache.synthesize import SyntheticConfig, synthesize
+from mmx.eval.evaluate import evaluate_run
+from mmx.eval.runs import EMBEDDINGS, load_embeddings, read_jsonl
+from mmx.train import loop
+from mmx.train.config import TrainConfig
+
+# strategy -> (modalities, extra config); tiny so the CPU cases stay fast
+CASES = {
+    "joint": (["text", "image", "audio"], {}),
+    "roundrobin": (["text", "image", "audio"], {}),
+    "cvs": (["text", "image", "audio"], {}),
+    "mcvs": (["text", "image", "audio"], {}),
+    "rvs": (["text", "image", "audio"], {}),
+    "stagewise": (["text", "image"], {"options": {"classes_per_stage": 3}}),
+    "eao": (["text", "image", "audio"], {"options": {"token_dim": 16, "depth": 1, "heads": 2}, "dropout": 0.0}),
+}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dev")
+    synthesize(root, SyntheticConfig(classes=6, items={"text": 60, "image": 60, "audio": 36}, dims={"text": 12, "image": 16, "audio": 8},
+                                     tokens=(2, 4), noise=0.5))
+    return root
+
+
+def _cfg(cache, out, strategy, device, epochs):
+    mods, extra = CASES[strategy]
+    base = dict(strategy=strategy, cache=str(cache), modalities=mods, epochs=epochs, patience=50, batch_size=6, lr=3e-3,
+                embed_dim=16, dropout=0.2, out=str(out), device=device, threads=1)
+    return TrainConfig(**{**base, **extra})
+
+
+class Killed(Exception):
+    pass
+
+
+def _killed_after_first_epoch(monkeypatch, cfg):
+    """Run ``cfg`` and kill it right after the ``last.pt`` of its first epoch; its run folder."""
+    save_last, calls = loop.save_last, []
+
+    def dying(*args, **kwargs):
+        save_last(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the first is written on entering stage 1, the second after its epoch 1
+            raise Killed
+
+    monkeypatch.setattr(loop, "save_last", dying)
+    with pytest.raises(Killed):
+        loop.train(cfg)
+    monkeypatch.setattr(loop, "save_last", save_last)
+    return next(Path(cfg.out).iterdir())
+
+
+@pytest.mark.parametrize("strategy", sorted(CASES))
+def test_strategy_trains_resumes_bit_identical_and_evaluates(cache, tmp_path, monkeypatch, strategy, device):
+    full = loop.train(_cfg(cache, tmp_path / "a", strategy, device, epochs=2))
+    part = _killed_after_first_epoch(monkeypatch, _cfg(cache, tmp_path / "b", strategy, device, epochs=2))
+    resumed = loop.train(_cfg(cache, tmp_path / "b", strategy, device, epochs=2), resume=part)
+    a = torch.load(full / "last.pt", map_location="cpu", weights_only=False)
+    b = torch.load(resumed / "last.pt", map_location="cpu", weights_only=False)
+    # same batches, same dropout masks, same steps: the resumed run ends where the whole one did
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert len(read_jsonl(resumed / "metrics.jsonl")) == len(read_jsonl(full / "metrics.jsonl"))
+    # saved embeddings are float32 wherever the model ran (no bf16 from autocast), finite, one row per item
+    for path in sorted((full / EMBEDDINGS / "test").glob("*.npz")):
+        emb = np.load(path)["emb"]
+        assert emb.dtype == np.float32 and np.isfinite(emb).all() and len(emb) > 0, path.name
+    ea, eb = load_embeddings(full, "test"), load_embeddings(resumed, "test")
+    for k in ea:
+        np.testing.assert_array_equal(ea[k]["emb"], eb[k]["emb"])
+    res = evaluate_run(full, ["test"], device=torch.device(device))
+    pairs = res["splits"]["test"]["pairs"]
+    assert pairs and all(np.isfinite(v) for row in pairs for k, v in row.items() if k.startswith(("R@", "mAP")))
