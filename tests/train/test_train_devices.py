@@ -2,7 +2,7 @@
 
 The ``device`` fixture (tests/conftest.py) runs each body on the CPU in the default suite and
 on CUDA under ``-m gpu``. On CUDA this covers what only shows there: batches and index
-tensors on the model's device, RNG state restored from ``last.pt`` (saved and loaded on a
+tensors on the model's device, RNG state restored from ``last.safetensors`` (saved and loaded on a
 GPU), bf16 autocast (``cfg.amp``) not leaking into the saved float32 embeddings, and the
 chunked metric path of ``mmx eval`` on the device.
 """
@@ -16,7 +16,7 @@ import torch
 from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.eval.evaluate import evaluate_run
 from mmx.eval.runs import EMBEDDINGS, load_embeddings, read_jsonl
-from mmx.train import loop
+from mmx.train import checkpoint, loop
 from mmx.train.config import TrainConfig
 
 # strategy -> (modalities, extra config); tiny so the CPU cases stay fast
@@ -51,7 +51,7 @@ class Killed(Exception):
 
 
 def _killed_after_first_epoch(monkeypatch, cfg):
-    """Run ``cfg`` and kill it right after the ``last.pt`` of its first epoch; its run folder."""
+    """Run ``cfg`` and kill it right after the last checkpoint of its first epoch; its run folder."""
     save_last, calls = loop.save_last, []
 
     def dying(*args, **kwargs):
@@ -72,8 +72,7 @@ def test_strategy_trains_resumes_bit_identical_and_evaluates(cache, tmp_path, mo
     full = loop.train(_cfg(cache, tmp_path / "a", strategy, device, epochs=2))
     part = _killed_after_first_epoch(monkeypatch, _cfg(cache, tmp_path / "b", strategy, device, epochs=2))
     resumed = loop.train(_cfg(cache, tmp_path / "b", strategy, device, epochs=2), resume=part)
-    a = torch.load(full / "last.pt", map_location="cpu", weights_only=False)
-    b = torch.load(resumed / "last.pt", map_location="cpu", weights_only=False)
+    a, b = checkpoint.load(full / checkpoint.LAST), checkpoint.load(resumed / checkpoint.LAST)
     # same batches, same dropout masks, same steps: the resumed run ends where the whole one did
     assert a["model"].keys() == b["model"].keys()
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
