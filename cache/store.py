@@ -4,7 +4,9 @@ Layout of a store (a zarr v3 group; every array uses the sharding codec)::
 
     <root>/<dataset>/<modality>/<backbone>-<key[:10]>.zarr/
         zarr.json            attributes["mmx"]: dataset, modality, backbone metadata,
-                             preprocessing, key, n_items, shard_size, schema, version
+                             preprocessing, key, n_items, shard_size, schema, version, and
+                             ``scale`` when the extractor's output scale is arbitrary (log-mel
+                             in dB, MFCC): {"unit", "arbitrary", ...}; not part of the key
         id, label, group, split     [N] str   written once, when the store is created
         pooled               [N, D] float16   pooled feature per item
         status               [N] uint8        0 pending, 1 ok, 2 failed
@@ -269,6 +271,11 @@ class FeatureStore:
         return cached
 
     # -- writing ----------------------------------------------------------------------
+    def set_scale(self, scale: dict) -> None:
+        """Record the extractor's output scale in the attributes (outside the key)."""
+        self.meta = {**self.meta, "scale": scale}
+        self._group.attrs["mmx"] = self.meta
+
     def write_shard(
         self,
         k: int,
@@ -551,12 +558,15 @@ def create_store(
     dtype: str = "float16",
     tokens: bool = True,
     exact_path: bool = False,
+    scale: dict | None = None,
 ) -> FeatureStore:
     """Create the store for ``spec`` (or open it, when it exists with the same key).
 
     The store is built in a temporary folder and renamed into place, so a killed process
     never leaves a half-created store. With ``exact_path`` the first argument is the
     store's path; otherwise it is a cache root and :func:`store_path` picks the path.
+    ``scale`` (the extractor's output scale, see the module docstring) is recorded in the
+    attributes, also into an existing store that lacks it (it does not change the features).
     """
     import zarr
 
@@ -565,7 +575,10 @@ def create_store(
     if spec.items != ids_digest(ids):
         raise ValueError("spec.items does not match the ids given; build it with ids_digest(ids)")
     if path.exists():
-        return open_store(path, expected=spec)
+        store = open_store(path, expected=spec)
+        if scale and store.meta.get("scale") != scale:
+            store.set_scale(scale)
+        return store
     if n == 0:
         raise ValueError(f"no items for {spec.modality} in dataset {spec.dataset!r}")
     if shard_size < 1 or chunk_rows < 1:
@@ -614,6 +627,7 @@ def create_store(
         "tokens": tokens,
         "mmx_version": __version__,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"scale": scale} if scale else {}),
     }
     (tmp / _MARKERS).mkdir()
     try:

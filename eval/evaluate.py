@@ -12,8 +12,9 @@ Results layout (JSON-ready)::
                                        "pairs": [row, ...], "pairs_mean": row,
                                        "any": [row, ...], "any_mean": row}}}
 
-with ``row = {"query", "target", "queries", "evaluated", "no_relevant", "R@1", ..., "mAP@50",
-"mAP", "MedR", "MeanR"}`` (``None`` where no query counts). A ``*_mean`` row is the mean of
+with ``row = {"query", "target", "queries", "evaluated", "no_relevant", "R@1", ..., "xR@1", ...,
+"mAP@50", "mAP", "MedR", "MeanR"}`` (``xR@K``: the cross-modal recall of paper 000's -> Any
+tables, equal to ``R@K`` for a pair; see ``mmx.eval.metrics``) (``None`` where no query counts). A ``*_mean`` row is the mean of
 the rows that have a value, as paper 000's "Mean" row; ``rows`` says how many.
 """
 
@@ -29,7 +30,7 @@ DEFAULT_SPLITS = ("test", "train")
 
 
 def metric_names(ks: Iterable[int], map_r: int) -> list[str]:
-    return [f"R@{k}" for k in ks] + [f"mAP@{map_r}", "mAP", "MedR", "MeanR"]
+    return [f"R@{k}" for k in ks] + [f"xR@{k}" for k in ks] + [f"mAP@{map_r}", "mAP", "MedR", "MeanR"]
 
 
 def read_config(run: Path) -> dict:

@@ -19,9 +19,25 @@ L2-normalised first) of the query against a gallery, best first.
   relevant item when tied items are put in random order, ``1 + a + (t - m) / (m + 1)`` with ``a``
   items scoring strictly higher, ``t`` items tied at the best relevant score and ``m`` of them
   relevant (for one relevant item: the mean of the tied positions, exactly the reference code).
-  **Recall@K** counts a hit when that rank is ``<= K``, i.e. when a relevant item is in the top K
-  (paper 000). (The reference code tests ``rank0 == 0`` for R@1 but ``rank0 < K`` for K > 1, so a
-  half-tied match can count for R@5 there and not here; with float scores this does not occur.)
+  **Recall@K** is the expected hit under a uniformly random order of the tied items: the
+  probability that a relevant item is in the top K, ``1 - C(t - m, j) / C(t, j)`` with
+  ``j = K - a`` places left for the tied block (0 when ``j <= 0``, 1 when ``j > t - m``;
+  :func:`expected_hits`). Without ties it is 1 when a relevant item is in the top K, else 0
+  (paper 000); with all embeddings tied it is the random-ranking chance, not 0 (testing the
+  tie-averaged rank against K would give R@10 = 0 for 10 relevant items among 100 tied, where a
+  random order gives 0.67; issue 13 item 6).
+* **Cross-modal recall ``xR@K``** (paper 000 Tables II, IV, VI). For a pair it is ``R@K``; for
+  ``Q->Any`` only items of *another* modality are hits, while the query's own modality stays in
+  the gallery as competitors. This is the reading that reproduces paper 000's ``-> Any`` tables:
+  (1) the hit-rate ``R@K`` cannot fall below chance (about 0.049 at R@10 with 200 balanced
+  classes), yet Table II reports R@10 0.01 for every query modality; (2) recall as the fraction
+  of relevant items retrieved bounds R@1 by 1 / (relevant items), which contradicts the pair
+  tables under the same definition (Table V: Image->Text R@1 0.17 with dozens of test texts per
+  class); (3) with cross-modal hits a query's own modality, which training never pulls towards
+  the others (the modality gap), fills the top ranks: ``-> Any`` falls far below the pairs
+  (Table VI: Image->Any R@10 0.21 vs Image->Video 0.64) and to about 0 when modalities are
+  aligned only pair by pair (Table II, round-robin), as reported. One definition then serves
+  every table of the paper. ``mmx eval`` prints both; ``R@K`` stays the default column.
 * **AP@R** follows paper 002 eq. 7 (thesis 004 eq. 4.2.1)::
 
       AP@R = 1/N * sum_{r=1..R} P(r) * rel(r),   N = number of relevant items in the top R
@@ -57,6 +73,8 @@ import numpy as np
 RELEVANCES = ("class", "instance")
 NO_RELEVANT = ("exclude", "miss")
 _KEY_OF = {"class": "label", "instance": "group"}
+# per-query values of one gallery (see _query_stats); ``x_*``: the cross-modal Any (xR@K)
+STAT_KEYS = ("rank", "ap_r", "ap", "above", "tied", "tied_rel")
 
 
 def parse_ks(value: str | Iterable[int]) -> tuple[int, ...]:
@@ -267,14 +285,14 @@ def _query_stats(ge, valid, above_best, map_r: int):
     strictly above the best relevant one. ``ge`` orders the relevant items exactly as their
     scores do (a higher score has a strictly smaller ``ge``; equal scores, equal ``ge``), so
     no score is needed here. Returns float64 numpy arrays (c,): rank (nan: no relevant
-    item), AP@R, AP.
+    item), AP@R, AP, and the tie counts of the best relevant item: ``above`` (a), ``tied`` (t),
+    ``tied_rel`` (m), from which :func:`expected_hits` gives Recall@K under a random tie order.
     """
     import torch
 
     c, m = ge.shape
     if m == 0:
-        nan = np.full(c, np.nan)
-        return nan, nan.copy(), nan.copy()
+        return tuple(np.full(c, np.nan) for _ in range(6))
     big = torch.iinfo(torch.int32).max
     g = torch.sort(torch.where(valid, ge, big), dim=1).values  # best relevant first; padding last
     n_rel = valid.sum(1)
@@ -296,7 +314,8 @@ def _query_stats(ge, valid, above_best, map_r: int):
     in_r = is_rel & (pos <= map_r)
     ap_r = torch.where(in_r, prec, torch.zeros_like(prec)).cumsum(1)[:, -1] / in_r.sum(1).clamp_min(1).double()
     nan = torch.tensor(float("nan"), dtype=torch.float64, device=ge.device)
-    return tuple(torch.where(has, x, nan).cpu().numpy() for x in (rank, ap_r, ap_full))
+    ties = (above_best.double(), tied.double(), m_best.double())
+    return tuple(torch.where(has, x, nan).cpu().numpy() for x in (rank, ap_r, ap_full) + ties)
 
 
 def _chunk_rows(n_gallery: int, chunk_bytes: int) -> int:
@@ -371,6 +390,10 @@ def per_query_metrics(
                     scores[rel, "any"] = torch.cat([scores[rel, t] for t in singles], 1)
                     valid[rel, "any"] = torch.cat([valid[rel, t] for t in singles], 1)
                     best[rel, "any"] = torch.cat([best[rel, t] for t in singles], 1).max(1, keepdim=True).values
+                    # cross-modal Any: the query's own modality stays in the gallery but is never a hit
+                    valid[rel, "anyx"] = torch.cat([valid[rel, t] & (t != q) for t in singles], 1)
+                    best[rel, "anyx"] = torch.cat([best[rel, t] if t != q else torch.full_like(best[rel, t], float("-inf"))
+                                                   for t in singles], 1).max(1, keepdim=True).values
             # one searchsorted per block and chunk (its cost is dominated by the sorted rows):
             # counts of items >= each relevant score, and > each best score (>= its successor)
             ge, above = {}, {}
@@ -378,7 +401,7 @@ def per_query_metrics(
                 segs = []
                 for rel in relevances:
                     if do_any and b in singles:
-                        segs += [("ge", rel, "any"), ("above", rel, "any")]
+                        segs += [("ge", rel, "any"), ("above", rel, "any"), ("above", rel, "anyx")]
                     if b in targets:
                         if not (do_any and b in singles):
                             segs.append(("ge", rel, b))
@@ -400,18 +423,41 @@ def per_query_metrics(
                 if do_any:
                     g = sum(ge[rel, "any", b] for b in singles)
                     a = sum(above[rel, "any", b] for b in singles)[:, 0]
-                    acc[rel]["any"].append(_query_stats(g, valid[rel, "any"], a, map_r))
+                    ax = sum(above[rel, "anyx", b] for b in singles)[:, 0]
+                    acc[rel]["any"].append(_query_stats(g, valid[rel, "any"], a, map_r)
+                                           + _query_stats(g, valid[rel, "anyx"], ax, map_r))
         for rel in relevances:
             for t, parts in acc[rel].items():
-                cols = list(zip(*parts)) if parts else [[], [], []]
-                cat = [np.concatenate(x) if len(x) else np.zeros(0) for x in cols]
-                out[rel][(q, t)] = {"rank": cat[0], "ap_r": cat[1], "ap": cat[2]}
+                keys = STAT_KEYS + (tuple(f"x_{k}" for k in STAT_KEYS) if t == "any" else ())
+                cols = list(zip(*parts)) if parts else [[] for _ in keys]
+                out[rel][(q, t)] = {k: np.concatenate(x) if len(x) else np.zeros(0) for k, x in zip(keys, cols)}
     return out
 
 
-def summarise(per_query: Mapping[str, np.ndarray], ks=(1, 5, 10), map_r: int = 50, no_relevant: str = "exclude") -> dict:
-    """Means over queries of one gallery: ``R@K``, ``mAP@R``, ``mAP``, ``MedR``, ``MeanR``.
+def expected_hits(above, tied, tied_rel, k: int) -> np.ndarray:
+    """Per query, the probability that a relevant item is in the top ``k`` when the items tied
+    with the best relevant one are put in a uniformly random order.
 
+    ``above`` items score strictly higher, ``tied`` items share the best relevant score and
+    ``tied_rel`` of them are relevant. With ``j = k - above`` places left for the tied block,
+    the chance that none of its first ``j`` is relevant is ``C(t - m, j) / C(t, j)``.
+    """
+    from scipy.special import gammaln
+
+    a, t, m = (np.asarray(x, np.float64) for x in (above, tied, tied_rel))
+    j = k - a
+    miss_possible = (j > 0) & (j <= t - m)
+    jj = np.where(miss_possible, j, 0.0)
+    tt, mm = np.where(miss_possible, t, 1.0), np.where(miss_possible, m, 0.0)
+    log_miss = gammaln(tt - mm + 1) - gammaln(tt - mm - jj + 1) - gammaln(tt + 1) + gammaln(tt - jj + 1)
+    return np.where(j <= 0, 0.0, np.where(miss_possible, 1.0 - np.exp(log_miss), 1.0))
+
+
+def summarise(per_query: Mapping[str, np.ndarray], ks=(1, 5, 10), map_r: int = 50, no_relevant: str = "exclude") -> dict:
+    """Means over queries of one gallery: ``R@K``, ``xR@K``, ``mAP@R``, ``mAP``, ``MedR``, ``MeanR``.
+
+    ``xR@K`` (the cross-modal recall that reproduces paper 000's -> Any tables) equals ``R@K``
+    for a pair; for ``-> Any`` it counts only hits of another modality (module docstring).
     Metrics are ``None`` when no query counts (empty split, no relevant item anywhere).
     """
     if no_relevant not in NO_RELEVANT:
@@ -425,8 +471,17 @@ def summarise(per_query: Mapping[str, np.ndarray], ks=(1, 5, 10), map_r: int = 5
     def mean_of(values_of_has):
         return float(np.sum(values_of_has) / counted) if counted else None
 
+    def hits(prefix: str, k: int):
+        ok = ~np.isnan(np.asarray(per_query[prefix + "rank"], np.float64))
+        denom = int(ok.sum()) if no_relevant == "exclude" else n_total
+        ties = (np.asarray(per_query[prefix + n])[ok] for n in ("above", "tied", "tied_rel"))
+        return float(np.sum(expected_hits(*ties, k)) / denom) if denom else None
+
+    cross = "x_" if "x_rank" in per_query else ""
     for k in ks:
-        row[f"R@{k}"] = mean_of(rank[has] <= k)
+        row[f"R@{k}"] = hits("", k)
+    for k in ks:
+        row[f"xR@{k}"] = hits(cross, k)
     row[f"mAP@{map_r}"] = mean_of(np.asarray(per_query["ap_r"])[has])
     row["mAP"] = mean_of(np.asarray(per_query["ap"])[has])
     row["MedR"] = float(np.median(rank[has])) if n_has else None
@@ -473,16 +528,17 @@ def pairwise_recall(embs: Mapping[str, Any], labels: Mapping[str, Any], ks=(1, 5
 # Brute-force reference: one query at a time, straight from the definitions (for tests).
 
 
-def _reference_one(scores: np.ndarray, rel: np.ndarray, map_r: int) -> tuple[float, float, float]:
+def _reference_one(scores: np.ndarray, rel: np.ndarray, map_r: int, ks=(1, 5, 10)) -> dict:
+    nan = {"rank": math.nan, "ap_r": math.nan, "ap": math.nan, **{f"hit@{k}": math.nan for k in ks}}
     if not rel.any():
-        return math.nan, math.nan, math.nan
+        return nan
     # rank: expected position of the first relevant item over every order of the tied block
     best = scores[rel].max()
     above = int((scores > best).sum())
     tied = scores == best
     t, m = int(tied.sum()), int((tied & rel).sum())
-    firsts = [min(c) for c in itertools.combinations(range(t), m)]
-    rank = above + 1 + float(np.mean(firsts))
+    firsts = np.array([min(c) for c in itertools.combinations(range(1, t + 1), m)])
+    out = {"rank": above + float(np.mean(firsts)), **{f"hit@{k}": float(np.mean(above + firsts <= k)) for k in ks}}
     # AP: sort by score descending, irrelevant before relevant among ties (pessimistic)
     order = np.lexsort((rel.astype(int), -scores.astype(np.float64)))
     r_sorted = rel[order]
@@ -491,14 +547,19 @@ def _reference_one(scores: np.ndarray, rel: np.ndarray, map_r: int) -> tuple[flo
         if is_rel:
             hits += 1
             ap_terms.append((pos, hits / pos))
-    ap = float(np.mean([p for _, p in ap_terms]))
+    out["ap"] = float(np.mean([p for _, p in ap_terms]))
     top = [p for pos, p in ap_terms if pos <= map_r]
-    ap_r = float(np.mean(top)) if top else 0.0
-    return rank, ap_r, ap
+    out["ap_r"] = float(np.mean(top)) if top else 0.0
+    return out
 
 
-def reference_metrics(data, relevance: str = "class", map_r: int = 50, any_gallery: bool = True):
-    """``{(query, target): {"rank", "ap_r", "ap"}}`` computed query by query in float64."""
+def reference_metrics(data, relevance: str = "class", map_r: int = 50, any_gallery: bool = True, ks=(1, 5, 10)):
+    """``{(query, target): {"rank", "ap_r", "ap", "hit@K"...}}`` computed query by query in float64.
+
+    ``hit@K`` is the probability of a relevant item in the top K over every order of the tied
+    items, by enumeration; ``-> Any`` also has ``x_rank`` and ``x_hit@K`` (hits of another
+    modality only, the query's modality still in the gallery).
+    """
     key = _KEY_OF[relevance]
     names = sorted(data, key=name_order)
     emb = {}
@@ -517,14 +578,18 @@ def reference_metrics(data, relevance: str = "class", map_r: int = 50, any_galle
                 if t == "any":
                     g_emb = np.concatenate([emb[n] for n in singles])
                     g_key = np.concatenate([keys[n] for n in singles])
+                    g_mod = np.concatenate([[n] * len(emb[n]) for n in singles])
                     me = sum(len(emb[n]) for n in singles[: singles.index(q)]) + i
                     keep = np.arange(len(g_emb)) != me
-                    g_emb, g_key = g_emb[keep], g_key[keep]
+                    g_emb, g_key, g_mod = g_emb[keep], g_key[keep], g_mod[keep]
                 else:
-                    g_emb, g_key = emb[t], keys[t]
+                    g_emb, g_key, g_mod = emb[t], keys[t], np.array([t] * len(emb[t]))
                 scores = g_emb @ emb[q][i]
                 rel = (g_key == keys[q][i]) & (keys[q][i] != "")
-                res.append(_reference_one(scores, rel, map_r))
-            arr = np.array(res, dtype=np.float64).reshape(-1, 3)
-            out[(q, t)] = {"rank": arr[:, 0], "ap_r": arr[:, 1], "ap": arr[:, 2]}
+                one = _reference_one(scores, rel, map_r, ks)
+                if t == "any":
+                    cross = _reference_one(scores, rel & (g_mod != q), map_r, ks)
+                    one.update({f"x_{k}": v for k, v in cross.items() if k == "rank" or k.startswith("hit@")})
+                res.append(one)
+            out[(q, t)] = {k: np.array([r[k] for r in res], dtype=np.float64) for k in (res[0] if res else ("rank", "ap_r", "ap"))}
     return out

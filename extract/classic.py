@@ -92,6 +92,11 @@ class SignalAudio(RowEncoder):
     def preprocessing(self) -> dict:
         return {**super().preprocessing(), "features": self.kind, "db_reference": 1.0, "mono": "mean", "resampler": "soxr"}
 
+    def scale(self) -> dict:
+        """Raw decibels (reference 1.0) or their cepstrum: a large common offset, no unit scale."""
+        unit = "dB (power, reference 1.0)" if self.kind == "logmel" else "DCT-II of dB log-mel (orthonormal)"
+        return {"unit": unit, "arbitrary": True, "note": "standardise before training (normalize: standardize)"}
+
     def embed(self, x):
         return x
 

@@ -87,6 +87,10 @@ class Encoder:
     def token_rate(self) -> str:
         return self.info.token_rate
 
+    def scale(self) -> dict | None:
+        """The output scale, recorded in the store when it is arbitrary (so training need not guess)."""
+        return None
+
     def preprocessing(self) -> dict:
         return {k: v for k, v in sorted(self.options.items()) if k != "weights"}
 

@@ -207,7 +207,7 @@ def open_output_store(cache: str, dataset: str, modality, encoder, items: list[d
         chunk -= 1
     return create_store(
         cache, spec, ids, [it["label"] for it in items], [it["group"] for it in items], [it["split"] for it in items],
-        shard_size=shard_size, chunk_rows=chunk,
+        shard_size=shard_size, chunk_rows=chunk, scale=encoder.scale(),
     )
 
 

@@ -83,8 +83,13 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, 
     paths = write_reports(results, out, stem=f"eval-{results['relevance']}")
     click.echo(f"relevance: {results['relevance']} ({results['relevance_source']})")
     ap = [f"mAP@{results['map_r']}", "mAP"]  # paper 002 eq. 7, and over the whole gallery
-    for section, title, metrics in (("pairs", "Recall at K", None), ("any", "Recall at K, query -> Any", None),
-                                    ("pairs", f"{' and '.join(ap)}", ap), ("any", f"{' and '.join(ap)}, query -> Any", ap)):
+    recall_any = [f"R@{k}" for k in results["ks"]] + [f"xR@{k}" for k in results["ks"]]
+    for section, title, metrics in (
+        ("pairs", "Recall at K", None),
+        ("any", "Recall at K, query -> Any (R@K: hit-rate, any modality; xR@K: hits of another modality "
+                "only, paper 000 Tables II/IV/VI)", recall_any),
+        ("pairs", f"{' and '.join(ap)}", ap), ("any", f"{' and '.join(ap)}, query -> Any", ap),
+    ):
         header, rows = recall_table(results, section, metrics)
         click.echo(f"\n{title}\n" + (markdown(header, rows) if rows else "(no data)"))
     written = list(paths.values())

@@ -30,6 +30,9 @@ class TrainConfig:
     test_fraction: float = 0.2  # when the store has no split at all (a manifest without `split`)
     monitor: str = "loss"  # the held-out signal: "loss", or a retrieval mean over pairs: "mAP@R", "mAP", "R@K"
     keep: str = "best"  # "best": early stopping, the best epoch's weights; "last": a fixed number of epochs
+    # features -> heads: standardize (train-split statistics), l2 (per row), none; auto: the
+    # strategy's default (train/normalize.py); config.yaml records the resolved mode
+    normalize: str = "auto"
     epochs: int = 200
     patience: int = 5  # epochs in a row without a better held-out signal before stopping
     # relative tolerance: a held-out signal counts as better only when it beats best by min_delta * |best|

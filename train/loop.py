@@ -51,6 +51,7 @@ from mmx.cache.names import name_problem
 from mmx.cache.threads import set_threads
 from mmx.train import checkpoint, checks
 from mmx.train import config as config_mod
+from mmx.train import normalize
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, SplitData, dataset_modalities, load_train_data
 from mmx.train.optim import AdamW
@@ -207,6 +208,10 @@ def train(
     except ValueError as exc:
         problems.append(str(exc))
         mods = []
+    try:
+        cfg = dataclasses.replace(cfg, normalize=normalize.resolve(cfg.normalize, strategy_cls))
+    except ValueError as exc:
+        problems.append(str(exc))
     if problems:
         raise ValueError("invalid training config:\n  " + "\n  ".join(problems))
     cfg = dataclasses.replace(cfg, modalities=[m.value for m in mods], threads=set_threads(cfg.threads))
@@ -233,6 +238,11 @@ def train(
     refusals, cautions = checks.learnability(cfg, data)
     if refusals:
         raise ValueError("cannot train on this cache:\n  " + "\n  ".join(refusals))
+    # a resumed run keeps the statistics it started with; a new one fits them on its train split
+    norm = normalize.load(resume) if resume is not None else normalize.fit(cfg.normalize, data.splits["train"])
+    cfg = dataclasses.replace(cfg, normalize=norm.mode)
+    normalize.warn_scale(data.splits["train"], norm.mode, data.meta, log)
+    data = norm.apply_data(data)
     strategy = strategy_cls(cfg, data, device)
     model = strategy.build_model().to(device)
     if cfg.options.get("extend_from"):  # mmx train --from RUN --add-modality M: load RUN, freeze it (train/extend.py)
@@ -250,6 +260,7 @@ def train(
     config_mod.save(cfg, run / "config.yaml")  # before the first step
     if resume is None:
         write_splits(run / "splits.json", data)
+    norm.save(run)  # what mmx embed applies before the model (normalize.load)
     runner = Runner(cfg, strategy, model, data.splits["train"], data.splits[cfg.holdout], run, device, log)
     started = time.perf_counter()
 

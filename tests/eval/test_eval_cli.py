@@ -66,6 +66,10 @@ def test_eval_writes_paper_tables_and_plots(tmp_path):
     assert test["pairs_mean"]["R@1"] > 0.5
     md = (out / "eval-class.md").read_text()
     assert "mAP@50, test split" in md and "| Avg |" in md and "MedR" in md
+    # both -> Any readings: the hit-rate and the cross-modal recall that reproduces paper 000
+    assert "test xR@10" in res.output and "reproduces paper 000" in md
+    assert all(r["xR@10"] <= r["R@10"] + 1e-12 for r in test["any"])
+    assert all(r["xR@10"] == r["R@10"] for r in test["pairs"])
     rows = list(csv.DictReader(open(out / "eval-class.csv")))
     assert {r["section"] for r in rows} == {"pairs", "any"} and len(rows) == 2 * (12 + 1 + 4 + 1)
 

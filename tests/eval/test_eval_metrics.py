@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from mmx.eval.metrics import (
+    expected_hits,
     pairs_of,
     pairwise_recall,
     parse_ks,
@@ -57,8 +58,9 @@ def test_ties_are_averaged_for_ranks_and_pessimistic_for_ap():
     r = one(data, "text", "image")
     assert r["rank"][0] == pytest.approx(2.0)  # mean of positions 1, 2, 3 (reference code of paper 001)
     assert r["ap"][0] == pytest.approx(1 / 3)  # relevant item after the tied irrelevant ones
-    row = retrieval_metrics(data, ks=(1, 2))["class"][("text", "image")]
-    assert row["R@1"] == 0.0 and row["R@2"] == 1.0
+    row = retrieval_metrics(data, ks=(1, 2, 3))["class"][("text", "image")]
+    # R@K: the chance that the relevant item lands in the top K in a random order of the tie
+    assert row["R@1"] == pytest.approx(1 / 3) and row["R@2"] == pytest.approx(2 / 3) and row["R@3"] == 1.0
     # two relevant among three tied: expected first position (1 + 1 + 2) / 3
     data["image"] = block([[1, 0]] * 3, ["A", "A", "B"])
     r = one(data, "text", "image")
@@ -145,6 +147,41 @@ def test_zero_embeddings_tie_with_everything():
     np.testing.assert_allclose(r["ap"], [0.25, 0.25])  # base rate, never 1
 
 
+def test_all_tied_recall_is_the_random_order_chance():
+    """Issue 13 item 6: all-tied embeddings gave R@10 = 0 (tie-averaged rank 50.5 > 10)."""
+    n, classes = 100, 10
+    labels = np.arange(n) % classes
+    data = {"text": block(np.ones((n, 4)), labels), "image": block(np.ones((n, 4)), labels)}
+    row = retrieval_metrics(data, ks=(1, 10))["class"][("text", "image")]
+    # 10 of 100 tied items relevant: 1 - C(90, 10) / C(100, 10)
+    from math import comb
+
+    assert row["R@10"] == pytest.approx(1 - comb(90, 10) / comb(100, 10))
+    assert row["R@10"] == pytest.approx(0.6695, abs=1e-4) and row["R@1"] == pytest.approx(0.1)
+
+
+def test_cross_modal_any_counts_only_hits_of_another_modality():
+    """xR@K (paper 000 Tables II/IV/VI): the query's own modality competes but never hits.
+
+    Each modality clusters apart from the other (a modality gap) with its classes inside the
+    cluster: Any by hit-rate is perfect (a same-modality neighbour of the class is first),
+    cross-modal Any is 0 at K smaller than the query's own modality, while every pair is perfect.
+    """
+    classes = np.repeat(np.arange(4), 5)  # 20 items per modality, 4 classes
+
+    def mod(side):  # side * e0 + 0.5 * e_(1+class): cos 1 within a class and modality, 0.8 across classes,
+        e = np.zeros((20, 5))  # -0.6 to the other modality's items of the class, -0.8 to the rest
+        e[:, 0], e[np.arange(20), 1 + classes] = side, 0.5
+        return block(e, classes.astype(str))
+
+    data = {"text": mod(1.0), "image": mod(-1.0)}
+    res = retrieval_metrics(data, ks=(1, 10, 19, 20))["class"]
+    anyrow, pair = res[("text", "any")], res[("text", "image")]
+    assert anyrow["R@1"] == 1.0 and anyrow["xR@1"] == 0.0 and anyrow["xR@10"] == 0.0
+    assert anyrow["xR@19"] == 0.0 and anyrow["xR@20"] == 1.0  # the 19 other texts come first
+    assert pair["R@1"] == 1.0 and pair["xR@1"] == pair["R@1"] and pair["xR@10"] == pair["R@10"]
+
+
 # ------------------------------------------------------------------------------ reference, chunks
 
 
@@ -166,13 +203,20 @@ def test_matches_brute_force_reference(exact, relevance):
     rng = np.random.default_rng(7 if exact else 8)
     data = random_split(rng, exact)
     fast = per_query_metrics(data, [relevance], map_r=5)[relevance]
-    ref = reference_metrics(data, relevance, map_r=5)
+    ref = reference_metrics(data, relevance, map_r=5, ks=(1, 2, 5))
     assert set(fast) == set(ref)
     for key in ref:
-        for m in ("rank", "ap_r", "ap"):
+        for m in ("rank", "ap_r", "ap") + (("x_rank",) if key[1] == "any" else ()):
             np.testing.assert_allclose(fast[key][m], ref[key][m], rtol=1e-12, atol=1e-12, err_msg=f"{key} {m}")
-    if exact:  # the exact data must really exercise ties
+        # R@K (and xR@K for Any): the expected hit under a random order of tied items, by enumeration
+        for prefix in ("", "x_") if key[1] == "any" else ("",):
+            ok = ~np.isnan(fast[key][prefix + "rank"])
+            for k in (1, 2, 5):
+                got = expected_hits(*(fast[key][prefix + n][ok] for n in ("above", "tied", "tied_rel")), k)
+                np.testing.assert_allclose(got, ref[key][f"{prefix}hit@{k}"][ok], rtol=1e-9, atol=1e-12, err_msg=f"{key} {prefix}R@{k}")
+    if exact:  # the exact data must really exercise ties, with hits strictly between 0 and 1
         assert any((ref[k]["rank"] % 1 != 0).any() for k in ref)
+        assert any(((ref[k]["hit@2"] > 0) & (ref[k]["hit@2"] < 1)).any() for k in ref)
 
 
 def test_chunked_equals_dense_and_both_relevances_in_one_pass():

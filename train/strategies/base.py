@@ -32,6 +32,7 @@ class Strategy:
     min_modalities: int = 2
     # config values of the strategy's paper, under every preset (train/config.py ``resolve``)
     defaults: dict = {}
+    default_normalize: str = "standardize"  # what normalize: auto means (train/normalize.py)
     options: dict = {}  # the strategy's ``cfg.options`` with their defaults; other keys are errors
     extra_options: dict = {}  # a subclass's additions to its parent's ``options``
 
