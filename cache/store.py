@@ -446,6 +446,13 @@ class FeatureStore:
         return out
 
     # -- inspection -------------------------------------------------------------------
+    def failures(self) -> dict[str, str]:
+        """Failed item id -> the extractor's message, from the markers of the complete shards."""
+        out: dict[str, str] = {}
+        for k in self.complete_shards():
+            out.update((self.shard_marker(k) or {}).get("errors", {}))
+        return out
+
     def info(self) -> dict:
         complete = self.complete_shards()
         status = np.asarray(self._group["status"][:])
@@ -467,10 +474,12 @@ class FeatureStore:
             "shards": {"total": self.n_shards, "complete": len(complete), "size": self.shard_size},
             "ok": int((done & (status == STATUS_OK)).sum()),
             "failed": int((done & (status == STATUS_FAILED)).sum()),
+            "failed_items": self.failures(),  # id -> message
             "pending": int((~done).sum()),
             "splits": {str(s) or "(none)": int((split == s).sum()) for s in sorted(set(split))},
             "classes": len({str(x) for x in self.column("label") if str(x)}),
             "tokens": self.has_tokens,
+            "scale": self.meta.get("scale"),  # the extractor's output scale when arbitrary (dB, MFCC)
             "disk_bytes": sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file()),
         }
 

@@ -89,8 +89,15 @@ def extract_shards(
     batch_size: int = 32,
     workers: int = 0,
     on_shard: Callable[[int, dict], None] | None = None,
+    on_items: Callable[[int], None] | None = None,
 ) -> dict[int, dict]:
-    """Extract and write the given item shards (``{k: items of shard k, in store order}``)."""
+    """Extract and write the given item shards (``{k: items of shard k, in store order}``).
+
+    ``on_items(n)`` is called after each batch with its item count (the progress bar counts
+    items: a shard of long videos can take many minutes); ``on_shard(k, summary)`` after
+    each shard is written. A summary holds ``items``, ``ok``, ``failed`` and ``errors``
+    (failed id -> message, as in the shard's marker).
+    """
     import torch
     from torch.utils.data import DataLoader
 
@@ -125,6 +132,8 @@ def extract_shards(
                 except Exception as exc:  # e.g. an input the model cannot take
                     for j in batch["ok"]:
                         results[j] = Failure(f"model: {_message(exc)}")
+            if on_items:
+                on_items(len(batch["index"]))
             for k in {owner[j] for j in batch["index"]}:
                 remaining[k] -= sum(1 for j in batch["index"] if owner[j] == k)
                 if remaining[k] == 0:
@@ -151,7 +160,7 @@ def _write_shard(store, k: int, outs: list, items: list[dict], dim: int) -> dict
             pooled[i] = out[1]
             tokens.append(np.asarray(out[0], np.float32).reshape(-1, dim))
     store.write_shard(k, pooled, status, tokens=tokens if store.has_tokens else None, errors=errors)
-    return {"items": n, "ok": int((status == STATUS_OK).sum()), "failed": len(errors)}
+    return {"items": n, "ok": int((status == STATUS_OK).sum()), "failed": len(errors), "errors": errors}
 
 
 # -- planning: manifest + backbone -> store ---------------------------------------------
@@ -232,6 +241,8 @@ def extract(
 
     ``threads``: torch's CPU threads in this process (:func:`mmx.cache.threads.set_threads`;
     None/0: its default), recorded in the summary. Decoding workers are separate processes.
+    The summary counts this run's shards (``written``, ``items``, ``ok``, ``failed``) and keeps
+    ``errors``: each failed item's id and message (also in the shard markers, ``mmx cache ls --failed``).
     """
     from mmx.cache.threads import set_threads
     from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
@@ -262,7 +273,8 @@ def extract(
     done_before = set(store.complete_shards())
     todo = [k for k in range(store.n_shards) if k not in done_before]
     summary = {"store": str(store.path), "backbone": backbone, "device": device, "shards": store.n_shards,
-               "threads": threads, "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0}
+               "threads": threads, "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0,
+               "errors": {}}
     shard_items = {k: items[slice(*store.shard_range(k))] for k in todo}
     t1 = time.perf_counter()
     if dask_scheduler is not None and todo:
@@ -271,17 +283,14 @@ def extract(
         results = extract_on_dask(dask_scheduler, store, backbone, options, weights, shard_items, batch_size, asked_device, workers)
         summary["device"] = f"dask ({asked_device})"
     else:
-        bar = _progress(len(todo), progress)
-        def shard_done(k: int, s: dict) -> None:
-            bar(1)
-            if on_shard:
-                on_shard(k, s)
-
-        results = extract_shards(encoder, store, shard_items, batch_size, workers, on_shard=shard_done)
-    for s in results.values():
+        bar = _progress(sum(len(v) for v in shard_items.values()), progress)
+        results = extract_shards(encoder, store, shard_items, batch_size, workers, on_shard=on_shard, on_items=bar)
+    for k in sorted(results):
+        s = results[k]
         summary["written"] += 1
         for key in ("items", "ok", "failed"):
             summary[key] += s[key]
+        summary["errors"].update(s.get("errors", {}))
     summary["load_seconds"] = round(t1 - t0, 3)
     summary["seconds"] = round(time.perf_counter() - t1, 3)
     summary["items_per_s"] = round(summary["items"] / summary["seconds"], 2) if summary["seconds"] > 0 else None
@@ -293,5 +302,5 @@ def _progress(total: int, enabled: bool) -> Callable[[int], None]:
         return lambda n: None
     from tqdm import tqdm
 
-    bar = tqdm(total=total, unit="shard", file=sys.stderr)
+    bar = tqdm(total=total, unit="item", file=sys.stderr)
     return bar.update

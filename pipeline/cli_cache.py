@@ -50,14 +50,18 @@ def cache() -> None:
 @cache.command("ls")
 @click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
 @click.option("--dataset", default=None, help="Only this dataset.")
-def ls_cmd(cache_root, dataset):
-    """A table of the stores under the cache root."""
+@click.option("--failed", is_flag=True, help="List the failed items instead: store, id and the extractor's message.")
+def ls_cmd(cache_root, dataset, failed):
+    """A table of the stores under the cache root (with --failed: of their failed items)."""
     from mmx.cache import list_stores
 
     root = _root(cache_root)
     stores = list_stores(root, dataset)
     if not stores:
         click.echo(f"no feature stores under {root}" + (f" for dataset {dataset!r}" if dataset else ""))
+        return
+    if failed:
+        _print_failures(stores)
         return
     head = ("dataset", "modality", "backbone", "items ok/failed/pending", "shards", "disk", "key")
     rows = []
@@ -74,6 +78,20 @@ def ls_cmd(cache_root, dataset):
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip())
 
 
+def _print_failures(stores) -> None:
+    """One line per failed item: dataset/modality/backbone, id, message (from the shard markers)."""
+    total = 0
+    for s in stores:
+        where = f"{s.dataset}/{s.modality.value}/{s.backbone.get('name')}"
+        for item, message in s.failures().items():
+            click.echo(f"{where}  {item}  {message}")
+            total += 1
+    click.echo(f"{total} failed item(s) in {len(stores)} store(s)")
+
+
+INFO_FAILURES = 50  # failed items shown by `mmx cache info`; `mmx cache ls --failed` lists all
+
+
 @cache.command("info")
 @click.argument("store")
 @click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
@@ -83,6 +101,10 @@ def info_cmd(store, cache_root):
     info = s.info()
     incomplete = [k for k in range(s.n_shards) if not s.is_complete(k)]
     info["incomplete_shards"] = incomplete
+    failures = info.pop("failed_items")
+    info["failed_items"] = dict(list(failures.items())[:INFO_FAILURES])
+    if len(failures) > INFO_FAILURES:
+        info["failed_items_not_shown"] = f"{len(failures) - INFO_FAILURES} more: mmx cache ls --failed"
     click.echo(json.dumps(info, indent=2, ensure_ascii=False, default=str))
 
 

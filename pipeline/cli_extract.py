@@ -85,7 +85,19 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
         f"{summary['store']}: {summary['written']} shard(s) written, {summary['skipped']} already complete; "
         f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"
     )
+    _print_failures(summary["errors"])
     click.echo(json.dumps(summary), err=True)
+
+
+SHOWN_FAILURES = 20  # the rest: mmx cache ls --failed
+
+
+def _print_failures(errors: dict) -> None:
+    """The failed ids and the extractor's message for each (the first few; all are in the store)."""
+    for item, message in list(errors.items())[:SHOWN_FAILURES]:
+        click.echo(f"failed: {item}: {message}")
+    if len(errors) > SHOWN_FAILURES:
+        click.echo(f"... and {len(errors) - SHOWN_FAILURES} more failed item(s): mmx cache ls --failed")
 
 
 COMMANDS: list = [extract_command]

@@ -288,3 +288,14 @@ def test_xmedianet_preset_matches_paper_scale():
     assert cfg.classes == 200 and cfg.tokens is None and cfg.test_fraction == 0.2
     assert cfg.items == {"text": 40000, "image": 35268, "audio": 8280, "video": 7876}
     assert cfg.dims == {"text": 512, "image": 2048, "audio": 128, "video": 600}
+
+
+def test_scale_is_recorded_outside_the_key_also_into_an_existing_store(tmp_path):
+    store, ids, *_ = _make(tmp_path, n=4, tokens=False)
+    key = store.key
+    assert "scale" not in store.meta and store.info()["scale"] is None
+    scale = {"unit": "dB (power, reference 1.0)", "arbitrary": True}
+    again = create_store(tmp_path, _spec(ids), ids, shard_size=4, chunk_rows=2, tokens=False, scale=scale)
+    assert again.key == key and again.path == store.path
+    reopened = open_store(store.path, expected=_spec(ids))
+    assert reopened.meta["scale"] == scale and reopened.info()["scale"] == scale and not reopened.verify()

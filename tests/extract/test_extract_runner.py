@@ -73,6 +73,7 @@ def test_cli_extracts_every_modality_with_failures_as_statuses(tmp_path, shared_
                                  "--workers", "0", "--no-progress"])
         assert r.exit_code == 0, r.output
         assert f"{ok} ok, {failed} failed" in r.output
+        assert r.output.count("failed: ") == failed  # one line per failed id, with its message
     stores = {s.modality.value: s for s in list_stores(cache)}
     assert set(stores) == set(expect)
     img = stores["image"]
@@ -83,6 +84,16 @@ def test_cli_extracts_every_modality_with_failures_as_statuses(tmp_path, shared_
     assert "run 'mmx fetch' first" in errors["i3"]
     assert "no video stream" in stores["video"].shard_marker(0)["errors"]["v0"]
     assert stores["image"].backbone["name"] == "efficientnet-lite0" and not img.verify()
+    # the failed ids and messages, outside the shard markers too
+    assert img.failures() == errors and img.info()["failed_items"] == errors
+    r = runner.invoke(main, ["cache", "ls", "--failed", "--cache", str(cache)])
+    assert r.exit_code == 0 and "d/image/efficientnet-lite0  i1  " in r.output and "empty file" in r.output
+    assert "7 failed item(s) in 4 store(s)" in r.output
+    r = runner.invoke(main, ["cache", "info", str(img.path)])
+    assert '"i3": ' in r.output and "run 'mmx fetch' first" in r.output
+    # log-mel in dB has an arbitrary scale, and the store says so (outside the key)
+    assert stores["audio"].meta["scale"]["arbitrary"] and "dB" in stores["audio"].info()["scale"]["unit"]
+    assert "scale" not in img.meta and "scale" not in stores["audio"].spec().as_dict()
     # a rerun finds every shard complete and writes nothing
     r = runner.invoke(main, ["extract", str(man), "--modality", "image", "--cache", str(cache), "--dataset", "d", "--workers", "0", "--no-progress"])
     assert "0 shard(s) written, 1 already complete" in r.output
@@ -239,3 +250,24 @@ def test_cli_with_a_dask_scheduler_address_and_worker_processes(tmp_path):
     assert r2.exit_code == 0
     for k in a:
         assert np.array_equal(a[k], b[k]), (k, np.abs(a[k].astype(np.float32) - b[k].astype(np.float32)).max())
+
+
+def test_progress_counts_items_batch_by_batch(tmp_path, monkeypatch):
+    """Issue 16: a video store showed 0/3 (shards) for 12 minutes; the bar counts items per batch."""
+    from mmx.extract import runner as runner_mod
+
+    paths = _images(tmp_path / "img", 5)
+    rows = [dict(id=p.stem, modality="image", uri=str(p), text="") for p in paths]
+    rows.append(dict(id="gone", modality="image", uri=str(tmp_path / "absent.jpg"), text=""))
+    man = _manifest(tmp_path, rows)
+    seen = {}
+
+    def fake_progress(total, enabled):
+        seen["total"], seen["updates"] = total, []
+        return seen["updates"].append
+
+    monkeypatch.setattr(runner_mod, "_progress", fake_progress)
+    summary = runner_mod.extract(str(man), "image", str(tmp_path / "c"), "d", shard_size=4, batch_size=2, workers=0,
+                                 options={"image_size": 64}, progress=True)
+    assert seen["total"] == 6 and sum(seen["updates"]) == 6 and len(seen["updates"]) == 3  # 3 batches, 2 shards
+    assert summary["failed"] == 1 and list(summary["errors"]) == ["gone"] and summary["errors"]["gone"]
