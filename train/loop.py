@@ -238,8 +238,15 @@ def train(
     refusals, cautions = checks.learnability(cfg, data)
     if refusals:
         raise ValueError("cannot train on this cache:\n  " + "\n  ".join(refusals))
-    # a resumed run keeps the statistics it started with; a new one fits them on its train split
-    norm = normalize.load(resume) if resume is not None else normalize.fit(cfg.normalize, data.splits["train"])
+    # a resumed run keeps the statistics it started with; an extension keeps those of the run it
+    # extends (its frozen heads saw them) and fits only the new modality; a new run fits them all
+    if resume is not None:
+        norm = normalize.load(resume)
+    elif cfg.options.get("extend_from"):
+        base = Path(cfg.options["extend_from"])  # the extended run's checkpoint, in its run folder
+        norm = normalize.extend(normalize.load(base.parent if base.is_file() else base), data.splits["train"])
+    else:
+        norm = normalize.fit(cfg.normalize, data.splits["train"])
     cfg = dataclasses.replace(cfg, normalize=norm.mode)
     normalize.warn_scale(data.splits["train"], norm.mode, data.meta, log)
     data = norm.apply_data(data)

@@ -161,6 +161,14 @@ def fit(mode: str, train_split) -> Normalizer:
     return Normalizer(mode, stats)
 
 
+def extend(base: Normalizer, train_split) -> Normalizer:
+    """``base`` (the normaliser of a run being extended) plus statistics for the modalities it
+    lacks, fitted on ``train_split``: the run's own modalities keep exactly what their frozen
+    heads were trained on, so their embeddings stay bitwise equal."""
+    fitted = fit(base.mode, train_split)
+    return Normalizer(base.mode, {**fitted.stats, **base.stats})
+
+
 def load(run: str | Path) -> Normalizer:
     """The normaliser a run was trained with (``none`` for runs from before normalisation existed)."""
     path = Path(run) / FILE
