@@ -53,7 +53,10 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
     \b
     Every item ends with one status in fetch/status.csv (ok, not_found, gone, timeout,
     wrong_type, truncated, ...). Rerun at any time: ok items are skipped and a killed run
-    resumes; --retry-failed retries transient failures (all with --all-failures).
+    resumes; --retry-failed retries transient failures (all with --all-failures); items refused
+    as outside --allow-root are checked again by a run with other --allow-root folders. Exit
+    status 1 when items were refused by this run's own options (forbidden_path), 0 otherwise
+    (link rot included).
     """
     from mmx.extract.fetch import FetchConfig, fetch_manifest
     from mmx.cache.modality import Modality
@@ -66,7 +69,12 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
         max_bytes=parse_size(max_size), max_pixels=max_pixels, max_redirects=max_redirects,
         allowed_roots=tuple(allowed_roots), retry_failed=retry_failed, retry_all=retry_all,
         modalities=tuple(m.value for m in Modality.parse_list(modalities)), progress=progress)
-    print_summary(fetch_manifest(manifest, out_dir, cfg), click.echo)
+    from mmx.extract.fetch.status import RECHECKED_KINDS
+
+    summary = fetch_manifest(manifest, out_dir, cfg)
+    print_summary(summary, click.echo)
+    if any(kind in RECHECKED_KINDS for kind in summary.totals):
+        raise click.exceptions.Exit(1)  # the user's own options refused items: not link rot, so not a success
 
 
 def print_summary(summary, echo) -> None:
@@ -85,6 +93,40 @@ def print_summary(summary, echo) -> None:
              + (f" and {len(lost) - 10} more" if len(lost) > 10 else ""))
     layout = summary.layout
     echo(f"status: {layout.status}\nreport: {layout.meta / 'report.md'}\nmanifest: {layout.manifest}")
+    for line in failure_advice(summary.totals):
+        echo(line)
+
+
+def failure_advice(totals: dict) -> list[str]:
+    """How many items failed, grouped by what would fix them, each naming the option.
+
+    Link rot (not_found, gone, ...) is expected of URL manifests (paper 000 lost 12% of its
+    images), so it is reported but leaves the exit status 0; items refused by this run's own
+    limits (``forbidden_path``) make it 1, since an option fixes them.
+    """
+    from mmx.extract.fetch.status import OK, RECHECKED_KINDS, TRANSIENT_KINDS
+
+    failed = {k: v for k, v in totals.items() if k not in (OK, "pending")}
+    if not failed:
+        return []
+
+    def part(kinds) -> tuple[int, str]:
+        hit = {k: v for k, v in failed.items() if k in kinds}
+        return sum(hit.values()), ", ".join(f"{k} {v}" for k, v in sorted(hit.items()))
+
+    lines = [f"{sum(failed.values())} item(s) failed; see fetch/status.csv for each item's error"]
+    n, kinds = part(RECHECKED_KINDS)
+    if n:
+        lines.append(f"  {n} local path(s) outside the allowed folders ({kinds}): rerun with --allow-root FOLDER "
+                     "(once per folder); they are retried then")
+    n, kinds = part(TRANSIENT_KINDS)
+    if n:
+        lines.append(f"  {n} transient ({kinds}): rerun with --retry-failed")
+    n, kinds = part(set(failed) - RECHECKED_KINDS - TRANSIENT_KINDS)
+    if n:
+        lines.append(f"  {n} permanent ({kinds}): fix the source or the manifest, then rerun with "
+                     "--retry-failed --all-failures")
+    return lines
 
 
 @click.command("manifest-from-lists")

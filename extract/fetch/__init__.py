@@ -36,7 +36,7 @@ import re
 import shutil
 from pathlib import Path
 
-from mmx.extract.fetch.status import OK, TRANSIENT_KINDS
+from mmx.extract.fetch.status import OK, RECHECKED_KINDS, TRANSIENT_KINDS
 
 _SAFE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
 _HASHED_STEM = re.compile(r"-[0-9a-f]{10}$")
@@ -117,6 +117,12 @@ def is_url(uri: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri))
 
 
+def allowed_roots_key(cfg: FetchConfig) -> list[str]:
+    """The ``--allow-root`` options of a run as its journal records them: a rerun with others rechecks
+    the items they refused (``RECHECKED_KINDS``), a plain rerun does not."""
+    return sorted(str(r) for r in cfg.allowed_roots)
+
+
 def needs_fetch(rec: dict | None, uri: str, root: Path, cfg: FetchConfig) -> bool:
     """Whether an item whose last journal record is ``rec`` must be (re)fetched in this run."""
     if rec is None or rec.get("uri", "") != uri:
@@ -130,7 +136,7 @@ def needs_fetch(rec: dict | None, uri: str, root: Path, cfg: FetchConfig) -> boo
             return (root / path).stat().st_size != int(rec.get("bytes") or 0)
         except OSError:
             return True
-    if cfg.retry_all:
+    if cfg.retry_all or (status in RECHECKED_KINDS and rec.get("allowed_roots") != allowed_roots_key(cfg)):
         return True
     return cfg.retry_failed and status in TRANSIENT_KINDS
 

@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmx.extract.fetch import (FetchConfig, FetchLayout, is_url, link_or_copy, local_source, needs_fetch,
+from mmx.extract.fetch import (FetchConfig, FetchLayout, allowed_roots_key, is_url, link_or_copy, local_source, needs_fetch,
                                place_file, safe_stem, sweep_partial_files)
 from mmx.extract.fetch.status import OK, Journal
 
@@ -281,7 +281,7 @@ async def _fetch_item(item, client, stream, layout, roots, cfg, host_limits, poo
         elif scheme == "file":
             src, kind, why = local_source(uri, stream.resolve(uri), roots)
             if src is None:
-                return {"status": kind, "error": why, "attempts": 1}
+                return {"status": kind, "error": why, "attempts": 1, "allowed_roots": allowed_roots_key(cfg)}
             if src.stat().st_size > cfg.max_bytes:
                 return {"status": "too_large", "error": f"{src.stat().st_size} bytes exceeds the cap of "
                         f"{cfg.max_bytes}", "attempts": 1, "bytes": src.stat().st_size}

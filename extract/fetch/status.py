@@ -50,6 +50,9 @@ FAILURE_KINDS = {
 }
 # Kinds worth retrying later without being asked to retry everything (``--retry-failed``).
 TRANSIENT_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "truncated"})
+# Kinds decided by a run's own options, not by the source: checked again by a run with other
+# options, so a rerun with wider permissions (``--allow-root``) takes what they now allow.
+RECHECKED_KINDS = frozenset({"forbidden_path"})
 
 
 def read_journal(path: str | os.PathLike) -> dict[str, dict]:
