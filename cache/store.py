@@ -270,6 +270,50 @@ class FeatureStore:
             self._columns[name] = cached
         return cached
 
+    def shard_sources(self, k: int) -> str | None:
+        """The ``sources`` digest shard ``k`` was written with (None: incomplete, or not recorded)."""
+        marker = self.shard_marker(k)
+        return None if marker is None else marker.get("sources")
+
+    def rewrite_metadata(self, columns: dict[str, Sequence[str]]) -> dict[str, int]:
+        """Replace whole metadata columns (``label``, ``group``, ``split``); returns rows changed per column.
+
+        Features are not touched: metadata is cheap, features are not. Each column is one zarr
+        shard file, built beside the store and renamed over the old one, so a reader sees the
+        old column or the new one, never a mix. ``id`` cannot change here (it keys the store).
+        """
+        import zarr
+
+        changed = {}
+        for name, values in columns.items():
+            if name not in _META_ARRAYS or name == "id":
+                raise KeyError(f"{name!r} is not a rewritable column; rewritable: label, group, split")
+            new = np.array([str(x) for x in values], dtype=object)
+            if len(new) != self.n_items:
+                raise ValueError(f"{name}: {len(new)} values for {self.n_items} items")
+            n = int((new != self.column(name)).sum())
+            if n:
+                changed[name] = n
+        if not changed:
+            return {}
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.metadata")
+        shutil.rmtree(tmp, ignore_errors=True)
+        try:
+            staging = zarr.open_group(str(tmp), mode="w")
+            for name in changed:
+                old = self._group[name]
+                a = staging.create_array(name, shape=old.shape, dtype=str, chunks=old.chunks, shards=old.shards)
+                a[:] = np.array([str(x) for x in columns[name]], dtype=object)
+                for f in sorted((tmp / name / "c").rglob("*")):
+                    if f.is_file():
+                        dst = self.path / name / f.relative_to(tmp / name)
+                        dst.parent.mkdir(parents=True, exist_ok=True)
+                        os.replace(f, dst)
+                self._columns.pop(name, None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return changed
+
     # -- writing ----------------------------------------------------------------------
     def set_scale(self, scale: dict) -> None:
         """Record the extractor's output scale in the attributes (outside the key)."""
@@ -283,13 +327,15 @@ class FeatureStore:
         status: np.ndarray | None = None,
         tokens: Sequence[np.ndarray] | None = None,
         errors: dict[str, str] | None = None,
+        sources: str | None = None,
     ) -> None:
         """Write item shard ``k`` whole, then mark it complete.
 
         ``pooled`` is ``(n, D)`` for the shard's ``n`` items; ``status`` per item
         (``STATUS_OK``/``STATUS_FAILED``, default all ok); ``tokens`` one ``(T_i, D)`` array
         per item (``T_i`` may be 0) when the store keeps tokens; ``errors`` maps item id
-        to the message of its failure and is kept in the shard's marker.
+        to the message of its failure and is kept in the shard's marker, as is ``sources``
+        (a digest of where the items came from; see :meth:`shard_sources`).
         """
         start, stop = self.shard_range(k)
         n, d = stop - start, self.dim
@@ -326,6 +372,7 @@ class FeatureStore:
             "failed": int((status == STATUS_FAILED).sum()),
             "tokens": int(lengths.sum()),
             "errors": errors or {},
+            **({"sources": sources} if sources is not None else {}),
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         _atomic_write_text(marker, json.dumps(record, ensure_ascii=False))

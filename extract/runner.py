@@ -159,8 +159,38 @@ def _write_shard(store, k: int, outs: list, items: list[dict], dim: int) -> dict
         else:
             pooled[i] = out[1]
             tokens.append(np.asarray(out[0], np.float32).reshape(-1, dim))
-    store.write_shard(k, pooled, status, tokens=tokens if store.has_tokens else None, errors=errors)
+    store.write_shard(k, pooled, status, tokens=tokens if store.has_tokens else None, errors=errors,
+                      sources=sources_digest(items))
     return {"items": n, "ok": int((status == STATUS_OK).sum()), "failed": len(errors), "errors": errors}
+
+
+def sources_digest(items: list[dict]) -> str:
+    """What a shard's features were computed from: its items' ids, resolved paths and inline texts.
+
+    Kept in the shard's marker; a rerun whose manifest gives one of those items another
+    file or text re-extracts the shard instead of silently keeping features of the old one.
+    """
+    import hashlib
+    import json
+
+    rows = [[str(it["id"]), str(it["uri"]), str(it["text"])] for it in items]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def follow_manifest(store, items: list[dict]) -> tuple[dict[str, int], list[int]]:
+    """Bring an existing store in line with the manifest, without running the backbone.
+
+    Labels, groups and splits are rewritten in place when they changed (returns rows changed
+    per column); complete shards whose items now come from other files or texts are
+    returned, to be extracted again. Ids cannot differ: they are part of the store's key.
+    """
+    changed = store.rewrite_metadata({c: [it[c] for it in items] for c in ("label", "group", "split")})
+    stale = []
+    for k in store.complete_shards():
+        recorded = store.shard_sources(k)
+        if recorded is not None and recorded != sources_digest(items[slice(*store.shard_range(k))]):
+            stale.append(k)
+    return changed, stale
 
 
 # -- planning: manifest + backbone -> store ---------------------------------------------
@@ -270,11 +300,12 @@ def extract(
     t0 = time.perf_counter()
     encoder = build_encoder(backbone, options, weights).to(device)
     store = open_output_store(cache, dataset, modality, encoder, items, shard_size)
-    done_before = set(store.complete_shards())
+    metadata_changed, stale = follow_manifest(store, items)
+    done_before = set(store.complete_shards()) - set(stale)
     todo = [k for k in range(store.n_shards) if k not in done_before]
     summary = {"store": str(store.path), "backbone": backbone, "device": device, "shards": store.n_shards,
                "threads": threads, "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0,
-               "errors": {}}
+               "errors": {}, "metadata_changed": metadata_changed, "sources_changed": len(stale)}
     shard_items = {k: items[slice(*store.shard_range(k))] for k in todo}
     t1 = time.perf_counter()
     if dask_scheduler is not None and todo:

@@ -64,6 +64,8 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
 
     Reruns skip shards already complete; a changed backbone or option writes a new store.
+    Changed labels, groups or splits in the manifest are written into the existing store
+    (features reused); items given another file or text are extracted again.
     """
     if list_:
         _print_list()
@@ -81,6 +83,12 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
         device=device, batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size,
         dask_scheduler=dask_scheduler, progress=progress,
     )
+    if summary["metadata_changed"]:
+        what = ", ".join(f"{col} of {n} item(s)" for col, n in summary["metadata_changed"].items())
+        click.echo(f"manifest changed: updated {what} in the store (features reused, not re-extracted)")
+    if summary["sources_changed"]:
+        click.echo(f"manifest changed: {summary['sources_changed']} shard(s) have items with another file or text; "
+                   "extracting them again")
     click.echo(
         f"{summary['store']}: {summary['written']} shard(s) written, {summary['skipped']} already complete; "
         f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"
