@@ -68,19 +68,21 @@ def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
 
 
 def effective_batch(cfg: TrainConfig, data) -> str:
-    """The batch a step draws: the configured size capped by the classes (groups) the train split has."""
+    """The batch a training step draws, as the sampler will build it (its own seeded RNG: nothing drawn here)."""
+    from mmx.train.samplers import ClassAlignedSampler, InstanceAlignedSampler
+
     train = data.splits["train"]
-    keys, unit = _units(train, train.modalities, cfg.alignment)
-    blank = "" if unit == "group" else -1
-    available = len(_shared(keys, blank))
-    per = int(cfg.options.get("per_class", 1)) if unit == "class" else 1
-    wanted = max(1, cfg.batch_size // per)
-    got = min(wanted, available)
-    units = PLURAL[unit]
-    text = f"{got} {units} x {per} item(s) per modality per step"
-    if got < wanted:
-        text += f" (batch_size {cfg.batch_size} capped by the {available} train {units})"
-    return text
+    try:
+        if cfg.alignment == "instance":
+            sampler = InstanceAlignedSampler({m: train.features[m].groups for m in train.modalities}, cfg.batch_size)
+            return f"{sampler.composition['batch/groups']} groups per step"
+        sampler = ClassAlignedSampler({m: train.classes[m].cpu().numpy() for m in train.modalities}, cfg.batch_size,
+                                      per_class=int(cfg.options.get("per_class", 1)))
+    except ValueError as exc:  # the strategy says it better when it builds its batches
+        return f"not drawable over all modalities at once ({exc})"
+    c = sampler.composition
+    k = f"{c['batch/per_class_min']}" + (f"-{c['batch/per_class_max']}" if c["batch/per_class_max"] != c["batch/per_class_min"] else "")
+    return f"{c['batch/items']} items per modality per step ({c['batch/classes']} classes x {k} items)"
 
 
 def header(cfg: TrainConfig, data, device: torch.device, n_stages: int) -> list[str]:
