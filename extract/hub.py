@@ -69,6 +69,8 @@ class _HubImageBase(RowEncoder):
 class HubImage(_HubImageBase):
     """An image backbone whose ``pooler_output`` is the pooled feature (ResNet: 2048-d)."""
 
+    channels_last = True  # ResNet and the other image towers of transformers are convolutional
+
     def __init__(self, info, options):
         super().__init__(info, options)
         s = self._load(options)

@@ -8,16 +8,20 @@ after a restart, or as a dask task: the result is identical in all three cases.
 
 Decoding and preprocessing run in ``workers`` DataLoader processes that stay ahead of the
 model (they also prefetch across shard boundaries); the main process only batches
-through the model under ``torch.inference_mode`` (and autocast + pinned memory on CUDA),
-and writes each shard whole as soon as its last batch is done. An item that fails to
+through the model under ``torch.inference_mode`` (and autocast + pinned memory on CUDA).
+Each shard is written whole as soon as its last batch is done, by one writer thread, so
+compressing and writing a shard overlaps the next batches instead of stalling the model;
+at most :data:`WRITES_IN_FLIGHT` shards wait for it (memory stays bounded). A shard is
+still written atomically and marked complete only after its data (resume is unchanged),
+and a write error stops the run as before. An item that fails to
 decode, or a batch the model fails on, is stored with status ``failed``, zeros for its
 pooled vector and no tokens, and its error in the shard marker; the run goes on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import sys
 import time
 from typing import Any, Callable
@@ -40,8 +44,43 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def default_workers() -> int:
-    return min(4, os.cpu_count() or 1)
+WRITES_IN_FLIGHT = 2
+
+
+def default_workers(device: str = "cpu") -> int:
+    """Decoding processes: on CUDA all usable cores but the model's one (the GPU needs the
+    decoded batches, not the CPU); on the CPU at most 4, which share the cores with the model."""
+    from mmx.cache.threads import usable_cores
+
+    cores = usable_cores()
+    return max(1, cores - 1) if str(device).startswith("cuda") else min(4, cores)
+
+
+class _Writer:
+    """Shard writes on one background thread, at most ``limit`` queued; ``done`` runs in the caller's thread."""
+
+    def __init__(self, limit: int, done: Callable[[int, dict], None]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmx-shard-writer")
+        self.pending: list = []
+        self.limit, self.done = limit, done
+
+    def submit(self, k: int, fn, *args) -> None:
+        while len(self.pending) >= self.limit:
+            self._finish_oldest()
+        self.pending.append((k, self.pool.submit(fn, *args)))
+
+    def _finish_oldest(self) -> None:
+        k, future = self.pending.pop(0)
+        self.done(k, future.result())  # re-raises a write error here
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self._finish_oldest()
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _Items:
@@ -120,7 +159,14 @@ def extract_shards(
     remaining = {k: len(shard_items[k]) for k in shards}
     first = {k: owner.index(k) for k in shards}
     summaries: dict[int, dict] = {}
-    with torch.inference_mode():
+
+    def written(k: int, summary: dict) -> None:
+        summaries[k] = summary
+        if on_shard:
+            on_shard(k, summary)
+
+    writer = _Writer(WRITES_IN_FLIGHT, written)
+    with torch.inference_mode(), contextlib.closing(writer):
         for batch in loader:
             for j, msg in batch["failures"].items():
                 results[j] = Failure(msg)
@@ -138,9 +184,7 @@ def extract_shards(
                 remaining[k] -= sum(1 for j in batch["index"] if owner[j] == k)
                 if remaining[k] == 0:
                     n = len(shard_items[k])
-                    summaries[k] = _write_shard(store, k, [results.pop(first[k] + i) for i in range(n)], shard_items[k], encoder.dim)
-                    if on_shard:
-                        on_shard(k, summaries[k])
+                    writer.submit(k, _write_shard, store, k, [results.pop(first[k] + i) for i in range(n)], shard_items[k], encoder.dim)
     return summaries
 
 
@@ -295,7 +339,7 @@ def extract(
     asked_device = device
     # on dask the workers pick their own device; the client only needs the metadata
     device = "cpu" if dask_scheduler is not None else resolve_device(device)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(device) if workers is None else workers
     threads = set_threads(threads)
     t0 = time.perf_counter()
     encoder = build_encoder(backbone, options, weights).to(device)

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Every GPU test and every GPU benchmark of mmx in one command, on a fresh GPU machine.
+#
+# Expects: Python 3.12 with torch (CUDA), transformers, numpy, scipy, pandas, pyarrow, h5py,
+# pillow and pytest installed, no package index, and the wheels of benchmarks/gpu_wheels.sh
+# in .whl/ (downloaded beforehand where pip works). Installs them into a private folder,
+# then runs, each under its own time limit so the whole stays within 8 minutes:
+#   1. the whole default suite plus the gpu-marked tests, with CUDA visible;
+#   2. bench_train.py (paper-000 round-robin, tri, quad to early stop, XMediaNet scale),
+#      bench_train_cvs.py (CVS/M-CVS/RVS ms/iter), bench_eao.py (paper size, bf16),
+#      bench_eval.py (every metric, both relevances), bench_extract.py (image pipeline/model
+#      for EfficientNet-Lite0 and a ResNet-50 at batch 64, audio and video figures),
+#      bench_startup.py (CPU start-up);
+# and writes env.txt, one log per step and figures.txt (the lines that carry the figures)
+# into $OUT (or ./gpu-out when OUT is unset): at most 8 files. Limits per step add up to
+# 450 s, plus about 20 s of installing; GPU_CHECK_STEPS="train extract" reruns some steps.
+#
+#     bash benchmarks/gpu_wheels.sh     # here, once
+#     bash benchmarks/gpu_check.sh      # there
+set -uo pipefail
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+OUT_DIR=${OUT:-$REPO/gpu-out}
+mkdir -p "$OUT_DIR"
+PY=${PYTHON:-python3}
+T0=$(date +%s)
+
+# -- dependencies from the carried wheels; the checkout imported as `mmx` --------------------
+SITE=/tmp/mmx-gpu-site
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" .whl/*.whl \
+    || { echo "installing .whl/ failed" | tee "$OUT_DIR/env.txt"; exit 1; }
+fi
+mkdir -p /tmp/mmx-gpu-path && ln -sfn "$REPO" /tmp/mmx-gpu-path/mmx
+export PYTHONPATH=/tmp/mmx-gpu-path:$SITE${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
+
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1
+  echo "cpus: $(nproc)"
+  "$PY" -c "import sys, torch, mmx; print('python', sys.version.split()[0], '| torch', torch.__version__, '| cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '-', '| mmx', mmx.__file__)"
+} > "$OUT_DIR/env.txt" 2>&1
+cat "$OUT_DIR/env.txt"
+
+STEPS=${GPU_CHECK_STEPS:-tests train cvs eao eval extract}  # a rerun can name fewer
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, never abort the rest
+  local name=$1 limit=$2; shift 2
+  [[ " $STEPS " == *" $name "* ]] || return 0
+  local t=$(date +%s)
+  echo "== $name (limit ${limit}s)"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT_DIR/$name.log" 2>&1
+  local rc=$?
+  echo "== $name: exit $rc after $(( $(date +%s) - t ))s" | tee -a "$OUT_DIR/$name.log"
+  tail -n 3 "$OUT_DIR/$name.log"
+}
+
+# 1. tests: the default suite and the gpu-marked ones (CUDA visible to all of them)
+step tests 140 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy" -o addopts="-ra --strict-markers" tests
+# 2. benchmarks (threads: mmx's default; figures go to figures.txt)
+step train 100 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad --device cuda
+step cvs 30 "$PY" benchmarks/bench_train_cvs.py --device cuda --steps 20
+step eao 30 "$PY" benchmarks/bench_eao.py --device cuda --steps 5
+step eval 40 "$PY" benchmarks/bench_eval.py --device cuda
+step extract 100 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --batch-size 64 --workers 0 --resnet50
+
+# -- the figures, one file ----------------------------------------------------------------------
+{
+  echo "machine: $(head -2 "$OUT_DIR/env.txt" | tail -1), $(nproc) CPU cores; total $(( $(date +%s) - T0 )) s"
+  grep -h -E "passed|failed|error" "$OUT_DIR/tests.log" | tail -1
+  grep -h -E "^FAILED|^ERROR" "$OUT_DIR/tests.log"
+  grep -h -E "^(roundrobin|tri|quad) " "$OUT_DIR/train.log"
+  grep -h -E "^(cvs|mcvs|rvs) |growth|M-CVS last" "$OUT_DIR/cvs.log"
+  grep -h -E "samples/s|TFLOP|peak" "$OUT_DIR/eao.log"
+  grep -h -E "wall|similarities" "$OUT_DIR/eval.log"
+  grep -h -E "^(efficientnet|frames|logmel|minilm|resnet)|device=" "$OUT_DIR/extract.log"
+} > "$OUT_DIR/figures.txt" 2>/dev/null
+cat "$OUT_DIR/figures.txt"
