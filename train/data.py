@@ -14,6 +14,7 @@ test split) is our choice, recorded in the run (``splits.json``: seed, fraction 
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from typing import Any
 
 import numpy as np
@@ -66,8 +67,9 @@ def stratified_pick(features: dict, eligible: dict, fraction: float, seed: int, 
 
     ``eligible[m]``: bool mask of the items that may be drawn. Each stratum with at least two
     units gives ``round(fraction * n)`` of them, at least one and never all, so every class
-    stays in both parts; units are sorted before the seeded shuffle, so the draw does not
-    depend on store order.
+    stays in both parts. Units are sorted before the shuffle and each stratum has its own
+    generator, seeded by (seed, salt, stratum), so a stratum's draw depends neither on store
+    order nor on the other strata (``--add-modality`` leaves the others' slices as they were).
     """
     unit, stratum = _units(features)
     by_stratum: dict = {}
@@ -75,12 +77,12 @@ def stratified_pick(features: dict, eligible: dict, fraction: float, seed: int, 
         for u, st, ok in zip(unit[m], stratum[m], eligible[m]):
             if ok:
                 by_stratum.setdefault(st, set()).add(u)
-    rng = np.random.default_rng([seed, salt])
     drawn = set()
     for st in sorted(by_stratum):
         units = sorted(by_stratum[st])
         n = len(units)
         k = 0 if n < 2 else min(n - 1, max(1, int(round(fraction * n))))
+        rng = np.random.default_rng([seed, salt, zlib.crc32(repr(st).encode())])
         drawn.update(units[i] for i in rng.permutation(n)[:k])
     return {m: np.array([u in drawn for u in unit[m]], bool) & eligible[m] for m in features}
 

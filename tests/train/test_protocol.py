@@ -180,3 +180,17 @@ def test_monitor_names_and_bad_protocol_settings():
         train(TrainConfig(modalities=MODS, holdout="train", monitor="mAP@0", keep="first", val_fraction=1.5))
     msg = str(exc.value)
     assert "holdout must be val or test" in msg and "monitor must be" in msg and "keep must be" in msg and "val_fraction" in msg
+
+
+def test_a_modalitys_slice_does_not_change_when_another_modality_joins(class_cache):
+    two = load(class_cache, TrainConfig(modalities=["text", "image"]))
+    three = load(class_cache, TrainConfig(modalities=MODS))
+    for m in (Modality.TEXT, Modality.IMAGE):
+        assert list(two.splits["val"].features[m].ids) == list(three.splits["val"].features[m].ids)
+
+
+def test_every_stage_of_a_fixed_epoch_run_keeps_its_last_epoch(class_cache, tmp_path):
+    run = train(cfg_for(class_cache, tmp_path, strategy="rvs", keep="last", epochs=2, patience=1, lr=0.5,
+                        options={"reference": "image"}))
+    stages = [r for r in read_jsonl(run / "metrics.jsonl") if "stage_name" in r]
+    assert len(stages) == 2 and all(r["best_epoch"] == 2 for r in stages)
