@@ -70,14 +70,16 @@ def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
 def effective_batch(cfg: TrainConfig, data) -> str:
     """The batch a training step draws, as the sampler will build it (its own seeded RNG: nothing drawn here)."""
     from mmx.train.samplers import ClassAlignedSampler, InstanceAlignedSampler
+    from mmx.train.strategies import get_strategy
 
     train = data.splits["train"]
     try:
         if cfg.alignment == "instance":
             sampler = InstanceAlignedSampler({m: train.features[m].groups for m in train.modalities}, cfg.batch_size)
             return f"{sampler.composition['batch/groups']} groups per step"
+        per_class = {**get_strategy(cfg.strategy).option_defaults(), **cfg.options}.get("per_class", 1)  # CVS: 2
         sampler = ClassAlignedSampler({m: train.classes[m].cpu().numpy() for m in train.modalities}, cfg.batch_size,
-                                      per_class=int(cfg.options.get("per_class", 1)))
+                                      per_class=int(per_class))
     except ValueError as exc:  # the strategy says it better when it builds its batches
         return f"not drawable over all modalities at once ({exc})"
     c = sampler.composition
@@ -98,6 +100,7 @@ def header(cfg: TrainConfig, data, device: torch.device, n_stages: int) -> list[
         f"strategy {cfg.strategy}{stages}, modalities {','.join(cfg.modalities)}, alignment {cfg.alignment}",
         f"device {device}, {torch.get_num_threads()} torch thread(s)",
         f"items: {counts}",
-        f"batch: {effective_batch(cfg, data)}; up to {cfg.epochs} epochs, "
-        f"stop after {cfg.patience} without a lower {cfg.holdout} loss",
+        f"batch: {effective_batch(cfg, data)}; " + (
+            f"a fixed {cfg.epochs} epochs, the last kept" if cfg.keep == "last" else
+            f"up to {cfg.epochs} epochs, stop after {cfg.patience} without a better {cfg.holdout} {cfg.monitor}"),
     ]

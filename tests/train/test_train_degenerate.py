@@ -106,6 +106,7 @@ def test_run_header_epoch_totals_and_quick_recall_note(synthetic, tmp_path):
     assert "device cpu" in text and "torch thread(s)" in text
     assert "items: train text " in text and "; val text " in text and "; test text " in text, text
     assert "batch: 100 items per modality per step (6 classes x 16-17 items)" in text
+    assert "up to 2 epochs, stop after 5 without a better val loss" in text
     assert "epoch   1/2" in text and "epoch   2/2" in text
     assert "per-epoch R@10" in text and "mmx eval RUN" in text
 
