@@ -4,16 +4,17 @@ Trains ``joint`` on a real class-aligned cache (default: the digits cache, 10 cl
 images, spoken digits, sentences) for the same fixed number of epochs (``keep: last``, so
 nothing is selected on any split) in three settings, over several seeds:
 
-* ``pair, 10 items``: paper 000's loss at the batch mmx used to draw with 10 classes
+* ``pair/10``: paper 000's loss at the batch mmx used to draw with 10 classes
   (one item per class, whatever ``--batch-size`` said);
-* ``pair, 128 items``: paper 000's loss with the batch honoured (P x K, same-class items
+* ``pair/128``: paper 000's loss with the batch honoured (P x K, same-class items
   are negatives);
-* ``class, 128 items``: ``options.positives=class`` (multi-positive InfoNCE).
+* ``class/128``: ``options.positives=class`` (multi-positive InfoNCE).
 
 Reported: test mAP (full), mAP@50 and R@1, each the mean over the query->target pairs, as
 ``mmx eval`` computes them; mean and min..max over seeds.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_positives.py --cache /work/realdata/cache --dataset digits
+    OMP_NUM_THREADS=1 python benchmarks/bench_positives.py --epochs 60 --settings pair/128,class/128
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import tempfile
 
 import numpy as np
 
-SETTINGS = {"pair, 10 items": ("pair", 10), "pair, 128 items": ("pair", 128), "class, 128 items": ("class", 128)}
+SETTINGS = {"pair/10": ("pair", 10), "pair/128": ("pair", 128), "class/128": ("class", 128)}  # positives/batch items
 
 
 def main() -> None:
@@ -35,6 +36,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="Comma-separated subset of: " + ", ".join(SETTINGS))
     args = ap.parse_args()
 
     import torch
@@ -46,7 +48,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     out = tempfile.mkdtemp(prefix="bench-positives-")
     rows = {}
-    for label, (positives, batch) in SETTINGS.items():
+    for label in (s.strip() for s in args.settings.split(",") if s.strip()):
+        positives, batch = SETTINGS[label]
         for seed in range(args.seeds):
             cfg = resolve(overrides={"strategy": args.strategy, "cache": args.cache, "dataset": args.dataset,
                                      "modalities": args.modalities, "epochs": args.epochs, "batch_size": batch,
