@@ -24,7 +24,20 @@ Readings (where the papers are silent or disagree):
 * L2 normalisation after the residual (paper 002 after eq. 6; thesis: "L2 normalized at
   the output stage").
 * Ablation (thesis 5.2-A, Fig. 25): ``use_wi``, ``use_ws``, ``use_wis`` drop the term of
-  ``W_i``, ``W_s`` or ``W_is`` from the tanh argument.
+  ``W_i``, ``W_s`` or ``W_is`` from the tanh argument. Dropping all three is the thesis's
+  attention-off baseline (Tables 5-7: the common space without aligned attention): the block
+  then has no weights and returns ``l2norm(g_i), l2norm(g_s)`` (an input-independent
+  ``softmax(W_e tanh(b))`` would be a learned constant feature weighting, not attention).
+
+Other readings of eq. 3-6, as options (issue 13 item 7: with the softmax over D = 512
+features, alpha is about 1/512, so ``g + alpha * g`` barely differs from ``g``):
+
+* ``temperature="learned"``: ``softmax(W_e t / T)`` with a learned ``T = exp(s)``, ``s = 0`` at
+  the start, so the attention can sharpen (alpha up to 1 on one feature) or flatten.
+* ``softmax="batch"``: the softmax of eq. 4 runs over the batch axis (each feature's weights
+  sum to 1 over the items of the batch) instead of the feature axis. Then an item's
+  embedding depends on the other items it is embedded with: at inference, those of its chunk
+  (``CommonSpaceStrategy.embed``), which is this reading's price.
 """
 
 from __future__ import annotations
@@ -37,18 +50,24 @@ from torch import nn
 class AlignedAttention(nn.Module):
     """One aligned-attention block between a modality on the ``i`` side and one on the ``s`` side."""
 
-    def __init__(self, dim: int, use_wi: bool = True, use_ws: bool = True, use_wis: bool = True):
+    def __init__(self, dim: int, use_wi: bool = True, use_ws: bool = True, use_wis: bool = True,
+                 softmax: str = "features", temperature: str = "fixed"):
         super().__init__()
-        if not (use_wi or use_ws or use_wis):
-            raise ValueError("aligned attention needs at least one of W_i, W_s, W_is (all three were switched off)")
+        if softmax not in ("features", "batch"):
+            raise ValueError(f"softmax must be over 'features' or 'batch', not {softmax!r}")
+        if temperature not in ("fixed", "learned"):
+            raise ValueError(f"temperature must be 'fixed' or 'learned', not {temperature!r}")
+        self.off = not (use_wi or use_ws or use_wis)  # the attention-off baseline
+        self.axis = -1 if softmax == "features" else 0
         self.w_i = nn.Linear(dim, dim, bias=False) if use_wi else None
         self.w_s = nn.Linear(dim, dim, bias=False) if use_ws else None
         self.w_is = nn.Linear(dim, dim, bias=False) if use_wis else None
-        self.bias = nn.Parameter(torch.zeros(dim))
-        self.w_e = nn.Linear(dim, dim, bias=False)  # W_e (eq. 3), or W_se in RVS (eq. 3.3.2)
+        self.bias = None if self.off else nn.Parameter(torch.zeros(dim))
+        self.w_e = None if self.off else nn.Linear(dim, dim, bias=False)  # W_e (eq. 3), or W_se in RVS (eq. 3.3.2)
+        self.log_temperature = nn.Parameter(torch.zeros(())) if temperature == "learned" and not self.off else None
 
     def attention(self, g_i: torch.Tensor, g_s: torch.Tensor, w_ie: nn.Module | None = None):
-        """``(alpha_i, alpha_s)``, each (B, D) with rows summing to 1 (eq. 3-4 / 3.3.1-3.3.4)."""
+        """``(alpha_i, alpha_s)``, each (B, D), summing to 1 over ``softmax``'s axis (eq. 3-4 / 3.3.1-3.3.4)."""
         h = self.bias.expand_as(g_i)
         if self.w_i is not None:
             h = h + self.w_i(g_i)
@@ -57,11 +76,14 @@ class AlignedAttention(nn.Module):
         if self.w_is is not None:
             h = h + self.w_is(g_i * g_s)
         t = torch.tanh(h)  # (B, D)
-        alpha_s = torch.softmax(self.w_e(t), dim=-1)  # over features, not the batch
-        alpha_i = alpha_s if w_ie is None else torch.softmax(w_ie(t), dim=-1)
+        scale = 1.0 if self.log_temperature is None else torch.exp(-self.log_temperature)
+        alpha_s = torch.softmax(self.w_e(t) * scale, dim=self.axis)
+        alpha_i = alpha_s if w_ie is None else torch.softmax(w_ie(t) * scale, dim=self.axis)
         return alpha_i, alpha_s
 
     def forward(self, g_i: torch.Tensor, g_s: torch.Tensor, w_ie: nn.Module | None = None):
         """``(g_i', g_s')``: residual re-weighting (eq. 5-6) then L2 normalisation, each (B, D)."""
+        if self.off:
+            return F.normalize(g_i, dim=-1), F.normalize(g_s, dim=-1)
         alpha_i, alpha_s = self.attention(g_i, g_s, w_ie)
         return F.normalize(g_i + alpha_i * g_i, dim=-1), F.normalize(g_s + alpha_s * g_s, dim=-1)

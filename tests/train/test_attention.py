@@ -56,8 +56,33 @@ def test_ablation_switches_drop_their_term():
     _, ref_i, _ = _reference(gi, gs, use_wis=False)
     out_i, _ = block(torch.tensor(gi, dtype=torch.float32), torch.tensor(gs, dtype=torch.float32))
     np.testing.assert_allclose(out_i.detach().numpy(), ref_i, rtol=1e-5)
-    with pytest.raises(ValueError, match="at least one"):
-        AlignedAttention(4, use_wi=False, use_ws=False, use_wis=False)
+
+
+def test_all_three_off_is_the_attention_off_baseline():
+    block = AlignedAttention(4, use_wi=False, use_ws=False, use_wis=False)
+    assert list(block.parameters()) == []  # nothing to learn
+    gi, gs = torch.randn(3, 4), torch.randn(3, 4)
+    out_i, out_s = block(gi, gs)
+    assert torch.allclose(out_i, gi / gi.norm(dim=1, keepdim=True)) and torch.allclose(out_s, gs / gs.norm(dim=1, keepdim=True))
+
+
+def test_other_readings_temperature_and_batch_softmax():
+    torch.manual_seed(0)
+    gi, gs = torch.randn(5, 4), torch.randn(5, 4)
+    learned = AlignedAttention(4, temperature="learned")
+    plain = AlignedAttention(4)
+    plain.load_state_dict({k: v for k, v in learned.state_dict().items() if k != "log_temperature"})
+    assert torch.allclose(learned.attention(gi, gs)[1], plain.attention(gi, gs)[1])  # T = 1 at the start
+    with torch.no_grad():
+        learned.log_temperature.fill_(np.log(0.1))
+    t = torch.tanh(plain.w_i(gi) + plain.w_s(gs) + plain.w_is(gi * gs) + plain.bias)
+    assert torch.allclose(learned.attention(gi, gs)[1], torch.softmax(plain.w_e(t) / 0.1, -1), atol=1e-6)
+    over_batch = AlignedAttention(4, softmax="batch")
+    over_batch.load_state_dict(plain.state_dict())
+    a = over_batch.attention(gi, gs)[1]
+    assert torch.allclose(a.sum(0), torch.ones(4)) and torch.allclose(a, torch.softmax(plain.w_e(t), 0))
+    with pytest.raises(ValueError, match="softmax"):
+        AlignedAttention(4, softmax="heads")
 
 
 def test_rvs_reference_weight_drives_the_reference_side_only():

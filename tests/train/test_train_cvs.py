@@ -144,10 +144,12 @@ def test_adding_a_modality_keeps_existing_embeddings_bitwise(cache, tmp_path, st
 
 def test_bad_options_are_reported_together(tmp_path):
     cfg = TrainConfig(strategy="mcvs", modalities=MODS, options={"stagez": 1, "stages": [["image"], ["text"]],
-                                                                  "attention_wi": False, "attention_ws": False, "attention_wis": False})
+                                                                  "attention_softmax": "heads", "train_as_served": "yes"})
     problems = "\n".join(get_strategy("mcvs").check(cfg))
     assert "unknown option(s) stagez" in problems and "exactly once" in problems and "at least two" in problems
-    assert "all false" in problems
+    assert "attention_softmax" in problems and "train_as_served" in problems
+    off = {"attention_wi": False, "attention_ws": False, "attention_wis": False}  # the attention-off baseline is allowed
+    assert get_strategy("cvs").check(TrainConfig(strategy="cvs", modalities=MODS, options=off)) == []
     rvs = get_strategy("rvs").check(TrainConfig(strategy="rvs", modalities=["text", "audio"]))
     assert any("reference 'image'" in p for p in rvs)
     cvs = get_strategy("cvs").check(TrainConfig(strategy="cvs", options={"extend_from": "x"}))
@@ -210,3 +212,43 @@ def test_resume_refuses_a_different_stage_plan(cache, tmp_path):
         loop.train(_cfg(cache, tmp_path, "mcvs", epochs=1, options={"stages": [["image", "text"], ["video", "audio"]]}), resume=run)
     with pytest.raises(ValueError, match="stage 3 is 'audio' there, but 'video' in this config"):
         loop.train(_cfg(cache, tmp_path, "mcvs", epochs=1, options={"stages": [["image", "text"], ["audio"], ["video"]]}), resume=run)
+
+
+@pytest.mark.parametrize("strategy", ["cvs", "mcvs", "rvs"])
+def test_train_as_served_trains_on_the_served_embeddings(cache, tmp_path, strategy, monkeypatch):
+    """Issue 13 item 8: with train_as_served the loss sees exactly what embed() serves."""
+    from mmx.train.data import load_train_data
+    from mmx.cache.modality import Modality
+    import mmx.train.strategies.cvs as cvs
+
+    cfg = _cfg(cache, tmp_path, strategy, options={"train_as_served": True})
+    assert get_strategy(strategy).check(cfg) == []
+    data = load_train_data(str(cache), "synthetic", Modality.parse_list(MODS), ["train", "test"])
+    strat = get_strategy(strategy)(cfg, data, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = strat.build_model()
+    stage = strat.stages()[-1]  # a later stage: an earlier modality enters as its served embedding
+    strat.begin_stage(model, stage)
+    batch = next(iter(strat.batches(data.splits["train"], 1, train=True)))
+    seen = []
+    real = cvs.pair_triplet_loss
+    monkeypatch.setattr(cvs, "pair_triplet_loss", lambda a, la, b, lb, *r: seen.append((a, b)) or real(a, la, b, lb, *r))
+    strat.step(model, batch)
+    assert len(seen) == len(stage.blocks)
+    for (i, s), (a, b) in zip(stage.blocks, seen):
+        for m, got in ((i, a), (s, b)):
+            served = model.embed_through(m, batch[m][0], strat.home_blocks(m), "self")
+            assert torch.allclose(got, served, atol=1e-6), (m, i, s)
+    run = loop.train(cfg)
+    assert mean_map(run, MODS) > 0.6  # it still learns
+
+
+@pytest.mark.parametrize("options", [
+    {"attention_wi": False, "attention_ws": False, "attention_wis": False},  # attention-off baseline
+    {"attention_temperature": "learned"},
+    {"attention_softmax": "batch"},
+])
+def test_attention_readings_train(cache, tmp_path, options):
+    """Issue 13 item 7: every reading of eq. 3-6 trains end to end."""
+    run = loop.train(_cfg(cache, tmp_path, "cvs", options=options))
+    assert mean_map(run, MODS) > 0.6

@@ -43,6 +43,21 @@ never change after their stage, so embeddings of earlier modalities stay bitwise
 Pair-specific embeddings (Q through the (Q, R) block) would not fit Q->Any, where one
 gallery mixes modalities, nor the one-file-per-modality run folder, so they are not offered.
 
+Train and serve (issue 13 item 8). The papers train a block on pairs of *different* items
+(row r of modality i and row r of modality s are same-class items, paper 002 III-A), but
+serve an item with *itself* (or nothing) as its partner, so the attention at inference sees
+inputs it never saw in training. In M-CVS and RVS a later stage trains the new modality
+against an earlier one's output *through the new block* (the earlier side of block (e, m)),
+while the earlier modality is served through its home block of the earlier stage, so the
+new modality is aligned to an embedding of ``e`` that retrieval never uses.
+``options.train_as_served: true`` is the consistent alternative: every modality's training
+embedding is exactly its served embedding (its home blocks, ``inference_partner`` as the
+partner, averaged), and each block's loss is taken between those; an earlier modality then
+enters a later stage's loss as its frozen served embedding. The default (false) is the
+papers'. Attention options: ``attention_wi/ws/wis`` (all false: the attention-off baseline,
+thesis Tables 5-7), ``attention_softmax`` (``features``: the papers; ``batch``) and
+``attention_temperature`` (``fixed``; ``learned``), see :mod:`mmx.train.attention`.
+
 ``batch_size`` here counts items per modality (paper 002 V-A: batch size 128), drawn as
 ``batch_size // per_class`` classes with ``per_class`` items each, or every class with more
 items each when there are fewer classes (see ClassAlignedSampler).
@@ -72,6 +87,9 @@ DEFAULTS = {
     "weight_classification": 1.0,  # alpha of eq. 3.1.7
     "per_class": 2,
     "inference_partner": "self",
+    "attention_softmax": "features",  # features (paper 002 eq. 4, thesis 3.1-C) | batch
+    "attention_temperature": "fixed",  # fixed (the papers) | learned
+    "train_as_served": False,  # true: train on the embeddings retrieval uses (see the docstring)
 }
 PREFERRED_ORDER = ["image", "text", "video", "audio"]  # paper 002 III-A stage order
 
@@ -137,8 +155,12 @@ class CommonSpaceStrategy(Strategy):
     def check(cls, cfg) -> list[str]:
         problems = super().check(cfg)
         opt = {**cls.option_defaults(), **cfg.options}
-        if not (opt["attention_wi"] or opt["attention_ws"] or opt["attention_wis"]):
-            problems.append("options: attention_wi, attention_ws and attention_wis are all false; the attention needs one")
+        if opt["attention_softmax"] not in ("features", "batch"):
+            problems.append(f"options.attention_softmax must be 'features' or 'batch', got {opt['attention_softmax']!r}")
+        if opt["attention_temperature"] not in ("fixed", "learned"):
+            problems.append(f"options.attention_temperature must be 'fixed' or 'learned', got {opt['attention_temperature']!r}")
+        if not isinstance(opt["train_as_served"], bool):
+            problems.append(f"options.train_as_served must be true or false, got {opt['train_as_served']!r}")
         for key in ("margins", "gammas"):
             if not (isinstance(opt[key], (list, tuple)) and len(opt[key]) == 3):
                 problems.append(f"options.{key} must be a list of 3 numbers, got {opt[key]!r}")
@@ -177,7 +199,8 @@ class CommonSpaceStrategy(Strategy):
 
     # ---- model, batches, loss -----------------------------------------------------------
     def build_model(self):
-        ablation = {"use_wi": self.opt["attention_wi"], "use_ws": self.opt["attention_ws"], "use_wis": self.opt["attention_wis"]}
+        ablation = {"use_wi": self.opt["attention_wi"], "use_ws": self.opt["attention_ws"], "use_wis": self.opt["attention_wis"],
+                    "softmax": self.opt["attention_softmax"], "temperature": self.opt["attention_temperature"]}
         dims = {m: self.data.dims[Modality.parse(m)] for m in self.mods}
         model = CommonSpaceModel(dims, self.cfg.embed_dim, len(self.data.class_names), self.all_blocks, ablation,
                                  shared_reference=self.name == "rvs")
@@ -202,11 +225,14 @@ class CommonSpaceStrategy(Strategy):
             yield batch
 
     def step(self, model, batch):
-        g = {m: model.heads[m](x) for m, (x, _) in batch.items()}  # each (B*K, D)
         labels = {m: y for m, (_, y) in batch.items()}
+        if self.opt["train_as_served"]:
+            served = {m: model.embed_through(m, x, self.home_blocks(m), self.opt["inference_partner"]) for m, (x, _) in batch.items()}
+        else:
+            g = {m: model.heads[m](x) for m, (x, _) in batch.items()}  # each (B*K, D)
         parts, trip, cls = {}, [], []
         for i, s in self.stage.blocks:
-            out_i, out_s = model.attend(i, s, g[i], g[s])
+            out_i, out_s = (served[i], served[s]) if self.opt["train_as_served"] else model.attend(i, s, g[i], g[s])
             t = pair_triplet_loss(out_i, labels[i], out_s, labels[s], self.opt["margins"], self.opt["gammas"],
                                   self.opt["triplet_symmetric"])
             c = 0.5 * (classification_loss(model.classifier(out_i), labels[i]) + classification_loss(model.classifier(out_s), labels[s]))
