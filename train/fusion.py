@@ -86,36 +86,42 @@ class Mlp(nn.Module):
 class Layout:
     """Where the packed tokens of a set of sequences sit in a padded attention batch.
 
-    ``seq`` (n,) is each packed token's sequence (0..N-1); tokens of one sequence keep their
-    packed order. Queries, keys and values are scattered straight into the ``(N, H, L, d/H)``
-    layout attention wants (one copy each way) and padded slots get a ``-inf`` bias.
+    ``seq`` (n,) is the sequence (0..N-1) of each of the packed tokens ``first .. first+n-1``;
+    tokens of one sequence keep their packed order. Queries, keys and values are gathered
+    straight from the rows that hold them into the ``(N, H, L, d/H)`` layout attention wants
+    (one gather; a padded slot reads token ``first`` and is masked by a ``-inf`` bias, so it
+    adds nothing, not even a gradient), and the output is gathered back to packed rows.
     """
 
-    def __init__(self, seq: torch.Tensor, n_seq: int, heads: int):
+    def __init__(self, seq: torch.Tensor, n_seq: int, heads: int, first: int):
         counts = torch.bincount(seq, minlength=n_seq)
         order = torch.argsort(seq, stable=True)
         start = torch.cumsum(counts, 0) - counts
         slot = torch.empty_like(seq)
         slot[order] = torch.arange(len(seq), device=seq.device) - start[seq[order]]
         self.n, self.heads, self.length = n_seq, heads, max(int(counts.max()), 1) if n_seq else 1
+        where = seq * self.length + slot  # (n,) flat (sequence, slot) of each token
+        self.token = torch.full((n_seq * self.length,), first, dtype=torch.long, device=seq.device)
+        self.token[where] = first + torch.arange(len(seq), device=seq.device)  # packed token in each slot
         keep = torch.zeros(n_seq * self.length, dtype=torch.bool, device=seq.device)
-        keep[seq * self.length + slot] = True
+        keep[where] = True
         self.bias = torch.zeros(n_seq, 1, 1, self.length, device=seq.device).masked_fill(~keep.view(n_seq, 1, 1, -1), float("-inf"))
-        base = seq[:, None] * heads + torch.arange(heads, device=seq.device)  # (n, H): (sequence, head)
-        # row of each (token, head) vector in a flattened (N, H, L) batch, and of each
-        # (token, q/k/v, head) vector in a flattened (3, N, H, L) one
-        self.rows = (base * self.length + slot[:, None]).reshape(-1)  # (n * H,)
-        part = torch.arange(3, device=seq.device)[None, :, None] * (n_seq * heads)
-        self.qkv_rows = ((part + base[:, None, :]) * self.length + slot[:, None, None]).reshape(-1)  # (n * 3 * H,)
+        h = torch.arange(heads, device=seq.device)
+        self.rows = ((seq[:, None] * heads + h) * self.length + slot[:, None]).reshape(-1)  # (n * H,) output rows
+        self.size = len(seq)
 
-    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
-        """Packed (n, 3d) queries/keys/values -> packed (n, d) attention output."""
-        n, width = qkv.shape[0], qkv.shape[1] // 3
-        hd = width // self.heads
-        padded = qkv.new_zeros(3 * self.n * self.heads * self.length, hd).index_copy(0, self.qkv_rows, qkv.reshape(-1, hd))
-        q, k, v = padded.view(3, self.n, self.heads, self.length, hd)  # each (N, H, L, d/H), contiguous
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=self.bias.to(q.dtype), dropout_p=dropout)
-        return out.reshape(-1, hd).index_select(0, self.rows).view(n, width)
+    def attend(self, qkv: torch.Tensor, row_of: torch.Tensor | None, dropout: float) -> torch.Tensor:
+        """``qkv`` (rows, 3d); ``row_of`` (n_all,): the qkv row of each packed token (None: the
+        same index) -> this layout's tokens' attention output, packed (n, d)."""
+        width = qkv.shape[1] // 3
+        h, hd = self.heads, width // self.heads
+        src = self.token if row_of is None else row_of[self.token]  # (N * L,)
+        part = torch.arange(3, device=src.device)[:, None, None, None] * h + torch.arange(h, device=src.device)[None, None, :, None]
+        idx = (src.view(1, self.n, 1, self.length) * 3 * h + part).reshape(-1)  # (3 * N * H * L,) rows of (d/H)-vectors
+        q, k, v = qkv.reshape(-1, hd).index_select(0, idx).view(3, self.n, h, self.length, hd)
+        p = torch.softmax(q @ k.transpose(-1, -2) * hd**-0.5 + self.bias.to(q.dtype), dim=-1)  # (N, H, L, L)
+        out = F.dropout(p, dropout, training=dropout > 0) @ v  # (N, H, L, d/H)
+        return out.reshape(-1, hd).index_select(0, self.rows).view(self.size, width)
 
 
 class Attention(nn.Module):
@@ -126,11 +132,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
 
-    def mix(self, qkv: torch.Tensor, layouts: list) -> torch.Tensor:
-        """Packed (n, 3d) -> packed (n, d): each layout covers the next run of the tokens."""
+    def mix(self, qkv: torch.Tensor, layouts: list, row_of: torch.Tensor | None) -> torch.Tensor:
+        """(rows, 3d) -> packed (n, d); each layout covers the next run of the packed tokens."""
         p = self.dropout if self.training else 0.0
-        parts = qkv.split([len(layout.rows) // layout.heads for layout in layouts])  # split, not slices: no zero-filled grads
-        return torch.cat([layout.attend(x, p) for layout, x in zip(layouts, parts)])
+        out = [layout.attend(qkv, row_of, p) for layout in layouts]
+        return out[0] if len(out) == 1 else torch.cat(out)
 
 
 class Block(nn.Module):
@@ -150,9 +156,10 @@ class Block(nn.Module):
         subset containing its modality): LayerNorm and qkv run once per input row.
         """
         qkv = self.attn.qkv(self.norm1(x))  # (n_in, 3d)
+        mixed = self.attn.mix(qkv, layouts, source)  # (n, d)
         if source is not None:
-            x, qkv = x.index_select(0, source), qkv.index_select(0, source)  # (n, d), (n, 3d)
-        x = x + self.attn.proj_drop(self.attn.proj(self.attn.mix(qkv, layouts)))
+            x = x.index_select(0, source)  # (n, d)
+        x = x + self.attn.proj_drop(self.attn.proj(mixed))
         return x + self.mlp(self.norm2(x))
 
 
@@ -302,7 +309,7 @@ class EverythingAtOnce(nn.Module):
         b, dev = tok.batch, tok.row.device
         of = {m: (tok.modality == k).nonzero(as_tuple=True)[0] for k, m in enumerate(modalities)}  # packed rows of m
         cls_row = len(tok.x)  # the [cls] token is one extra input row shared by all sequences
-        source, segment, keys, layouts = [], [], [], []
+        source, segment, keys, layouts, first = [], [], [], [], 0
         for size in sorted({len(s) for s in subsets}):
             group = [s for s in subsets if len(s) == size]
             seq = []
@@ -315,13 +322,14 @@ class EverythingAtOnce(nn.Module):
                     segment.append(len(keys) * b + row)
                     keys.append((s, m))
             seq = torch.cat(seq)
-            layouts.append((seq, len(group) * b))
+            layouts.append((seq, len(group) * b, first))
+            first += len(seq)
         source, segment = torch.cat(source), torch.cat(segment)
         x = tok.x if not self.use_cls else torch.cat([tok.x, self.cls.to(tok.x.dtype)[None]])
         if transformer is None:
             out = x.index_select(0, source)  # no transformer: the tokens themselves
         else:
-            out = transformer(x, [Layout(seq, n, self.heads) for seq, n in layouts], source)  # (n, d)
+            out = transformer(x, [Layout(seq, n, self.heads, at) for seq, n, at in layouts], source)  # (n, d)
         means = segment_mean(out, segment, len(keys) * b).view(len(keys), b, -1)  # a [cls] segment is its one token
         return {key: means[k] for k, key in enumerate(keys) if (key[1] is None) == self.use_cls}
 
