@@ -34,7 +34,7 @@ def test_rvs_without_a_preset_is_the_papers_setting():
     ("cvs", {"embed_dim": 512, "epochs": 50, "keep": "last"}),
     ("mcvs", {"embed_dim": 512, "epochs": 50, "keep": "last"}),
     ("stagewise", {"embed_dim": 512, "epochs": 50, "keep": "last"}),
-    ("eao", {"lr": 5e-5, "lr_decay": 0.9, "epochs": 15, "batch_size": 224, "embed_dim": 6144, "keep": "last"}),
+    ("eao", {"lr": 5e-5, "lr_decay": 0.9, "epochs": 15, "batch_size": 2240, "embed_dim": 6144, "keep": "last"}),
 ])
 def test_every_strategy_defaults_to_its_paper(strategy, expected):
     cfg = resolve(overrides={"strategy": strategy})
