@@ -115,7 +115,7 @@ def main() -> None:
     flops = step_flops(a.token_dim, a.embed_dim, PAPER_DIMS, 3.0, a.batch)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{a.threads} thread(s)'}), "
           f"{'bf16 autocast' if bf16 else 'fp32'}; token {a.token_dim}, heads {a.heads}, joint {a.embed_dim}, batch {a.batch}")
-    print(f"{sec * 1000:.1f} ms/step, {a.batch / sec:.1f} samples/s, {flops / sec / 1e12:.2f} TFLOP/s (matmuls)", end="")
+    print(f"{sec * 1000:.1f} ms/step, {a.batch / sec:.2f} samples/s, {flops / sec / 1e9:.1f} GFLOP/s (matmuls)", end="")
     print(f", {flops / sec / 1e12 / a.peak_tflops:.3f} of a {a.peak_tflops:g} TFLOP/s peak" if device.type == "cuda" else "")
 
 
