@@ -9,6 +9,11 @@ the baseline, and the disk size of the stores against raw float32 (sum of N * D 
 
     python benchmarks/bench_cache_load.py                # in a temporary folder
     python benchmarks/bench_cache_load.py --cache DIR    # build once into DIR, reuse later
+    python benchmarks/bench_cache_load.py --checksums    # also: the cost of the chunk checksums
+
+``--checksums`` builds the same cache a second time the way mmx wrote stores before chunk
+checksums (no ``crc32c`` codec on the chunks) and times the two loads alternately in one run,
+so their ratio is the checksum's cost (presence and marker checks run for both).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", default=None, help="Cache root to build into / reuse (default: a temporary folder).")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--checksums", action="store_true", help="Also time stores without chunk checksums (A/B).")
     args = ap.parse_args()
 
     t0 = time.perf_counter()
@@ -88,11 +94,36 @@ def main() -> None:
               f"ratio load/baseline (best) {best / min(base):.2f}")
         print(f"disk: stores {disk / 2**20:.1f} MiB vs raw float32 {raw_bytes / 2**20:.1f} MiB "
               f"(ratio {disk / raw_bytes:.2f}); pooled float16, codecs as the stores were created")
+        if args.checksums:
+            _checksum_cost(root, cfg, stores, args.repeats)
         print(f"machine: {os.cpu_count()} CPU cores, torch threads {__import__('torch').get_num_threads()}, "
               f"load average {os.getloadavg()[0]:.1f} (timings inflate when other jobs share the cores)")
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _checksum_cost(root: Path, cfg, stores, repeats: int) -> None:
+    """Time loads of ``stores`` against the same cache written without chunk checksums."""
+    from unittest import mock
+
+    import mmx.cache.store as store_mod
+    from mmx.cache import open_store
+    from mmx.cache.synthesize import synthesize
+
+    plain_root = root.parent / f"{root.name}-no-crc"
+    with mock.patch.object(store_mod, "_checked", lambda *codecs: list(codecs)), \
+            mock.patch.object(store_mod, "INTEGRITY", None):
+        plain = [open_store(s.path) for s in synthesize(plain_root, cfg).values()]
+    try:
+        with_crc, without = [], []
+        for _ in range(repeats):  # alternate, so load changes on the machine hit both alike
+            with_crc.append(_load_all([open_store(s.path) for s in stores]))
+            without.append(_load_all([open_store(s.path) for s in plain]))
+        print(f"checksums: load best of {repeats} with crc32c {min(with_crc):.2f} s, without {min(without):.2f} s; "
+              f"ratio with/without {min(with_crc) / min(without):.2f}")
+    finally:
+        shutil.rmtree(plain_root, ignore_errors=True)
 
 
 if __name__ == "__main__":

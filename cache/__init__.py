@@ -8,10 +8,14 @@ to find stores, :meth:`FeatureStore.load` to bring a modality into memory, and
 
 from mmx.cache.store import (
     CacheKeyMismatch,
+    CorruptStoreError,
     FeatureStore,
     IncompleteStoreWarning,
     LoadedFeatures,
+    StoreError,
+    StoreLockedError,
     StoreSpec,
+    StoreWriteError,
     create_store,
     find_store,
     list_stores,
@@ -21,10 +25,14 @@ from mmx.cache.store import (
 
 __all__ = [
     "CacheKeyMismatch",
+    "CorruptStoreError",
     "FeatureStore",
     "IncompleteStoreWarning",
     "LoadedFeatures",
+    "StoreError",
+    "StoreLockedError",
     "StoreSpec",
+    "StoreWriteError",
     "create_store",
     "find_store",
     "list_stores",

@@ -73,6 +73,7 @@ import numpy as np
 from mmx.cache.store import (
     DEFAULT_SHARD_SIZE,
     FeatureStore,
+    StoreLockedError,
     StoreSpec,
     create_store,
     ids_digest,
@@ -534,13 +535,16 @@ def import_features(
     created = not path.exists()
     store = create_store(root, spec, ids, labels=labels, groups=groups, splits=splits, shard_size=shard_size, dtype=dtype, tokens=False)
     try:
-        done = set(store.complete_shards())
-        for k in range(store.n_shards):
-            if k not in done:
-                lo, hi = store.shard_range(k)
-                store.write_shard(k, features[lo:hi])
-            if progress:
-                progress(k + 1, store.n_shards)
+        with store.writer_lock("mmx cache import"):
+            done = set(store.complete_shards())
+            for k in range(store.n_shards):
+                if k not in done:
+                    lo, hi = store.shard_range(k)
+                    store.write_shard(k, features[lo:hi])
+                if progress:
+                    progress(k + 1, store.n_shards)
+    except StoreLockedError:
+        raise  # the other importer's store, not ours to remove
     except BaseException:
         if created:  # a store this call created and could not finish is removed, not left half-done
             shutil.rmtree(store.path, ignore_errors=True)

@@ -26,11 +26,27 @@ as one flat ``[sum T_i, D]`` tensor with ``offsets [N+1]``, which is the form tr
 uses. A shard counts as complete only when its marker exists; the marker is written
 (atomically, by rename) after the shard's data has been flushed to disk, so a killed
 writer leaves a shard that readers ignore and a rerun rewrites.
+
+Integrity. Every chunk of every array carries a CRC-32C checksum (zarr's ``crc32c`` codec,
+last in the sharding codec's inner codecs) and every shard index carries one too (the
+sharding codec's ``index_codecs``), and stores are written with ``write_empty_chunks`` so
+each chunk of a complete shard is on disk even when it holds only zeros. zarr reads a
+missing shard file as ``fill_value`` without a word, so readers check, for every shard
+marked complete, that its files are present (:meth:`FeatureStore.missing_files`); a
+flipped bit fails the checksum. Either way :meth:`FeatureStore.load` raises
+:class:`CorruptStoreError` naming the store, the array and the shard, and
+:meth:`FeatureStore.verify` reads every chunk. Stores of older mmx versions have no
+chunk checksums (``meta["integrity"]`` absent): their presence, shapes and markers are
+still checked. One process writes a store at a time (:meth:`FeatureStore.writer_lock`),
+and two writers of one shard take turns (a lock per shard in :meth:`FeatureStore.write_shard`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -54,6 +70,8 @@ _META_ARRAYS = ("id", "label", "group", "split")
 _MARKERS = "_complete"
 DEFAULT_SHARD_SIZE = 1024
 DEFAULT_CHUNK_ROWS = 256
+INTEGRITY = "crc32c"  # meta["integrity"] of stores whose chunks carry checksums
+_WRITER_LOCK = ".writer.lock"
 
 
 class CacheKeyMismatch(ValueError):
@@ -62,6 +80,49 @@ class CacheKeyMismatch(ValueError):
 
 class IncompleteStoreWarning(UserWarning):
     """A store was loaded while some of its shards are not complete."""
+
+
+class StoreError(ValueError):
+    """A store cannot be used or written as asked; the message names the file and the fix.
+
+    A ``ValueError`` so that the command line shows it as one line, like other input errors.
+    ``detail`` is the message without the store's path and the fix (for lists of problems).
+    """
+
+    def __init__(self, message: str, detail: str | None = None):
+        super().__init__(message)
+        self.detail = detail or message
+
+
+class CorruptStoreError(StoreError):
+    """Data of a shard marked complete is missing, has the wrong shape or fails its checksum."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the store's writer lock."""
+
+
+class StoreWriteError(StoreError):
+    """Writing a shard failed (e.g. a full disk); the shard was left unmarked."""
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+@contextlib.contextmanager
+def _write_errors(what: str):
+    """Turn an OSError while writing ``what`` (a full disk, a read-only folder) into one clear line."""
+    try:
+        yield
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename else ""
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free space (or give another --cache) and rerun the same command"
+        else:
+            fix = "fix the cause and rerun the same command"
+        raise StoreWriteError(f"{what}: cannot write{where}: {exc.strerror or exc}; nothing was marked complete: "
+                              f"{fix}, which keeps the finished shards and redoes this one") from exc
 
 
 def _canonical(obj: Any) -> str:
@@ -175,6 +236,24 @@ class LoadedFeatures:
         return out
 
 
+_RECREATE = "delete the store and create it again (mmx extract / mmx cache import)"
+_REPAIR_HINT = (
+    "run 'mmx cache verify --repair {path}' to unmark the damaged shards, then rerun the command that wrote "
+    "the store (mmx extract / mmx cache import) to rewrite them"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """One integrity problem; ``shard`` is set when unmarking that shard and rewriting it fixes it."""
+
+    text: str
+    shard: int | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
 class FeatureStore:
     """An open feature store. Create one with :func:`create_store`, open with :func:`open_store`."""
 
@@ -184,8 +263,12 @@ class FeatureStore:
         self.path = Path(path)
         if not (self.path / "zarr.json").exists():
             raise FileNotFoundError(f"{self.path}: not a feature store (no zarr.json)")
-        self._group = zarr.open_group(str(self.path), mode="r+")
-        meta = self._group.attrs.get("mmx")
+        try:
+            self._group = zarr.open_group(str(self.path), mode="r+")
+            meta = self._group.attrs.get("mmx")
+        except Exception as exc:  # an edited or truncated zarr.json
+            raise CorruptStoreError(f"{self.path / 'zarr.json'}: unreadable store metadata ({_reason(exc)}); "
+                                    "restore it or delete the store and extract again") from exc
         if not isinstance(meta, dict) or "key" not in meta:
             raise ValueError(f"{self.path}: a zarr group, but not an mmx feature store (no 'mmx' attributes)")
         self.meta: dict = meta
@@ -228,6 +311,11 @@ class FeatureStore:
     def has_tokens(self) -> bool:
         return bool(self.meta["tokens"])
 
+    @property
+    def checksummed(self) -> bool:
+        """Whether every chunk carries a CRC-32C (stores of mmx before this have none)."""
+        return self.meta.get("integrity") == INTEGRITY
+
     def spec(self) -> StoreSpec:
         m = self.meta
         return StoreSpec(m["dataset"], Modality.parse(m["modality"]), m["backbone"], m["preprocessing"], m["items"])
@@ -251,8 +339,17 @@ class FeatureStore:
         return self._marker(k).exists()
 
     def shard_marker(self, k: int) -> dict | None:
+        """Shard ``k``'s marker (counts and errors), or None when the shard is not complete."""
         p = self._marker(k)
-        return json.loads(p.read_text()) if p.exists() else None
+        try:
+            record = json.loads(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise self._corrupt(f"shard marker {p} is not valid JSON ({_reason(exc)})") from exc
+        if not isinstance(record, dict) or not all(isinstance(record.get(f), int) for f in ("items", "ok", "failed")):
+            raise self._corrupt(f"shard marker {p} lacks its item counts (items, ok, failed)")
+        return record
 
     def column(self, name: str) -> np.ndarray:
         """A per-item metadata column (``id``, ``label``, ``group``, ``split``), all rows.
@@ -265,7 +362,16 @@ class FeatureStore:
             raise KeyError(f"unknown column {name!r}; known: {', '.join(_META_ARRAYS)}")
         cached = self._columns.get(name)
         if cached is None:
-            cached = np.asarray(self._group[name][:], dtype=object)
+            arr = self._array(name)
+            if arr.shape != (self.n_items,):
+                raise self._corrupt(self._shape_problem(name, arr.shape, (self.n_items,)), _RECREATE)
+            # stores without checksums may have skipped a column of empty strings (zarr's
+            # write_empty_chunks); the ids are never empty
+            if self.checksummed or name == "id":
+                for index in range(-(-arr.shape[0] // arr.shards[0])):
+                    if (f := self._absent(name, index)) is not None:
+                        raise self._corrupt(f"array {name!r}: file {f} is missing", _RECREATE)
+            cached = np.asarray(self._read(name), dtype=object)
             cached.flags.writeable = False
             self._columns[name] = cached
         return cached
@@ -302,8 +408,11 @@ class FeatureStore:
             staging = zarr.open_group(str(tmp), mode="w")
             for name in changed:
                 old = self._group[name]
-                a = staging.create_array(name, shape=old.shape, dtype=str, chunks=old.chunks, shards=old.shards)
-                a[:] = np.array([str(x) for x in columns[name]], dtype=object)
+                # the same codecs (checksums included) as the file it replaces, and every chunk written
+                with zarr.config.set({"array.write_empty_chunks": True}):
+                    a = staging.create_array(name, shape=old.shape, dtype=str, chunks=old.chunks, shards=old.shards,
+                                             compressors=old.compressors, serializer=old.serializer, filters=old.filters)
+                    a[:] = np.array([str(x) for x in columns[name]], dtype=object)
                 for f in sorted((tmp / name / "c").rglob("*")):
                     if f.is_file():
                         dst = self.path / name / f.relative_to(tmp / name)
@@ -314,11 +423,148 @@ class FeatureStore:
             shutil.rmtree(tmp, ignore_errors=True)
         return changed
 
+    # -- integrity --------------------------------------------------------------------
+    def _corrupt(self, detail: str, fix: str | None = None) -> "CorruptStoreError":
+        """The error for ``detail`` (what is wrong, naming the file), with the store and the fix."""
+        return CorruptStoreError(f"{self.path}: {detail}; {fix or _REPAIR_HINT.format(path=self.path)}", detail)
+
+    def _array(self, name: str):
+        """The zarr array ``name``; a missing or unreadable one is a :class:`CorruptStoreError`."""
+        try:
+            return self._group[name]
+        except Exception as exc:
+            raise self._corrupt(f"array {name!r} ({self.path / name / 'zarr.json'}) is missing or unreadable "
+                                f"({_reason(exc)})") from exc
+
+    def _shard_file(self, name: str, index: int) -> Path:
+        """The file of zarr shard ``index`` (along the rows) of array ``name``."""
+        arr = self._group[name]
+        return self.path / name / arr.metadata.encode_chunk_key((index,) + (0,) * (arr.ndim - 1))
+
+    def _absent(self, name: str, index: int) -> Path | None:
+        """The shard's file when it is absent or empty (zarr would read it as fill_value), else None."""
+        f = self._shard_file(name, index)
+        try:
+            return f if f.stat().st_size == 0 else None
+        except FileNotFoundError:
+            return f
+
+    def _read(self, name: str, rows: slice = slice(None), shards: Sequence[int] = ()) -> np.ndarray:
+        """``array[rows]``; a failed checksum or decode becomes an error naming the damaged shard's file.
+
+        ``shards`` are the item shards ``rows`` covers (arrays sharded along the items).
+        """
+        arr = self._array(name)
+        try:
+            return np.asarray(arr[rows])
+        except Exception as exc:
+            error = exc
+        for k in shards:  # find the damaged shard (only on this error path)
+            try:
+                arr[slice(*self.shard_range(k))]
+            except Exception as exc_k:
+                raise self._corrupt(f"shard {k}: array {name!r} is damaged: {self._shard_file(name, k)}: "
+                                    f"{_reason(exc_k)}") from exc_k
+        raise self._corrupt(f"array {name!r} is damaged: {self.path / name}: {_reason(error)}") from error
+
+    def _shape_problem(self, name: str, have: tuple, want: tuple) -> str:
+        return (f"array {name!r} has shape {have}, expected {want} "
+                f"({self.path / name / 'zarr.json'} was edited or belongs to another store)")
+
+    def shape_problems(self) -> list[str]:
+        """The fixed arrays whose shape differs from the store's item count and dimension."""
+        n, d = self.n_items, self.dim
+        want = {**{name: (n,) for name in _META_ARRAYS + ("status", "token_length")}, "pooled": (n, d)}
+        return [self._shape_problem(name, self._array(name).shape, shape)
+                for name, shape in want.items() if self._array(name).shape != shape]
+
+    def missing_files(self, k: int, marker: dict) -> list[str]:
+        """Files of complete shard ``k`` that zarr would silently read as zeros: absent or empty.
+
+        Checksummed stores write every chunk (``write_empty_chunks``), so every file must be
+        there; an older store may lack the pooled (or token length) file of a shard whose
+        values were all zero, so those count only when the marker says ok items (tokens).
+        """
+        need = {"status": True, "pooled": self.checksummed or marker["ok"] > 0,
+                "token_length": self.checksummed or marker.get("tokens", 0) > 0}
+        out = [f"array {name!r}: file {f} is missing" for name, needed in need.items()
+               if needed and (f := self._absent(name, k)) is not None]
+        if self.has_tokens:
+            name = f"tokens/{k:06d}"
+            if not (self.path / name / "zarr.json").is_file():
+                out.append(f"token array {self.path / name} is missing")
+            elif self._array(name).shape[0] and (f := self._absent(name, 0)) is not None:
+                out.append(f"token array: file {f} is missing")
+        return out
+
+    def _marker_problem(self, k: int, marker: dict, status: np.ndarray) -> str | None:
+        ok, n = int((status == STATUS_OK).sum()), len(status)
+        if marker["items"] != n or marker["ok"] != ok:
+            return (f"marker {self._marker(k)} says {marker['items']} items, {marker['ok']} ok; the status array "
+                    f"says {n} items, {ok} ok")
+        if (status == STATUS_PENDING).any():
+            return f"marked complete but {int((status == STATUS_PENDING).sum())} item(s) are pending"
+        return None
+
+    def _check_complete(self, runs) -> dict[int, np.ndarray]:
+        """Status of every complete shard, after checking shapes, markers and files; raises on a problem."""
+        if problems := self.shape_problems():
+            raise self._corrupt(problems[0], _RECREATE)
+        status: dict[int, np.ndarray] = {}
+        for s, e, shards in runs:
+            markers = {k: self.shard_marker(k) for k in shards}
+            for k in shards:
+                if missing := self.missing_files(k, markers[k]):
+                    raise self._corrupt(f"shard {k} is marked complete but its {missing[0]}")
+            block = self._read("status", slice(s, e), shards)
+            for k in shards:
+                ks, ke = self.shard_range(k)
+                status[k] = block[ks - s : ke - s]
+                if problem := self._marker_problem(k, markers[k], status[k]):
+                    raise self._corrupt(f"shard {k}: {problem}")
+        return status
+
     # -- writing ----------------------------------------------------------------------
     def set_scale(self, scale: dict) -> None:
         """Record the extractor's output scale in the attributes (outside the key)."""
         self.meta = {**self.meta, "scale": scale}
         self._group.attrs["mmx"] = self.meta
+
+    @contextlib.contextmanager
+    def writer_lock(self, command: str = "a writer"):
+        """Hold the store's writer lock: one writing process (e.g. ``mmx extract``) per store.
+
+        An advisory ``flock`` on ``<store>/.writer.lock``; the kernel releases it when the
+        holder exits, however it dies, so a killed extraction never leaves the store locked.
+        A second writer fails at once with :class:`StoreLockedError` instead of waiting: the
+        first one is already doing the same work, and a rerun after it ends skips what it
+        finished. The lock file stays (deleting a lock file races with the next locker).
+        """
+        path = self.path / _WRITER_LOCK
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+                raise StoreLockedError(
+                    f"{self.path} is being written by another process ({holder}); wait for it to end or stop it, "
+                    f"then rerun: the shards it finished are kept (lock: {path})") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
+    @contextlib.contextmanager
+    def _shard_lock(self, k: int):
+        """Two writers of the same shard take turns (e.g. two processes writing directly)."""
+        fd = os.open(self.path / _MARKERS / f"{k:06d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
 
     def write_shard(
         self,
@@ -335,8 +581,11 @@ class FeatureStore:
         (``STATUS_OK``/``STATUS_FAILED``, default all ok); ``tokens`` one ``(T_i, D)`` array
         per item (``T_i`` may be 0) when the store keeps tokens; ``errors`` maps item id
         to the message of its failure and is kept in the shard's marker, as is ``sources``
-        (a digest of where the items came from; see :meth:`shard_sources`).
+        (a digest of where the items came from; see :meth:`shard_sources`). A write that
+        fails (a full disk) raises :class:`StoreWriteError` and leaves the shard unmarked.
         """
+        import zarr
+
         start, stop = self.shard_range(k)
         n, d = stop - start, self.dim
         pooled = np.asarray(pooled)
@@ -355,27 +604,36 @@ class FeatureStore:
             raise ValueError(f"shard {k}: this store was created without tokens")
 
         marker = self._marker(k)
-        marker.unlink(missing_ok=True)  # a rewrite is incomplete until it is done again
-        dtype = self._group["pooled"].dtype
-        self._group["pooled"][start:stop] = pooled.astype(dtype, copy=False)
-        self._group["status"][start:stop] = status
         lengths = np.array([len(t) for t in tokens], np.int32) if tokens is not None else np.zeros(n, np.int32)
-        self._group["token_length"][start:stop] = lengths
-        if tokens is not None:
-            flat = np.concatenate([np.asarray(t, dtype) for t in tokens], 0) if n else np.zeros((0, d), dtype)
-            _create_array(self._group, f"tokens/{k:06d}", flat.astype(dtype, copy=False), self.meta["chunk_rows"])
-        self._fsync_shard(k)
-        record = {
-            "shard": k,
-            "items": n,
-            "ok": int((status == STATUS_OK).sum()),
-            "failed": int((status == STATUS_FAILED).sum()),
-            "tokens": int(lengths.sum()),
-            "errors": errors or {},
-            **({"sources": sources} if sources is not None else {}),
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        }
-        _atomic_write_text(marker, json.dumps(record, ensure_ascii=False))
+        with self._shard_lock(k), _write_errors(f"{self.path}: shard {k}"), zarr.config.set({"array.write_empty_chunks": True}):
+            marker.unlink(missing_ok=True)  # a rewrite is incomplete until it is done again
+            for name in ("pooled", "status", "token_length"):
+                # zarr merges a write into the shard's old file: a damaged one would fail the rewrite
+                self._shard_file(name, k).unlink(missing_ok=True)
+            dtype = self._group["pooled"].dtype
+            self._group["pooled"][start:stop] = pooled.astype(dtype, copy=False)
+            self._group["status"][start:stop] = status
+            self._group["token_length"][start:stop] = lengths
+            if tokens is not None:
+                flat = np.concatenate([np.asarray(t, dtype) for t in tokens], 0) if n else np.zeros((0, d), dtype)
+                _create_array(self._group, f"tokens/{k:06d}", flat.astype(dtype, copy=False), self.meta["chunk_rows"])
+            self._fsync_shard(k)
+            record = {
+                "shard": k,
+                "items": n,
+                "ok": int((status == STATUS_OK).sum()),
+                "failed": int((status == STATUS_FAILED).sum()),
+                "tokens": int(lengths.sum()),
+                "errors": errors or {},
+                **({"sources": sources} if sources is not None else {}),
+                "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+            _atomic_write_text(marker, json.dumps(record, ensure_ascii=False))
+
+    def unmark(self, shards: Iterable[int]) -> None:
+        """Forget that ``shards`` are complete, so the next extraction or import rewrites them."""
+        for k in shards:
+            self._marker(k).unlink(missing_ok=True)
 
     def _fsync_shard(self, k: int) -> None:
         """Flush shard ``k``'s files so the marker never points at data still in flight."""
@@ -411,24 +669,29 @@ class FeatureStore:
         device: Any = None,
         warn: bool = True,
     ) -> LoadedFeatures:
-        """Load the ok items of complete shards (optionally one or more splits) into memory."""
+        """Load the ok items of complete shards (optionally one or more splits) into memory.
+
+        Raises :class:`CorruptStoreError` (naming the store, the array and the shard) when a
+        complete shard's data is missing, misshapen or fails its checksum, instead of
+        loading zeros or garbage.
+        """
         import torch
 
         if tokens and not self.has_tokens:
             raise ValueError(f"{self.path}: this store has no token sequences (pooled features only)")
+        runs = self._complete_ranges()
+        shard_status = self._check_complete(runs)
         splits_wanted = None if split is None else ({split} if isinstance(split, str) else set(split))
         split_all = self.column("split")
         in_split = np.ones(self.n_items, bool) if splits_wanted is None else np.isin(split_all, list(splits_wanted))
 
-        runs = self._complete_ranges()
         covered = np.zeros(self.n_items, bool)
-        for s, e, _ in runs:
-            covered[s:e] = True
-        missing = int((in_split & ~covered).sum())
-
         status = np.zeros(self.n_items, np.uint8)
-        for s, e, _ in runs:
-            status[s:e] = self._group["status"][s:e]
+        for k, st in shard_status.items():
+            s, e = self.shard_range(k)
+            covered[s:e] = True
+            status[s:e] = st
+        missing = int((in_split & ~covered).sum())
         keep = in_split & covered & (status == STATUS_OK)
         failed = int((in_split & covered & (status == STATUS_FAILED)).sum())
         rows = np.flatnonzero(keep)
@@ -446,15 +709,14 @@ class FeatureStore:
         if pooled:
             # Read each run of complete shards in one call and let torch do the masking and
             # the float16 -> float32 conversion (vectorised and threaded; numpy's is ~4x slower).
-            arr = self._group["pooled"]
             mat = torch.empty((len(rows), self.dim), dtype=torch.float32)
             pos = 0
-            for s, e, _ in runs:
+            for s, e, shards in runs:
                 sel = keep[s:e]
                 m = int(sel.sum())
                 if not m:
                     continue
-                block = torch.from_numpy(np.ascontiguousarray(arr[s:e]))
+                block = torch.from_numpy(np.ascontiguousarray(self._read("pooled", slice(s, e), shards)))
                 if m != e - s:
                     block = block[torch.from_numpy(sel)]
                 mat[pos : pos + m].copy_(block)
@@ -468,8 +730,8 @@ class FeatureStore:
                     sel = keep[ks:ke]
                     if not sel.any():
                         continue
-                    length = np.asarray(self._group["token_length"][ks:ke], np.int64)
-                    flat = torch.from_numpy(np.ascontiguousarray(self._group[f"tokens/{k:06d}"][:]))
+                    length = np.asarray(self._read("token_length", slice(ks, ke), [k]), np.int64)
+                    flat = torch.from_numpy(np.ascontiguousarray(self._tokens(k, length)))
                     if not sel.all():
                         # rows of the selected items, without a Python loop over items
                         starts, ln = (np.cumsum(length) - length)[sel], length[sel]
@@ -492,6 +754,18 @@ class FeatureStore:
             )
         return out
 
+    def _tokens(self, k: int, length: np.ndarray) -> np.ndarray:
+        """Shard ``k``'s flat tokens, checked against its token lengths."""
+        name = f"tokens/{k:06d}"
+        shape, want = self._array(name).shape, (int(length.sum()), self.dim)
+        if (length < 0).any() or shape != want:
+            raise self._corrupt(f"shard {k}: token array has shape {shape}, the token lengths say {want} "
+                                f"({self.path / name / 'zarr.json'} or token_length damaged)")
+        try:
+            return np.asarray(self._group[name][:])
+        except Exception as exc:
+            raise self._corrupt(f"shard {k}: token array is damaged: {self._shard_file(name, 0)}: {_reason(exc)}") from exc
+
     # -- inspection -------------------------------------------------------------------
     def failures(self) -> dict[str, str]:
         """Failed item id -> the extractor's message, from the markers of the complete shards."""
@@ -502,7 +776,7 @@ class FeatureStore:
 
     def info(self) -> dict:
         complete = self.complete_shards()
-        status = np.asarray(self._group["status"][:])
+        status = self._read("status", slice(None), range(self.n_shards))
         done = np.zeros(self.n_items, bool)
         for k in complete:
             s, e = self.shard_range(k)
@@ -517,6 +791,7 @@ class FeatureStore:
             "key": self.key,
             "mmx_version": self.meta["mmx_version"],
             "dtype": self.meta["dtype"],
+            "integrity": self.meta.get("integrity", "none (no chunk checksums)"),
             "items": self.n_items,
             "shards": {"total": self.n_shards, "complete": len(complete), "size": self.shard_size},
             "ok": int((done & (status == STATUS_OK)).sum()),
@@ -531,54 +806,66 @@ class FeatureStore:
         }
 
     def verify(self) -> list[str]:
-        """Integrity problems (empty when the store is sound): key, shapes, offsets, markers."""
-        problems: list[str] = []
+        """Integrity problems (empty when the store is sound); see :meth:`problems`."""
+        return [p.text for p in self.problems()]
+
+    def problems(self) -> list[Problem]:
+        """Every integrity problem: key, item digest, shapes, markers, missing files, checksums.
+
+        Reads every chunk of every complete shard (and the metadata columns), so each
+        chunk's CRC-32C is checked. Problems confined to one shard carry its number: unmarking
+        that shard (:meth:`unmark`) and rewriting it fixes them.
+        """
+        problems: list[Problem] = []
         if self.spec().key() != self.key:
-            problems.append(f"stored key {self.key[:12]} does not match the stored configuration ({self.spec().key()[:12]})")
-        ids = self.column("id")
-        if ids_digest(ids) != self.meta["items"]:
-            problems.append("the ids do not match the item digest in the key")
-        n, d = self.n_items, self.dim
-        for name in _META_ARRAYS + ("status", "token_length"):
-            if self._group[name].shape != (n,):
-                problems.append(f"array {name!r} has shape {self._group[name].shape}, expected {(n,)}")
-        if self._group["pooled"].shape != (n, d):
-            problems.append(f"array 'pooled' has shape {self._group['pooled'].shape}, expected {(n, d)}")
-        for k in self.complete_shards():
-            s, e = self.shard_range(k)
-            marker = self.shard_marker(k) or {}
+            problems.append(Problem(f"stored key {self.key[:12]} does not match the stored configuration ({self.spec().key()[:12]})"))
+        try:
+            shapes = self.shape_problems()
+        except CorruptStoreError as exc:
+            shapes = [exc.detail]
+        if shapes:  # per-shard reads of misshapen arrays mean nothing
+            return problems + [Problem(p) for p in shapes]
+        for name in _META_ARRAYS:
             try:
-                status = np.asarray(self._group["status"][s:e])
-                length = np.asarray(self._group["token_length"][s:e])
-                pooled = np.asarray(self._group["pooled"][s:e])
-            except Exception as exc:  # a corrupt shard file
-                problems.append(f"shard {k}: unreadable ({exc})")
+                column = self.column(name)
+            except CorruptStoreError as exc:
+                problems.append(Problem(exc.detail))
                 continue
-            if (status == STATUS_PENDING).any():
-                problems.append(f"shard {k}: marked complete but {int((status == STATUS_PENDING).sum())} item(s) are pending")
-            if marker.get("ok") != int((status == STATUS_OK).sum()):
-                problems.append(f"shard {k}: marker says {marker.get('ok')} ok items, the status array {int((status == STATUS_OK).sum())}")
-            if not np.isfinite(pooled[status == STATUS_OK].astype(np.float32)).all():
-                problems.append(f"shard {k}: non-finite pooled features")
-            if self.has_tokens:
-                name = f"tokens/{k:06d}"
-                try:
-                    shape = self._group[name].shape
-                except KeyError:
-                    problems.append(f"shard {k}: token array missing")
-                    continue
-                if shape != (int(length.sum()), d):
-                    problems.append(f"shard {k}: token array has shape {shape}, offsets say {(int(length.sum()), d)}")
-                if (length < 0).any():
-                    problems.append(f"shard {k}: negative token lengths")
+            if name == "id" and ids_digest(column) != self.meta["items"]:
+                problems.append(Problem("the ids do not match the item digest in the key"))
+        for k in self.complete_shards():
+            problems += [Problem(t if t.startswith(f"shard {k}:") else f"shard {k}: {t}", k) for t in self._shard_problems(k)]
         return problems
+
+    def _shard_problems(self, k: int) -> list[str]:
+        """Problems of complete shard ``k``, reading every chunk of it."""
+        try:
+            marker = self.shard_marker(k)
+        except CorruptStoreError as exc:
+            return [exc.detail]
+        if missing := self.missing_files(k, marker):
+            return missing
+        s, e = self.shard_range(k)
+        try:
+            status = self._read("status", slice(s, e), [k])
+            length = self._read("token_length", slice(s, e), [k]).astype(np.int64)
+            pooled = self._read("pooled", slice(s, e), [k])
+            if self.has_tokens:
+                self._tokens(k, length)
+        except CorruptStoreError as exc:
+            return [exc.detail]
+        out = [p] if (p := self._marker_problem(k, marker, status)) else []
+        if not np.isfinite(pooled[status == STATUS_OK].astype(np.float32)).all():
+            out.append("non-finite pooled features")
+        return out
 
 
 def _create_array(group, name: str, data: np.ndarray, chunk_rows: int) -> None:
     rows = max(1, data.shape[0])
     chunks = (min(chunk_rows, rows),) + data.shape[1:]
     shards = (-(-rows // chunks[0]) * chunks[0],) + data.shape[1:]  # one zarr shard holds it all
-    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, overwrite=True, fill_value=0)
+    arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=chunks, shards=shards, overwrite=True, fill_value=0,
+                             compressors=_checked(_default_codec()))
     if data.shape[0]:
         arr[...] = data
 
@@ -592,14 +879,80 @@ def _fast_codec(dtype: str):
     return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
 
 
+def _default_codec():
+    """zarr's own default compressor (Zstandard, level 0), named so a checksum can follow it."""
+    from zarr.codecs import ZstdCodec
+
+    return ZstdCodec(level=0, checksum=False)
+
+
+def _checked(*compressors) -> list:
+    """``compressors`` then a CRC-32C of the compressed bytes: a flipped bit fails the read.
+
+    Inside the sharding codec these are the inner chunks' codecs; the shard index has its
+    own CRC-32C by default (``index_codecs``), which catches a zeroed or truncated shard file.
+    """
+    from zarr.codecs import Crc32cCodec
+
+    return [*compressors, Crc32cCodec()]
+
+
 def _atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a failed write() names no file
+        raise
+
+
+def _build(tmp: Path, spec: StoreSpec, cols: dict, shard_size: int, chunk_rows: int, dtype: str, tokens: bool,
+           scale: dict | None) -> None:
+    """Write a new, empty store (columns, arrays, attributes) into the folder ``tmp``."""
+    import zarr
+
+    n = len(cols["id"])
+    g = zarr.open_group(str(tmp), mode="w")
+    d = spec.dim
+    # The metadata columns are written once, here, so they need not follow the item shards:
+    # few large chunks make reading them ~5x faster than one chunk per chunk_rows (zarr's
+    # cost per chunk dominates for short strings).
+    meta_rows = min(n, _META_CHUNK_ROWS)
+    for name, col in cols.items():
+        a = g.create_array(name, shape=(n,), dtype=str, chunks=(meta_rows,), shards=(-(-n // meta_rows) * meta_rows,),
+                           compressors=_checked(_default_codec()))
+        a[:] = np.array([str(x) for x in col], dtype=object)
+    # Pooled features: Blosc-LZ4 with byte shuffle decodes ~2-3x faster than zstd (the
+    # loading benchmark is dominated by decompression) and still squeezes the zeros of
+    # ReLU features; see benchmarks/RESULTS.md.
+    g.create_array("pooled", shape=(n, d), dtype=dtype, chunks=(chunk_rows, d), shards=(shard_size, d), fill_value=0,
+                   compressors=_checked(_fast_codec(dtype)))
+    for name, kind in (("status", "uint8"), ("token_length", "int32")):
+        g.create_array(name, shape=(n,), dtype=kind, chunks=(shard_size,), shards=(shard_size,), fill_value=0,
+                       compressors=_checked(_default_codec()))
+    if tokens:
+        g.create_group("tokens")
+    g.attrs["mmx"] = {
+        **spec.as_dict(),
+        "key": spec.key(),
+        "n_items": n,
+        "shard_size": shard_size,
+        "chunk_rows": chunk_rows,
+        "dtype": dtype,
+        "tokens": tokens,
+        "integrity": INTEGRITY,
+        "mmx_version": __version__,
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **({"scale": scale} if scale else {}),
+    }
+    (tmp / _MARKERS).mkdir()
 
 
 def create_store(
@@ -655,37 +1008,12 @@ def create_store(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.creating")
     shutil.rmtree(tmp, ignore_errors=True)
-    g = zarr.open_group(str(tmp), mode="w")
-    d = spec.dim
-    # The metadata columns are written once, here, so they need not follow the item shards:
-    # few large chunks make reading them ~5x faster than one chunk per chunk_rows (zarr's
-    # cost per chunk dominates for short strings).
-    meta_rows = min(n, _META_CHUNK_ROWS)
-    for name, col in cols.items():
-        a = g.create_array(name, shape=(n,), dtype=str, chunks=(meta_rows,), shards=(-(-n // meta_rows) * meta_rows,))
-        a[:] = np.array([str(x) for x in col], dtype=object)
-    # Pooled features: Blosc-LZ4 with byte shuffle decodes ~2-3x faster than zstd (the
-    # loading benchmark is dominated by decompression) and still squeezes the zeros of
-    # ReLU features; see benchmarks/RESULTS.md.
-    g.create_array("pooled", shape=(n, d), dtype=dtype, chunks=(chunk_rows, d), shards=(shard_size, d), fill_value=0,
-                   compressors=[_fast_codec(dtype)])
-    g.create_array("status", shape=(n,), dtype="uint8", chunks=(shard_size,), shards=(shard_size,), fill_value=0)
-    g.create_array("token_length", shape=(n,), dtype="int32", chunks=(shard_size,), shards=(shard_size,), fill_value=0)
-    if tokens:
-        g.create_group("tokens")
-    g.attrs["mmx"] = {
-        **spec.as_dict(),
-        "key": spec.key(),
-        "n_items": n,
-        "shard_size": shard_size,
-        "chunk_rows": chunk_rows,
-        "dtype": dtype,
-        "tokens": tokens,
-        "mmx_version": __version__,
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        **({"scale": scale} if scale else {}),
-    }
-    (tmp / _MARKERS).mkdir()
+    try:
+        with _write_errors(f"{path}: creating the store"), zarr.config.set({"array.write_empty_chunks": True}):
+            _build(tmp, spec, cols, shard_size, chunk_rows, dtype, tokens, scale)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         os.rename(tmp, path)
     except OSError:

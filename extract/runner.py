@@ -310,6 +310,7 @@ def extract(
     dask_scheduler: Any = None,
     progress: bool = False,
     on_shard: Callable[[int, dict], None] | None = None,
+    retry_failed: bool = False,
 ) -> dict:
     """Extract one modality of a manifest into its store; returns a summary of the run.
 
@@ -317,6 +318,9 @@ def extract(
     None/0: its default), recorded in the summary. Decoding workers are separate processes.
     The summary counts this run's shards (``written``, ``items``, ``ok``, ``failed``) and keeps
     ``errors``: each failed item's id and message (also in the shard markers, ``mmx cache ls --failed``).
+    Holds the store's writer lock while it writes (a second process on the same store
+    fails with :class:`mmx.cache.StoreLockedError`). ``retry_failed`` also re-extracts
+    the complete shards that hold failed items.
     """
     from mmx.cache.threads import set_threads
     from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
@@ -344,12 +348,41 @@ def extract(
     t0 = time.perf_counter()
     encoder = build_encoder(backbone, options, weights).to(device)
     store = open_output_store(cache, dataset, modality, encoder, items, shard_size)
-    metadata_changed, stale = follow_manifest(store, items)
+    load_seconds = round(time.perf_counter() - t0, 3)
+    with store.writer_lock("mmx extract"):  # a second extract of this store stops here with a clear message
+        metadata_changed, stale = follow_manifest(store, items)
+        summary = _run(store, items, encoder, backbone, options, weights, batch_size, workers, device, asked_device,
+                       dask_scheduler, progress, on_shard, retry_failed, stale)
+    return {**summary, "threads": threads, "load_seconds": load_seconds, "metadata_changed": metadata_changed,
+            "sources_changed": len(stale)}
+
+
+def failed_shards(store) -> dict[int, int]:
+    """Complete shards holding failed items, with how many (from the shard markers)."""
+    out = {}
+    for k in store.complete_shards():
+        n = store.shard_marker(k)["failed"]
+        if n:
+            out[k] = n
+    return out
+
+
+def _run(store, items, encoder, backbone, options, weights, batch_size, workers, device, asked_device,
+         dask_scheduler, progress, on_shard, retry_failed, stale) -> dict:
+    """Extract the shards not complete yet or ``stale``, and with ``retry_failed`` those with failed items.
+
+    A retried shard is extracted and written whole again, not item by item: its batches are
+    then those of a run in which the item never failed, so the shard comes out bitwise as
+    that run writes it (a batch's numbers can depend on its other items).
+    """
     done_before = set(store.complete_shards()) - set(stale)
-    todo = [k for k in range(store.n_shards) if k not in done_before]
+    failed_before = {k: n for k, n in failed_shards(store).items() if k in done_before}
+    retry = sorted(failed_before) if retry_failed else []
+    todo = sorted((set(range(store.n_shards)) - done_before) | set(retry))
     summary = {"store": str(store.path), "backbone": backbone, "device": device, "shards": store.n_shards,
-               "threads": threads, "skipped": len(done_before), "written": 0, "items": 0, "ok": 0, "failed": 0,
-               "errors": {}, "metadata_changed": metadata_changed, "sources_changed": len(stale)}
+               "skipped": len(done_before) - len(retry), "retried": len(retry), "written": 0, "items": 0, "ok": 0,
+               "failed": 0, "failed_skipped": sum(n for k, n in failed_before.items() if k not in retry),
+               "errors": {}}
     shard_items = {k: items[slice(*store.shard_range(k))] for k in todo}
     t1 = time.perf_counter()
     if dask_scheduler is not None and todo:
@@ -366,7 +399,6 @@ def extract(
         for key in ("items", "ok", "failed"):
             summary[key] += s[key]
         summary["errors"].update(s.get("errors", {}))
-    summary["load_seconds"] = round(t1 - t0, 3)
     summary["seconds"] = round(time.perf_counter() - t1, 3)
     summary["items_per_s"] = round(summary["items"] / summary["seconds"], 2) if summary["seconds"] > 0 else None
     return summary

@@ -111,21 +111,54 @@ def info_cmd(store, cache_root):
 @cache.command("verify")
 @click.argument("store")
 @click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
-@click.option("--require-complete", is_flag=True, help="Also fail (exit 1) when some shards are not complete.")
-def verify_cmd(store, cache_root, require_complete):
-    """Check STORE's integrity: key, shapes, offsets, markers. Exit code 1 on any problem."""
+@click.option("--allow-incomplete", is_flag=True, help="Exit 0 when the shards present are sound but some are not extracted yet.")
+@click.option("--repair", is_flag=True,
+              help="Unmark the damaged shards, so that rerunning the extraction (or import) rewrites them.")
+def verify_cmd(store, cache_root, allow_incomplete, repair):
+    """Check STORE: read every chunk of every complete shard (checksums) and check files, shapes, markers, key.
+
+    \b
+    Exit status: 0 sound and complete; 1 damaged (each problem is listed);
+    2 sound but incomplete (some shards not extracted yet; --allow-incomplete makes this 0).
+    """
     s = _open(store, cache_root)
-    problems = s.verify()
-    incomplete = [k for k in range(s.n_shards) if not s.is_complete(k)]
+    problems = s.problems()
     for p in problems:
         click.echo(f"problem: {p}")
+    if not s.checksummed:
+        click.echo(f"note: written by mmx {s.meta.get('mmx_version', '?')} without chunk checksums: files, shapes and "
+                   "markers were checked, a flipped bit inside a chunk cannot be; extract into a new cache to get checksums")
+    if problems and repair:
+        problems = _repair(s, problems)
+    elif problems:
+        click.echo(f"damaged: {len(problems)} problem(s) in {s.path}; 'mmx cache verify --repair {s.path}' unmarks the "
+                   "damaged shards, then rerun the extraction (mmx extract / mmx cache import) to rewrite them")
+    if problems:
+        raise SystemExit(1)
+    incomplete = [k for k in range(s.n_shards) if not s.is_complete(k)]
     if incomplete:
         rows = sum(s.shard_range(k)[1] - s.shard_range(k)[0] for k in incomplete)
         shown = ", ".join(map(str, incomplete[:20])) + (" ..." if len(incomplete) > 20 else "")
-        click.echo(f"incomplete: {len(incomplete)}/{s.n_shards} shard(s) not complete ({rows} item(s)): {shown}")
-    if problems or (incomplete and require_complete):
-        raise SystemExit(1)
-    click.echo(f"ok: {s.path} ({s.n_items} items, {s.n_shards - len(incomplete)}/{s.n_shards} shards complete)")
+        click.echo(f"incomplete: {len(incomplete)}/{s.n_shards} shard(s) not complete ({rows} item(s)): {shown}; "
+                   "rerun the extraction (mmx extract / mmx cache import) to finish them")
+        if not allow_incomplete:
+            raise SystemExit(2)
+    checked = "every chunk read, checksums verified" if s.checksummed else "every chunk read"
+    click.echo(f"ok: {s.path} ({s.n_items} items, {s.n_shards - len(incomplete)}/{s.n_shards} shards complete; {checked})")
+
+
+def _repair(s, problems: list) -> list:
+    """Unmark the shards with problems; return the problems that unmarking cannot fix."""
+    shards = sorted({p.shard for p in problems if p.shard is not None})
+    s.unmark(shards)
+    if shards:
+        click.echo(f"repaired: unmarked shard(s) {', '.join(map(str, shards))}; rerun the extraction "
+                   "(mmx extract / mmx cache import) to rewrite them")
+    left = [p for p in problems if p.shard is None]
+    if left:
+        click.echo(f"damaged: {len(left)} problem(s) outside the shards cannot be repaired; delete {s.path} "
+                   "and create it again (mmx extract / mmx cache import)")
+    return left
 
 
 @cache.command("import")

@@ -59,13 +59,16 @@ def _defaults() -> dict:
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
 @click.option("--list", "list_", is_flag=True, help="List the registered backbones and exit.")
+@click.option("--retry-failed", is_flag=True, help="Also re-extract the complete shards that hold failed items.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, threads, shard_size, dask_scheduler, list_, progress):
+def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, threads, shard_size, dask_scheduler, list_, retry_failed, progress):
     """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
 
-    Reruns skip shards already complete; a changed backbone or option writes a new store.
-    Changed labels, groups or splits in the manifest are written into the existing store
-    (features reused); items given another file or text are extracted again.
+    Reruns skip shards already complete (with --retry-failed, not those holding failed
+    items); a changed backbone or option writes a new store. Changed labels, groups or
+    splits in the manifest are written into the existing store (features reused); items
+    given another file or text are extracted again. One extraction writes a store at a
+    time: a second one on the same store stops with a message.
     """
     if list_:
         _print_list()
@@ -81,7 +84,7 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     summary = extract(
         manifest, modality, cache, dataset, backbone=backbone, options=_parse_set(settings), weights=weights,
         device=device, batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size,
-        dask_scheduler=dask_scheduler, progress=progress,
+        dask_scheduler=dask_scheduler, progress=progress, retry_failed=retry_failed,
     )
     if summary["metadata_changed"]:
         what = ", ".join(f"{col} of {n} item(s)" for col, n in summary["metadata_changed"].items())
@@ -89,11 +92,15 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     if summary["sources_changed"]:
         click.echo(f"manifest changed: {summary['sources_changed']} shard(s) have items with another file or text; "
                    "extracting them again")
+    retried = f" ({summary['retried']} retried for failed items)" if summary["retried"] else ""
     click.echo(
-        f"{summary['store']}: {summary['written']} shard(s) written, {summary['skipped']} already complete; "
+        f"{summary['store']}: {summary['written']} shard(s) written{retried}, {summary['skipped']} already complete; "
         f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"
     )
     _print_failures(summary["errors"])
+    if summary["failed_skipped"]:
+        click.echo(f"{summary['failed_skipped']} item(s) failed in an earlier run and were not retried; "
+                   "rerun with --retry-failed to try them again")
     click.echo(json.dumps(summary), err=True)
 
 

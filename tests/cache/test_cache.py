@@ -199,7 +199,7 @@ def test_verify_finds_tampering(tmp_path):
 
     shutil.rmtree(store.path / "tokens" / "000002")
     problems = store.verify()
-    assert any("shard 0" in p and "marker says 1" in p for p in problems)
+    assert any("shard 0" in p and "000000.json says 4 items, 1 ok" in p for p in problems)
     assert any("shard 2" in p and "token array" in p for p in problems)
 
 

@@ -100,17 +100,18 @@ def test_verify_reports_incomplete_and_corrupt(cache):
     assert r.exit_code == 0 and r.output.startswith("ok:")
     (store.path / "_complete" / "000000.json").unlink()
     r = CliRunner().invoke(main, ["cache", "verify", str(store.path)])
-    assert r.exit_code == 0 and "incomplete: 1/1 shard(s) not complete (40 item(s)): 0" in r.output
+    assert r.exit_code == 2 and "incomplete: 1/1 shard(s) not complete (40 item(s)): 0;" in r.output
+    assert "ok:" not in r.output
     assert json.loads(run("cache", "info", str(store.path)).output)["incomplete_shards"] == [0]
-    r = CliRunner().invoke(main, ["cache", "verify", str(store.path), "--require-complete"])
-    assert r.exit_code == 1
+    r = CliRunner().invoke(main, ["cache", "verify", str(store.path), "--allow-incomplete"])
+    assert r.exit_code == 0 and "incomplete: 1/1" in r.output and "ok:" in r.output
     # tampering: a complete shard whose token array is gone
     store.write_shard(0, np.zeros((40, 8)), tokens=[np.zeros((1, 8))] * 40)
     import shutil
 
     shutil.rmtree(store.path / "tokens" / "000000")
     r = CliRunner().invoke(main, ["cache", "verify", str(store.path)])
-    assert r.exit_code == 1 and "problem: shard 0: token array missing" in r.output
+    assert r.exit_code == 1 and f"problem: shard 0: token array {store.path}/tokens/000000 is missing" in r.output
 
 
 def test_import_through_the_cli(tmp_path):
