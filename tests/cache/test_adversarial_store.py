@@ -257,3 +257,15 @@ def test_adversarial_train_on_a_damaged_cache_is_one_line(tmp_path):
     assert r.exit_code == 1 and "Traceback" not in r.output
     (line,) = r.output.strip().splitlines()
     assert f"{text.path}: shard 0: array 'pooled' is damaged: {text.path}/pooled/c/0/0: ValueError: Stored and computed checksum" in line
+
+
+def test_adversarial_rewritten_labels_keep_their_checksums(tmp_path):
+    """Labels rewritten after a manifest edit keep the crc32c codec: the store verifies, and a
+    flipped bit in the new label file is still caught."""
+    store = _make(tmp_path, tokens=False)
+    assert store.rewrite_metadata({"label": [""] * N}) == {"label": N}  # all empty: still written
+    assert _verify(store.path).exit_code == 0
+    assert list(open_store(store.path).load().labels) == [""] * N
+    _damage(store.path / "label" / "c" / "0", "flipped-data")
+    with pytest.raises(CorruptStoreError, match="array 'label' is damaged"):
+        open_store(store.path).load()
