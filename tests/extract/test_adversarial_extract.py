@@ -55,7 +55,7 @@ def _verify(store):
 
 def test_adversarial_full_disk_during_extract(tmp_path, monkeypatch):
     """ENOSPC while shard 1 is written: one line naming the file and the fix; shard 0 stays
-    complete, shard 1 unmarked; a rerun after freeing space finishes the store."""
+    complete, shard 1 unmarked, the store sound; a rerun after freeing space finishes it."""
     import zarr.storage._local as local
 
     man = _manifest(tmp_path, _images(tmp_path / "img", N))
@@ -75,9 +75,10 @@ def test_adversarial_full_disk_during_extract(tmp_path, monkeypatch):
     assert "shard 1: cannot write (" in line and "pooled/c/1/0): No space left on device" in line
     assert "free space (or give another --cache) and rerun the same command" in line
     (store,) = list_stores(cache)
-    assert store.complete_shards() == [0] and _verify(store).exit_code == 2  # sound, incomplete
+    done = store.complete_shards()  # shard 2 may have been written too (writes run on a background thread)
+    assert 0 in done and 1 not in done and _verify(store).exit_code == 2  # sound, incomplete
     r = _extract(man, cache)
-    assert r.exit_code == 0 and f"{N // SHARD - 1} shard(s) written, 1 already complete" in r.output
+    assert r.exit_code == 0 and f"{N // SHARD - len(done)} shard(s) written, {len(done)} already complete" in r.output
     assert _verify(store).exit_code == 0
 
 
