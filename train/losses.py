@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -50,10 +51,21 @@ def class_nce_both_ways(x, y, cx, cy, tau: float) -> tuple[torch.Tensor, torch.T
 
 
 def _both(a: torch.Tensor, b: torch.Tensor, ma, mb) -> tuple | None:
-    """``a``, ``b`` restricted to rows present in both masks; None when no row is."""
+    """``a``, ``b`` restricted to rows present in both masks; None when no row is.
+
+    Masks are numpy (as the samplers make them, on the host) or torch bool arrays. Host masks
+    are counted on the host and turned into row indices, so a CUDA step never waits for the
+    device here (counting, or indexing with, a device mask is a host synchronisation).
+    """
     if ma is None and mb is None:
         return a, b
     keep = ma if mb is None else (mb if ma is None else ma & mb)
+    if isinstance(keep, np.ndarray):
+        rows = np.flatnonzero(keep)
+        if len(rows) == 0:
+            return None
+        idx = torch.as_tensor(rows, device=a.device)
+        return a.index_select(0, idx), b.index_select(0, idx)
     if int(keep.sum()) == 0:
         return None
     return a[keep], b[keep]
@@ -74,7 +86,7 @@ def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None,
     modality is a positive (:func:`class_nce_both_ways`) instead of the row's partner only.
 
     Returns ``{"loss": mean, "loss/a-b": InfoNCE(a, b), ...}`` with one part per ordered pair.
-    ``masks`` (optional, modality -> bool (N,)): instance-aligned batches with missing
+    ``masks`` (optional, modality -> bool (N,), numpy or torch): instance-aligned batches with missing
     modalities; a pair uses only the rows where both are present, and a pair with no such
     row is left out of the mean. Both directions of a pair share one similarity matrix.
     """

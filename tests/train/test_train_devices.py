@@ -87,3 +87,45 @@ def test_strategy_trains_resumes_bit_identical_and_evaluates(cache, tmp_path, mo
     res = evaluate_run(full, ["test"], device=torch.device(device))
     pairs = res["splits"]["test"]["pairs"]
     assert pairs and all(np.isfinite(v) for row in pairs for k, v in row.items() if k.startswith(("R@", "mAP")))
+
+
+def test_host_masks_give_the_same_loss_as_device_masks():
+    from mmx.train.losses import pairwise_info_nce
+
+    g = torch.Generator().manual_seed(0)
+    e = {m: torch.randn(6, 5, generator=g) for m in ("text", "image", "audio")}
+    host = {"audio": np.array([True, False, True, True, False, True]), "image": np.array([True, True, False, True, True, True])}
+    dev = {m: torch.as_tensor(v) for m, v in host.items()}
+    a, b = pairwise_info_nce(e, 0.1, host), pairwise_info_nce(e, 0.1, dev)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    none = pairwise_info_nce(e, 0.1, {"audio": np.zeros(6, bool)})
+    assert "loss/text-audio" not in none and "loss/text-image" in none
+
+
+@pytest.mark.gpu
+def test_an_instance_aligned_step_never_waits_for_the_device(tmp_path):
+    """No host synchronisation inside a training step of joint on batches with absent rows."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available here")
+    from mmx.train.data import Holdout, load_train_data
+    from mmx.train.strategies import get_strategy
+    from mmx.cache.modality import Modality
+
+    synthesize(tmp_path, SyntheticConfig(classes=6, alignment="instance", missing=0.3, items={m: 60 for m in ("text", "image", "audio")},
+                                         dims={"text": 12, "image": 16, "audio": 8}, tokens=None))
+    cfg = TrainConfig(strategy="joint", cache=str(tmp_path), modalities=["text", "image", "audio"], alignment="instance",
+                      batch_size=8, embed_dim=16, device="cuda")
+    dev = torch.device("cuda")
+    data = load_train_data(str(tmp_path), cfg.dataset, [Modality.parse(m) for m in cfg.modalities], [], need_labels=False,
+                           need_groups=True, device=dev, holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+    strategy = get_strategy("joint")(cfg, data, dev)
+    model = strategy.build_model().to(dev)
+    batches = list(strategy.batches(data.splits["train"], 1, train=True))
+    assert any(b["present"] for b in batches)  # some batch has absent rows
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in batches:
+            strategy.step(model, batch)["loss"].backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -91,7 +91,7 @@ class JointStrategy(Strategy):
             idx = torch.as_tensor(np.where(absent, 0, r), device=feats.device)
             x[m.value] = feats.index_select(0, idx)  # (B, D_m)
             if absent.any():
-                present[m.value] = torch.as_tensor(~absent, device=feats.device)
+                present[m.value] = ~absent  # stays on the host: the loss counts rows there (losses._both)
             if self.opt["positives"] == "class":
                 classes[m.value] = split.classes[m].index_select(0, idx.to(split.classes[m].device))
         return {"x": x, "present": present, "classes": classes or None}
