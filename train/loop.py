@@ -29,6 +29,11 @@ Checkpoints hold tensors and JSON only, never a pickle (train/checkpoint.py).
 Alignment (``cfg.alignment``): ``class`` or ``instance`` picks the batch sampler and the
 relevance of the quick recall; ``auto`` picks ``instance`` when every loaded item has a
 group and ``class`` otherwise. The resolved value is what ``config.yaml`` records.
+
+Normalisation (``cfg.normalize``, train/normalize.py): after loading and before the strategy
+sees any feature, a warning names modalities far out of scale or nearly constant, and the
+features of every split are normalised with statistics of the train split, saved as
+``normalizer.json`` in the run folder.
 """
 
 from __future__ import annotations

@@ -20,8 +20,12 @@ and a pooled vector of the same store need not share a scale.
 
 ``auto`` (the default) takes the strategy's ``default_normalize``; the resolved mode is what
 the run's ``config.yaml`` records. The papers are silent (paper 000 Sec. III-B and paper 002
-Sec. V-A feed the backbone outputs to the heads directly); the defaults come from runs on real
-digits media (benchmarks/RESULTS.md, "Normalisation").
+Sec. V-A feed the backbone outputs to the heads directly, i.e. ``none``); the default,
+``standardize`` for every strategy, comes from runs on real digits media where it beat
+``none`` and ``l2`` for joint, cvs, mcvs and rvs on every metric (benchmarks/RESULTS.md,
+"Normalisation before the heads"). A resumed run keeps its ``normalizer.json``; a run
+extended with ``--from RUN --add-modality M`` keeps RUN's statistics for RUN's modalities
+(their heads are frozen) and fits only M's (:func:`extend`).
 
 Use from other code (``mmx embed``)::
 

@@ -176,3 +176,28 @@ def test_three_modalities_name_only_the_outlier():
     lines = normalize.scale_problems(stats, {"audio": {"scale": {"unit": "dB", "arbitrary": True}}})
     assert len(lines) == 1 and lines[0].startswith("audio features are 150x the scale of the median modality's")
     assert "the store records its scale as dB (arbitrary)" in lines[0]
+
+
+def test_a_later_embedding_through_the_saved_normaliser_equals_the_runs_own(cache, tmp_path):
+    """What `mmx embed` does: raw features -> normalize.load(RUN) -> the trained model."""
+    from mmx.train import checkpoint
+    from mmx.train import config as config_mod
+    from mmx.train.data import SplitData
+    from mmx.train.strategies import get_strategy
+
+    data = decibel_like(cache)
+    run = loop.train(_cfg(cache, tmp_path, "joint", epochs=1, normalize="standardize"), data=data)
+    cfg = config_mod.load(run / "config.yaml")
+    norm = normalize.load(run)
+    raw = data.splits["test"]
+    split = SplitData({m: norm.apply_features(f) for m, f in raw.features.items()}, raw.classes)
+    strategy = get_strategy(cfg.strategy)(cfg, data, torch.device("cpu"))
+    model = strategy.build_model()
+    model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
+    model.eval()
+    again = strategy.embed(model, split)
+    saved = load_embeddings(run, "test")
+    for m in ("image", "audio"):
+        np.testing.assert_allclose(again[m].numpy(), saved[m]["emb"], rtol=1e-5, atol=1e-6)
+    # without the normaliser the same model gives other embeddings
+    assert not np.allclose(strategy.embed(model, raw)["audio"].numpy(), saved["audio"]["emb"], atol=1e-3)
