@@ -51,28 +51,38 @@ def signal_tokens(y: np.ndarray, p: "SignalAudioPreparer") -> np.ndarray:
     """``(T, D)`` float32: frame features averaged per ``token_seconds`` window.
 
     The STFT is librosa's default (centred, zero-padded, periodic Hann window), written
-    with numpy so the decoding workers do not pay librosa's first-call JIT each.
+    with numpy so the decoding workers do not pay librosa's first-call JIT each. Frames are
+    computed :data:`FRAME_BLOCK` at a time (each frame's transform is independent, so the
+    result is the same up to float32 rounding in the mel product), so the windowed copies and spectra of a 600 s clip (some 400 MiB
+    at once) never exist together: a worker holds the samples, the frame features and one block.
     """
-    import scipy.fft
-
     pad = p.n_fft // 2
-    yp = np.pad(y.astype(np.float32), (pad, pad))
+    yp = np.pad(y.astype(np.float32, copy=False), (pad, pad))
     if len(yp) < p.n_fft:
         yp = np.pad(yp, (0, p.n_fft - len(yp)))
     n_frames = 1 + (len(yp) - p.n_fft) // p.hop
-    idx = np.arange(p.n_fft)[None, :] + p.hop * np.arange(n_frames)[:, None]
     window = (0.5 - 0.5 * np.cos(2 * np.pi * np.arange(p.n_fft) / p.n_fft)).astype(np.float32)
+    frames = np.concatenate([_frame_features(yp, start, min(start + FRAME_BLOCK, n_frames), window, p)
+                             for start in range(0, n_frames, FRAME_BLOCK)])
+    per_token = max(1, int(round(p.token_seconds * p.sr / p.hop)))
+    n_tokens = max(1, int(np.ceil(len(y) / (p.token_seconds * p.sr) - 1e-9)))
+    return np.stack([frames[k * per_token : (k + 1) * per_token].mean(0) for k in range(n_tokens) if k * per_token < len(frames)])
+
+
+FRAME_BLOCK = 2048  # STFT frames per block: about 20 s at the default hop, some 10 MiB of temporaries
+
+
+def _frame_features(yp: np.ndarray, start: int, stop: int, window: np.ndarray, p: "SignalAudioPreparer") -> np.ndarray:
+    """``(stop - start, D)`` float32 log-mel (or MFCC) features of frames ``start..stop`` of ``yp``."""
+    import scipy.fft
+
+    idx = np.arange(p.n_fft)[None, :] + p.hop * np.arange(start, stop)[:, None]
     power = np.abs(np.fft.rfft(yp[idx] * window, axis=1)) ** 2  # (frames, 1 + n_fft // 2)
     mel = power.astype(np.float32) @ p.filterbank.T  # (frames, n_mels)
     logmel = 10.0 * np.log10(np.maximum(mel, 1e-10))  # dB, reference 1.0, no top_db clipping
     if p.kind == "mfcc":
-        feats = scipy.fft.dct(logmel, axis=1, type=2, norm="ortho")[:, : p.n_mfcc]
-    else:
-        feats = logmel
-    frames = feats.astype(np.float32)
-    per_token = max(1, int(round(p.token_seconds * p.sr / p.hop)))
-    n_tokens = max(1, int(np.ceil(len(y) / (p.token_seconds * p.sr) - 1e-9)))
-    return np.stack([frames[k * per_token : (k + 1) * per_token].mean(0) for k in range(n_tokens) if k * per_token < len(frames)])
+        return scipy.fft.dct(logmel, axis=1, type=2, norm="ortho")[:, : p.n_mfcc].astype(np.float32)
+    return logmel.astype(np.float32)
 
 
 class SignalAudio(RowEncoder):

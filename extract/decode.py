@@ -14,7 +14,10 @@ paper 001 section 4.1 computes "one 2D feature per second"):
 * video frames are sampled at ``fps`` from the stream's presentation timestamps, so a
   variable-frame-rate file is sampled at the right times: for each target time
   ``t_k = k / fps`` the first frame whose timestamp is ``>= t_k`` is kept;
-* audio is mixed down to mono (mean of the channels) and resampled with soxr;
+* audio is mixed down to mono (mean of the channels) and resampled with soxr, a block at a
+  time while it decodes, and cut to the backbone's ``max_seconds`` (600 s by default), so
+  peak memory per worker does not depend on the file's rate, channels or length
+  (:func:`load_audio`; figures in benchmarks/RESULTS.md);
 * text is normalised to NFC.
 
 Heavy libraries are imported inside the functions (see STYLE.md).
@@ -130,38 +133,86 @@ def image_to_uint8(im: Any, size: int) -> np.ndarray:
 
 
 # -- audio ----------------------------------------------------------------------------
+BLOCK_SAMPLES = 1 << 18  # decoded input samples (frames x channels) held at once: 1 MiB of float32
+
+
 def load_audio(path: str | os.PathLike, sample_rate: int, max_seconds: float | None = None) -> np.ndarray:
-    """Mono float32 samples at ``sample_rate``; at most ``max_seconds`` (from the start)."""
+    """Mono float32 samples at ``sample_rate``: the first ``max_seconds`` of the file (all of it when None).
+
+    Decoding, the mix-down and resampling run a block at a time (at most
+    :data:`BLOCK_SAMPLES` decoded samples, whatever the rate and channel count), and decoding
+    stops once ``max_seconds`` are in: a small file that decodes to hours of 192 kHz
+    8-channel audio costs the same memory as a short mono one, namely the output
+    (``max_seconds * sample_rate`` floats) plus one block. A longer file is cut to its first
+    ``max_seconds``.
+    """
     p = _check_file(path)
     try:
-        y, sr = _read_soundfile(p, max_seconds)
+        y = _MonoStream(sample_rate, max_seconds).run(_soundfile_blocks(p))
     except DecodeError:
         raise
     except Exception:
-        y, sr = _read_pyav_audio(p, max_seconds)
+        y = _MonoStream(sample_rate, max_seconds).run(_pyav_blocks(p))
     if y.size == 0:
         raise DecodeError(f"empty audio (no samples): {p}")
     if not np.isfinite(y).all():
         raise DecodeError(f"audio with non-finite samples: {p}")
-    if sr != sample_rate:
-        import soxr
-
-        y = soxr.resample(y, sr, sample_rate).astype(np.float32)
-    if max_seconds is not None:
-        y = y[: int(round(max_seconds * sample_rate))]
-    return np.ascontiguousarray(y, dtype=np.float32)
+    return y
 
 
-def _read_soundfile(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+class _MonoStream:
+    """Blocks of ``(frames, channels)`` float32 at rate ``sr`` in, mono at ``sample_rate`` out.
+
+    The mix-down is the mean of the channels; resampling is soxr's streaming resampler (the
+    same engine and quality, HQ, as ``soxr.resample`` on the whole signal).
+    """
+
+    def __init__(self, sample_rate: int, max_seconds: float | None):
+        self.rate, self.max_seconds = sample_rate, max_seconds
+        self.limit = None if max_seconds is None else int(round(max_seconds * sample_rate))
+
+    def run(self, blocks) -> np.ndarray:
+        out, have, resampler, taken, in_limit = [], 0, None, 0, None
+        for block, sr in blocks:
+            if in_limit is None and self.max_seconds is not None:
+                in_limit = int(self.max_seconds * sr) + 1
+            if in_limit is not None:
+                block = block[: in_limit - taken]
+            taken += len(block)
+            mono = block.mean(axis=1, dtype=np.float32) if block.shape[1] > 1 else block[:, 0]
+            if sr != self.rate and resampler is None:
+                import soxr
+
+                resampler = soxr.ResampleStream(sr, self.rate, 1, dtype="float32")
+            piece = resampler.resample_chunk(mono) if resampler is not None else mono.copy()
+            out.append(piece)
+            have += len(piece)
+            if in_limit is not None and taken >= in_limit:
+                break
+        if resampler is not None:
+            out.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+        y = np.concatenate(out) if out else np.zeros(0, np.float32)
+        if self.limit is not None:
+            y = y[: self.limit]
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def _soundfile_blocks(p: Path):
+    """``(frames, channels)`` float32 blocks of at most :data:`BLOCK_SAMPLES` samples, via libsndfile."""
     import soundfile as sf
 
     with sf.SoundFile(str(p)) as f:
-        frames = -1 if max_seconds is None else int(max_seconds * f.samplerate) + 1
-        y = f.read(frames=frames, dtype="float32", always_2d=True)
-        return y.mean(axis=1), f.samplerate
+        frames = max(1024, BLOCK_SAMPLES // max(1, f.channels))
+        while True:
+            block = f.read(frames=frames, dtype="float32", always_2d=True)
+            if not len(block):
+                return
+            yield block, f.samplerate
 
 
-def _read_pyav_audio(p: Path, max_seconds: float | None) -> tuple[np.ndarray, int]:
+def _pyav_blocks(p: Path):
+    """The same, frame by frame through PyAV (MP3, M4A, Ogg, WebM, ...); a truncated tail ends the
+    stream after what decoded, a file where nothing decodes is a :class:`DecodeError`."""
     import av
 
     try:
@@ -172,22 +223,18 @@ def _read_pyav_audio(p: Path, max_seconds: float | None) -> tuple[np.ndarray, in
         if not container.streams.audio:
             raise DecodeError(f"no audio stream in {p}")
         stream = container.streams.audio[0]
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=stream.rate or 16000)
-        chunks, total, rate = [], 0, stream.rate or 16000
-        limit = None if max_seconds is None else int(max_seconds * rate) + 1
+        converter = None  # planar float at the stream's own rate and layout: the mix-down is ours
+        decoded = False
         try:
             for frame in container.decode(stream):
-                for out in resampler.resample(frame):
-                    chunks.append(out.to_ndarray().reshape(-1))
-                    total += chunks[-1].size
-                if limit is not None and total >= limit:
-                    break
+                if converter is None:
+                    converter = av.AudioResampler(format="fltp", layout=frame.layout, rate=frame.sample_rate)
+                for out in converter.resample(frame):
+                    decoded = True
+                    yield out.to_ndarray().T, out.sample_rate  # (frames, channels)
         except av.error.FFmpegError as exc:
-            if not chunks:
+            if not decoded:
                 raise DecodeError(f"corrupt audio {p}: {exc}") from exc
-            # a truncated tail: keep what decoded
-    y = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return y.astype(np.float32), rate
 
 
 # -- video ----------------------------------------------------------------------------

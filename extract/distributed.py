@@ -64,7 +64,7 @@ def worker_encoder(backbone: str, options: dict, weights: str | None, device: st
 
 
 def extract_shard_task(store_path: str, store_key: str, backbone: str, options: dict, weights: str | None,
-                       device: str, batch_size: int, workers: int, k: int, items: list[dict]) -> dict:
+                       device: str, batch_size: int, workers: int, k: int, items: list[dict], gate=None) -> dict:
     """One dask task: extract item shard ``k`` and write it whole (skip it when already complete)."""
     from mmx.cache.store import open_store
     from mmx.extract.runner import extract_shards
@@ -75,12 +75,12 @@ def extract_shard_task(store_path: str, store_key: str, backbone: str, options: 
     encoder = worker_encoder(backbone, options, weights, device)
     if multiprocessing.current_process().daemon:
         workers = 0  # daemonic processes cannot have children (see the module docstring)
-    return extract_shards(encoder, store, {k: items}, batch_size, workers)[k]
+    return extract_shards(encoder, store, {k: items}, batch_size, workers, gate=gate)[k]
 
 
 def extract_on_dask(scheduler, store, backbone: str, options: dict, weights: str | None,
                     shard_items: dict[int, list[dict]], batch_size: int, device: str = "auto",
-                    workers: int = 0) -> dict[int, dict]:
+                    workers: int = 0, gate=None) -> dict[int, dict]:
     """Run the given shards as tasks on ``scheduler`` (an address or a ``distributed.Client``)."""
     from distributed import Client, as_completed
 
@@ -90,7 +90,7 @@ def extract_on_dask(scheduler, store, backbone: str, options: dict, weights: str
         for k, items in sorted(shard_items.items()):
             fut = client.submit(
                 extract_shard_task, str(store.path), store.key, backbone, options, weights, device,
-                batch_size, workers, k, items, key=f"mmx-extract-{store.key[:10]}-{k:06d}", pure=False,
+                batch_size, workers, k, items, gate, key=f"mmx-extract-{store.key[:10]}-{k:06d}", pure=False,
             )
             futures[fut] = k
         results = {}

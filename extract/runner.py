@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -83,18 +85,43 @@ class _Writer:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class LocalGate:
+    """``mmx fetch``'s check of a local file (:func:`~mmx.extract.fetch.validate.admit_local`),
+    run on each item in the decoding worker before it is decoded: a file outside ``roots``
+    (symlinks resolved) or one the probe refuses (a truncated WAV or MP4, a decompression
+    bomb, the wrong format) fails with fetch's failure kind in its message."""
+
+    modality: str
+    roots: tuple[str, ...]  # real paths
+    max_pixels: int
+
+    def problem(self, item: dict) -> str | None:
+        from pathlib import Path
+
+        from mmx.extract.fetch import is_url
+        from mmx.extract.fetch.validate import admit_local
+
+        uri = item.get("uri") or ""
+        if not uri or (is_url(uri) and not uri.lower().startswith("file://")):
+            return None  # inline text; a URL fails in the preparer with its own hint
+        _, verdict = admit_local(uri, uri, self.modality, [Path(r) for r in self.roots], max_pixels=self.max_pixels)
+        return None if verdict.kind is None else f"{verdict.kind}: {verdict.message}"
+
+
 class _Items:
     """Map-style dataset over (position -> item); returns the prepared sample or a Failure."""
 
-    def __init__(self, prep, items: list[dict]):
-        self.prep, self.items = prep, items
+    def __init__(self, prep, items: list[dict], gate: LocalGate | None = None):
+        self.prep, self.items, self.gate = prep, items, gate
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, j: int):
         try:
-            return j, self.prep.prepare(self.items[j])
+            problem = self.gate.problem(self.items[j]) if self.gate else None
+            return j, Failure(problem) if problem else self.prep.prepare(self.items[j])
         except Exception as exc:  # any decoder failure becomes the item's status
             return j, Failure(_message(exc))
 
@@ -129,13 +156,15 @@ def extract_shards(
     workers: int = 0,
     on_shard: Callable[[int, dict], None] | None = None,
     on_items: Callable[[int], None] | None = None,
+    gate: LocalGate | None = None,
 ) -> dict[int, dict]:
     """Extract and write the given item shards (``{k: items of shard k, in store order}``).
 
     ``on_items(n)`` is called after each batch with its item count (the progress bar counts
     items: a shard of long videos can take many minutes); ``on_shard(k, summary)`` after
     each shard is written. A summary holds ``items``, ``ok``, ``failed`` and ``errors``
-    (failed id -> message, as in the shard's marker).
+    (failed id -> message, as in the shard's marker). ``gate`` checks each local file before
+    it is decoded.
     """
     import torch
     from torch.utils.data import DataLoader
@@ -152,7 +181,7 @@ def extract_shards(
         return {}
     cuda = str(encoder.device).startswith("cuda")
     loader = DataLoader(
-        _Items(encoder.prep, items), batch_sampler=batches, collate_fn=_Collate(encoder.prep),
+        _Items(encoder.prep, items, gate), batch_sampler=batches, collate_fn=_Collate(encoder.prep),
         num_workers=workers, pin_memory=cuda, prefetch_factor=2 if workers else None,
     )
     results: dict[int, Any] = {}
@@ -248,8 +277,9 @@ def manifest_items(manifest, modality) -> list[dict]:
     return out
 
 
-def bow_vocabulary(items: list[dict], options: dict) -> tuple[list[str], str]:
-    """The bag-of-words vocabulary from the training split (all items when there is none)."""
+def bow_vocabulary(items: list[dict], options: dict, gate: LocalGate | None = None) -> tuple[list[str], str]:
+    """The bag-of-words vocabulary from the training split (all items when there is none);
+    text files ``gate`` refuses are left out, as they are from the store."""
     from mmx.extract import decode
     from mmx.extract.classic import build_vocabulary
 
@@ -257,6 +287,8 @@ def bow_vocabulary(items: list[dict], options: dict) -> tuple[list[str], str]:
     source = "train split" if train else "all items (the manifest has no training split)"
     texts = []
     for it in train or items:
+        if gate is not None and not it["text"] and gate.problem(it):
+            continue
         try:
             texts.append(it["text"] or decode.read_text(it["uri"]))
         except decode.DecodeError:
@@ -267,7 +299,7 @@ def bow_vocabulary(items: list[dict], options: dict) -> tuple[list[str], str]:
     return vocab, source
 
 
-def plan_options(backbone: str, items: list[dict], options: dict | None) -> dict:
+def plan_options(backbone: str, items: list[dict], options: dict | None, gate: LocalGate | None = None) -> dict:
     """User options, plus what depends on the data (the bag-of-words vocabulary)."""
     from mmx.extract.backbones import get_backbone
 
@@ -276,7 +308,7 @@ def plan_options(backbone: str, items: list[dict], options: dict | None) -> dict
         from mmx.extract.backbones import resolve_options
 
         resolved = resolve_options(get_backbone(backbone), options)
-        options["vocabulary"], _ = bow_vocabulary(items, resolved)
+        options["vocabulary"], _ = bow_vocabulary(items, resolved, gate)
     return options
 
 
@@ -311,6 +343,7 @@ def extract(
     progress: bool = False,
     on_shard: Callable[[int, dict], None] | None = None,
     retry_failed: bool = False,
+    allowed_roots: tuple[str, ...] = (),
 ) -> dict:
     """Extract one modality of a manifest into its store; returns a summary of the run.
 
@@ -321,6 +354,8 @@ def extract(
     Holds the store's writer lock while it writes (a second process on the same store
     fails with :class:`mmx.cache.StoreLockedError`). ``retry_failed`` also re-extracts
     the complete shards that hold failed items.
+    Local files are read only below ``allowed_roots`` (default: the manifest's folder) and
+    only after the checks ``mmx fetch`` applies (:class:`LocalGate`).
     """
     from mmx.cache.threads import set_threads
     from mmx.extract.backbones import DEFAULT_BACKBONE, build_encoder, get_backbone
@@ -339,7 +374,11 @@ def extract(
     if not items:
         have = ", ".join(m.value for m in manifest.modalities)
         raise ValueError(f"{manifest_path}: no {modality.value} items (the manifest has: {have})")
-    options = plan_options(backbone, items, options)
+    from mmx.extract.decode import DEFAULT_MAX_PIXELS
+
+    roots = tuple(os.path.realpath(r) for r in (allowed_roots or (str(Path(manifest_path).parent),)))
+    gate = LocalGate(modality.value, roots, int((options or {}).get("max_pixels", DEFAULT_MAX_PIXELS)))
+    options = plan_options(backbone, items, options, gate)
     asked_device = device
     # on dask the workers pick their own device; the client only needs the metadata
     device = "cpu" if dask_scheduler is not None else resolve_device(device)
@@ -352,7 +391,7 @@ def extract(
     with store.writer_lock("mmx extract"):  # a second extract of this store stops here with a clear message
         metadata_changed, stale = follow_manifest(store, items)
         summary = _run(store, items, encoder, backbone, options, weights, batch_size, workers, device, asked_device,
-                       dask_scheduler, progress, on_shard, retry_failed, stale)
+                       dask_scheduler, progress, on_shard, retry_failed, stale, gate)
     return {**summary, "threads": threads, "load_seconds": load_seconds, "metadata_changed": metadata_changed,
             "sources_changed": len(stale)}
 
@@ -368,7 +407,7 @@ def failed_shards(store) -> dict[int, int]:
 
 
 def _run(store, items, encoder, backbone, options, weights, batch_size, workers, device, asked_device,
-         dask_scheduler, progress, on_shard, retry_failed, stale) -> dict:
+         dask_scheduler, progress, on_shard, retry_failed, stale, gate: LocalGate | None = None) -> dict:
     """Extract the shards not complete yet or ``stale``, and with ``retry_failed`` those with failed items.
 
     A retried shard is extracted and written whole again, not item by item: its batches are
@@ -388,11 +427,12 @@ def _run(store, items, encoder, backbone, options, weights, batch_size, workers,
     if dask_scheduler is not None and todo:
         from mmx.extract.distributed import extract_on_dask
 
-        results = extract_on_dask(dask_scheduler, store, backbone, options, weights, shard_items, batch_size, asked_device, workers)
+        results = extract_on_dask(dask_scheduler, store, backbone, options, weights, shard_items, batch_size, asked_device,
+                                  workers, gate)
         summary["device"] = f"dask ({asked_device})"
     else:
         bar = _progress(sum(len(v) for v in shard_items.values()), progress)
-        results = extract_shards(encoder, store, shard_items, batch_size, workers, on_shard=on_shard, on_items=bar)
+        results = extract_shards(encoder, store, shard_items, batch_size, workers, on_shard=on_shard, on_items=bar, gate=gate)
     for k in sorted(results):
         s = results[k]
         summary["written"] += 1

@@ -6,6 +6,8 @@ heavy libraries are imported inside the commands.
 
 from __future__ import annotations
 
+import errno
+
 import click
 
 from mmx import __version__
@@ -23,6 +25,12 @@ class _Group(click.Group):
             from mmx.pipeline.errors import user_error
 
             raise user_error(exc) from exc
+        except OSError as exc:
+            from mmx.pipeline.errors import no_space
+
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise no_space(exc) from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -58,17 +58,20 @@ def _defaults() -> dict:
               help="torch CPU threads of the model process [default: half the cores, 1 to 4; see mmx.cache.threads].")
 @click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
+@click.option("--allow-root", "allowed_roots", multiple=True, type=click.Path(file_okay=False),
+              help="Folder local files may be read from, symlinks resolved (repeatable; default: the manifest's folder).")
 @click.option("--list", "list_", is_flag=True, help="List the registered backbones and exit.")
 @click.option("--retry-failed", is_flag=True, help="Also re-extract the complete shards that hold failed items.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, threads, shard_size, dask_scheduler, list_, retry_failed, progress):
+def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, threads, shard_size, dask_scheduler, allowed_roots, list_, retry_failed, progress):
     """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
 
     Reruns skip shards already complete (with --retry-failed, not those holding failed
     items); a changed backbone or option writes a new store. Changed labels, groups or
     splits in the manifest are written into the existing store (features reused); items
     given another file or text are extracted again. One extraction writes a store at a
-    time: a second one on the same store stops with a message.
+    time: a second one on the same store stops with a message. Local files pass mmx fetch's
+    checks first (allowed roots, format, decode probe).
     """
     if list_:
         _print_list()
@@ -85,6 +88,7 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
         manifest, modality, cache, dataset, backbone=backbone, options=_parse_set(settings), weights=weights,
         device=device, batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size,
         dask_scheduler=dask_scheduler, progress=progress, retry_failed=retry_failed,
+        allowed_roots=tuple(allowed_roots),
     )
     if summary["metadata_changed"]:
         what = ", ".join(f"{col} of {n} item(s)" for col, n in summary["metadata_changed"].items())

@@ -162,19 +162,6 @@ def place_file(tmp: str, folder: Path, stem: str, extension: str) -> Path:
     return final
 
 
-def local_source(uri: str, resolved: str, roots: list[Path]) -> tuple[Path | None, str, str]:
-    """The real path of a local ``uri``, or None with a failure kind and a message."""
-    from urllib.parse import unquote, urlsplit
-
-    raw = unquote(urlsplit(uri).path) if uri.lower().startswith("file://") else resolved
-    real = Path(os.path.realpath(raw))
-    if not any(real == root or root in real.parents for root in roots):
-        return None, "forbidden_path", f"{raw!r} is outside the allowed roots ({', '.join(map(str, roots))})"
-    if not real.is_file():
-        return None, "not_found", f"local file {raw!r} does not exist or is not a file"
-    return real, "", ""
-
-
 def link_or_copy(src: Path, tmp: str) -> str:
     """Hard-link ``src`` to ``tmp`` (no extra disk), else copy; returns the file's sha256."""
     try:

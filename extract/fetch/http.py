@@ -9,6 +9,8 @@ Politeness and robustness rules (issue 3), where the papers are silent:
 * timeouts, connection errors, truncated bodies, 5xx and 429 are transient: retried up to
   ``retries`` more times with exponential backoff and jitter, or after the ``Retry-After``
   the server asked for (429 and 503; capped at ``max_retry_after``);
+* a full disk while writing the body is ``no_space``: transient for ``--retry-failed``, but
+  not retried within the run (the disk stays full);
 * the ``Content-Length`` and the streamed byte count are both held to ``max_bytes`` and a
   ``Content-Type`` of the wrong kind ends the download before the body is read;
 * the body is decoded here, not by httpx (which inflates a whole network chunk at once, so
@@ -27,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import email.utils
+import errno
 import hashlib
 import os
 import random
@@ -35,7 +38,7 @@ import zlib
 from typing import AsyncIterator, Iterator
 from urllib.parse import urljoin, urlsplit
 
-from mmx.extract.fetch.status import TRANSIENT_KINDS
+from mmx.extract.fetch.status import NO_SPACE, TRANSIENT_KINDS
 from mmx.extract.fetch.validate import content_type_problem
 
 ACCEPT_ENCODING = "gzip, deflate"  # what :func:`decode_chain` can inflate a bounded piece at a time
@@ -97,6 +100,8 @@ def classify_exception(exc: BaseException, body_started: bool) -> tuple[str, str
     import httpx
 
     msg = f"{type(exc).__name__}: {exc}".strip()
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return NO_SPACE, msg
     if isinstance(exc, (httpx.TimeoutException, TimeoutError, asyncio.TimeoutError)):
         return "timeout", msg
     if isinstance(exc, httpx.ConnectError):
@@ -119,7 +124,7 @@ async def get_with_retries(client, url: str, modality: str, tmp: str, cfg, host_
         attempts += 1
         async with host_limit:
             result = await _attempt(client, url, modality, tmp, cfg)
-        if result.kind is None or result.kind not in TRANSIENT_KINDS or attempts > cfg.retries:
+        if result.kind in (None, NO_SPACE) or result.kind not in TRANSIENT_KINDS or attempts > cfg.retries:
             return result, attempts
         delay = result.retry_after if result.retry_after is not None else \
             backoff_delay(attempts, cfg.backoff_base, cfg.backoff_max)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import itertools
 import os
 import time
@@ -21,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmx.extract.fetch import (FetchConfig, FetchLayout, allowed_roots_key, is_url, link_or_copy, local_source, needs_fetch,
+from mmx.extract.fetch import (FetchConfig, FetchLayout, allowed_roots_key, is_url, link_or_copy, needs_fetch,
                                place_file, safe_stem, sweep_partial_files)
-from mmx.extract.fetch.status import OK, Journal
+from mmx.extract.fetch.status import NO_SPACE, OK, Journal
 
 
 @dataclasses.dataclass
@@ -257,7 +258,7 @@ async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg
 async def _fetch_item(item, client, stream, layout, roots, cfg, host_limits, pool) -> dict:
     """Fetch one item; always returns a record with a ``status``."""
     from mmx.extract.fetch.http import get_with_retries, remove_quietly
-    from mmx.extract.fetch.validate import check_file
+    from mmx.extract.fetch.validate import admit_local, check_file
 
     uri, modality = item["uri"], item["modality"]
     if not uri:
@@ -278,10 +279,13 @@ async def _fetch_item(item, client, stream, layout, roots, cfg, host_limits, poo
                    "bytes": got.nbytes, "attempts": attempts, "sha256": got.sha256}
             if got.kind is not None:
                 return {**rec, "status": got.kind, "error": got.error}
+            verdict = await loop.run_in_executor(pool, lambda: check_file(tmp, modality, max_pixels=cfg.max_pixels))
         elif scheme == "file":
-            src, kind, why = local_source(uri, stream.resolve(uri), roots)
+            src, verdict = await loop.run_in_executor(
+                pool, lambda: admit_local(uri, stream.resolve(uri), modality, roots, max_pixels=cfg.max_pixels))
             if src is None:
-                return {"status": kind, "error": why, "attempts": 1, "allowed_roots": allowed_roots_key(cfg)}
+                return {"status": verdict.kind, "error": verdict.message, "attempts": 1,
+                        "allowed_roots": allowed_roots_key(cfg)}
             if src.stat().st_size > cfg.max_bytes:
                 return {"status": "too_large", "error": f"{src.stat().st_size} bytes exceeds the cap of "
                         f"{cfg.max_bytes}", "attempts": 1, "bytes": src.stat().st_size}
@@ -289,12 +293,12 @@ async def _fetch_item(item, client, stream, layout, roots, cfg, host_limits, poo
             rec = {"final_url": src.as_uri(), "bytes": os.path.getsize(tmp), "attempts": 1, "sha256": sha}
         else:
             return {"status": "bad_url", "error": f"unsupported URL scheme {scheme!r}", "attempts": 0}
-        verdict = await loop.run_in_executor(pool, lambda: check_file(tmp, modality, max_pixels=cfg.max_pixels))
         if verdict.kind is not None:
             return {**rec, "status": verdict.kind, "error": verdict.message}
         final = place_file(tmp, folder, stem, verdict.extension)
         return {**rec, "status": OK, "path": final.relative_to(layout.root).as_posix(), "error": ""}
     except Exception as exc:  # noqa: BLE001 - one bad item must not stop the run
-        return {"status": "error", "error": f"{type(exc).__name__}: {exc}", "attempts": 1}
+        kind = NO_SPACE if isinstance(exc, OSError) and exc.errno == errno.ENOSPC else "error"
+        return {"status": kind, "error": f"{type(exc).__name__}: {exc}", "attempts": 1}
     finally:
         remove_quietly(tmp)

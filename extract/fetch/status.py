@@ -46,10 +46,12 @@ FAILURE_KINDS = {
     "bad_redirect": "redirect to a non-http(s) scheme",
     "bad_url": "URL scheme that is not http(s) or file",
     "forbidden_path": "local path outside the allowed roots",
+    "no_space": "the disk filled up while writing the file (retried by --retry-failed)",
     "error": "unexpected error (see the message)",
 }
 # Kinds worth retrying later without being asked to retry everything (``--retry-failed``).
-TRANSIENT_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "truncated"})
+TRANSIENT_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "truncated", "no_space"})
+NO_SPACE = "no_space"  # transient for --retry-failed, but never retried within a run: the disk stays full
 # Kinds decided by a run's own options, not by the source: checked again by a run with other
 # options, so a rerun with wider permissions (``--allow-root``) takes what they now allow.
 RECHECKED_KINDS = frozenset({"forbidden_path"})

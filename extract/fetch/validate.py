@@ -16,12 +16,20 @@ would poison every later stage. So an item is only ``ok`` after four checks, che
    frame of the right stream decoded.
 
 Failure kinds returned here are ``wrong_type``, ``undecodable`` and ``decompression_bomb``.
+
+A local file (a path or ``file://`` in a manifest) passes :func:`admit_local` first, in
+``mmx fetch`` and in ``mmx extract`` alike: its real path (symlinks resolved) must lie below
+an allowed root (``forbidden_path`` otherwise), then it gets checks 2 and 4. So extract
+refuses exactly what fetch refuses: a symlink out of the dataset, a WAV whose data chunk is
+shorter than its header says, an MP4 cut short.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
+from pathlib import Path
 
 # Formats by magic bytes: name -> (extension, modalities it can carry).
 # Containers such as MP4, Ogg, WebM and Matroska may hold audio or video; the probe decides.
@@ -123,6 +131,34 @@ def sniff(head: bytes) -> str | None:
 def _looks_like_html(head: bytes) -> bool:
     start = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
     return start.startswith((b"<!doctype html", b"<html", b"<head", b"<body", b"<!--", b"<?xml", b"<svg"))
+
+
+def local_source(uri: str, resolved: str, roots: list[Path]) -> tuple[Path | None, str, str]:
+    """The real path of a local ``uri`` (``resolved``: the path it names), or None with a failure kind and a message."""
+    from urllib.parse import unquote, urlsplit
+
+    raw = unquote(urlsplit(uri).path) if uri.lower().startswith("file://") else resolved
+    real = Path(os.path.realpath(raw))
+    if not any(real == root or root in real.parents for root in roots):
+        return None, "forbidden_path", f"{raw!r} is outside the allowed roots ({', '.join(map(str, roots))})"
+    if not real.is_file():
+        return None, "not_found", f"local file {raw!r} does not exist or is not a file"
+    if real.stat().st_size == 0:
+        return None, "undecodable", f"empty file (0 bytes): {raw!r}"
+    return real, "", ""
+
+
+def admit_local(uri: str, resolved: str, modality: str, roots: list[Path], *, max_pixels: int) -> tuple[Path | None, Verdict]:
+    """The one gate a local file passes before mmx uses it: allowed root, then :func:`check_file`.
+
+    Returns the real path (None when refused) and the verdict; used by ``mmx fetch`` before it
+    links a local file and by ``mmx extract`` before it decodes one. ``roots`` are real paths.
+    """
+    real, kind, why = local_source(uri, resolved, roots)
+    if real is None:
+        return None, Verdict(kind, why)
+    verdict = check_file(str(real), modality, max_pixels=max_pixels)
+    return (real if verdict.kind is None else None), verdict
 
 
 def check_file(path: str, modality: str, *, max_pixels: int) -> Verdict:

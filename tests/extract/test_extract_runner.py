@@ -70,7 +70,7 @@ def test_cli_extracts_every_modality_with_failures_as_statuses(tmp_path, shared_
     expect = {"image": (1, 3), "audio": (1, 1), "video": (0, 2), "text": (1, 1)}
     for modality, (ok, failed) in expect.items():
         r = runner.invoke(main, ["extract", str(man), "--modality", modality, "--cache", str(cache), "--dataset", "d",
-                                 "--workers", "0", "--no-progress"])
+                                 "--workers", "0", "--no-progress", "--allow-root", str(tmp_path), "--allow-root", str(M)])
         assert r.exit_code == 0, r.output
         assert f"{ok} ok, {failed} failed" in r.output
         assert r.output.count("failed: ") == failed  # one line per failed id, with its message
@@ -82,7 +82,7 @@ def test_cli_extracts_every_modality_with_failures_as_statuses(tmp_path, shared_
     errors = img.shard_marker(0)["errors"]
     assert "empty file" in errors["i1"] and set(errors) == {"i1", "i2", "i3"}
     assert "run 'mmx fetch' first" in errors["i3"]
-    assert "no video stream" in stores["video"].shard_marker(0)["errors"]["v0"]
+    assert "wrong_type: wav content where video was expected" in stores["video"].shard_marker(0)["errors"]["v0"]
     assert stores["image"].backbone["name"] == "efficientnet-lite0" and not img.verify()
     # the failed ids and messages, outside the shard markers too
     assert img.failures() == errors and img.info()["failed_items"] == errors
@@ -156,8 +156,9 @@ def test_changed_option_writes_another_store(tmp_path, shared_media):
     from mmx.extract.runner import extract
 
     man = _manifest(tmp_path, [dict(id="a0", modality="audio", uri=str(shared_media / "imagebind/car_audio.wav"), text="")])
-    s1 = extract(str(man), "audio", str(tmp_path / "c"), "d", workers=0)
-    s2 = extract(str(man), "audio", str(tmp_path / "c"), "d", options={"token_seconds": 0.5}, workers=0)
+    roots = (str(shared_media),)
+    s1 = extract(str(man), "audio", str(tmp_path / "c"), "d", workers=0, allowed_roots=roots)
+    s2 = extract(str(man), "audio", str(tmp_path / "c"), "d", options={"token_seconds": 0.5}, workers=0, allowed_roots=roots)
     assert s1["store"] != s2["store"]
     assert open_store(s2["store"]).meta["backbone"]["token_rate"] == "2 per second"
     assert int(open_store(s2["store"])._group["token_length"][0]) == 10  # 5 s at 2 tokens per second

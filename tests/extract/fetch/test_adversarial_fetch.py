@@ -28,7 +28,15 @@ def _jpeg(seed: int) -> bytes:
 
 
 def _journal(root):
-    return {r["id"]: r for r in map(json.loads, (root / "fetch" / "journal.jsonl").read_text().splitlines())}
+    """The last record of each id; a torn line (a kill or a full disk mid-write) is skipped, as mmx does."""
+    out = {}
+    for line in (root / "fetch" / "journal.jsonl").read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        out[record["id"]] = record
+    return out
 
 
 def test_ids_that_cleaned_to_one_stem_keep_their_own_files(tmp_path):
@@ -73,8 +81,10 @@ def test_a_stem_collision_is_refused_naming_both_ids(tmp_path, monkeypatch):
 
 # -- stacked Content-Encoding: the cap holds on decoded bytes, memory stays bounded ------------
 BOMB_SCRIPT = r"""
-import json, resource, sys, zlib
+import json, sys, zlib
 sys.path.insert(0, sys.argv[1])
+sys.path.insert(0, sys.argv[4])
+import peakmem
 from pathlib import Path
 import pandas as pd
 from fetch_server import LoopbackServer, send
@@ -96,10 +106,10 @@ with LoopbackServer(routes) as srv:
     # everything but the body's decoding, first: the baseline of the peak
     fetch_manifest(write_manifest(frame.assign(uri=srv.url("/missing")), root / "warm.csv"), root / "warm",
                    FetchConfig(workers=1, retries=0, progress=False))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    baseline = peakmem.start()
     summary = fetch_manifest(manifest, root / "ds", FetchConfig(workers=1, retries=0, max_bytes=2**20, progress=False))
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"totals": summary.totals, "body_bytes": len(body), "peak_growth_mib": (after - before) / 1024}))
+    growth = peakmem.growth_mib(baseline)
+print(json.dumps({"totals": summary.totals, "body_bytes": len(body), "peak_growth_mib": growth}))
 """
 
 
@@ -112,7 +122,7 @@ def run_gzip_bomb(tmp_path, decoded_mib: int) -> dict:
     from pathlib import Path
 
     here = Path(__file__).parent
-    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(here), str(tmp_path), str(decoded_mib)],
+    out = subprocess.run([sys.executable, "-c", BOMB_SCRIPT, str(here), str(tmp_path), str(decoded_mib), str(here.parents[1])],
                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -159,3 +169,90 @@ def zlib_raw(data: bytes) -> bytes:
 
     z = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
     return z.compress(data) + z.flush()
+
+
+# -- a full disk: consistent journal, items retried by --retry-failed, one clear line ------------
+def _disk_fills_for(monkeypatch, module, stems):
+    """Writes to the temporary files of ``stems`` in ``module`` fail with ENOSPC, as on a full disk."""
+    import errno
+    import os
+
+    real_open = open
+
+    def full_open(path, mode="r", *args, **kwargs):
+        fh = real_open(path, mode, *args, **kwargs)
+        if "w" in mode and any(os.path.basename(str(path)).startswith(f".{s}.") for s in stems):
+            def write(_data):
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+            fh.write = write
+        return fh
+
+    monkeypatch.setattr(module, "open", full_open, raising=False)
+
+
+@pytest.fixture
+def four_images(tmp_path):
+    from fetch_server import LoopbackServer, serve
+
+    images = {k: _jpeg(n) for n, k in enumerate("abcd")}
+    with LoopbackServer({f"/{k}.jpg": serve(v, "image/jpeg") for k, v in images.items()}) as srv:
+        frame = pd.DataFrame({"id": list(images), "modality": ["image"] * 4,
+                              "uri": [srv.url(f"/{k}.jpg") for k in images]})
+        yield write_manifest(frame, tmp_path / "m.csv"), images, srv
+
+
+def test_full_disk_items_are_no_space_and_retried_by_retry_failed(four_images, tmp_path, monkeypatch):
+    from mmx.extract.fetch import http
+    from mmx.extract.fetch.status import read_status_table
+
+    manifest, images, srv = four_images
+    _disk_fills_for(monkeypatch, http, ["b", "c"])
+    first = fetch_manifest(manifest, tmp_path / "ds", FetchConfig(**{**QUIET, "retries": 3}))
+    assert first.totals == {"ok": 2, "no_space": 2}
+    assert srv.hits["/b.jpg"] == 1  # not retried within the run: the disk stays full
+    table = read_status_table(tmp_path / "ds" / "fetch" / "status.csv")
+    assert dict(zip(table["id"], table["status"])) == {"a": "ok", "b": "no_space", "c": "no_space", "d": "ok"}
+    assert not list((tmp_path / "ds" / "media").rglob("*.part"))
+    monkeypatch.undo()
+    plain = fetch_manifest(manifest, tmp_path / "ds", FetchConfig(**QUIET))
+    assert plain.fetched == 0  # a failure is final until asked
+    again = fetch_manifest(manifest, tmp_path / "ds", FetchConfig(**{**QUIET, "retry_failed": True}))
+    assert again.fetched == 2 and again.totals == {"ok": 4}
+    records = _journal(tmp_path / "ds")
+    for k, data in images.items():
+        assert (tmp_path / "ds" / records[k]["path"]).read_bytes() == data
+    assert srv.hits["/a.jpg"] == 1
+
+
+def test_full_disk_on_the_journal_is_one_line_and_the_rerun_resumes(four_images, tmp_path, monkeypatch):
+    import errno
+
+    from click.testing import CliRunner
+
+    from mmx.extract.fetch.status import Journal
+    from mmx.pipeline.cli import main
+
+    manifest, images, srv = four_images
+    real_append, written = Journal.append, []
+
+    def append_until_full(self, record):
+        if len(written) == 2:  # the third record is torn half way, as a full disk leaves it
+            self._fh.write(json.dumps(record)[:20])
+            self._fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device", str(self.path))
+        written.append(record["id"])
+        real_append(self, record)
+
+    monkeypatch.setattr(Journal, "append", append_until_full)
+    args = ["fetch", str(manifest), "--out", str(tmp_path / "ds"), "--workers", "1", "--no-progress"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: no space left on the device while writing") and "journal.jsonl" in line
+    assert "run the same command again" in line
+    monkeypatch.undo()
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    records = _journal(tmp_path / "ds")
+    assert {k: r["status"] for k, r in records.items()} == {k: "ok" for k in images}
+    assert all(srv.hits[f"/{k}.jpg"] == 1 for k in written)  # what was journalled is not fetched again
