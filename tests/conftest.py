@@ -13,10 +13,20 @@ SHARED_MEDIA = Path(os.environ.get("MMX_SHARED_MEDIA", REPO.parent / "shared" / 
 
 
 @pytest.fixture(scope="session")
-def shared_media() -> Path:
-    """The real media fixtures of ../shared/media (skip when the folder is absent)."""
+def shared_media(tmp_path_factory) -> Path:
+    """The media files tests decode, fetch and extract: generated once per session (tests/make_media.py),
+    so a fresh clone runs the same tests as CI. Same relative paths as ../shared/media."""
+    from make_media import make_media  # tests/make_media.py (tests/ is on sys.path: conftest rootdir)
+
+    return make_media(tmp_path_factory.mktemp("media"))
+
+
+@pytest.fixture(scope="session")
+def real_media() -> Path:
+    """The real photos and sounds of ../shared/media, for the few checks that need real content
+    (marked ``shared_files``, opt-in: ``python -m pytest -m shared_files``)."""
     if not SHARED_MEDIA.is_dir():
-        pytest.skip(f"real media fixtures not found at {SHARED_MEDIA}")
+        pytest.skip(f"real media not found at {SHARED_MEDIA} (set MMX_SHARED_MEDIA)")
     return SHARED_MEDIA
 
 

@@ -301,7 +301,8 @@ def train(
     # said once everything that can fail before the first step has passed, so an error stays the first line
     for line in checks.header(cfg, data, device, len(stages)) + [quick_recall_note(cfg, data.splits[cfg.holdout])]:
         log(line)
-    for line in cautions if resume is None else []:  # a resumed run said them when it began
+    big = checks.cpu_size_warning(cfg, model, data, device)
+    for line in (cautions + [big] * bool(big)) if resume is None else []:  # a resumed run said them when it began
         (warn or _warn)(line)
     for k in range(progress.stage, len(stages)):
         stage = stages[k]

@@ -112,9 +112,10 @@ def test_minilm_pooled_is_mean_of_word_pieces_and_semantic():
     assert p[0] @ p[1] > p[0] @ p[2] + 0.2
 
 
-def test_default_image_backbone_sees_a_dog(shared_media):
+@pytest.mark.shared_files
+def test_default_image_backbone_sees_a_dog(real_media):
     encoder = _packaged("efficientnet-lite0")
-    x = torch.from_numpy(encoder.prep.prepare({"uri": str(shared_media / "imagebind/dog_image.jpg")}))
+    x = torch.from_numpy(encoder.prep.prepare({"uri": str(real_media / "imagebind/dog_image.jpg")}))
     with torch.inference_mode():
         probs = encoder.classify(x).softmax(-1)[0]
     assert 151 <= int(probs.argmax()) <= 268 and float(probs.max()) > 0.5
