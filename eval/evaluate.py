@@ -157,4 +157,22 @@ def evaluate_run(
     for split in chosen:
         data = load_embeddings(run, split)
         results["splits"][split] = evaluate_split(data, (relevance,), ks, map_r, no_relevant, device)[relevance]
+        note = relevance_note(relevance, data)
+        if note:
+            results["note"] = note
     return results
+
+
+def relevance_note(relevance: str, data: dict) -> str | None:
+    """Why every figure is ``n/a`` when the chosen relevance has nothing to match on, else None.
+
+    Instance relevance matches items of one group (paper 001's clips); a class-aligned
+    dataset has no groups, so no query has a relevant item and nothing can be scored.
+    """
+    field = "group" if relevance == "instance" else "label"
+    if any(str(x) for d in data.values() for x in d[field]):
+        return None
+    other = "class" if relevance == "instance" else "instance"
+    column = "group" if relevance == "instance" else "label"
+    return (f"every figure is n/a: {relevance} relevance matches items by their {column}, and no item of this run "
+            f"has one (the manifest's '{column}' column is empty); use --relevance {other}")

@@ -24,15 +24,47 @@ from mmx.extract import decode
 from mmx.extract.encoders import FramesPreparer, ImagePreparer, Preparer, RowEncoder, local_path
 
 
+HUB_HOST = ("huggingface.co", 443)
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the hub answers a TCP connect within ``timeout`` s: checked once, so an offline machine
+    goes straight to the local cache instead of spending half a minute on retries."""
+    import socket
+
+    try:
+        socket.create_connection(HUB_HOST, timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def hub_call(fn, weights: str, **kwargs):
-    """``fn(weights)`` with a clear message when the weights cannot be found offline."""
+    """``fn(weights)`` with a clear message when the weights cannot be found offline.
+
+    A hub id (not a local folder) with ``HF_HUB_OFFLINE`` unset first checks that the hub is
+    reachable; when it is not, ``local_files_only`` makes transformers read its cache at once.
+    The advice in the error names only what applies: unsetting ``HF_HUB_OFFLINE`` only when set.
+    """
+    import os
+    from pathlib import Path
+
+    set_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    unreachable = False
+    if not set_offline and not Path(weights).exists() and not hub_reachable():
+        unreachable = True
+        kwargs = {**kwargs, "local_files_only": True}
     try:
         return fn(weights, **kwargs)
     except OSError as exc:
-        raise FileNotFoundError(
-            f"cannot load {weights!r} through transformers: {str(exc).splitlines()[0]} "
-            "(give a hub id that is in the local cache, a local directory, or unset HF_HUB_OFFLINE)"
-        ) from exc
+        if set_offline:
+            fix = "a hub id that is in the local cache, a local directory, or unset HF_HUB_OFFLINE"
+        elif unreachable:
+            fix = (f"{HUB_HOST[0]} is unreachable from here, so only the local cache was tried: "
+                   "a local directory (--weights), or a machine with network access")
+        else:
+            fix = "a hub id that exists, or a local directory (--weights)"
+        raise FileNotFoundError(f"cannot load {weights!r} through transformers: {str(exc).splitlines()[0]} (give {fix})") from exc
 
 
 def image_settings(weights: str, default_size: int = 224) -> dict:

@@ -82,6 +82,8 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, 
     out = Path(run) / "eval"
     paths = write_reports(results, out, stem=f"eval-{results['relevance']}")
     click.echo(f"relevance: {results['relevance']} ({results['relevance_source']})")
+    if results.get("note"):
+        click.echo(f"note: {results['note']}")
     ap = [f"mAP@{results['map_r']}", "mAP"]  # paper 002 eq. 7, and over the whole gallery
     recall_any = [f"R@{k}" for k in results["ks"]] + [f"xR@{k}" for k in results["ks"]]
     for section, title, metrics in (

@@ -33,8 +33,23 @@ def _print_list() -> None:
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
     for r in rows:
         click.echo("  ".join(str(r[c]).ljust(widths[c]) for c in cols))
+    click.echo("\nOptions (--set KEY=VALUE; part of the cache key), with their defaults:")
+    for name, options in _options().items():
+        click.echo(f"  {name}: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"))
     click.echo("\nDefaults per modality: " + ", ".join(f"{m}={n}" for m, n in _defaults().items()))
     click.echo("MoViNet and VGGish (paper 000) are not in transformers; use videomae / xclip-vision / ast / clap-audio.")
+
+
+def _options() -> dict:
+    """Each backbone's settable options and defaults (long values, such as vocabularies, shortened)."""
+    out = {}
+    for name, info in BACKBONES.items():
+        shown = {}
+        for k, v in info.defaults.items():
+            text = str(v)
+            shown[k] = text if len(text) <= 40 else text[:37] + "..."
+        out[name] = shown
+    return out
 
 
 def _defaults() -> dict:
