@@ -71,32 +71,55 @@ def heatmap(results: dict, split: str, metric: str, path: str | Path) -> Path:
         plt.close(fig)
 
 
-def training_curves(run: str | Path, path: str | Path) -> Path | None:
-    """Losses and recalls per epoch from ``metrics.jsonl``; None when there is nothing to plot."""
-    from mmx.eval.runs import read_jsonl
+def curve_panels(records: list[dict]) -> list[tuple[str, list[tuple[str, list]]]]:
+    """The panels of ``training-curves.png``: ``(title, [(series, [(epoch, value)])])``, in drawing order.
 
-    records = [r for r in read_jsonl(Path(run) / "metrics.jsonl") if isinstance(r, dict) and "epoch" in r]
+    Losses (the totals first, then each part); the mean recalls and other summary metrics;
+    Recall@10 of every query->target pair. Nothing is cut: a 4-modality run has 12 pairs, and
+    each gets its own colour (:func:`distinct_colours`). Batch composition is not a curve.
+    """
     series: dict[str, list[tuple[float, float]]] = {}
     for r in records:
         for k, v in r.items():
-            if k in ("epoch", "seconds") or isinstance(v, bool) or not isinstance(v, (int, float)):
+            if k in ("epoch", "seconds") or k.startswith("batch/") or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             series.setdefault(k, []).append((r["epoch"], float(v)))
-    if not series:
+    order = lambda kv: (kv[0].count("/"), kv[0])  # noqa: E731 - totals before parts
+    losses = sorted(((k, v) for k, v in series.items() if k.startswith("loss")), key=order)
+    pairs = sorted((k, v) for k, v in series.items() if k.startswith("recall/") and not k.startswith("recall/mean")
+                   and k.endswith("@10"))
+    summary = sorted(((k, v) for k, v in series.items() if not k.startswith("loss") and (k, v) not in pairs
+                      and not (k.startswith("recall/") and not k.startswith("recall/mean"))),
+                     key=lambda kv: (not kv[0].startswith("recall/mean"), kv[0]))
+    return [p for p in (("loss", losses), ("mean recall and summary metrics", summary), ("R@10 per pair", pairs)) if p[1]]
+
+
+def distinct_colours(n: int) -> list:
+    """``n`` colours, none repeated: tab20's for up to 20 series, evenly spaced hues beyond."""
+    import matplotlib
+
+    if n <= 20:
+        return list(matplotlib.colormaps["tab20"].colors[:n])
+    return [matplotlib.colormaps["hsv"](i / n) for i in range(n)]
+
+
+def training_curves(run: str | Path, path: str | Path) -> Path | None:
+    """Losses and recalls per epoch from ``metrics.jsonl`` (:func:`curve_panels`); None when there is nothing to plot."""
+    from mmx.eval.runs import read_jsonl
+
+    records = [r for r in read_jsonl(Path(run) / "metrics.jsonl") if isinstance(r, dict) and "epoch" in r]
+    panels = curve_panels(records)
+    if not panels:
         return None
     plt = _pyplot()
-    losses = {k: v for k, v in series.items() if k.startswith("loss")}
-    others = {k: v for k, v in series.items() if not k.startswith("loss")}
-    panels = [p for p in (("loss", losses), ("metric", others)) if p[1]]
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (title, group) in zip(axes[0], panels):
-        # the main curves first; at most 12 per panel so the legend stays readable
-        for k, pts in sorted(group.items(), key=lambda kv: (kv[0].count("/"), kv[0]))[:12]:
+        for (k, pts), colour in zip(group, distinct_colours(len(group))):
             xs, ys = zip(*pts)
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=k)
+            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=k, color=colour)
         ax.set_xlabel("epoch")
-        ax.set_ylabel(title)
-        ax.legend(fontsize=7)
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     fig.suptitle(Path(run).name)
     try:

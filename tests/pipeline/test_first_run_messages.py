@@ -59,3 +59,23 @@ def test_a_local_folder_is_never_probed(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(hub, "hub_reachable", lambda timeout=2.0: pytest.fail("a local folder needs no network"))
     assert hub.hub_call(lambda w, **k: (w, k), str(tmp_path)) == (str(tmp_path), {})
+
+
+def test_training_curves_show_the_mean_first_every_pair_and_no_repeated_colour():
+    from mmx.eval.plots import curve_panels, distinct_colours
+
+    mods = ("text", "image", "audio", "video")
+    pairs = [f"{a}->{b}" for a in mods for b in mods if a != b]
+    records = [{"epoch": e, "loss_train": 1.0 / e, "loss_val": 1.1 / e, "recall/mean@10": 0.1 * e,
+                "recall/mean@1": 0.05 * e, "batch/items": 128,
+                **{f"recall/{p}@10": 0.1 * e for p in pairs}, **{f"recall/{p}@1": 0.01 for p in pairs}}
+               for e in (1, 2, 3)]
+    panels = dict(curve_panels(records))
+    assert [k for k, _ in panels["loss"]] == ["loss_train", "loss_val"]
+    summary = [k for k, _ in panels["mean recall and summary metrics"]]
+    assert summary[:2] == ["recall/mean@1", "recall/mean@10"]
+    assert sorted(k for k, _ in panels["R@10 per pair"]) == sorted(f"recall/{p}@10" for p in pairs)  # all 12
+    assert not any(k.startswith("batch/") for group in panels.values() for k, _ in group)
+    for n in (12, 20, 30):
+        colours = distinct_colours(n)
+        assert len({tuple(c) for c in colours}) == n
