@@ -28,6 +28,12 @@ def run_labels(results_list: list[dict]) -> list[str]:
     return names
 
 
+def short_labels(n: int) -> list[str]:
+    """Column labels of the printed tables: A, B, C, ... (R27, R28, ... beyond), each explained once in
+    the legend above them, so a header is never a full run name repeated per column."""
+    return [chr(ord("A") + i) if i < 26 else f"R{i + 1}" for i in range(n)]
+
+
 def _rows(results: dict, split: str, section: str) -> dict[tuple[str, str], dict]:
     res = results["splits"].get(split)
     return {(r["query"], r["target"]): r for r in res[section]} if res else {}
@@ -105,12 +111,13 @@ def compare_results(results_list: list[dict], metrics: list[str] | None = None, 
 
 def comparison_markdown(comp: dict) -> str:
     out = ["# Comparison", ""]
-    out += [f"- `{lab}`: {run}" for lab, run in zip(comp["labels"], comp["runs"])]
-    out += [f"- relevance: {comp['relevance']}; Δ: each run minus `{comp['labels'][0]}`; "
+    short = short_labels(len(comp["labels"]))
+    out += [f"- `{s}`: {lab} ({run})" for s, lab, run in zip(short, comp["labels"], comp["runs"])]
+    out += [f"- relevance: {comp['relevance']}; Δ: each run minus `{short[0]}`; "
             f"{NA}: the run has no such row or no value"]
     for t in comp["tables"]:
         title = "pairs" if t["section"] == "pairs" else "query → Any"
-        header, rows = comparison_table(t, comp["labels"])
+        header, rows = comparison_table(t, short)
         out += ["", f"## {t['split']} split, {title}", "", markdown(header, rows) if rows else "_no data_"]
     return "\n".join(out) + "\n"
 
