@@ -59,3 +59,71 @@ def test_a_rerun_reuses_everything(demo):
     assert again["fetch"].fetched == 0 and "reused" in text
     assert all(s["written"] == 0 and s["skipped"] > 0 for s in again["extract"].values())
     assert again["runs"] == result["runs"]
+
+
+# -- mmx embed / mmx search on the demo's runs --------------------------------------------
+def _fetched(out) -> dict:
+    with open(out / "data/manifest.fetched.csv", newline="") as f:
+        return {r["id"]: r for r in csv.DictReader(f)}
+
+
+def _item(out, row: dict) -> dict:
+    uri = row["uri"]
+    return {"id": row["id"], "uri": str((out / "data" / uri).resolve()) if uri else "", "text": row["text"]}
+
+
+@pytest.mark.parametrize("name", ["quad-modal", "eao", "cvs"])
+def test_embed_of_a_file_equals_its_embedding_from_training(demo, name):
+    import numpy as np
+
+    from mmx.cache.modality import Modality
+    from mmx.eval.runs import load_embeddings
+    from mmx.pipeline.embed import embed_items, open_space
+
+    out, result, _ = demo
+    run = result["runs"][name]
+    space = open_space(run)
+    saved = load_embeddings(run, "test")
+    fetched = _fetched(out)
+    for modality in space.cfg.modalities:
+        ids = list(saved[modality]["id"][:3])
+        got = embed_items(space, Modality.parse(modality), [_item(out, fetched[i]) for i in ids])
+        want = saved[modality]["emb"][:3]
+        np.testing.assert_allclose(got, want, atol=2e-3, err_msg=f"{name} {modality}")
+
+
+def test_search_finds_the_item_itself_first(demo):
+    from click.testing import CliRunner
+
+    from mmx.pipeline.cli import main
+
+    out, result, _ = demo
+    run = result["runs"]["quad-modal"]
+    fetched = _fetched(out)
+    for modality, ext in (("image", "png"), ("audio", "wav"), ("video", "mp4")):
+        row = next(r for r in fetched.values() if r["modality"] == modality and r["split"] == "test")
+        res = CliRunner().invoke(main, ["search", str(run), "--file", str(out / "data" / row["uri"]), "--target", modality,
+                                        "--k", "3", "--json", "--manifest", str(out / "data/manifest.fetched.csv")])
+        assert res.exit_code == 0, res.output
+        hits = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
+        assert len(hits) == 3 and hits[0]["id"] == row["id"] and hits[0]["score"] > 0.999, hits
+        assert hits[0]["location"].endswith(row["uri"].split("/")[-1]) and hits[0]["label"] == row["label"]
+
+
+def test_embed_writes_a_gallery_that_search_ranks(demo, tmp_path):
+    import numpy as np
+    from click.testing import CliRunner
+
+    from mmx.pipeline.cli import main
+
+    out, result, _ = demo
+    run = result["runs"]["round-robin"]
+    res = CliRunner().invoke(main, ["embed", str(run), "--manifest", str(out / "data/manifest.fetched.csv"),
+                                    "-o", str(tmp_path / "g.npz")])
+    assert res.exit_code == 0, res.output
+    with np.load(tmp_path / "g.npz") as z:
+        assert len(z["id"]) == 240 and z["emb"].shape == (240, 256) and set(z["modality"]) == {"text", "image", "audio", "video"}
+    res = CliRunner().invoke(main, ["search", str(run), "--text", "sieben", "--gallery", str(tmp_path / "g.npz"),
+                                    "--target", "image", "--k", "2"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("  image  ") == 2

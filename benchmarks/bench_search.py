@@ -1,0 +1,75 @@
+"""``mmx search``'s exact ranking at 100k and 1M gallery items: queries/s and peak memory.
+
+The gallery (256-d float32, random) is written to a ``.npy`` file and memory-mapped, as a
+large gallery would be kept; :func:`mmx.eval.search.top_k` reads it in chunks. Each size
+runs in a fresh process so its peak resident memory (ru_maxrss) is its own; the gallery
+file itself is 100 MB / 1 GB, so a peak well below that shows the memory bound.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_search.py [--sizes 100000,1000000] [--queries 64] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import resource
+import tempfile
+import time
+
+import numpy as np
+
+DIM = 256
+
+
+def write_gallery(path: str, n: int, block: int = 100_000) -> None:
+    rng = np.random.default_rng(0)
+    g = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
+    for s in range(0, n, block):
+        g[s : s + block] = rng.standard_normal((min(block, n - s), DIM), dtype=np.float32)
+    g.flush()
+    del g
+
+
+def measure(path: str, queries: int, device: str, chunk: int, out) -> None:
+    import torch
+
+    from mmx.eval.search import top_k
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    gallery = np.load(path, mmap_mode="r")
+    q = np.random.default_rng(1).standard_normal((queries, DIM), dtype=np.float32)
+    q[0] = gallery[12345]  # one query is a gallery row: it must come first
+    top_k(q[:1], gallery[:1000], 10, chunk=chunk, device=device)  # warm-up
+    t0 = time.perf_counter()
+    scores, rows = top_k(q, gallery, 10, chunk=chunk, device=device)
+    seconds = time.perf_counter() - t0
+    out.put({"items": len(gallery), "queries": queries, "seconds": round(seconds, 3),
+             "queries_per_s": round(queries / seconds, 1), "self_first": bool(rows[0, 0] == 12345),
+             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+             "gallery_file_mb": round(os.path.getsize(path) / 2**20, 1), "chunk": chunk, "device": device})
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--queries", type=int, default=64)
+    ap.add_argument("--chunk", type=int, default=65536)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in [int(s) for s in args.sizes.split(",")]:
+            path = os.path.join(tmp, f"gallery-{n}.npy")
+            write_gallery(path, n)
+            out = ctx.Queue()
+            p = ctx.Process(target=measure, args=(path, args.queries, args.device, args.chunk, out))
+            p.start()
+            print(json.dumps(out.get()))
+            p.join()
+            os.remove(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""``mmx embed`` and ``mmx search``: use a trained space (see :mod:`mmx.pipeline.embed`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _queries(files: tuple[str, ...], texts: tuple[str, ...]) -> list[tuple[str, dict]]:
+    """``[(modality, item)]`` for files (modality by extension) and inline texts, in the order given."""
+    from mmx.pipeline.embed import modality_of_file
+
+    out = []
+    for path in files:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such file")
+        out.append((modality_of_file(path).value, {"id": Path(path).stem, "uri": str(Path(path).resolve()), "text": ""}))
+    out += [("text", {"id": f"text-{i + 1}", "uri": "", "text": t}) for i, t in enumerate(texts)]
+    if not out:
+        raise click.UsageError("nothing to embed: give files, --text or --manifest")
+    return out
+
+
+def _manifest_items(path: str) -> list[tuple[str, dict]]:
+    from mmx.extract.manifest import read_manifest
+    from mmx.extract.runner import manifest_items
+
+    manifest = read_manifest(path)
+    return [(m.value, {**it, "uri": it["uri"]}) for m in manifest.modalities for it in manifest_items(manifest, m)]
+
+
+def embed_all(space, queries: list[tuple[str, dict]]) -> dict:
+    """Embeddings of ``queries`` in their given order: ``{"emb", "id", "modality", "label", "uri"}``."""
+    import numpy as np
+
+    from mmx.cache.modality import Modality
+    from mmx.pipeline.embed import embed_items
+
+    emb = np.zeros((len(queries), space.cfg.embed_dim), np.float32)
+    for modality in dict.fromkeys(m for m, _ in queries):
+        rows = [i for i, (m, _) in enumerate(queries) if m == modality]
+        emb[rows] = embed_items(space, Modality.parse(modality), [queries[i][1] for i in rows])
+    return {"emb": emb, "id": np.array([q["id"] for _, q in queries], dtype=str),
+            "modality": np.array([m for m, _ in queries], dtype=str),
+            "label": np.array([str(q.get("label") or "") for _, q in queries], dtype=str),
+            "uri": np.array([q["uri"] or q["text"] for _, q in queries], dtype=str)}
+
+
+@click.command("embed")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--text", "texts", multiple=True, help="A text to embed (repeatable).")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Embed every item of a manifest (a gallery for 'mmx search --gallery').")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write emb, id, modality, label, uri to this .npz.")
+@click.option("--json", "as_json", is_flag=True, help="Print the embeddings as JSON lines.")
+@click.option("--device", default="cpu", show_default=True)
+def embed_cmd(run, inputs, texts, manifest, output, as_json, device):
+    """Embed files (image, audio, video) or --text into RUN's joint space.
+
+    \b
+    The backbone and preprocessing are those of the stores RUN trained on (from their
+    metadata), then RUN's model; the result is comparable with RUN's own embeddings.
+      mmx embed runs/RUN photo.png clip.mp4 --text "a spoken seven" --json
+      mmx embed runs/RUN --manifest data/mine/manifest.fetched.csv -o gallery.npz
+    """
+    import numpy as np
+
+    from mmx.pipeline.embed import open_space
+
+    queries = (_manifest_items(manifest) if manifest else []) + (_queries(inputs, texts) if inputs or texts else [])
+    if not queries:
+        raise click.UsageError("nothing to embed: give files, --text or --manifest")
+    out = embed_all(open_space(run, device), queries)
+    if output:
+        tmp = Path(output).with_name(f".{Path(output).stem}.tmp.npz")
+        np.savez(tmp, **out)
+        tmp.replace(output)
+        click.echo(f"wrote {output}: {len(out['id'])} embeddings of {out['emb'].shape[1]} dimensions", err=as_json)
+    if as_json or not output:
+        for i in range(len(out["id"])):
+            click.echo(json.dumps({"id": out["id"][i], "modality": out["modality"][i], "embedding": [round(float(x), 6) for x in out["emb"][i]]}))
+
+
+def _gallery(run: str, split: str, targets: list[str] | None, gallery: str | None) -> dict:
+    """Rows to rank: a file written by ``mmx embed -o``, or RUN's embeddings of ``split`` (names in ``targets``)."""
+    import numpy as np
+
+    from mmx.eval.runs import load_embeddings
+
+    if gallery:
+        with np.load(gallery, allow_pickle=False) as z:
+            g = {k: z[k] for k in z.files}
+        keep = np.isin(g["modality"], targets) if targets else np.ones(len(g["id"]), bool)
+        return {k: v[keep] for k, v in g.items()}
+    embs = load_embeddings(run, split)
+    names = targets or [n for n in embs if not n.endswith(".late")]
+    missing = [n for n in names if n not in embs]
+    if missing:
+        raise ValueError(f"{run}: no {split} embeddings named {', '.join(missing)}; it has {', '.join(embs)}")
+    return {"emb": np.concatenate([embs[n]["emb"] for n in names]),
+            "id": np.concatenate([embs[n]["id"] for n in names]),
+            "modality": np.concatenate([[n] * len(embs[n]["id"]) for n in names]).astype(str),
+            "label": np.concatenate([embs[n]["label"] for n in names]),
+            "uri": np.array([""] * sum(len(embs[n]["id"]) for n in names), dtype=str)}
+
+
+def _locations(manifest: str | None, ids) -> list[str]:
+    if not manifest:
+        return [""] * len(ids)
+    from mmx.extract.manifest import read_manifest
+
+    m = read_manifest(manifest)
+    where = {r.id: (m.resolve(r.uri) if r.uri else r.text) for r in m.frame.itertuples(index=False)}
+    return [where.get(i, "") for i in ids]
+
+
+@click.command("search")
+@click.argument("run", type=click.Path(file_okay=False, exists=True))
+@click.option("--text", "texts", multiple=True, help="Query text (repeatable).")
+@click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="Query file: image, audio or video (repeatable).")
+@click.option("--target", default="", help="Gallery modalities (or fused names such as audio+video), e.g. image,video (default: all).")
+@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
+@click.option("--split", default="test", show_default=True, help="Which of RUN's embedded splits is the gallery.")
+@click.option("--gallery", type=click.Path(dir_okay=False, exists=True), help="A gallery written by 'mmx embed --manifest ... -o' instead.")
+@click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest whose uri column gives each gallery item's location.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
+@click.option("--device", default="auto", show_default=True, help="Where the ranking runs: auto, cpu or cuda.")
+def search_cmd(run, texts, files, target, k, split, gallery, manifest, as_json, device):
+    """Rank RUN's gallery for each query (--text / --file): rank, score, id, modality, label, location.
+
+    \b
+      mmx search runs/RUN --text "a spoken seven" --target image,video --k 5
+      mmx search runs/RUN --file seven.wav --target image --manifest data/manifest.fetched.csv
+    """
+    from mmx.eval.search import top_k
+    from mmx.pipeline.embed import open_space
+
+    queries = _queries(files, texts)
+    targets = [t.strip() for t in target.split(",") if t.strip()] or None
+    g = _gallery(run, split, targets, gallery)
+    space = open_space(run, "cpu")
+    q = embed_all(space, queries)
+    scores, rows = top_k(q["emb"], g["emb"], k, device=None if device == "auto" else device)
+    where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])
+    for qi in range(len(queries)):
+        if not as_json:
+            click.echo(f"query {q['id'][qi]} ({q['modality'][qi]}: {q['uri'][qi]})")
+        for r in range(rows.shape[1]):
+            row = rows[qi, r]
+            hit = {"query": q["id"][qi], "rank": r + 1, "score": round(float(scores[qi, r]), 4), "id": g["id"][row],
+                   "modality": g["modality"][row], "label": g["label"][row], "location": where[qi * rows.shape[1] + r]}
+            click.echo(json.dumps(hit) if as_json else
+                       f"  {hit['rank']:3d}  {hit['score']:.4f}  {hit['id']}  {hit['modality']}  {hit['label'] or '-'}  {hit['location'] or '-'}")
+
+
+COMMANDS = [embed_cmd, search_cmd]

@@ -1,0 +1,184 @@
+"""Embedding new media into a trained space (``mmx embed``, ``mmx search``).
+
+A query goes the way the run's own items went, so its embedding is comparable with the
+run's gallery:
+
+1. the **backbone and preprocessing of the store the run trained on**, rebuilt from that
+   store's metadata (:func:`encoder_for`; a rebuilt encoder whose metadata differs from the
+   store's is refused, so a mismatch cannot slip through);
+2. the store's precision (features are stored as float16; the query is rounded the same way);
+3. the run's model with its kept weights (``checkpoint.safetensors``) through the
+   **strategy's own** ``embed`` (:meth:`Space.embed_features`), so nothing of a model's
+   forward pass is duplicated here and whatever a strategy does at embedding time (CVS's
+   inference partner, EAO's token path, normalisation) applies to queries too.
+
+Building the strategy needs the run's training data (dimensions, class count, token lengths
+for positional tables), so :func:`open_space` loads the run's cache once; queries then cost
+one backbone pass and one head pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmx.cache.modality import Modality
+
+
+@dataclasses.dataclass
+class Space:
+    """A trained run, ready to embed: its config, strategy, model (eval mode) and data."""
+
+    run: Path
+    cfg: Any
+    strategy: Any
+    model: Any
+    data: Any
+    device: Any
+
+    @property
+    def modalities(self) -> list[Modality]:
+        return [Modality.parse(m) for m in self.cfg.modalities]
+
+    def embed_features(self, modality: Modality, features) -> np.ndarray:
+        """``(N, d)`` float32 embeddings of ``features`` (one modality's LoadedFeatures) by the strategy."""
+        import torch
+
+        from mmx.train.data import SplitData
+
+        empty = {m: f.select([]) for m, f in self.data.splits["train"].features.items()}
+        split_features = {**empty, modality: features}
+        classes = {m: torch.full((len(f),), -1, dtype=torch.long, device=self.device) for m, f in split_features.items()}
+        split = SplitData(features=split_features, classes=classes)
+        with torch.no_grad():
+            out = self.strategy.embed(self.model, split)
+        return out[modality.value].float().cpu().numpy()
+
+
+def open_space(run: str | Path, device: str = "cpu") -> Space:
+    """Load run ``run``: its config, the cache it trained on, its model with the kept weights."""
+    import torch
+
+    from mmx.train import checkpoint
+    from mmx.train import config as config_mod
+    from mmx.train.data import Holdout, load_train_data
+    from mmx.train.loop import resolve_device
+    from mmx.train.strategies import get_strategy
+
+    run = Path(run)
+    for need in ("config.yaml", checkpoint.BEST):
+        if not (run / need).is_file():
+            raise FileNotFoundError(f"{run}: no {need}; is this a finished run folder of 'mmx train'?")
+    cfg = config_mod.load(run / "config.yaml")
+    dev = resolve_device(device)
+    strategy_cls = get_strategy(cfg.strategy)
+    mods = [Modality.parse(m) for m in cfg.modalities]
+    data = load_train_data(cfg.cache, cfg.dataset, mods, [], cfg.backbones, tokens=strategy_cls.needs_tokens,
+                           need_labels=False, need_groups=False, device=dev,
+                           holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed), picks=cfg.stores)
+    strategy = strategy_cls(cfg, data, dev)
+    model = strategy.build_model().to(dev)
+    stages = strategy.stages() if hasattr(strategy, "stages") else []
+    if stages:  # the run ended in its last stage; embed as it did
+        strategy.begin_stage(model, stages[-1])
+    model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
+    model.eval()
+    torch.set_grad_enabled(False)
+    return Space(run, cfg, strategy, model, data, dev)
+
+
+def store_for(space: Space, modality: Modality):
+    """The store the run trained ``modality`` on (found as training found it)."""
+    from mmx.cache import find_store
+
+    if modality not in space.modalities:
+        raise ValueError(f"{space.run}: the run has no {modality.value} (it embeds {', '.join(space.cfg.modalities)})")
+    cfg = space.cfg
+    return find_store(cfg.cache, cfg.dataset, modality, cfg.backbones.get(modality.value), cfg.stores.get(modality.value))
+
+
+def encoder_for(store, device: str = "cpu"):
+    """The backbone of ``store`` with its preprocessing, rebuilt from the store's metadata and checked against it."""
+    from mmx.extract.backbones import build_encoder, get_backbone
+
+    backbone, prep = store.meta["backbone"], store.meta["preprocessing"]
+    info = get_backbone(backbone["name"])
+    weights = None if info.weights.startswith(("package:", "none")) else backbone.get("weights")
+    # the settable options; the rest of the record (e.g. the resampler) follows from them and is checked below
+    options = {k: v for k, v in prep.items() if k in info.defaults}
+    encoder = build_encoder(backbone["name"], options, weights).to(device)
+    if encoder.meta() != backbone or encoder.preprocessing() != prep:
+        raise ValueError(f"{store.path}: the backbone rebuilt from the store's metadata differs from it "
+                         f"({encoder.meta()} / {encoder.preprocessing()} vs {backbone} / {prep}); "
+                         "was the store written by another mmx version? Re-extract it.")
+    return encoder
+
+
+def backbone_features(encoder, store, items: list[dict], batch_size: int = 16):
+    """LoadedFeatures of ``items`` (dicts with id, uri or text) as the store would hold them.
+
+    Decoding errors name the item; features are rounded to the store's dtype (float16).
+    """
+    import torch
+
+    from mmx.cache.store import LoadedFeatures
+    from mmx.train.data import pooled_as_tokens
+
+    dtype = np.dtype(store.meta["dtype"])
+    tokens, pooled = [], []
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        samples = []
+        for it in chunk:
+            try:
+                samples.append(encoder.prep.prepare(it))
+            except Exception as exc:  # one clear line naming the input
+                raise ValueError(f"{it.get('uri') or it['id']}: cannot read it as {store.modality.value} ({exc})") from None
+        with torch.inference_mode():
+            outs = encoder.forward(encoder.prep.collate(samples), batch_size)
+        for t, p in outs:
+            tokens.append(np.asarray(t, np.float32).reshape(-1, encoder.dim).astype(dtype).astype(np.float32))
+            pooled.append(np.asarray(p, np.float32).astype(dtype).astype(np.float32))
+    lengths = np.array([len(t) for t in tokens], np.int64)
+    n = len(items)
+    feats = LoadedFeatures(
+        modality=store.modality,
+        ids=np.array([it["id"] for it in items], dtype=object),
+        labels=np.array([str(it.get("label") or "") for it in items], dtype=object),
+        groups=np.array([""] * n, dtype=object), splits=np.array(["query"] * n, dtype=object),
+        pooled=torch.as_tensor(np.stack(pooled) if pooled else np.zeros((0, encoder.dim), np.float32)),
+        tokens=torch.as_tensor(np.concatenate(tokens) if tokens else np.zeros((0, encoder.dim), np.float32)),
+        offsets=torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)])),
+        meta=store.meta,
+    )
+    return feats if store.has_tokens else pooled_as_tokens(feats)
+
+
+def modality_of_file(path: str) -> Modality:
+    """A file's modality from its extension (what ``mmx fetch`` files media under)."""
+    ext = Path(path).suffix.lower().lstrip(".")
+    for modality, exts in _EXTENSIONS.items():
+        if ext in exts:
+            return modality
+    known = ", ".join(f"{m.value}: {' '.join(sorted(e))}" for m, e in _EXTENSIONS.items())
+    raise ValueError(f"{path}: cannot tell its modality from the extension {ext!r}; known: {known}")
+
+
+_EXTENSIONS = {
+    Modality.IMAGE: {"jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff"},
+    Modality.AUDIO: {"wav", "flac", "mp3", "ogg", "m4a", "aiff", "aif"},
+    Modality.VIDEO: {"mp4", "webm", "avi", "mkv", "mov", "flv", "mpg", "mpeg"},
+    Modality.TEXT: {"txt"},
+}
+
+
+def embed_items(space: Space, modality: Modality, items: list[dict], device: str = "cpu") -> np.ndarray:
+    """``(N, d)`` embeddings of items of one modality (``{"id", "uri"}`` or ``{"id", "text"}``)."""
+    store = store_for(space, modality)
+    features = backbone_features(encoder_for(store, device), store, items)
+    features = dataclasses.replace(features, pooled=features.pooled.to(space.device),
+                                   tokens=features.tokens.to(space.device), offsets=features.offsets.to(space.device))
+    return space.embed_features(modality, features)
