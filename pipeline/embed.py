@@ -60,8 +60,6 @@ class Space:
 
 def open_space(run: str | Path, device: str = "cpu") -> Space:
     """Load run ``run``: its config, the cache it trained on, its model with the kept weights."""
-    import torch
-
     from mmx.train import checkpoint
     from mmx.train import config as config_mod
     from mmx.train.data import Holdout, load_train_data
@@ -86,7 +84,6 @@ def open_space(run: str | Path, device: str = "cpu") -> Space:
         strategy.begin_stage(model, stages[-1])
     model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
     model.eval()
-    torch.set_grad_enabled(False)
     return Space(run, cfg, strategy, model, data, dev)
 
 
