@@ -6,11 +6,12 @@ run's gallery:
 1. the **backbone and preprocessing of the store the run trained on**, rebuilt from that
    store's metadata (:func:`encoder_for`; a rebuilt encoder whose metadata differs from the
    store's is refused, so a mismatch cannot slip through);
-2. the store's precision (features are stored as float16; the query is rounded the same way);
+2. the store's precision (features are stored as float16; the query is rounded the same way),
+   then the run's own normalisation (``normalizer.json``, :mod:`mmx.train.normalize`);
 3. the run's model with its kept weights (``checkpoint.safetensors``) through the
    **strategy's own** ``embed`` (:meth:`Space.embed_features`), so nothing of a model's
    forward pass is duplicated here and whatever a strategy does at embedding time (CVS's
-   inference partner, EAO's token path, normalisation) applies to queries too.
+   inference partner, EAO's token path) applies to queries too.
 
 Building the strategy needs the run's training data (dimensions, class count, token lengths
 for positional tables), so :func:`open_space` loads the run's cache once; queries then cost
@@ -38,6 +39,7 @@ class Space:
     model: Any
     data: Any
     device: Any
+    normalizer: Any  # the run's own feature normalisation (train/normalize.py), applied before the model
 
     @property
     def modalities(self) -> list[Modality]:
@@ -49,8 +51,10 @@ class Space:
 
         from mmx.train.data import SplitData
 
+        if not self.strategy.needs_tokens:  # loaded as training loaded them: pooled only
+            features = dataclasses.replace(features, tokens=None, offsets=None)
         empty = {m: f.select([]) for m, f in self.data.splits["train"].features.items()}
-        split_features = {**empty, modality: features}
+        split_features = {**empty, modality: self.normalizer.apply_features(features)}
         classes = {m: torch.full((len(f),), -1, dtype=torch.long, device=self.device) for m, f in split_features.items()}
         split = SplitData(features=split_features, classes=classes)
         with torch.no_grad():
@@ -60,7 +64,7 @@ class Space:
 
 def open_space(run: str | Path, device: str = "cpu") -> Space:
     """Load run ``run``: its config, the cache it trained on, its model with the kept weights."""
-    from mmx.train import checkpoint
+    from mmx.train import checkpoint, normalize
     from mmx.train import config as config_mod
     from mmx.train.data import Holdout, load_train_data
     from mmx.train.loop import resolve_device
@@ -77,6 +81,8 @@ def open_space(run: str | Path, device: str = "cpu") -> Space:
     data = load_train_data(cfg.cache, cfg.dataset, mods, [], cfg.backbones, tokens=strategy_cls.needs_tokens,
                            need_labels=False, need_groups=False, device=dev,
                            holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed), picks=cfg.stores)
+    norm = normalize.load(run)
+    data = norm.apply_data(data)  # as training saw it
     strategy = strategy_cls(cfg, data, dev)
     model = strategy.build_model().to(dev)
     stages = strategy.stages() if hasattr(strategy, "stages") else []
@@ -84,7 +90,7 @@ def open_space(run: str | Path, device: str = "cpu") -> Space:
         strategy.begin_stage(model, stages[-1])
     model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
     model.eval()
-    return Space(run, cfg, strategy, model, data, dev)
+    return Space(run, cfg, strategy, model, data, dev, norm)
 
 
 def store_for(space: Space, modality: Modality):
@@ -176,6 +182,6 @@ def embed_items(space: Space, modality: Modality, items: list[dict], device: str
     """``(N, d)`` embeddings of items of one modality (``{"id", "uri"}`` or ``{"id", "text"}``)."""
     store = store_for(space, modality)
     features = backbone_features(encoder_for(store, device), store, items)
-    features = dataclasses.replace(features, pooled=features.pooled.to(space.device),
-                                   tokens=features.tokens.to(space.device), offsets=features.offsets.to(space.device))
+    features = dataclasses.replace(features, pooled=features.pooled.to(space.device), tokens=features.tokens.to(space.device),
+                                   offsets=features.offsets.to(space.device))
     return space.embed_features(modality, features)
