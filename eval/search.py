@@ -33,7 +33,7 @@ def top_k(queries: np.ndarray, gallery: Any, k: int = 10, chunk: int = DEFAULT_C
     best_s = torch.full((len(q), 0), -float("inf"), device=dev)
     best_i = torch.zeros((len(q), 0), dtype=torch.long, device=dev)
     for start in range(0, n, chunk):
-        g = torch.as_tensor(np.asarray(gallery[start : start + chunk], np.float32), device=dev)
+        g = torch.as_tensor(np.array(gallery[start : start + chunk], np.float32), device=dev)  # a copy: memmaps are read-only
         s = q @ torch.nn.functional.normalize(g, dim=-1).T  # (Q, chunk)
         s_top, i_top = torch.topk(s, min(k, s.shape[1]), dim=1)
         cat_s = torch.cat([best_s, s_top], 1)
