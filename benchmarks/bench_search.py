@@ -38,8 +38,9 @@ class FileRows:
     def __init__(self, path: str):
         self.path = path
         with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            self.shape, _, self.dtype = np.lib.format._read_array_header(f, version)
+            major, _ = np.lib.format.read_magic(f)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            self.shape, _, self.dtype = read(f)
             self.offset = f.tell()
 
     def __len__(self) -> int:

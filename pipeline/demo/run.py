@@ -235,7 +235,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, log: Callable[
 
 
 def compact_table(comp: dict, names: list[str]) -> str:
-    """One column per run, each cell ``R@1 R@5 R@10 | mAP``; rows as in paper 000 (pairs, then -> Any),
+    """One column per run, each cell ``R@1 R@5 R@10 / mAP``; rows as in paper 000 (pairs, then -> Any),
     each section closed by every run's mean over its own rows (``compare.md`` has the matched means and differences)."""
     from mmx.eval.tables import NA, display, fmt, markdown
 
@@ -244,9 +244,9 @@ def compact_table(comp: dict, names: list[str]) -> str:
     def cell(v: dict) -> str:
         if v[metrics[0]] is None:
             return NA
-        return " ".join(fmt(v[m], m) for m in metrics[:-1]) + " | " + fmt(v[metrics[-1]], metrics[-1])
+        return " ".join(fmt(v[m], m) for m in metrics[:-1]) + " / " + fmt(v[metrics[-1]], metrics[-1])
 
-    header = ["Query -> Target"] + [f"{n}: {' '.join(metrics[:-1])} | {metrics[-1]}" for n in names]
+    header = ["Query -> Target"] + [f"{n}: {' '.join(metrics[:-1])} / {metrics[-1]}" for n in names]
     rows = []
     for t in comp["tables"]:
         rows += [[f"{display(q)} -> {display(g)}"] + [cell(v) for v in t["values"][(q, g)]] for q, g in t["keys"]]
