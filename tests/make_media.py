@@ -99,3 +99,17 @@ def make_media(root: Path) -> Path:
 
 if __name__ == "__main__":
     print(make_media(Path(sys.argv[1])))
+
+
+def random_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
+    """``n`` small random-noise JPEGs ``im000.jpg``... in ``folder`` (image items for extract tests)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        p = folder / f"im{i:03d}.jpg"
+        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(p, quality=90)
+        paths.append(p)
+    return paths

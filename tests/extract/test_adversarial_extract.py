@@ -17,22 +17,11 @@ import pytest
 from click.testing import CliRunner
 
 from mmx.cache.store import STATUS_FAILED, STATUS_OK, list_stores, open_store
+from make_media import random_jpegs  # tests/make_media.py
 from mmx.pipeline.cli import main
 
 N, SHARD = 6, 2
 
-
-def _images(folder, n):
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = folder / f"im{i:03d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(p, quality=90)
-        paths.append(p)
-    return paths
 
 
 def _manifest(tmp_path, paths):
@@ -58,7 +47,7 @@ def test_adversarial_full_disk_during_extract(tmp_path, monkeypatch):
     complete, shard 1 unmarked, the store sound; a rerun after freeing space finishes it."""
     import zarr.storage._local as local
 
-    man = _manifest(tmp_path, _images(tmp_path / "img", N))
+    man = _manifest(tmp_path, random_jpegs(tmp_path / "img", N))
     cache = tmp_path / "cache"
     real_put = local._put
 
@@ -94,7 +83,7 @@ _HOLDER = textwrap.dedent("""
 def test_adversarial_second_writer_is_refused_and_a_killed_one_releases(tmp_path):
     """Two real processes: while one holds the store, ``mmx extract`` says so and writes
     nothing; once the holder is SIGKILLed the lock is gone and the extraction runs."""
-    man = _manifest(tmp_path, _images(tmp_path / "img", N))
+    man = _manifest(tmp_path, random_jpegs(tmp_path / "img", N))
     cache = tmp_path / "cache"
     assert _extract(man, cache).exit_code == 0
     (store,) = list_stores(cache)
@@ -135,7 +124,7 @@ def test_adversarial_two_concurrent_extractions_write_each_shard_once(tmp_path):
     """Two extractions started together: every shard is written exactly once in all."""
     import json
 
-    man = _manifest(tmp_path, _images(tmp_path / "img", N))
+    man = _manifest(tmp_path, random_jpegs(tmp_path / "img", N))
     cache = tmp_path / "cache"
     script = tmp_path / "ex.py"
     script.write_text(_EXTRACT)
@@ -182,7 +171,7 @@ def test_adversarial_two_processes_writing_the_same_shards(tmp_path):
 
 
 def test_adversarial_retry_failed_reextracts_failed_items(tmp_path):
-    paths = _images(tmp_path / "img", N)
+    paths = random_jpegs(tmp_path / "img", N)
     good = paths[3].read_bytes()
     paths[3].write_bytes(b"not an image")
     man = _manifest(tmp_path, paths)

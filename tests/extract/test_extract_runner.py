@@ -12,20 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from mmx.cache.store import STATUS_FAILED, STATUS_OK, list_stores, open_store
+from make_media import random_jpegs  # tests/make_media.py
 from mmx.pipeline.cli import main
 
-
-def _images(folder, n, seed=0):
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        p = folder / f"im{i:03d}.jpg"
-        Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(p, quality=90)
-        paths.append(p)
-    return paths
 
 
 def _manifest(tmp_path, rows, name="m.csv"):
@@ -175,7 +164,7 @@ _RESUME_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
-    paths = _images(tmp_path / "img", 12)
+    paths = random_jpegs(tmp_path / "img", 12)
     man = _manifest(tmp_path, [dict(id=p.stem, modality="image", uri=str(p), text="") for p in paths])
     script = tmp_path / "run.py"
     script.write_text(_RESUME_SCRIPT)
@@ -208,7 +197,7 @@ def test_dask_matches_single_process(tmp_path):
 
     from mmx.extract.runner import extract
 
-    paths = _images(tmp_path / "img", 6, seed=1)
+    paths = random_jpegs(tmp_path / "img", 6, seed=1)
     rows = [dict(id=p.stem, modality="image", uri=str(p), text="") for p in paths]
     rows.append(dict(id="broken", modality="image", uri=str(tmp_path / "absent.jpg"), text=""))
     man = _manifest(tmp_path, rows)
@@ -230,7 +219,7 @@ def test_dask_matches_single_process(tmp_path):
 def test_cli_with_a_dask_scheduler_address_and_worker_processes(tmp_path):
     from distributed import LocalCluster
 
-    paths = _images(tmp_path / "img", 4, seed=2)
+    paths = random_jpegs(tmp_path / "img", 4, seed=2)
     man = _manifest(tmp_path, [dict(id=p.stem, modality="image", uri=str(p), text="") for p in paths])
     args = ["extract", str(man), "--modality", "image", "--dataset", "d", "--shard-size", "2", "--set", "image_size=64", "--no-progress"]
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
@@ -257,7 +246,7 @@ def test_progress_counts_items_batch_by_batch(tmp_path, monkeypatch):
     """Issue 16: a video store showed 0/3 (shards) for 12 minutes; the bar counts items per batch."""
     from mmx.extract import runner as runner_mod
 
-    paths = _images(tmp_path / "img", 5)
+    paths = random_jpegs(tmp_path / "img", 5)
     rows = [dict(id=p.stem, modality="image", uri=str(p), text="") for p in paths]
     rows.append(dict(id="gone", modality="image", uri=str(tmp_path / "absent.jpg"), text=""))
     man = _manifest(tmp_path, rows)
