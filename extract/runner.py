@@ -406,6 +406,25 @@ def failed_shards(store) -> dict[int, int]:
     return out
 
 
+def now_admitted(store, items: list[dict], failed: dict[int, int], gate: LocalGate | None) -> list[int]:
+    """Complete shards with an item refused as ``forbidden_path`` that this run's roots admit.
+
+    ``mmx fetch``'s rule, applied to extract: a rerun with other ``--allow-root`` folders
+    rechecks what an earlier run refused for lying outside its roots (a plain rerun does not
+    redo other failures; ``--retry-failed`` does).
+    """
+    if gate is None:
+        return []
+    out = []
+    for k in sorted(failed):
+        errors = (store.shard_marker(k) or {}).get("errors", {})
+        refused = {i for i, msg in errors.items() if str(msg).startswith("forbidden_path")}
+        lo, hi = store.shard_range(k)
+        if any(it["id"] in refused and gate.problem(it) is None for it in items[lo:hi]):
+            out.append(k)
+    return out
+
+
 def _run(store, items, encoder, backbone, options, weights, batch_size, workers, device, asked_device,
          dask_scheduler, progress, on_shard, retry_failed, stale, gate: LocalGate | None = None) -> dict:
     """Extract the shards not complete yet or ``stale``, and with ``retry_failed`` those with failed items.
@@ -416,12 +435,13 @@ def _run(store, items, encoder, backbone, options, weights, batch_size, workers,
     """
     done_before = set(store.complete_shards()) - set(stale)
     failed_before = {k: n for k, n in failed_shards(store).items() if k in done_before}
-    retry = sorted(failed_before) if retry_failed else []
+    now_allowed = [] if retry_failed else now_admitted(store, items, failed_before, gate)
+    retry = sorted(failed_before) if retry_failed else now_allowed
     todo = sorted((set(range(store.n_shards)) - done_before) | set(retry))
     summary = {"store": str(store.path), "backbone": backbone, "device": device, "shards": store.n_shards,
                "skipped": len(done_before) - len(retry), "retried": len(retry), "written": 0, "items": 0, "ok": 0,
                "failed": 0, "failed_skipped": sum(n for k, n in failed_before.items() if k not in retry),
-               "errors": {}}
+               "errors": {}, "now_allowed": len(now_allowed)}
     shard_items = {k: items[slice(*store.shard_range(k))] for k in todo}
     t1 = time.perf_counter()
     if dask_scheduler is not None and todo:

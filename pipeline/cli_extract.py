@@ -112,6 +112,9 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
         click.echo(f"manifest changed: {summary['sources_changed']} shard(s) have items with another file or text; "
                    "extracting them again")
     retried = f" ({summary['retried']} retried for failed items)" if summary["retried"] else ""
+    if summary["now_allowed"]:
+        click.echo(f"{summary['now_allowed']} shard(s) hold items refused as outside the allowed roots that "
+                   "--allow-root now admits; extracting them again")
     click.echo(
         f"{summary['store']}: {summary['written']} shard(s) written{retried}, {summary['skipped']} already complete; "
         f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"

@@ -111,6 +111,21 @@ def test_allow_root_admits_a_folder_outside_the_manifest(dataset, tmp_path):
     assert status["link_wav"] == STATUS_OK and status["abs_secret"] == STATUS_OK and status["third_wav"] == STATUS_FAILED
 
 
+def test_a_rerun_with_wider_allow_root_extracts_what_it_now_admits(dataset, tmp_path):
+    """fetch's rule for extract (issue 15 item 4): a plain rerun redoes nothing, a rerun whose
+    --allow-root now admits the refused items extracts them; other failures stay as they were."""
+    cache = tmp_path / "cache"
+    status, errors = extract_statuses(dataset / "manifest.csv", "audio", cache)
+    assert status["abs_secret"] == STATUS_FAILED and errors["abs_secret"].startswith("forbidden_path: ")
+    r = CliRunner().invoke(main, ["extract", str(dataset / "manifest.csv"), "--modality", "audio", "--cache", str(cache),
+                                  "--dataset", "d", "--workers", "0", "--no-progress"])
+    assert r.exit_code == 0 and "0 shard(s) written" in r.output and "--allow-root now admits" not in r.output
+    status, errors = extract_statuses(dataset / "manifest.csv", "audio", cache,
+                                      "--allow-root", str(dataset), "--allow-root", str(tmp_path / "outside"))
+    assert status["abs_secret"] == STATUS_OK and status["link_wav"] == STATUS_OK
+    assert status["third_wav"] == STATUS_FAILED  # not a permission problem: still refused
+
+
 def test_real_media_cut_short_is_refused(tmp_path, shared_media):
     """The same with copies of ../shared/media: a WAV cut to a third (issue 16 item 4) and a cut MP4."""
     rows = []
