@@ -19,9 +19,15 @@ def demo_cmd(out, quick, seed, progress):
     languages and moving-digit clips, classes 0-9. Everything goes under --out; a rerun
     reuses what is done.
     """
+    import warnings
+
     from mmx.pipeline.demo.run import run_demo
 
-    run_demo(out, quick=quick, seed=seed, log=click.echo, progress=progress)
+    with warnings.catch_warnings():
+        # training's warnings (feature scale, small val split) as one indented line each,
+        # not with the demo's source line under them
+        warnings.showwarning = lambda message, category, *_: click.echo(f"    {category.__name__}: {message}")
+        run_demo(out, quick=quick, seed=seed, log=click.echo, progress=progress)
 
 
 COMMANDS = [demo_cmd]

@@ -262,7 +262,7 @@ Summary ({seconds:.0f}s)
             train ({', '.join(runs)}), eval and compare on the test split
   fetched:  {fetched.layout.root}  (status: {fetched.layout.status}, report: {fetched.layout.meta / 'report.md'})
   cache:    {layout.cache}   (mmx cache ls --cache {layout.cache})
-  runs:     {layout.runs}/<name>/<run>  (config.yaml, metrics, checkpoint.pt, embeddings/, eval/*.png)
+  runs:     {layout.runs}/<name>/<run>  (config.yaml, metrics, checkpoint.safetensors, embeddings/, eval/*.png)
   compare:  {layout.compare}/compare.md  (every run side by side, differences to round-robin, matched-row means)
 Rerun one stage, e.g.:
   mmx extract {fetched.layout.manifest} --modality audio --cache {layout.cache} --dataset {DATASET}
