@@ -23,13 +23,16 @@ import numpy as np
 DIM = 256
 
 
-def write_gallery(path: str, n: int, block: int = 100_000) -> None:
+def write_gallery(path: str, n: int, block: int = 8192) -> None:
+    """Written a block at a time with plain writes, never mapped: a child process inherits its
+    parent's peak resident memory (Linux keeps ru_maxrss across fork and exec), so a gallery
+    mapped here would show up in the measured peak."""
     rng = np.random.default_rng(0)
-    g = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(n, DIM))
-    for s in range(0, n, block):
-        g[s : s + block] = rng.standard_normal((min(block, n - s), DIM), dtype=np.float32)
-    g.flush()
-    del g
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.float32)), "fortran_order": False, "shape": (n, DIM)}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for s in range(0, n, block):
+            f.write(rng.standard_normal((min(block, n - s), DIM), dtype=np.float32).tobytes())
 
 
 class FileRows:
@@ -61,7 +64,7 @@ def measure(path: str, queries: int, device: str, chunk: int, out) -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     gallery = FileRows(path)
     q = np.random.default_rng(1).standard_normal((queries, DIM), dtype=np.float32)
-    q[0] = gallery[12345]  # one query is a gallery row: it must come first
+    q[0] = gallery[12345:12346][0]  # one query is a gallery row: it must come first
     top_k(q[:1], gallery[:1000], 10, chunk=chunk, device=device)  # warm-up
     t0 = time.perf_counter()
     scores, rows = top_k(q, gallery, 10, chunk=chunk, device=device)
@@ -87,8 +90,10 @@ def main() -> None:
             out = ctx.Queue()
             p = ctx.Process(target=measure, args=(path, args.queries, args.device, args.chunk, out))
             p.start()
-            print(json.dumps(out.get()))
             p.join()
+            if p.exitcode != 0:
+                raise SystemExit(f"{n} items: the measuring process failed (exit {p.exitcode})")
+            print(json.dumps(out.get()))
             os.remove(path)
 
 
