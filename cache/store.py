@@ -60,6 +60,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from mmx import __version__
+from mmx.cache.atomic import atomic_write_bytes
 from mmx.cache.modality import Modality
 from mmx.cache.names import check_name
 
@@ -628,7 +629,8 @@ class FeatureStore:
                 **({"sources": sources} if sources is not None else {}),
                 "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             }
-            _atomic_write_text(marker, json.dumps(record, ensure_ascii=False))
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(marker, json.dumps(record, ensure_ascii=False).encode())
 
     def unmark(self, shards: Iterable[int]) -> None:
         """Forget that ``shards`` are complete, so the next extraction or import rewrites them."""
@@ -895,22 +897,6 @@ def _checked(*compressors) -> list:
     from zarr.codecs import Crc32cCodec
 
     return [*compressors, Crc32cCodec()]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and exc.filename is None:
-            exc.filename = str(path)  # a failed write() names no file
-        raise
 
 
 def _build(tmp: Path, spec: StoreSpec, cols: dict, shard_size: int, chunk_rows: int, dtype: str, tokens: bool,

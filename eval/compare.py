@@ -147,7 +147,7 @@ def comparison_json(comp: dict) -> str:
 
 
 def write_comparison(comp: dict, folder: str | Path) -> dict[str, Path]:
-    from mmx.eval.runs import atomic_write_bytes
+    from mmx.cache.atomic import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -503,27 +503,6 @@ def retrieval_metrics(
     return {rel: {key: summarise(v, ks, map_r, no_relevant) for key, v in d.items()} for rel, d in per.items()}
 
 
-def pairwise_recall(embs: Mapping[str, Any], labels: Mapping[str, Any], ks=(1, 5, 10)) -> dict[str, float]:
-    """Quick Recall@K for the training loop: ``{"text->image@1": ..., "mean@1": ...}``.
-
-    ``labels`` are the relevance keys: class labels, or groups for instance relevance. Queries
-    without a relevant item are excluded; a pair with no counted query is left out.
-    """
-    data = {n: {"emb": embs[n], "label": np.asarray(labels[n])} for n in embs}
-    per = per_query_metrics(data, ("class",), any_gallery=False)["class"]
-    out: dict[str, float] = {}
-    for (q, t), v in per.items():
-        row = summarise(v, ks)
-        for k in ks:
-            if row[f"R@{k}"] is not None:
-                out[f"{q}->{t}@{k}"] = row[f"R@{k}"]
-    for k in ks:
-        vals = [v for key, v in out.items() if key.endswith(f"@{k}") and not key.startswith("mean")]
-        if vals:
-            out[f"mean@{k}"] = float(np.mean(vals))
-    return out
-
-
 # ----------------------------------------------------------------------------------------------
 # Brute-force reference: one query at a time, straight from the definitions (for tests).
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mmx.cache.atomic import atomic_write_bytes
 from mmx.cache.names import check_name
 
 EMBEDDINGS = "embeddings"
@@ -65,20 +66,6 @@ def named_run_dir(root: str | os.PathLike, name: str) -> Path:
         raise ValueError(f"{path} already holds a run; pick another --name, or continue it with --resume {path}")
     path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """``path`` holds ``data`` or, if the write fails (a full disk), what it held before; no temporary is left."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def write_json(path: Path, obj: Any) -> None:

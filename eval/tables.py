@@ -193,7 +193,7 @@ def report_csv(results: dict) -> str:
 
 def write_reports(results: dict, folder: str | Path, stem: str = "eval") -> dict[str, Path]:
     """``<stem>.md``, ``<stem>.csv`` and ``<stem>.json`` in ``folder`` (atomic writes)."""
-    from mmx.eval.runs import atomic_write_bytes
+    from mmx.cache.atomic import atomic_write_bytes
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

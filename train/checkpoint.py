@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from mmx.eval import runs
+from mmx.cache.atomic import atomic_write_bytes
 
 FORMAT = "mmx-checkpoint/1"
 LAST, BEST = "last.safetensors", "checkpoint.safetensors"
@@ -47,7 +47,7 @@ def save(path: Path, state: dict) -> None:
     tree = _encode(state, "", tensors)
     data = st_save(tensors, metadata={"format": FORMAT, "state": json.dumps(tree)})
     try:
-        runs.atomic_write_bytes(Path(path), data)
+        atomic_write_bytes(Path(path), data)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise CheckpointError(f"{path}: no space left on the device while writing this checkpoint "

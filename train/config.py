@@ -199,7 +199,7 @@ def strategy_defaults(name: str) -> dict:
 
 
 def save(cfg: TrainConfig, path: Path) -> None:
-    from mmx.eval.runs import atomic_write_bytes
+    from mmx.cache.atomic import atomic_write_bytes
 
     atomic_write_bytes(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
 

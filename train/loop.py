@@ -50,6 +50,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from mmx.cache.atomic import atomic_write_bytes
 from mmx.eval import runs
 from mmx.cache.modality import Modality
 from mmx.cache.names import name_problem
@@ -295,7 +296,7 @@ def train(
                              f"but {_stage_name(stages[progress.stage])!r} in this config (changed the stages on resume?)")
         # lines written after the checkpoint (an epoch or a stage end that was cut off) are redone
         kept = runs.read_jsonl(run / "metrics.jsonl")[: progress.metrics_lines]
-        runs.atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in kept).encode())
+        atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in kept).encode())
         log(f"resuming {run} at stage {progress.stage + 1}/{len(stages)}, epoch {progress.epoch + 1}")
 
     # said once everything that can fail before the first step has passed, so an error stays the first line

@@ -236,7 +236,9 @@ def test_adversarial_full_disk_leaves_the_shard_unmarked(tmp_path, monkeypatch):
         def write(self, data):
             raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(store_mod, "open", lambda p, *a, **k: FullFile(real_open(p, *a, **k)), raising=False)
+    import mmx.cache.atomic as atomic_mod  # where the marker is written
+
+    monkeypatch.setattr(atomic_mod, "open", lambda p, *a, **k: FullFile(real_open(p, *a, **k)), raising=False)
     with pytest.raises(store_mod.StoreWriteError, match=r"_complete/000002.json\): No space left"):
         store.write_shard(2, np.ones((SHARD, D)))
     monkeypatch.undo()

@@ -7,7 +7,6 @@ import torch
 from mmx.eval.metrics import (
     expected_hits,
     pairs_of,
-    pairwise_recall,
     parse_ks,
     per_query_metrics,
     reference_metrics,
@@ -249,17 +248,6 @@ def test_gpu_equals_cpu():
 
 
 # --------------------------------------------------------------------------- quick recall, errors
-
-
-def test_pairwise_recall_for_the_training_loop():
-    embs = {"text": torch.tensor([[1.0, 0.0], [0.0, 1.0]]), "image": torch.tensor([[0.9, 0.1], [0.1, 0.9]])}
-    labels = {"text": np.array(["a", "b"]), "image": np.array(["a", "b"])}
-    out = pairwise_recall(embs, labels, ks=(1, 5))
-    assert out["text->image@1"] == 1.0 and out["image->text@1"] == 1.0 and out["mean@1"] == 1.0
-    labels["image"] = np.array(["b", "a"])
-    out = pairwise_recall(embs, labels, ks=(1,))
-    assert out["mean@1"] == 0.0
-    assert not any("any" in k for k in out)
 
 
 def test_bad_input_is_a_clear_error():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from mmx.cache import atomic
 from mmx.cache.synthesize import SyntheticConfig, synthesize
-from mmx.eval import runs
 from mmx.pipeline.cli import main
 from mmx.train import checkpoint
 from mmx.train.config import TrainConfig
@@ -196,7 +196,7 @@ def test_full_disk_while_checkpointing_is_a_clear_line_and_keeps_the_last(run, m
             f.write = write
         return f
 
-    monkeypatch.setattr(runs, "open", full_disk_open, raising=False)
+    monkeypatch.setattr(atomic, "open", full_disk_open, raising=False)
     line = one_line_error(resume(run))
     assert "no space left" in line and str(run) in line and "--resume" in line
     assert (run / checkpoint.LAST).read_bytes() == before
