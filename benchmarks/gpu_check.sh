@@ -7,13 +7,14 @@
 # then runs, each under its own time limit so the whole stays within 8 minutes:
 #   1. the whole default suite plus the gpu-marked tests, with CUDA visible;
 #   2. bench_train.py (paper-000 round-robin, tri, quad to early stop, XMediaNet scale),
+#      bench_train_host.py (ms/step of tiny heads: the host's floor per step, issue 12 item 4),
 #      bench_train_cvs.py (CVS/M-CVS/RVS ms/iter), bench_eao.py (paper size, bf16),
 #      bench_eval.py (every metric, both relevances), bench_extract.py (image pipeline/model
 #      for EfficientNet-Lite0 and a ResNet-50 at batch 64, audio and video figures),
 #      bench_startup.py (CPU start-up);
 # and writes env.txt, one log per step and figures.txt (the lines that carry the figures)
-# into $OUT (or ./gpu-out when OUT is unset): at most 8 files. Limits per step add up to
-# 450 s, plus about 20 s of installing; GPU_CHECK_STEPS="train extract" reruns some steps.
+# into $OUT (or ./gpu-out when OUT is unset): at most 9 files. Limits per step add up to
+# 490 s, plus about 20 s of installing; GPU_CHECK_STEPS="train extract" reruns some steps.
 #
 #     bash benchmarks/gpu_wheels.sh     # here, once
 #     bash benchmarks/gpu_check.sh      # there
@@ -42,7 +43,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 } > "$OUT_DIR/env.txt" 2>&1
 cat "$OUT_DIR/env.txt"
 
-STEPS=${GPU_CHECK_STEPS:-tests train cvs eao eval extract}  # a rerun can name fewer
+STEPS=${GPU_CHECK_STEPS:-tests train host cvs eao eval extract}  # a rerun can name fewer
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, never abort the rest
   local name=$1 limit=$2; shift 2
   [[ " $STEPS " == *" $name "* ]] || return 0
@@ -58,6 +59,7 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 step tests 140 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy" -o addopts="-ra --strict-markers" tests
 # 2. benchmarks (threads: mmx's default; figures go to figures.txt)
 step train 100 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad --device cuda
+step host 40 "$PY" benchmarks/bench_train_host.py --device cuda --width tiny --repeats 3
 step cvs 30 "$PY" benchmarks/bench_train_cvs.py --device cuda --steps 20
 step eao 30 "$PY" benchmarks/bench_eao.py --device cuda --steps 5
 step eval 40 "$PY" benchmarks/bench_eval.py --device cuda
@@ -69,6 +71,7 @@ step extract 100 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 -
   grep -h -E "passed|failed|error" "$OUT_DIR/tests.log" | tail -1
   grep -h -E "^FAILED|^ERROR" "$OUT_DIR/tests.log"
   grep -h -E "^(roundrobin|tri|quad) " "$OUT_DIR/train.log"
+  grep -h -E "^(quad|roundrobin|heldout|recall|cvs) +tiny" "$OUT_DIR/host.log"
   grep -h -E "^(cvs|mcvs|rvs) |growth|M-CVS last" "$OUT_DIR/cvs.log"
   grep -h -E "samples/s|TFLOP|peak" "$OUT_DIR/eao.log"
   grep -h -E "wall|similarities" "$OUT_DIR/eval.log"

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmx.train.samplers import to_device
+
 
 def info_nce(x: torch.Tensor, y: torch.Tensor, tau: float = 0.05) -> torch.Tensor:
     """Paper 000 eq. 1: ``-1/N sum_i log softmax_j(x_i . y_j / tau)[i]``, one direction.
@@ -38,9 +40,10 @@ def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     logp = F.log_softmax(logits, dim=1)
     pos = positive.to(logp.dtype)
     n = pos.sum(1)
-    keep = n > 0
-    per_row = -(logp * pos).sum(1)[keep] / n[keep]
-    return per_row.mean() if bool(keep.any()) else logits.sum() * 0.0
+    keep = (n > 0).to(logp.dtype)
+    # the mean over rows with a positive, as sums over all rows: no host sync on the count (issue 12 item 4)
+    per_row = -(logp * pos).sum(1) / n.clamp_min(1)
+    return (per_row * keep).sum() / keep.sum().clamp_min(1)
 
 
 def class_nce_both_ways(x, y, cx, cy, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,7 +67,9 @@ def _both(a: torch.Tensor, b: torch.Tensor, ma, mb) -> tuple | None:
         rows = np.flatnonzero(keep)
         if len(rows) == 0:
             return None
-        idx = torch.as_tensor(rows, device=a.device)
+        if len(rows) == len(keep):
+            return a, b
+        idx = to_device(rows, a.device)  # pinned and non-blocking on CUDA: the host does not wait
         return a.index_select(0, idx), b.index_select(0, idx)
     if int(keep.sum()) == 0:
         return None
@@ -94,18 +99,44 @@ def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None,
         raise ValueError("pairwise InfoNCE needs at least two modalities")
     masks = masks or {}
     normed = {m: F.normalize(e.float(), dim=-1) for m, e in embs.items()}
-    parts = {}
-    for a, b in itertools.combinations(embs, 2):
+    pairs = list(itertools.combinations(embs, 2))
+    names, values = [], []  # part names and 1-D tensors of their values, in that order
+    if classes is None:  # the pairs that use every row: one batched computation for all of them
+        whole = [(a, b) for a, b in pairs if masks.get(a) is None and masks.get(b) is None]
+        if whole:
+            names += [f"loss/{a}-{b}" for a, b in whole] + [f"loss/{b}-{a}" for a, b in whole]
+            values.append(nce_all_pairs(normed, whole, tau))
+        pairs = [p for p in pairs if p not in whole]
+    for a, b in pairs:
         if classes is not None:
-            parts[f"loss/{a}-{b}"], parts[f"loss/{b}-{a}"] = class_nce_both_ways(normed[a], normed[b], classes[a], classes[b], tau)
-            continue
-        rows = _both(normed[a], normed[b], masks.get(a), masks.get(b))
-        if rows is not None:
-            parts[f"loss/{a}-{b}"], parts[f"loss/{b}-{a}"] = nce_both_ways(*rows, tau)
-    if not parts:
+            both = class_nce_both_ways(normed[a], normed[b], classes[a], classes[b], tau)
+        else:
+            rows = _both(normed[a], normed[b], masks.get(a), masks.get(b))
+            if rows is None:
+                continue
+            both = nce_both_ways(*rows, tau)
+        names += [f"loss/{a}-{b}", f"loss/{b}-{a}"]
+        values.append(torch.stack(both))
+    if not names:
         zero = next(iter(embs.values())).sum() * 0.0  # keeps the graph: no pair had a row in common
         return {"loss": zero}
-    return {"loss": torch.stack(list(parts.values())).mean(), **parts}
+    flat = torch.cat(values) if len(values) > 1 else values[0]
+    return {"loss": flat.mean(), **dict(zip(names, flat.unbind(0)))}
+
+
+def nce_all_pairs(normed: dict, pairs: list, tau: float) -> torch.Tensor:
+    """Both InfoNCE directions of every pair in one batched computation (issue 12 item 4: a few
+    kernels per step instead of a dozen per pair): ``[a->b for each pair] + [b->a for each pair]``.
+
+    ``normed``: modality -> (B, d) L2-normalised, all with the same rows B. Each value is
+    :func:`nce_both_ways`'s: the cross-entropy of a row against the other modality's batch, its
+    partner (same row) the target, i.e. minus the mean of the log-softmax diagonal.
+    """
+    x = torch.stack([normed[a] for a, _ in pairs])  # (U, B, d)
+    y = torch.stack([normed[b] for _, b in pairs])
+    logits = torch.bmm(x, y.transpose(1, 2)) / tau  # (U, B, B)
+    both = torch.cat([logits, logits.transpose(1, 2)])  # (2U, B, B): rows x->y, then y->x
+    return -F.log_softmax(both, dim=-1).diagonal(dim1=1, dim2=2).mean(-1)
 
 
 def term_name(x: tuple, y: tuple) -> str:
@@ -124,7 +155,8 @@ def combinatorial_loss(
     equal to the reference's.
 
     ``embs``: subset (tuple of modality names) -> (B, d) embedding of the batch;
-    ``present``: subset -> bool (B,), rows where every modality of the subset is present;
+    ``present``: subset -> bool (B,), rows where every modality of the subset is present (numpy
+    masks, as the strategy builds them on the host, cost the device no wait; see :func:`_both`);
     ``terms``: ``(X, Y, weight)`` with ``X``, ``Y`` disjoint subsets. A term with no row in
     common is skipped (it would be a loss over an empty batch). ``loss/<X>-<Y>`` parts are
     the unweighted terms, so runs with different weights stay comparable.
@@ -133,10 +165,10 @@ def combinatorial_loss(
     for x, y, w in terms:
         if set(x) & set(y):
             raise ValueError(f"combinatorial loss terms need disjoint subsets, got {x} and {y}")
-        keep = present[x] & present[y]
-        if int(keep.sum()) == 0:
+        rows = _both(embs[x], embs[y], present[x], present[y])
+        if rows is None:
             continue
-        a, b = F.normalize(embs[x][keep].float(), dim=-1), F.normalize(embs[y][keep].float(), dim=-1)
+        a, b = (F.normalize(e.float(), dim=-1) for e in rows)
         term = sum(nce_both_ways(a, b, tau))
         parts[f"loss/{term_name(x, y)}"] = term
         total = w * term if total is None else total + w * term

@@ -23,6 +23,11 @@ captions of a clip) contributes one of them, drawn afresh each epoch.
 
 Both samplers yield ``(rows, keys)``: ``rows[m]`` is an int array (B,) of item indices into
 modality ``m`` of the split (``-1`` = absent), ``keys`` the classes or group indices drawn.
+Training draws a whole pass at once instead (``plan()`` -> :class:`Epoch`, issue 12 item 4):
+the strategies copy its index arrays to the training device once per pass and give every
+step views of them (:meth:`Epoch.on_device`), so a step neither copies to nor waits for the
+device. Each pass is seeded by the strategy (seed and epoch), which is what makes a resumed
+run draw the same batches as an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
 
 
 class ClassAlignedSampler:
@@ -40,6 +46,11 @@ class ClassAlignedSampler:
     3.1.6) need two items of one modality and one class in a batch. ``allowed``
     restricts the classes (stage-wise learning); ``size_by`` names the modalities whose item
     count sets the epoch length (a stage that adds a modality sizes its epoch by it).
+
+    A pass is drawn whole by :meth:`plan`, vectorised (issue 12 item 4: no Python per item):
+    the classes of every batch at once, then per modality the items every (class, slot)
+    needs, taken in order from per-class queues, each a run of fresh permutations of the
+    class's items. A queue's unused tail carries over to the next pass of this sampler.
     """
 
     def __init__(self, classes: dict, batch_size: int, seed: int = 0, per_class: int = 1,
@@ -60,8 +71,11 @@ class ClassAlignedSampler:
         # items of classes some modality lacks are never drawn, so they do not count for the epoch
         self.n_max = max(int(np.isin(c, self.classes).sum()) for m, c in cls.items() if not size_by or m in size_by)
         self.rng = np.random.default_rng(seed)
-        self._members = {m: {int(k): np.flatnonzero(c == k) for k in self.classes} for m, c in cls.items()}
-        self._queues: dict = {m: {} for m in self.modalities}
+        # per modality: its items of the drawable classes sorted by class, and each class's segment
+        self._members = {m: _segments(np.searchsorted(self.classes, c), np.isin(c, self.classes), len(self.classes))
+                         for m, c in cls.items()}
+        # per modality: the queues' unused tails, (items, class position) in queue order
+        self._left = {m: (np.zeros(0, np.int64), np.zeros(0, np.int64)) for m in self.modalities}
 
     def __len__(self) -> int:
         return -(-self.n_max // self.batch_size)
@@ -72,19 +86,92 @@ class ClassAlignedSampler:
         return {"batch/items": self.batch_size, "batch/classes": self.n_classes,
                 "batch/per_class_min": int(self.counts.min()), "batch/per_class_max": int(self.counts.max())}
 
-    def _next(self, m, k: int) -> int:
-        q = self._queues[m].get(k)
-        if not q:
-            q = list(self.rng.permutation(self._members[m][k]))
-            self._queues[m][k] = q
-        return int(q.pop())
+    def plan(self) -> "Epoch":
+        """One pass: ``len(self)`` batches of ``batch_size`` rows per modality, drawn at once."""
+        nb = len(self)
+        # P distinct classes per batch, in random order: the first P of a random permutation per row
+        chosen = self.rng.random((nb, len(self.classes))).argsort(1)[:, : self.n_classes]  # (nb, P) class positions
+        slots = np.repeat(chosen, self.counts, axis=1).ravel()  # (nb * B,) class position of every row
+        rows = {m: self._draw(m, slots) for m in self.modalities}
+        return Epoch(rows, np.arange(nb + 1) * self.batch_size, self.classes[chosen])
+
+    def _draw(self, m, slots: np.ndarray) -> np.ndarray:
+        """Items of modality ``m`` for ``slots`` (class positions), each class's from its queue in order."""
+        order, start, count = self._members[m]
+        n_cls = len(self.classes)
+        need = np.bincount(slots, minlength=n_cls)
+        left_items, left_cls = self._left[m]
+        have = np.bincount(left_cls, minlength=n_cls)
+        rounds = -(-np.maximum(need - have, 0) // np.maximum(count, 1))  # fresh permutations per class
+        # fresh queue entries: per class, ``rounds`` permutations of its items, one after another
+        size = rounds * count
+        cls_of = np.repeat(np.arange(n_cls), size)
+        at = np.arange(len(cls_of)) - np.repeat(np.cumsum(size) - size, size)  # position within the class's run
+        fresh = order[np.repeat(start, size) + at % np.repeat(np.maximum(count, 1), size)]
+        perm = np.lexsort((self.rng.random(len(fresh)), at // np.repeat(np.maximum(count, 1), size), cls_of))
+        fresh = fresh[perm]
+        # each class's queue: its carried tail, then its fresh permutations
+        queue_cls = np.concatenate([left_cls, cls_of])
+        by_cls = np.argsort(queue_cls, kind="stable")
+        queue = np.concatenate([left_items, fresh])[by_cls]
+        queue_cls = queue_cls[by_cls]
+        first = np.cumsum(have + size) - (have + size)  # where each class's queue starts
+        # the j-th slot of a class (in batch order) takes that class's j-th queue entry
+        by_slot = np.argsort(slots, kind="stable")
+        j = np.empty(len(slots), np.int64)
+        j[by_slot] = np.arange(len(slots)) - np.repeat(np.cumsum(need) - need, need)
+        out = queue[first[slots] + j]
+        used = np.arange(len(queue)) - np.repeat(first, have + size) < np.repeat(need, have + size)
+        self._left[m] = (queue[~used], queue_cls[~used])
+        return out
 
     def __iter__(self):
-        for _ in range(len(self)):
-            chosen = self.rng.choice(self.classes, size=self.n_classes, replace=False)
-            rows = {m: np.array([self._next(m, int(k)) for k, n in zip(chosen, self.counts) for _ in range(n)])
-                    for m in self.modalities}
-            yield rows, chosen
+        epoch = self.plan()
+        for b in range(len(epoch)):
+            yield epoch.batch(b), epoch.keys[b]
+
+
+def _segments(code: np.ndarray, ok: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, start, count)``: indices of the ``ok`` items sorted by ``code`` (0..n-1), and each code's segment."""
+    idx = np.flatnonzero(ok)
+    order = idx[np.argsort(code[idx], kind="stable")]
+    count = np.bincount(code[idx], minlength=n)
+    return order, np.cumsum(count) - count, count
+
+
+class Epoch:
+    """A pass of a sampler drawn at once: ``rows[m]`` (n,) item indices of modality ``m`` of every
+    batch one after another (-1 = absent), batch ``b`` being ``bounds[b]:bounds[b + 1]``, and
+    ``keys[b]`` the classes or groups of batch ``b``."""
+
+    def __init__(self, rows: dict, bounds: np.ndarray, keys):
+        self.rows, self.bounds, self.keys = rows, np.asarray(bounds), keys
+
+    def __len__(self) -> int:
+        return len(self.bounds) - 1
+
+    def batch(self, b: int) -> dict:
+        lo, hi = self.bounds[b], self.bounds[b + 1]
+        return {m: r[lo:hi] for m, r in self.rows.items()}
+
+    def on_device(self, device, limit: int | None = None) -> Iterator[tuple[dict, dict]]:
+        """``(host rows, device rows)`` of the first ``limit`` batches (default all); the device rows
+        are views of one copy per modality made now, on the call, absent rows there being 0 (the
+        host rows keep -1), so no step copies anything to the device or waits for it."""
+        n = len(self) if limit is None else min(limit, len(self))
+        end = int(self.bounds[n])
+        dev = {m: to_device(np.maximum(r[:end], 0), device) for m, r in self.rows.items()}
+        spans = [(int(self.bounds[b]), int(self.bounds[b + 1])) for b in range(n)]
+        return (({m: r[lo:hi] for m, r in self.rows.items()}, {m: r[lo:hi] for m, r in dev.items()}) for lo, hi in spans)
+
+
+def to_device(a: np.ndarray, device) -> torch.Tensor:
+    """A host array on ``device`` without waiting for it: CUDA gets a pinned, non-blocking copy
+    (a plain copy from pageable memory makes the host wait until the device has drained)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if torch.device(device).type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 def group_table(groups: dict) -> tuple[np.ndarray, dict, dict]:
@@ -131,17 +218,23 @@ class InstanceAlignedSampler:
     def composition(self) -> dict:
         return {"batch/groups": self.batch_size}
 
-    def __iter__(self) -> Iterator:
+    def plan(self) -> Epoch:
+        """One pass: every kept group once, in random order, with one item of each modality it has
+        (drawn afresh among its items), ``-1`` where it has none; one array per modality."""
         perm = self.rng.permutation(self.keep)
-        for i in range(0, len(perm), self.batch_size):
-            chosen = perm[i : i + self.batch_size]
-            rows = {}
-            for m in self.modalities:
-                order, start, count = self._members[m]
-                c = count[chosen]
-                pick = start[chosen] + (self.rng.random(len(chosen)) * np.maximum(c, 1)).astype(np.int64)
-                rows[m] = np.where(c > 0, order[np.minimum(pick, max(len(order) - 1, 0))] if len(order) else -1, -1)
-            yield rows, chosen
+        rows = {}
+        for m in self.modalities:
+            order, start, count = self._members[m]
+            c = count[perm]
+            pick = start[perm] + (self.rng.random(len(perm)) * np.maximum(c, 1)).astype(np.int64)
+            rows[m] = np.where(c > 0, order[np.minimum(pick, max(len(order) - 1, 0))] if len(order) else -1, -1)
+        bounds = np.append(np.arange(0, len(perm), self.batch_size), len(perm))
+        return Epoch(rows, bounds, [perm[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])])
+
+    def __iter__(self) -> Iterator:
+        epoch = self.plan()
+        for b in range(len(epoch)):
+            yield epoch.batch(b), epoch.keys[b]
 
 
 def make_sampler(split, modalities: list, alignment: str, batch_size: int, seed: int):

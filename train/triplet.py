@@ -80,10 +80,10 @@ def semihard_triplet_loss(
         positive.fill_diagonal_(False)
     negative = ~same
     d_an, _ = select_semihard(dist, positive, negative)
-    valid = positive & negative.any(1, keepdim=True)
-    if not bool(valid.any()):
-        return dist.sum() * 0.0
-    return F.relu(dist - d_an + margin)[valid].mean()
+    valid = (positive & negative.any(1, keepdim=True)).to(dist.dtype)
+    # the mean over valid cells as sums over all cells, 0 (with a graph) when there is none:
+    # no host sync on the count (issue 12 item 4)
+    return (F.relu(dist - d_an + margin) * valid).sum() / valid.sum().clamp_min(1)
 
 
 def pair_triplet_loss(

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 
 from mmx.train.samplers import ClassAlignedSampler, InstanceAlignedSampler, group_table, make_sampler
 
@@ -82,3 +83,56 @@ def test_instance_sampler_needs_two_modalities_somewhere_and_make_sampler_reject
         InstanceAlignedSampler({"text": np.array(["a"]), "audio": np.array(["b"])}, 2)
     with pytest.raises(ValueError, match="alignment must be"):
         make_sampler(None, [], "diagonal", 2, 0)
+
+
+def _per_class_draws(sampler, passes: int, m: str, classes: np.ndarray) -> dict:
+    """Items of modality ``m`` drawn for each class over ``passes`` passes, in draw order."""
+    draws: dict = {}
+    for _ in range(passes):
+        for rows, _ in sampler:
+            for r in rows[m]:
+                draws.setdefault(int(classes[r]), []).append(int(r))
+    return draws
+
+
+def test_class_queues_are_runs_of_permutations_carried_across_passes():
+    """Each (modality, class) draws from a queue of successive shuffles of its items: every block
+    of n draws (n items of that class) holds each item once, also across a pass boundary."""
+    classes = {"text": np.arange(70) % 7, "audio": np.repeat(np.arange(7), [1, 2, 3, 4, 5, 2, 3])}
+    s = ClassAlignedSampler(classes, batch_size=5, seed=4)
+    draws = _per_class_draws(s, 3, "audio", classes["audio"])
+    for k, seq in draws.items():
+        members = sorted(np.flatnonzero(classes["audio"] == k).tolist())
+        n = len(members)
+        whole = len(seq) // n * n
+        for i in range(0, whole, n):
+            assert sorted(seq[i : i + n]) == members  # a complete shuffle, item by item
+        assert len(set(seq[whole:])) == len(seq) - whole  # the started shuffle repeats nothing
+
+
+def test_class_sampler_is_seeded_and_draws_whole_passes_as_arrays():
+    classes = {"text": np.arange(300) % 20, "image": np.arange(200) % 20}
+    a, b = ClassAlignedSampler(classes, 16, seed=3).plan(), ClassAlignedSampler(classes, 16, seed=3).plan()
+    assert len(a) == len(b) == 19 and all(np.array_equal(a.rows[m], b.rows[m]) for m in classes)
+    assert np.array_equal(a.keys, b.keys) and a.rows["text"].shape == (19 * 16,)
+    c = ClassAlignedSampler(classes, 16, seed=4).plan()
+    assert not np.array_equal(a.rows["text"], c.rows["text"])
+    # iterating yields the same batches as the plan of a sampler with the same seed
+    for k, (rows, keys) in enumerate(ClassAlignedSampler(classes, 16, seed=3)):
+        assert all(np.array_equal(rows[m], a.batch(k)[m]) for m in classes) and np.array_equal(keys, a.keys[k])
+
+
+def test_a_pass_on_the_device_is_one_copy_with_absent_rows_readable():
+    groups = {"text": np.array(["a", "b", "c", "d", "e", "f"]), "audio": np.array(["a", "c", "e", "f"]),
+              "image": np.array(["b", "c"])}  # b has no audio, a no image: -1 there
+    epoch = InstanceAlignedSampler(groups, batch_size=3, seed=0).plan()
+    got = list(epoch.on_device("cpu"))
+    assert [len(h["text"]) for h, _ in got] == [3, 2]  # a, b, c, e, f: every group with two modalities
+    assert any((h["audio"] < 0).any() for h, _ in got) and any((h["image"] < 0).any() for h, _ in got)
+    for host, dev in got:
+        for m in groups:
+            assert dev[m].dtype == torch.int64 and np.array_equal(dev[m].numpy(), np.maximum(host[m], 0))
+    # every batch's device rows are views of one tensor per modality (no copy per step)
+    assert got[0][1]["text"].untyped_storage().data_ptr() == got[1][1]["text"].untyped_storage().data_ptr()
+    limited = list(ClassAlignedSampler({"text": np.arange(40) % 4, "image": np.arange(40) % 4}, 8, seed=0).plan().on_device("cpu", 2))
+    assert len(limited) == 2

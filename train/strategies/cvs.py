@@ -216,12 +216,12 @@ class CommonSpaceStrategy(Strategy):
                                       size_by=stage.size_by)
         if train:
             self.composition = sampler.composition
-        for rows, _ in sampler:
+        device = split.pooled(Modality.parse(stage.modalities[0])).device
+        for _, rows in sampler.plan().on_device(device):  # index views of one copy per pass
             batch = {}
-            for m, r in rows.items():
+            for m, idx in rows.items():
                 mod = Modality.parse(m)
-                idx = torch.as_tensor(r, device=split.pooled(mod).device)
-                batch[m] = (split.pooled(mod)[idx], split.classes[mod][idx])
+                batch[m] = (split.pooled(mod).index_select(0, idx), split.classes[mod].index_select(0, idx))
             yield batch
 
     def step(self, model, batch):

@@ -46,7 +46,7 @@ from mmx.cache.modality import Modality
 from mmx.eval.metrics import LATE
 from mmx.train.fusion import EverythingAtOnce
 from mmx.train.losses import combinatorial_loss
-from mmx.train.samplers import group_table, make_sampler
+from mmx.train.samplers import group_table, make_sampler, to_device
 from mmx.train.strategies.base import Strategy
 
 DEFAULTS = {
@@ -139,6 +139,7 @@ class EverythingAtOnceStrategy(Strategy):
         self.terms = build_terms(self.modalities, self.opt["terms"], self.opt["weights"], self.opt["default_weight"])
         self.subsets = sorted({s for x, y, _ in self.terms for s in (x, y)}, key=lambda s: (len(s), [ORDER.index(m) for m in s]))
         self._groups: dict = {}
+        self._token_counts: dict = {}
 
     @classmethod
     def check(cls, cfg) -> list[str]:
@@ -181,27 +182,40 @@ class EverythingAtOnceStrategy(Strategy):
             shared_projection=o["shared_projection"], max_positions=max_positions, final_norm=o["final_norm"], init=o["init"],
         )
 
-    def _padded(self, split, m: Modality, rows: torch.Tensor):
-        """Item rows (B,) (-1 = absent) -> tokens (B, T, D), valid (B, T), present (B,)."""
-        f = split.features[m]
-        present = rows >= 0
-        r = rows.clamp_min(0)
-        start = f.offsets[r]
-        length = (f.offsets[r + 1] - start) * present
-        if self.opt["max_tokens"]:
-            length = length.clamp(max=self.opt["max_tokens"])
-        t = int(length.max()) if len(rows) else 0
-        ar = torch.arange(t, device=rows.device)
-        valid = ar[None, :] < length[:, None]  # (B, T)
-        idx = (start[:, None] + ar[None, :]).clamp(max=max(len(f.tokens) - 1, 0))
-        x = f.tokens[idx] * valid[..., None]  # (B, T, D_m), padding zeroed
-        return x, valid, present & (length > 0)
+    def _lengths(self, split, m: Modality) -> np.ndarray:
+        """Tokens per item of modality ``m`` of ``split``, kept on the host (read once per split)."""
+        key = (id(split), m)
+        if key not in self._token_counts:
+            offsets = split.features[m].offsets.cpu().numpy()
+            self._token_counts[key] = np.diff(offsets)
+        return self._token_counts[key]
 
-    def _inputs(self, split, rows: dict) -> dict:
+    def _padded(self, split, m: Modality, rows: torch.Tensor, host: np.ndarray):
+        """Item rows -> tokens (B, T, D), valid (B, T), present (B,).
+
+        ``rows``: the rows on the device, absent ones as any valid row; ``host``: the same on the
+        host, -1 = absent. Lengths and presence come from the host, so the padded width ``T``
+        is known without asking the device (issue 12 item 4; the fusion model's token
+        selection still waits for it, see :meth:`EverythingAtOnce.tokenize`).
+        """
+        f = split.features[m]
+        length = np.where(host >= 0, self._lengths(split, m)[np.maximum(host, 0)], 0)
+        if self.opt["max_tokens"]:
+            length = np.minimum(length, self.opt["max_tokens"])
+        t = int(length.max()) if len(host) else 0
+        ar = torch.arange(t, device=rows.device)
+        valid = ar[None, :] < to_device(length, rows.device)[:, None]  # (B, T)
+        idx = (f.offsets[rows][:, None] + ar[None, :]).clamp(max=max(len(f.tokens) - 1, 0))
+        x = f.tokens[idx] * valid[..., None]  # (B, T, D_m), padding zeroed
+        return x, valid, to_device(length > 0, rows.device)
+
+    def _inputs(self, split, host: dict, rows: dict | None = None) -> dict:
+        """Batch inputs per modality name; ``rows`` (device views of ``host``) are copied when not given."""
         out = {}
-        for m, r in rows.items():
-            r = torch.as_tensor(np.asarray(r), device=split.features[m].offsets.device)
-            out[m.value] = self._padded(split, m, r)
+        for m, h in host.items():
+            h = np.asarray(h)
+            r = rows[m] if rows is not None else to_device(np.maximum(h, 0), split.features[m].offsets.device)
+            out[m.value] = self._padded(split, m, r, h)
         return out
 
     def batches(self, split, epoch, train):
@@ -209,8 +223,9 @@ class EverythingAtOnceStrategy(Strategy):
         sampler = make_sampler(split, self.modalities, self.cfg.alignment, self.cfg.batch_size, seed)
         if train:
             self.composition = sampler.composition
-        for rows, _ in sampler:
-            yield self._inputs(split, rows)
+        device = split.features[self.modalities[0]].offsets.device
+        for host, rows in sampler.plan().on_device(device):
+            yield self._inputs(split, host, rows)
 
     def step(self, model, batch):
         names = {s: tuple(m.value for m in s) for s in self.subsets}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import itertools
 import math
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -81,27 +80,27 @@ class JointStrategy(Strategy):
         # held-out batches use a fixed seed so the early-stopping loss is comparable across epochs
         return (self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7) * 31 + offset
 
-    def _gather(self, split, rows: dict) -> dict:
-        """Sampler rows (-1 = absent) -> pooled features (B, D_m), presence masks and, for
-        class positives, the class of every row."""
+    def _gather(self, split, host: dict, rows: dict) -> dict:
+        """Sampler rows -> pooled features (B, D_m), presence masks and, for class positives, the
+        class of every row. ``rows``: device views of the pass's indices (absent rows read row 0);
+        ``host``: the same rows on the host (-1 = absent), whose masks the loss counts there."""
         x, present, classes = {}, {}, {}
-        for m, r in rows.items():
-            feats = split.pooled(m)
-            absent = r < 0  # on the host: asking a device tensor would wait for the device every batch
-            idx = torch.as_tensor(np.where(absent, 0, r), device=feats.device)
-            x[m.value] = feats.index_select(0, idx)  # (B, D_m)
+        for m, idx in rows.items():
+            x[m.value] = split.pooled(m).index_select(0, idx)  # (B, D_m)
+            absent = host[m] < 0
             if absent.any():
                 present[m.value] = ~absent  # stays on the host: the loss counts rows there (losses._both)
             if self.opt["positives"] == "class":
-                classes[m.value] = split.classes[m].index_select(0, idx.to(split.classes[m].device))
+                classes[m.value] = split.classes[m].index_select(0, idx)
         return {"x": x, "present": present, "classes": classes or None}
 
     def _batches(self, split, modalities, seed: int, train: bool, share: float = 1.0):
         sampler = make_sampler(split, modalities, self.cfg.alignment, self.cfg.batch_size, seed)
         if train:
             self.composition = {**sampler.composition, "batch/modalities": len(modalities)}
-        for rows, _ in itertools.islice(sampler, math.ceil(len(sampler) * share)):
-            yield self._gather(split, rows)
+        # drawn and copied to the device now, on the call (round-robin draws every pair's pass at once)
+        passes = sampler.plan().on_device(split.pooled(modalities[0]).device, math.ceil(len(sampler) * share))
+        return (self._gather(split, host, rows) for host, rows in passes)
 
     def batches(self, split, epoch, train):
         yield from self._batches(split, self.modalities, self._seed(epoch, train), train)

@@ -1,0 +1,219 @@
+"""Training is not host-bound (issue 12 item 4): no host synchronisation inside a step.
+
+On CUDA a step that reads a value of a device tensor (``.item()``, ``bool(t)``, ``.tolist()``,
+a boolean-mask index, ``nonzero``) or copies a host array with a plain ``torch.as_tensor``
+makes the host wait until the device has drained, so a step of small heads costs the round
+trip, not its kernels. On the CPU nothing waits, so these tests make every such call raise
+while a training epoch or a held-out pass runs, except in the two places meant for it: the
+start of a pass (the sampler draws the pass and copies its index arrays to the device once)
+and the one read of the summed losses at its end. The same runs under
+``torch.cuda.set_sync_debug_mode("error")`` on a GPU (``-m gpu``).
+"""
+
+import contextlib
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from mmx.cache.modality import Modality
+from mmx.cache.synthesize import SyntheticConfig, synthesize
+from mmx.train import loop
+from mmx.train.config import TrainConfig
+from mmx.train.data import Holdout, load_train_data
+from mmx.train.strategies import get_strategy
+
+
+class HostSync(AssertionError):
+    pass
+
+
+class Guard:
+    """Patches what reads device values or copies to the device synchronously; raises unless allowed."""
+
+    def __init__(self, monkeypatch):
+        self.allowed = 0
+        self.monkeypatch = monkeypatch
+        for name in ("item", "tolist", "numpy", "cpu", "__bool__", "__int__", "__float__", "__index__", "nonzero",
+                     "masked_select"):
+            self._forbid(torch.Tensor, name)
+        for name in ("as_tensor", "tensor", "nonzero", "masked_select"):
+            self._forbid(torch, name)
+        getitem = torch.Tensor.__getitem__
+
+        def checked(t, index):
+            parts = index if isinstance(index, tuple) else (index,)
+            if not self.allowed and any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+                raise HostSync("indexing with a boolean mask (its row count is read from the device)")
+            return getitem(t, index)
+
+        monkeypatch.setattr(torch.Tensor, "__getitem__", checked)
+
+    def _forbid(self, owner, name):
+        original = getattr(owner, name)
+        guard = self
+
+        def forbidden(*args, **kwargs):
+            if not guard.allowed:
+                raise HostSync(f"{owner.__name__}.{name} inside a step")
+            return original(*args, **kwargs)
+
+        self.monkeypatch.setattr(owner, name, forbidden)
+
+    @contextlib.contextmanager
+    def allow(self):
+        self.allowed += 1
+        try:
+            yield
+        finally:
+            self.allowed -= 1
+
+
+def guarded_run(monkeypatch, strategy, runner, opt, held_out: bool = True):
+    """A training epoch (and a held-out pass) of ``runner`` with host syncs forbidden inside steps."""
+    batches = strategy.batches
+    guard = Guard(monkeypatch)
+
+    def first_allowed(split, epoch, train):
+        it = iter(batches(split, epoch, train))
+        with guard.allow():  # the pass is drawn and copied to the device here, once
+            first = next(it, None)
+        if first is not None:
+            yield first
+            yield from it
+
+    means = loop.PartMeans.means
+
+    def read_once(self, prefix):
+        with guard.allow():  # the one read of the pass's summed losses
+            return means(self, prefix)
+
+    monkeypatch.setattr(strategy, "batches", first_allowed)
+    monkeypatch.setattr(loop.PartMeans, "means", read_once)
+    out = runner.train_epoch(1, opt)
+    if held_out:
+        out.update(runner.held_out_loss(1))
+    return out
+
+
+@pytest.fixture(scope="module")
+def class_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    synthesize(root, SyntheticConfig(classes=12, items={"text": 120, "image": 96, "audio": 48, "video": 36},
+                                     dims={"text": 12, "image": 16, "audio": 8, "video": 10}, tokens=None, noise=0.5))
+    return root
+
+
+@pytest.fixture(scope="module")
+def instance_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inst")
+    synthesize(root, SyntheticConfig(classes=6, alignment="instance", missing=0.3, items={m: 60 for m in ("text", "image", "audio")},
+                                     dims={"text": 12, "image": 16, "audio": 8}, tokens=None))
+    return root
+
+
+def setup(cache, strategy: str, modalities, alignment="class", **kw):
+    cfg = TrainConfig(strategy=strategy, cache=str(cache), modalities=modalities, alignment=alignment, batch_size=8,
+                      embed_dim=16, threads=1, **kw)
+    data = load_train_data(str(cache), cfg.dataset, Modality.parse_list(modalities), [], need_labels=alignment == "class",
+                           need_groups=alignment == "instance",
+                           holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+    s = get_strategy(strategy)(cfg, data, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = s.build_model()
+    stages = s.stages() if hasattr(s, "stages") else [None]
+    if stages[-1] is not None:
+        s.begin_stage(model, stages[-1])  # a later stage: frozen parts, a stage's own batches
+    opt, _ = loop.make_optimiser(cfg, s.parameters(model))
+    runner = loop.Runner(cfg, s, model, data.splits["train"], data.splits[cfg.holdout], None, torch.device("cpu"), lambda x: None)
+    return s, runner, opt
+
+
+MODS = ["text", "image", "audio", "video"]
+CLASS_CASES = {
+    "joint": ("joint", MODS, {}),
+    "joint-class-positives": ("joint", MODS, {"options": {"positives": "class"}}),
+    "roundrobin": ("roundrobin", MODS, {}),
+    "cvs": ("cvs", MODS, {}),
+    "cvs-train-as-served": ("cvs", ["text", "image", "audio"], {"options": {"train_as_served": True}}),
+    "mcvs": ("mcvs", MODS, {}),
+    "rvs": ("rvs", MODS, {}),
+    "stagewise": ("stagewise", ["text", "image"], {"options": {"classes_per_stage": 4}}),
+}
+# eao is left out: its fusion model selects the real tokens with nonzero (train/fusion.py), a sync
+
+
+@pytest.mark.parametrize("case", sorted(CLASS_CASES))
+def test_class_aligned_steps_never_read_the_device(class_cache, monkeypatch, case):
+    strategy, mods, kw = CLASS_CASES[case]
+    s, runner, opt = setup(class_cache, strategy, mods, **kw)
+    out = guarded_run(monkeypatch, s, runner, opt)
+    assert np.isfinite(out["loss_train"]) and np.isfinite(out["loss_val"])
+
+
+def test_instance_aligned_steps_with_absent_rows_never_read_the_device(instance_cache, monkeypatch):
+    s, runner, opt = setup(instance_cache, "joint", ["text", "image", "audio"], alignment="instance")
+    assert any(b["present"] for b in s.batches(runner.train_split, 1, train=True))  # some rows are absent
+    out = guarded_run(monkeypatch, s, runner, opt)
+    assert np.isfinite(out["loss_train"])
+
+
+def test_the_guard_catches_a_sync_in_a_step(class_cache, monkeypatch):
+    """The guard is real: a step that reads its loss (as logging per step would) fails."""
+    s, runner, opt = setup(class_cache, "joint", MODS)
+    step = s.step
+
+    def logging_step(model, batch):
+        out = step(model, batch)
+        print(float(out["loss"]))
+        return out
+
+    monkeypatch.setattr(s, "step", logging_step)
+    with pytest.raises(HostSync, match="__float__"):
+        guarded_run(monkeypatch, s, runner, opt, held_out=False)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", sorted(CLASS_CASES))
+def test_cuda_steps_never_synchronise(class_cache, case):
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available here")
+    strategy, mods, kw = CLASS_CASES[case]
+    cfg = TrainConfig(strategy=strategy, cache=str(class_cache), modalities=mods, batch_size=8, embed_dim=16, device="cuda", **kw)
+    dev = torch.device("cuda")
+    data = load_train_data(str(class_cache), cfg.dataset, Modality.parse_list(mods), [], device=dev,
+                           holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+    s = get_strategy(strategy)(cfg, data, dev)
+    model = s.build_model().to(dev)
+    opt, _ = loop.make_optimiser(cfg, s.parameters(model))
+    it = iter(s.batches(data.splits["train"], 1, train=True))
+    first = next(it)  # the pass is drawn and copied here
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for batch in itertools.chain([first], it):
+            out = s.step(model, batch)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            opt.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_all_pairs_in_one_computation_equal_the_pair_by_pair_loss_and_gradients():
+    from mmx.train.losses import info_nce, pairwise_info_nce
+
+    g = torch.Generator().manual_seed(1)
+    base = {m: torch.randn(9, 6, generator=g) for m in MODS}
+    embs = {m: e.clone().requires_grad_() for m, e in base.items()}
+    out = pairwise_info_nce(embs, 0.07)
+    ref = {m: e.clone().requires_grad_() for m, e in base.items()}
+    by_pair = {f"loss/{a}-{b}": info_nce(ref[a], ref[b], 0.07) for a, b in itertools.permutations(MODS, 2)}
+    assert sorted(k for k in out if k != "loss") == sorted(by_pair)
+    for k, v in by_pair.items():
+        assert float(out[k]) == pytest.approx(float(v), rel=1e-5)
+    out["loss"].backward()
+    torch.stack(list(by_pair.values())).mean().backward()
+    for m in MODS:
+        torch.testing.assert_close(embs[m].grad, ref[m].grad, rtol=1e-5, atol=1e-7)
