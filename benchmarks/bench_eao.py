@@ -80,15 +80,26 @@ def time_steps(step, steps: int, device) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def step_flops(token_dim: int, embed_dim: int, dims: dict, mean_tokens: float, batch: int) -> float:
-    """Matmul FLOPs of one training step (forward x 3 for backward), attention scores ignored."""
-    d, e, t = token_dim, embed_dim, mean_tokens
+def step_flops(token_dim: int, embed_dim: int, dims: dict, mean_tokens: float, batch: int, mlp_dim: int = 0) -> float:
+    """Matmul FLOPs of one mmx training step (forward x 3 for backward), attention ignored."""
+    d, e, t, f = token_dim, embed_dim, mean_tokens, mlp_dim or token_dim
     unique = t * len(dims)  # real tokens per row
     per_row = sum(t * (D * d + d * d) for D in dims.values())  # token projections
     per_row += unique * 3 * d * d  # first LayerNorm + qkv, once per token
-    in_subsets = sum(len(s) for s in subsets_of(eao_terms()))  # a modality's appearances in the six subsets
-    per_row += in_subsets * t * (d * d + 2 * d * d)  # out-proj + MLP per subset token
-    per_row += in_subsets * (d * e + e * e)  # final gated projections
+    pooled = sum(len(s) for s in subsets_of(eao_terms()))  # a modality's appearances in the six subsets
+    per_row += pooled * t * (d * d + d * f)  # out-proj + fc1 per (subset, token)
+    per_row += pooled * (f * d + d * e + e * e)  # fc2 on the pooled rows, final gated projections
+    return 2 * 3 * per_row * batch
+
+
+def reference_step_flops(token_dim: int, embed_dim: int, dims: dict, max_tokens: int, batch: int, mlp_dim: int = 0) -> float:
+    """The same for the reference code: every token slot (padding too) projected once, each
+    subset's padded sequence through the whole block."""
+    d, e, t, f = token_dim, embed_dim, max_tokens, mlp_dim or token_dim
+    per_row = sum(t * (D * d + d * d) for D in dims.values())
+    slots = sum(len(s) for s in subsets_of(eao_terms())) * t  # (subset, token slot) pairs
+    per_row += slots * (4 * d * d + 2 * d * f)
+    per_row += sum(len(s) for s in subsets_of(eao_terms())) * (d * e + e * e)
     return 2 * 3 * per_row * batch
 
 

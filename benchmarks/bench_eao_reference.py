@@ -34,7 +34,7 @@ from torch import nn
 from mmx.train.losses import combinatorial_loss
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_eao import eao_terms, make_batch, mmx_model, mmx_step, subsets_of  # noqa: E402
+from bench_eao import eao_terms, make_batch, mmx_model, mmx_step, reference_step_flops, step_flops, subsets_of  # noqa: E402
 
 DIMS = {"text": 512, "video": 600, "audio": 128}  # the XMediaNet-scale synthetic cache's widths
 
@@ -173,7 +173,10 @@ def compare(path: str, d: int, heads: int, batch_size: int, steps: int, device) 
             sync()
             spent[k] += time.perf_counter() - t0
     rate = {k: batch_size * steps / s for k, s in spent.items()}
-    return {"dim": d, "heads": heads, "ref_loss": ref_loss, "mmx_loss": mmx_loss, **rate, "ratio": rate["mmx"] / rate["reference"]}
+    tokens = float(sum(v.sum() for _, v, _ in batch.values())) / len(batch) / batch_size  # mean real tokens per modality
+    flops = reference_step_flops(d, d, DIMS, 4, batch_size) / step_flops(d, d, DIMS, tokens, batch_size)
+    return {"dim": d, "heads": heads, "ref_loss": ref_loss, "mmx_loss": mmx_loss, **rate, "ratio": rate["mmx"] / rate["reference"],
+            "flop_ratio": flops}
 
 
 def main() -> None:
@@ -192,7 +195,7 @@ def main() -> None:
         r = compare(a.reference, d, max(d // 64, 4), a.batch, a.steps, device)
         print(f"token/joint {d}, {r['heads']} heads: loss reference {r['ref_loss']:.6f} mmx {r['mmx_loss']:.6f} "
               f"(diff {abs(r['ref_loss'] - r['mmx_loss']):.1e}); samples/s reference {r['reference']:.0f}, mmx {r['mmx']:.0f}: "
-              f"x{r['ratio']:.2f}")
+              f"x{r['ratio']:.2f} (matmul FLOPs reference / mmx: {r['flop_ratio']:.2f})")
 
 
 if __name__ == "__main__":

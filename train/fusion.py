@@ -43,10 +43,14 @@ once and runs the subsets together:
   real token) for every per-token operation;
 * the first block's LayerNorm and query/key/value projection act on a token before it has
   seen any other token, so they are the same in every subset: they are computed once per
-  token, not once per (token, subset);
-* the attention of all subsets runs as one padded batch (one sequence per subset and row),
-  the rest of the block in the packed layout, and each modality's final projection is one
-  call over all subsets that contain it.
+  token, not once per (token, subset), and so are the attention scores of each pair of a
+  row's tokens; every subset's queries then attend at once over one key table per row
+  (:class:`SharedKeys`), the rest of the block in the packed layout;
+* the last block's ``fc2`` is linear and only its pooled mean is used (eq. 1 pools the
+  output tokens), so it runs on the pooled rows (9 per row for the paper's six subsets)
+  instead of on every (subset, token) row (27 at 3 tokens per modality);
+* later blocks (depth > 1) run the subsets of one size as one padded attention batch, and
+  each modality's final projection is one call over all subsets that contain it.
 
 This is the same function as running each subset on its own (tested against a direct
 per-subset implementation of the reference's equations), with fewer, larger operations.
@@ -79,8 +83,11 @@ class Mlp(nn.Module):
         super().__init__()
         self.fc1, self.fc2, self.drop = nn.Linear(dim, hidden), nn.Linear(hidden, dim), nn.Dropout(dropout)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(F.gelu(self.fc1(x)))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(F.gelu(self.fc1(x)))))
+        return self.drop(self.fc2(self.hidden(x)))
 
 
 class Layout:
@@ -110,18 +117,69 @@ class Layout:
         self.rows = ((seq[:, None] * heads + h) * self.length + slot[:, None]).reshape(-1)  # (n * H,) output rows
         self.size = len(seq)
 
-    def attend(self, qkv: torch.Tensor, row_of: torch.Tensor | None, dropout: float) -> torch.Tensor:
-        """``qkv`` (rows, 3d); ``row_of`` (n_all,): the qkv row of each packed token (None: the
-        same index) -> this layout's tokens' attention output, packed (n, d)."""
+    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+        """``qkv`` (n_all, 3d) packed -> this layout's tokens' attention output, packed (n, d)."""
         width = qkv.shape[1] // 3
         h, hd = self.heads, width // self.heads
-        src = self.token if row_of is None else row_of[self.token]  # (N * L,)
-        part = torch.arange(3, device=src.device)[:, None, None, None] * h + torch.arange(h, device=src.device)[None, None, :, None]
-        idx = (src.view(1, self.n, 1, self.length) * 3 * h + part).reshape(-1)  # (3 * N * H * L,) rows of (d/H)-vectors
+        part = torch.arange(3, device=qkv.device)[:, None, None, None] * h + torch.arange(h, device=qkv.device)[None, None, :, None]
+        idx = (self.token.view(1, self.n, 1, self.length) * 3 * h + part).reshape(-1)  # (3 * N * H * L,) rows of (d/H)-vectors
         q, k, v = qkv.reshape(-1, hd).index_select(0, idx).view(3, self.n, h, self.length, hd)
         p = torch.softmax(q @ k.transpose(-1, -2) * hd**-0.5 + self.bias.to(q.dtype), dim=-1)  # (N, H, L, L)
         out = F.dropout(p, dropout, training=dropout > 0) @ v  # (N, H, L, d/H)
         return out.reshape(-1, hd).index_select(0, self.rows).view(self.size, width)
+
+
+class SharedKeys:
+    """The first block's attention over every subset at once, keyed by batch row.
+
+    Before the first attention a token is the same in every subset that contains its
+    modality, so its key, value and query are too. Per batch row this keeps one padded key
+    table (the row's tokens of every modality, each once, ``K`` slots) and one query slot per
+    (subset, token) pair (``Q`` slots); a query attends to the keys of its subset's
+    modalities (an additive ``-inf`` bias hides the others and the padding).
+
+    ``keys``: ``[(subset, m)]`` the query groups, ``m`` a modality of the subset or None for a
+    [cls] token; ``of[m]`` (n_m,) the packed input rows of ``m``, ``rows[m]`` / ``cols[m]``
+    their batch row and slot (token position; 0 for a masking or [cls] token). The output
+    rows are the groups' tokens in the order ``cat(of[m] for _, m in keys)``.
+    """
+
+    def __init__(self, keys: list, of: dict, rows: dict, cols: dict, batch: int, heads: int):
+        dev = rows[keys[0][1]].device
+        mods = list(dict.fromkeys(m for _, m in keys))
+        width = {m: int(cols[m].max()) + 1 if len(cols[m]) else 1 for m in mods}
+        off = dict(zip(mods, torch.tensor([0] + [width[m] for m in mods]).cumsum(0).tolist()))
+        k = sum(width.values())
+        self.batch, self.k, self.heads = batch, k, heads
+        self.key = torch.zeros(batch * k, dtype=torch.long, device=dev)  # packed input row of each key slot (padding: row 0)
+        valid = torch.zeros(batch * k, dtype=torch.bool, device=dev)
+        for m in mods:
+            where = rows[m] * k + off[m] + cols[m]
+            self.key[where], valid[where] = of[m], True
+        slot_mod = torch.cat([torch.full((width[m],), j, device=dev) for j, m in enumerate(mods)])  # (K,)
+        self.query = torch.cat([off[m] + torch.arange(width[m], device=dev) for _, m in keys])  # (Q,) key slot of each query slot
+        allowed = torch.cat([torch.isin(slot_mod, torch.tensor([mods.index(x) for x in mods if x is None or x in s], device=dev))
+                             .expand(width[m], -1) for s, m in keys])  # (Q, K): the query's subset has the key's modality
+        self.q = len(self.query)
+        self.bias = torch.zeros(batch, 1, k, self.q, device=dev).masked_fill(
+            ~(allowed.T[None] & valid.view(batch, k, 1)).unsqueeze(1), float("-inf"))  # (B, 1, K, Q)
+        start = torch.tensor([0] + [width[m] for _, m in keys], device=dev).cumsum(0)
+        slot = torch.cat([rows[m] * heads * self.q + start[g] + cols[m] for g, (_, m) in enumerate(keys)])  # (n,) query slot of each output row
+        self.out = (slot[:, None] + torch.arange(heads, device=dev) * self.q).view(-1)  # (n * H,) its heads' rows in (B, H, Q)
+
+    def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
+        """``qkv`` (n_in, 3d) of the input rows -> the attention output (n, d) of the
+        (subset, token) rows.
+
+        Keys lie along dim -2 of the probabilities: torch's CPU softmax over a short last
+        dimension (12 keys) is about 15x slower than over a middle one."""
+        b, k, h = self.batch, self.k, self.heads
+        hd = qkv.shape[1] // 3 // h
+        q, key, v = qkv.index_select(0, self.key).view(b, k, 3, h, hd).permute(2, 0, 3, 1, 4)  # (B, H, K, d/H) each
+        s = (key @ q.transpose(-1, -2) * hd**-0.5).index_select(3, self.query)  # (B, H, K, Q): scores once per token pair
+        p = F.dropout(torch.softmax(s + self.bias.to(s.dtype), dim=2), dropout, training=dropout > 0)
+        out = p.transpose(-1, -2) @ v  # (B, H, Q, d/H)
+        return out.reshape(-1, hd).index_select(0, self.out).view(-1, h * hd)
 
 
 class Attention(nn.Module):
@@ -132,11 +190,18 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(dropout)
 
-    def mix(self, qkv: torch.Tensor, layouts: list, row_of: torch.Tensor | None) -> torch.Tensor:
-        """(rows, 3d) -> packed (n, d); each layout covers the next run of the packed tokens."""
-        p = self.dropout if self.training else 0.0
-        out = [layout.attend(qkv, row_of, p) for layout in layouts]
-        return out[0] if len(out) == 1 else torch.cat(out)
+    def forward(self, x: torch.Tensor, layouts: list) -> torch.Tensor:
+        """Packed (n, d) -> packed (n, d); each layout covers the next run of the packed tokens."""
+        qkv = self.qkv(x)
+        out = [layout.attend(qkv, self._p()) for layout in layouts]
+        return self.proj_drop(self.proj(out[0] if len(out) == 1 else torch.cat(out)))
+
+    def shared(self, x: torch.Tensor, keys: SharedKeys) -> torch.Tensor:
+        """Input rows (n_in, d) -> the (subset, token) rows' output (n, d), see :class:`SharedKeys`."""
+        return self.proj_drop(self.proj(keys.attend(self.qkv(x), self._p())))
+
+    def _p(self) -> float:
+        return self.dropout if self.training else 0.0
 
 
 class Block(nn.Module):
@@ -149,18 +214,27 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(dim, eps=EPS)
         self.mlp = Mlp(dim, mlp_dim, dropout)
 
-    def forward(self, x: torch.Tensor, layouts: list, source: torch.Tensor | None = None) -> torch.Tensor:
-        """``x`` (n_in, d) packed; ``source`` (n,) picks each sequence token's input row.
+    def first(self, x: torch.Tensor, keys: SharedKeys, source: torch.Tensor, pool=None) -> torch.Tensor:
+        """The first block: input rows ``x`` (n_in, d), each shared by every subset containing
+        it; ``source`` (n,) the input row of each sequence token. LayerNorm and qkv run once
+        per input row."""
+        x = x.index_select(0, source) + self.attn.shared(self.norm1(x), keys)
+        return self.feed(x, pool)
 
-        With ``source``, the input rows are shared by several sequences (a token in every
-        subset containing its modality): LayerNorm and qkv run once per input row.
-        """
-        qkv = self.attn.qkv(self.norm1(x))  # (n_in, 3d)
-        mixed = self.attn.mix(qkv, layouts, source)  # (n, d)
-        if source is not None:
-            x = x.index_select(0, source)  # (n, d)
-        x = x + self.attn.proj_drop(self.attn.proj(mixed))
-        return x + self.mlp(self.norm2(x))
+    def forward(self, x: torch.Tensor, layouts: list, pool=None) -> torch.Tensor:
+        """``x`` (n, d) packed sequence tokens."""
+        return self.feed(x + self.attn(self.norm1(x), layouts), pool)
+
+    def feed(self, x: torch.Tensor, pool=None) -> torch.Tensor:
+        """The MLP half; with ``pool`` (a linear map of the tokens, e.g. a mean per segment)
+        the pooled output. ``fc2`` is linear, so pooling its input first gives the same result
+        with ``fc2`` applied to the pooled rows only; not under dropout, which draws per token."""
+        h = self.mlp.hidden(self.norm2(x))
+        if pool is None:
+            return x + self.mlp.drop(self.mlp.fc2(h))
+        if self.training and self.mlp.drop.p > 0:
+            return pool(x + self.mlp.drop(self.mlp.fc2(h)))
+        return pool(x) + self.mlp.fc2(pool(h))
 
 
 class FusionTransformer(nn.Module):
@@ -171,13 +245,19 @@ class FusionTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_dim or dim, dropout) for _ in range(depth))
         self.norm = nn.LayerNorm(dim, eps=EPS) if final_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor, layouts: list, source: torch.Tensor) -> torch.Tensor:
-        """Input rows ``x`` (n_in, d) -> output tokens (n, d) of the sequences in ``layouts``."""
-        for k, blk in enumerate(self.blocks):
-            x = blk(x, layouts, source if k == 0 else None)
+    def forward(self, x: torch.Tensor, keys: SharedKeys, source: torch.Tensor, layouts, pool) -> torch.Tensor:
+        """Input rows ``x`` (n_in, d) -> ``pool`` of the output tokens of the sequences.
+
+        ``keys`` and ``source`` place the input rows for the first block, ``layouts()`` the
+        sequence tokens for the others (built only when there are others)."""
         if not self.blocks:
-            x = x.index_select(0, source)
-        return self.norm(x)
+            return pool(self.norm(x.index_select(0, source)))
+        last = pool if isinstance(self.norm, nn.Identity) else None  # a LayerNorm after the blocks is not linear
+        placed = layouts() if len(self.blocks) > 1 else None
+        for k, blk in enumerate(self.blocks):
+            end = last if k == len(self.blocks) - 1 else None
+            x = blk.first(x, keys, source, end) if k == 0 else blk(x, placed, end)
+        return x if last is not None else pool(self.norm(x))
 
 
 def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -194,11 +274,12 @@ def segment_mean(x: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor
 
 
 class Tokens:
-    """One batch's packed tokens: ``x`` (n, d) over all modalities, each row's batch row and
-    modality; ``present[m]`` (B,) the rows where modality ``m`` is real."""
+    """One batch's packed tokens: ``x`` (n, d) over all modalities, each row's batch row,
+    column (token position; 0 for a masking token) and modality; ``present[m]`` (B,) the rows
+    where modality ``m`` is real."""
 
-    def __init__(self, x, row, modality, present, batch):
-        self.x, self.row, self.modality, self.present, self.batch = x, row, modality, present, batch
+    def __init__(self, x, row, col, modality, present, batch):
+        self.x, self.row, self.col, self.modality, self.present, self.batch = x, row, col, modality, present, batch
 
 
 class EverythingAtOnce(nn.Module):
@@ -262,7 +343,7 @@ class EverythingAtOnce(nn.Module):
         """Project every real token of ``modalities`` once: ``inputs[m] = (x (B, T, D_m),
         valid (B, T) bool, present (B,) bool)``. Rows without ``m`` (``present`` false, or no
         valid token) get the masking token (plus position 0's embedding)."""
-        xs, rows, mods, present = [], [], [], {}
+        xs, rows, cols, mods, present = [], [], [], [], {}
         batch = None
         for k, m in enumerate(modalities):
             x, valid, pres = inputs[m]
@@ -278,9 +359,10 @@ class EverythingAtOnce(nn.Module):
                 tok, fill = tok + self.pos[m][c], fill + self.pos[m][0]
             xs += [tok, fill]
             rows += [r, absent]
+            cols += [c, torch.zeros_like(absent)]
             mods.append(torch.full((len(r) + len(absent),), k, dtype=torch.long, device=r.device))
             present[m] = pres
-        return Tokens(torch.cat(xs), torch.cat(rows), torch.cat(mods), present, batch)
+        return Tokens(torch.cat(xs), torch.cat(rows), torch.cat(cols), torch.cat(mods), present, batch)
 
     # -- embeddings -----------------------------------------------------------------------
     def embed_subsets(self, inputs: dict, subsets: list) -> dict:
@@ -301,37 +383,38 @@ class EverythingAtOnce(nn.Module):
     def _fuse(self, transformer, tok: Tokens, modalities: list, subsets: list) -> dict:
         """Run ``subsets`` (one sequence per subset and row) through ``transformer`` at once.
 
-        Subsets of the same size share one padded attention batch, so a single modality's
-        sequences are not padded to the length of a pair's. Returns ``{(subset, m): (B, d)}``
-        pooled outputs of each modality in each subset, or, with a [cls] token,
-        ``{(subset, None): (B, d)}``.
+        The first block sees every subset through one :class:`SharedKeys`; later blocks (depth
+        > 1) run subsets of the same size as one padded attention batch, so a single
+        modality's sequences are not padded to the length of a pair's. Returns
+        ``{(subset, m): (B, d)}`` pooled outputs of each modality in each subset, or, with a
+        [cls] token, ``{(subset, None): (B, d)}``.
         """
         b, dev = tok.batch, tok.row.device
         of = {m: (tok.modality == k).nonzero(as_tuple=True)[0] for k, m in enumerate(modalities)}  # packed rows of m
-        cls_row = len(tok.x)  # the [cls] token is one extra input row shared by all sequences
-        source, segment, keys, layouts, first = [], [], [], [], 0
+        rows, cols = {m: tok.row[i] for m, i in of.items()}, {m: tok.col[i] for m, i in of.items()}
+        if self.use_cls:  # the [cls] token is one extra input row shared by all sequences
+            of[None], rows[None], cols[None] = torch.full((b,), len(tok.x), device=dev), torch.arange(b, device=dev), torch.zeros(b, dtype=torch.long, device=dev)
+        keys, seqs = [], []
         for size in sorted({len(s) for s in subsets}):
             group = [s for s in subsets if len(s) == size]
-            seq = []
-            for j, s in enumerate(group):
-                parts = [(None, torch.full((b,), cls_row, dtype=torch.long, device=dev), torch.arange(b, device=dev))] if self.use_cls else []
-                parts += [(m, of[m], tok.row[of[m]]) for m in s]
-                for m, rows_in, row in parts:
-                    source.append(rows_in)
-                    seq.append(j * b + row)
-                    segment.append(len(keys) * b + row)
-                    keys.append((s, m))
-            seq = torch.cat(seq)
-            layouts.append((seq, len(group) * b, first))
-            first += len(seq)
-        source, segment = torch.cat(source), torch.cat(segment)
+            seqs.append((torch.cat([j * b + rows[m] for j, s in enumerate(group) for m in self._slots(s)]), len(group) * b))
+            keys += [(s, m) for s in group for m in self._slots(s)]
+        source = torch.cat([of[m] for _, m in keys])
+        segment = torch.cat([k * b + rows[m] for k, (_, m) in enumerate(keys)])
+        pool = lambda x: segment_mean(x, segment, len(keys) * b)  # noqa: E731 - a [cls] segment is its one token
         x = tok.x if not self.use_cls else torch.cat([tok.x, self.cls.to(tok.x.dtype)[None]])
         if transformer is None:
-            out = x.index_select(0, source)  # no transformer: the tokens themselves
+            means = pool(x.index_select(0, source))  # no transformer: the tokens themselves
         else:
-            out = transformer(x, [Layout(seq, n, self.heads, at) for seq, n, at in layouts], source)  # (n, d)
-        means = segment_mean(out, segment, len(keys) * b).view(len(keys), b, -1)  # a [cls] segment is its one token
+            starts = torch.tensor([0] + [len(seq) for seq, _ in seqs]).cumsum(0).tolist()
+            layouts = lambda: [Layout(seq, n, self.heads, at) for (seq, n), at in zip(seqs, starts)]  # noqa: E731
+            means = transformer(x, SharedKeys(keys, of, rows, cols, b, self.heads), source, layouts, pool)
+        means = means.view(len(keys), b, -1)
         return {key: means[k] for k, key in enumerate(keys) if (key[1] is None) == self.use_cls}
+
+    def _slots(self, subset: tuple) -> list:
+        """The parts of ``subset``'s sequence: its modalities, after a [cls] token if any."""
+        return ([None] if self.use_cls else []) + list(subset)
 
     def _project(self, pooled: dict, subsets: list) -> dict:
         """Final projections, one call per projection over every subset that uses it; eq. 1."""

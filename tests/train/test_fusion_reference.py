@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmx.train.fusion import EverythingAtOnce
+from mmx.train.fusion import Block, EverythingAtOnce, segment_mean
 
 DIMS = {"text": 6, "video": 10, "audio": 8}
 
@@ -59,6 +59,7 @@ def reference_embed(model, inputs, subset):
         mask = torch.cat([mask.new_ones(b, 1), mask], 1)
     for blk in model.transformer.blocks:
         x = reference_block(blk, x, mask)
+    x = model.transformer.norm(x)  # off by default, as in the reference
     if model.use_cls:
         return F.normalize(_gated(model.proj, x[:, 0]), dim=-1)
     out, i = [], 1 if model.use_cls else 0
@@ -86,13 +87,18 @@ def _inputs(seed=0, b=7, t=5):
 SUBSETS = [("text",), ("video",), ("audio",), ("text", "video"), ("text", "audio"), ("video", "audio"), ("text", "video", "audio")]
 
 
-@pytest.mark.parametrize("kw", [
+CONFIGS = [
     {},
     {"depth": 2, "mlp_dim": 24},
     {"max_positions": 5},
     {"shared_projection": True},
     {"cls_token": True},
-])
+    {"final_norm": True},
+    {"depth": 3, "cls_token": True, "max_positions": 5},
+]
+
+
+@pytest.mark.parametrize("kw", CONFIGS)
 def test_all_subsets_at_once_equal_the_reference_per_subset(kw):
     torch.manual_seed(0)
     model = EverythingAtOnce(DIMS, token_dim=16, embed_dim=12, heads=4, **kw).eval()
@@ -105,9 +111,12 @@ def test_all_subsets_at_once_equal_the_reference_per_subset(kw):
             assert torch.allclose(model(inputs, s), ref, atol=1e-5), s  # one subset alone: the same
 
 
-def test_gradients_equal_the_reference():
+@pytest.mark.parametrize("kw", CONFIGS)
+def test_gradients_equal_the_reference(kw):
+    """Every parameter's gradient: covers the shared first block (scores once per token
+    pair), fc2 after the pooling, and the later blocks' padded batches."""
     torch.manual_seed(0)
-    model = EverythingAtOnce(DIMS, token_dim=16, embed_dim=12, heads=4)
+    model = EverythingAtOnce(DIMS, token_dim=16, embed_dim=12, heads=4, **kw)
     inputs = _inputs(1)
     grads = []
     for fn in (lambda s: model.embed_subsets(inputs, SUBSETS)[s], lambda s: reference_embed(model, inputs, s)):
@@ -132,3 +141,19 @@ def test_reference_defaults_and_their_options():
     assert float(torch_init.transformer.blocks[0].attn.qkv.bias.detach().abs().max()) > 0
     with pytest.raises(ValueError, match="init"):
         EverythingAtOnce(DIMS, init="xavier")
+
+
+def test_pooling_before_fc2_is_pooling_after_it_and_dropout_stays_per_token():
+    """``Block.feed`` with a pool: fc2 on the pooled rows (no dropout), or, under dropout,
+    the per-token computation with the same random draws."""
+    torch.manual_seed(0)
+    blk = Block(16, 4, 24, dropout=0.3)
+    x, segment = torch.randn(11, 16), torch.tensor([0, 0, 1, 2, 2, 2, 3, 1, 0, 3, 3])
+    pool = lambda t: segment_mean(t, segment, 4)  # noqa: E731
+    blk.eval()
+    assert torch.allclose(blk.feed(x, pool), pool(blk.feed(x)), atol=1e-6)
+    blk.train()
+    torch.manual_seed(1)
+    pooled = blk.feed(x, pool)
+    torch.manual_seed(1)
+    assert torch.equal(pooled, pool(blk.feed(x)))
