@@ -9,7 +9,10 @@ in a temporary folder; where ../shared/media is absent (a GPU machine), generate
 
 ``--resnet50`` adds the issue-12 figure: a full-size ResNet-50 through the hub path
 (``resnet-50 --weights DIR``, random weights from its config, mmx.extract.random_weights),
-pipeline vs model-only. Where a packaged weights file is absent, EfficientNet-Lite0 runs
+pipeline vs model-only. Each pipeline figure is given twice: over the whole run, and after its
+first shard (worker start-up and the first batch's CUDA warm-up excluded, as they are from the
+model-only figure). For image backbones, what one decoding worker spends per item, resizing
+itself (the CPU path) or leaving the resize to the device (the CUDA path). Where a packaged weights file is absent, EfficientNet-Lite0 runs
 with random weights too (said in the output). ``--workers 0`` means one decoding worker per
 usable core but one.
 
@@ -55,12 +58,46 @@ def _model_only(backbone: str, items: list[dict], batch_size: int, device: str, 
 
 
 def _pipeline(man: Path, modality: str, cache: Path, batch_size: int, workers: int, device: str, options=None,
-              backbone=None, weights=None) -> float:
+              backbone=None, weights=None) -> tuple[float, float]:
+    """items/s of the whole run, and after its first shard (worker start-up and the first
+    batch's CUDA warm-up excluded, as the model-only figure excludes its warm-up)."""
     from mmx.extract.runner import extract
 
+    marks = []
     s = extract(str(man), modality, str(cache), "bench", backbone=backbone, options=options, weights=weights, device=device,
-                batch_size=batch_size, workers=workers, shard_size=max(batch_size * 4, 64))
-    return s["items"] / s["seconds"]
+                batch_size=batch_size, workers=workers, shard_size=max(batch_size * 4, 64),
+                on_shard=lambda k, summary: marks.append((time.perf_counter(), summary["items"])))
+    steady = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0]) if len(marks) > 1 else float("nan")
+    return s["items"] / s["seconds"], steady
+
+
+def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
+    """ms per item a decoding worker spends (local-file check, decode, pixels), three ways,
+    interleaved in one process: as before issue 12 item 3 (the fetch probe's reduced decode,
+    then the decode and the resize), the CPU path now (no probe: the decode is the probe), and
+    the CUDA path now (no probe, the resize left to the device)."""
+    import os
+
+    from mmx.extract.backbones import build_encoder
+    from mmx.extract.decode import DEFAULT_MAX_PIXELS
+    from mmx.extract.runner import LocalGate
+
+    enc = build_encoder(backbone, {}, weights)
+    root = (os.path.realpath(Path(items[0]["uri"]).parent),)
+    ways = {"before": (True, False), "cpu": (False, False), "cuda": (False, True)}
+    cost = {w: [] for w in ways}
+    for _ in range(3):
+        for way, (probe, on_device) in ways.items():
+            gate, enc.prep.on_device = LocalGate("image", root, DEFAULT_MAX_PIXELS, probe=probe), on_device
+            t = time.perf_counter()
+            for it in items:
+                assert gate.problem(it) is None
+                enc.prep.prepare(it)
+            cost[way].append((time.perf_counter() - t) / len(items) * 1e3)
+    best = {w: min(c) for w, c in cost.items()}
+    print(f"{backbone} worker ms/item: before {best['before']:.2f}, CPU path {best['cpu']:.2f} "
+          f"(x{best['before'] / best['cpu']:.2f} items per worker), CUDA path {best['cuda']:.2f} "
+          f"(x{best['before'] / best['cuda']:.2f})", flush=True)
 
 
 def _generated_media(tmp: Path, rng) -> list[dict]:
@@ -159,13 +196,17 @@ def main() -> None:
             items = [dict(id=r.id, uri=r.uri, text=r.text) for r in sub.itertuples()]
             # images (the target figure) are measured twice, interleaved, best of each: the
             # shared machine's load varies more between runs than the two paths differ
-            pipe = model = float("nan")
+            pipe = steady = model = float("nan")
             for rep in range(2 if modality == "image" else 1):
-                p = _pipeline(man, modality, tmp / f"cache-{backbone}-{rep}", args.batch_size, workers, device,
-                              backbone=backbone, weights=weights)
+                p, st = _pipeline(man, modality, tmp / f"cache-{backbone}-{rep}", args.batch_size, workers, device,
+                                  backbone=backbone, weights=weights)
                 m = _model_only(backbone, items, args.batch_size, device, weights=weights) if modality != "audio" else float("nan")
-                pipe, model = np.nanmax([pipe, p]), (np.nanmax([model, m]) if m == m else model)
-            print(f"{backbone:28s} {len(items):6d} {pipe:14.1f} {model:16.1f} {pipe / model:6.2f}", flush=True)
+                pipe, steady = np.nanmax([pipe, p]), np.nanmax([steady, st])
+                model = np.nanmax([model, m]) if m == m else model
+            print(f"{backbone:28s} {len(items):6d} {pipe:14.1f} {model:16.1f} {pipe / model:6.2f}   "
+                  f"after the first shard: {steady:.1f} items/s, x{steady / model:.2f}", flush=True)
+            if modality == "image":
+                _worker_cost(backbone, items[:64], weights)
     finally:
         stand_in.__exit__(None, None, None)
         shutil.rmtree(tmp, ignore_errors=True)

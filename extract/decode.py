@@ -38,15 +38,24 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DecodeError(RuntimeError):
-    """A media file that cannot be decoded into something a backbone can read."""
+    """A media file that cannot be decoded into something a backbone can read.
+
+    ``kind`` is ``mmx fetch``'s failure kind for the same problem (``undecodable``,
+    ``decompression_bomb``, ``not_found``), which the extraction runner puts first in the
+    item's error message.
+    """
+
+    def __init__(self, message: str, kind: str = "undecodable"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def _check_file(path: str | os.PathLike) -> Path:
     p = Path(path)
     if not p.exists():
-        raise DecodeError(f"file not found: {p}")
+        raise DecodeError(f"file not found: {p}", "not_found")
     if not p.is_file():
-        raise DecodeError(f"not a regular file: {p}")
+        raise DecodeError(f"not a regular file: {p}", "not_found")
     if p.stat().st_size == 0:
         raise DecodeError(f"empty file (0 bytes): {p}")
     return p
@@ -105,7 +114,8 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, dr
             im = Image.open(p)
             w, h = im.size
             if w * h > max_pixels:
-                raise DecodeError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?): {p}")
+                raise DecodeError(f"image of {w}x{h} pixels exceeds the limit of {max_pixels} (decompression bomb?): {p}",
+                                  "decompression_bomb")
             if draft and im.format == "JPEG":
                 im.draft("RGB", (draft, draft))
             im.load()
@@ -113,7 +123,9 @@ def load_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS, dr
             return _to_rgb(im)
     except DecodeError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DecodeError(f"cannot decode image {p}: {exc}", "decompression_bomb") from exc
+    except UnidentifiedImageError as exc:
         raise DecodeError(f"cannot decode image {p}: {exc}") from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated/corrupt data surfaces as these
         raise DecodeError(f"corrupt or truncated image {p}: {exc}") from exc

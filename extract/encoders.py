@@ -6,11 +6,20 @@ model runs in the main process (or a dask worker):
 * its ``prep`` (a light, picklable :class:`Preparer`) decodes one item into arrays
   (``prepare``) and stacks several into a batch (``collate``); it never holds a model;
 * the encoder itself holds the frozen model and turns a collated batch into one
-  ``(tokens (T_i, D), pooled (D,))`` pair per item (``forward``).
+  ``(tokens (T_i, D), pooled (D,))`` pair per item (``forward``). ``launch`` starts the
+  same work and returns a :class:`Pending` at once: on CUDA the runner launches the next
+  batch before it waits for this one's features, so the GPU never idles while the host
+  copies features back, files shards or waits on the decoders.
 
-Image and frame preparers hand over resized uint8 pixels; the model side normalises them
-on its device (a quarter of the bytes of float32 through the worker queues, which is what
-keeps decoding off the critical path: see benchmarks/RESULTS.md, issue 6).
+Image and frame preparers hand over uint8 pixels; the model side normalises them on its
+device (a quarter of the bytes of float32 through the worker queues, which is what keeps
+decoding off the critical path: see benchmarks/RESULTS.md, issue 6). Where the model runs
+on CUDA, the workers do not resize either (the bilinear resize cost them more than the JPEG
+decode, issue 12): an image at most twice the model's input size per side travels at its
+own size and is resized on the GPU with the same antialiased bilinear filter
+(``torch.nn.functional.interpolate(..., antialias=True)``, within one grey level of
+Pillow's); larger ones are still resized in the worker, so what crosses the worker queues
+stays bounded.
 
 Pooling rule, the same for every backbone: ``pooled`` is the mean of the item's tokens
 (one token for an image, so the two are equal; per-second tokens for audio and video as
@@ -64,8 +73,58 @@ def local_path(item: dict) -> str:
     return uri
 
 
+class Pending:
+    """A batch's outputs, possibly still being computed or copied back on the device.
+
+    ``result()`` waits (on a CUDA event, when there is one) and returns one
+    :data:`Output` per item.
+    """
+
+    def __init__(self, finish, value, event=None):
+        self._finish, self._value, self._event = finish, value, event
+
+    @classmethod
+    def done(cls, outputs: list) -> "Pending":
+        return cls(lambda v: v, outputs)
+
+    @classmethod
+    def to_host(cls, features, finish) -> "Pending":
+        """``finish(array)`` once ``features`` (a device tensor) has reached the host.
+
+        On CUDA the copy goes into pinned memory without blocking, and an event marks its end.
+        """
+        import torch
+
+        if features.device.type != "cuda":
+            return cls(lambda t: finish(t.numpy()), features)
+        host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+        host.copy_(features, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return cls(lambda t: finish(t.numpy()), host, event)
+
+    def result(self) -> list:
+        if self._event is not None:
+            self._event.synchronize()
+        return self._finish(self._value)
+
+
+def split_rows(flat: np.ndarray, counts: list[int]) -> list[Output]:
+    """Per item: its ``counts[i]`` rows as tokens, and their mean as the pooled vector."""
+    out, pos = [], 0
+    for c in counts:
+        tokens = flat[pos : pos + c]
+        pos += c
+        out.append((tokens, tokens.mean(0)))
+    return out
+
+
 class Encoder:
-    """A frozen backbone ready to extract. Built by :func:`mmx.extract.backbones.build_encoder`."""
+    """A frozen backbone ready to extract. Built by :func:`mmx.extract.backbones.build_encoder`.
+
+    Subclasses implement ``forward`` (synchronous), or ``launch`` and a ``forward`` that
+    waits for it.
+    """
 
     def __init__(self, info, options: dict):
         self.info = info
@@ -95,6 +154,7 @@ class Encoder:
         return {k: v for k, v in sorted(self.options.items()) if k != "weights"}
 
     channels_last = False  # conv backbones: NHWC on CUDA, where cuDNN's bf16 convolutions want it
+    resizes_on_device = False  # image/frame backbones whose preparer can leave resizing to the GPU
 
     def to(self, device: str) -> "Encoder":
         import torch
@@ -103,6 +163,8 @@ class Encoder:
         model = getattr(self, "model", None)
         if model is not None:
             model.to(device, memory_format=torch.channels_last if self._nhwc() else torch.contiguous_format)
+        if self.resizes_on_device:
+            self.prep.on_device = self.device.startswith("cuda")
         return self
 
     def _nhwc(self) -> bool:
@@ -113,6 +175,10 @@ class Encoder:
 
     def forward(self, batch: Any, batch_size: int) -> list[Output]:  # pragma: no cover
         raise NotImplementedError
+
+    def launch(self, batch: Any, batch_size: int) -> Pending:
+        """Start ``forward`` on ``batch``; this default runs it to the end."""
+        return Pending.done(self.forward(batch, batch_size))
 
 
 class RowEncoder(Encoder):
@@ -129,26 +195,47 @@ class RowEncoder(Encoder):
         std = torch.tensor(self.prep.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
         return (x.float() / 255.0 - mean) / std
 
-    def forward(self, batch: Any, batch_size: int) -> list[Output]:
+    def resize_pixels(self, rows: list):
+        """uint8 ``(T_i, 3, H_i, W_i)`` arrays of any sizes -> float ``(sum T_i, 3, S, S)`` on the device,
+        values 0-255, in order: rows of one size are moved and resized together."""
+        import torch
+        import torch.nn.functional as F
+
+        size = self.prep.size
+        out = torch.empty((sum(len(r) for r in rows), 3, size, size), dtype=torch.float32, device=self.device)
+        starts = np.cumsum([0] + [len(r) for r in rows])
+        by_shape: dict = {}
+        for i, r in enumerate(rows):
+            by_shape.setdefault(tuple(r.shape[-2:]), []).append(i)
+        for shape, members in by_shape.items():
+            x = torch.cat([torch.as_tensor(rows[i]) for i in members]).to(self.device, non_blocking=True).float()
+            if shape != (size, size):
+                x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+            where = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
+            out[torch.from_numpy(where).to(self.device)] = x
+        return out
+
+    def launch(self, batch: Any, batch_size: int) -> Pending:
         import torch
 
         rows, counts = batch
+        resized = isinstance(rows, list)  # pixels left at their own sizes by an on-device preparer
+        if resized:
+            rows = self.resize_pixels(rows)
         feats = []
         for s in range(0, len(rows), max(1, batch_size)):
             x = rows[s : s + batch_size].to(self.device, non_blocking=True)
-            if x.dtype == torch.uint8:  # pixels from an image/frame preparer: (..., 3, H, W)
+            if resized or x.dtype == torch.uint8:  # pixels: (..., 3, H, W)
                 x = self.normalise_pixels(x)
             if self._nhwc() and x.dim() == 4:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device):
-                feats.append(self.embed(x).float().cpu())
-        flat = torch.cat(feats).numpy() if feats else np.zeros((0, self.dim), np.float32)
-        out, pos = [], 0
-        for c in counts:
-            tokens = flat[pos : pos + c]
-            pos += c
-            out.append((tokens, tokens.mean(0)))
-        return out
+                feats.append(self.embed(x).float())
+        flat = torch.cat(feats) if feats else torch.zeros((0, self.dim))
+        return Pending.to_host(flat, lambda a: split_rows(a, counts))
+
+    def forward(self, batch: Any, batch_size: int) -> list[Output]:
+        return self.launch(batch, batch_size).result()
 
 
 def autocast(device: str):
@@ -163,12 +250,34 @@ def autocast(device: str):
 
 # -- image: EfficientNet-Lite0 from its PyPI package ------------------------------------
 class ImagePreparer(Preparer):
+    """``(1, 3, S, S)`` uint8 pixels of an image, normalised on the model side.
+
+    ``on_device`` (set by :meth:`Encoder.to` on CUDA): images at most twice ``S`` per side
+    keep their own size, for the model side to resize (:meth:`RowEncoder.resize_pixels`).
+    """
+
+    on_device = False
+
     def __init__(self, size: int, mean, std, max_pixels: int, draft: bool):
         self.size, self.mean, self.std, self.max_pixels, self.draft = size, tuple(mean), tuple(std), max_pixels, draft
 
     def prepare(self, item: dict) -> np.ndarray:
         im = decode.load_image(local_path(item), self.max_pixels, draft=self.size if self.draft else None)
-        return decode.image_to_uint8(im, self.size)[None]  # (1, 3, S, S) uint8; normalised on the model side
+        return self.pixels([im])
+
+    def pixels(self, images: list) -> np.ndarray:
+        """``(n, 3, H, W)`` uint8 of same-sized images: resized to ``S`` here unless the device will."""
+        w, h = images[0].size
+        if self.on_device and w <= 2 * self.size and h <= 2 * self.size:
+            return np.stack([np.asarray(im, dtype=np.uint8).transpose(2, 0, 1) for im in images])
+        return np.stack([decode.image_to_uint8(im, self.size) for im in images])
+
+    def collate(self, samples: list):
+        if self.on_device:  # sizes differ: the model side groups and resizes them
+            import torch
+
+            return [torch.from_numpy(np.ascontiguousarray(s)) for s in samples], [len(s) for s in samples]
+        return super().collate(samples)
 
 
 class FramesPreparer(ImagePreparer):
@@ -180,8 +289,7 @@ class FramesPreparer(ImagePreparer):
 
     def prepare(self, item: dict) -> np.ndarray:
         max_frames = max(1, int(self.max_seconds * self.fps)) if self.max_seconds else None
-        frames = decode.sample_video_frames(local_path(item), self.fps, max_frames)
-        return np.stack([decode.image_to_uint8(f, self.size) for f in frames])  # (F, 3, S, S) uint8
+        return self.pixels(decode.sample_video_frames(local_path(item), self.fps, max_frames))  # (F, 3, ., .) uint8
 
 
 def load_efficientnet_lite0():
@@ -203,6 +311,7 @@ class EfficientNetImage(RowEncoder):
     layer' reading of paper 000 section III-A."""
 
     channels_last = True
+    resizes_on_device = True
 
     def __init__(self, info, options):
         super().__init__(info, options)
@@ -291,24 +400,28 @@ class TransformerText(Encoder):
     def token_rate(self) -> str:
         return "1 per word piece"
 
-    def forward(self, batch, batch_size: int) -> list[Output]:
+    def launch(self, batch, batch_size: int) -> Pending:
         import torch
 
         keep = batch["attention_mask"].bool() & ~batch["special_tokens_mask"].bool()
         batch = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
         hidden = []
-        n = len(keep)
-        for s in range(0, n, max(1, batch_size)):
+        for s in range(0, len(keep), max(1, batch_size)):
             part = {k: v[s : s + batch_size].to(self.device, non_blocking=True) for k, v in batch.items()}
             with autocast(self.device):
-                hidden.append(self.model(**part).last_hidden_state.float().cpu())
-        h = torch.cat(hidden).numpy()
+                hidden.append(self.model(**part).last_hidden_state.float())
+        return Pending.to_host(torch.cat(hidden), lambda h: self._word_pieces(h, keep.numpy()))
+
+    def _word_pieces(self, h: np.ndarray, keep: np.ndarray) -> list[Output]:
         out = []
-        for i in range(n):
-            tokens = h[i][keep[i].numpy()]
+        for i in range(len(keep)):
+            tokens = h[i][keep[i]]
             pooled = tokens.mean(0) if len(tokens) else np.zeros(self.dim, np.float32)
             out.append((tokens, pooled))
         return out
+
+    def forward(self, batch, batch_size: int) -> list[Output]:
+        return self.launch(batch, batch_size).result()
 
 
 class MiniLMText(TransformerText):

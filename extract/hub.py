@@ -102,6 +102,7 @@ class HubImage(_HubImageBase):
     """An image backbone whose ``pooler_output`` is the pooled feature (ResNet: 2048-d)."""
 
     channels_last = True  # ResNet and the other image towers of transformers are convolutional
+    resizes_on_device = True
 
     def __init__(self, info, options):
         super().__init__(info, options)

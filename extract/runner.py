@@ -8,7 +8,8 @@ after a restart, or as a dask task: the result is identical in all three cases.
 
 Decoding and preprocessing run in ``workers`` DataLoader processes that stay ahead of the
 model (they also prefetch across shard boundaries); the main process only batches
-through the model under ``torch.inference_mode`` (and autocast + pinned memory on CUDA).
+through the model under ``torch.inference_mode`` (and autocast + pinned memory on CUDA),
+launching each batch before it waits for the previous one's features (:meth:`Encoder.launch`).
 Each shard is written whole as soon as its last batch is done, by one writer thread, so
 compressing and writing a shard overlaps the next batches instead of stalling the model;
 at most :data:`WRITES_IN_FLIGHT` shards wait for it (memory stays bounded). A shard is
@@ -90,11 +91,19 @@ class LocalGate:
     """``mmx fetch``'s check of a local file (:func:`~mmx.extract.fetch.validate.admit_local`),
     run on each item in the decoding worker before it is decoded: a file outside ``roots``
     (symlinks resolved) or one the probe refuses (a truncated WAV or MP4, a decompression
-    bomb, the wrong format) fails with fetch's failure kind in its message."""
+    bomb, the wrong format) fails with fetch's failure kind in its message.
+
+    ``probe=False`` keeps the root and magic-byte checks and leaves the decode probe to the
+    decode that follows, where that decode is the stronger check of the two: an image is
+    refused by pixel count before its pixels are decoded, and a full decode reads every byte,
+    under the same failure kinds (:class:`~mmx.extract.decode.DecodeError`). Probing first
+    cost a decoding worker a third of its time per JPEG (benchmarks/RESULTS.md, issue 12).
+    """
 
     modality: str
     roots: tuple[str, ...]  # real paths
     max_pixels: int
+    probe: bool = True
 
     def problem(self, item: dict) -> str | None:
         from pathlib import Path
@@ -105,7 +114,8 @@ class LocalGate:
         uri = item.get("uri") or ""
         if not uri or (is_url(uri) and not uri.lower().startswith("file://")):
             return None  # inline text; a URL fails in the preparer with its own hint
-        _, verdict = admit_local(uri, uri, self.modality, [Path(r) for r in self.roots], max_pixels=self.max_pixels)
+        _, verdict = admit_local(uri, uri, self.modality, [Path(r) for r in self.roots], max_pixels=self.max_pixels,
+                                 with_probe=self.probe)
         return None if verdict.kind is None else f"{verdict.kind}: {verdict.message}"
 
 
@@ -127,7 +137,10 @@ class _Items:
 
 
 def _message(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:500]
+    from mmx.extract.decode import DecodeError
+
+    kind = exc.kind if isinstance(exc, DecodeError) else type(exc).__name__
+    return f"{kind}: {exc}"[:500]
 
 
 class _Collate:
@@ -195,25 +208,42 @@ def extract_shards(
             on_shard(k, summary)
 
     writer = _Writer(WRITES_IN_FLIGHT, written)
+
+    def finish(batch: dict, pending) -> None:
+        """Collect a launched batch's outputs (or failures) and hand finished shards to the writer."""
+        for j, msg in batch["failures"].items():
+            results[j] = Failure(msg)
+        if batch["ok"]:
+            try:
+                if isinstance(pending, Exception):
+                    raise pending
+                for j, out in zip(batch["ok"], pending.result()):
+                    results[j] = out
+            except Exception as exc:  # e.g. an input the model cannot take
+                for j in batch["ok"]:
+                    results[j] = Failure(f"model: {_message(exc)}")
+        if on_items:
+            on_items(len(batch["index"]))
+        for k in {owner[j] for j in batch["index"]}:
+            remaining[k] -= sum(1 for j in batch["index"] if owner[j] == k)
+            if remaining[k] == 0:
+                n = len(shard_items[k])
+                writer.submit(k, _write_shard, store, k, [results.pop(first[k] + i) for i in range(n)], shard_items[k], encoder.dim)
+
+    # One batch in flight: batch i+1 is launched on the device before batch i's features are
+    # waited for, so the GPU computes while the host collects, writes and decodes.
     with torch.inference_mode(), contextlib.closing(writer):
+        in_flight = None
         for batch in loader:
-            for j, msg in batch["failures"].items():
-                results[j] = Failure(msg)
-            if batch["ok"]:
-                try:
-                    outs = encoder.forward(batch["inputs"], batch_size)
-                    for j, out in zip(batch["ok"], outs):
-                        results[j] = out
-                except Exception as exc:  # e.g. an input the model cannot take
-                    for j in batch["ok"]:
-                        results[j] = Failure(f"model: {_message(exc)}")
-            if on_items:
-                on_items(len(batch["index"]))
-            for k in {owner[j] for j in batch["index"]}:
-                remaining[k] -= sum(1 for j in batch["index"] if owner[j] == k)
-                if remaining[k] == 0:
-                    n = len(shard_items[k])
-                    writer.submit(k, _write_shard, store, k, [results.pop(first[k] + i) for i in range(n)], shard_items[k], encoder.dim)
+            try:
+                pending = encoder.launch(batch["inputs"], batch_size) if batch["ok"] else None
+            except Exception as exc:
+                pending = exc
+            if in_flight is not None:
+                finish(*in_flight)
+            in_flight = (batch, pending)
+        if in_flight is not None:
+            finish(*in_flight)
     return summaries
 
 
@@ -377,7 +407,8 @@ def extract(
     from mmx.extract.decode import DEFAULT_MAX_PIXELS
 
     roots = tuple(os.path.realpath(r) for r in (allowed_roots or (str(Path(manifest_path).parent),)))
-    gate = LocalGate(modality.value, roots, int((options or {}).get("max_pixels", DEFAULT_MAX_PIXELS)))
+    gate = LocalGate(modality.value, roots, int((options or {}).get("max_pixels", DEFAULT_MAX_PIXELS)),
+                     probe=modality is not Modality.IMAGE)  # an image's decode is its probe
     options = plan_options(backbone, items, options, gate)
     asked_device = device
     # on dask the workers pick their own device; the client only needs the metadata

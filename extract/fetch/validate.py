@@ -148,21 +148,23 @@ def local_source(uri: str, resolved: str, roots: list[Path]) -> tuple[Path | Non
     return real, "", ""
 
 
-def admit_local(uri: str, resolved: str, modality: str, roots: list[Path], *, max_pixels: int) -> tuple[Path | None, Verdict]:
+def admit_local(uri: str, resolved: str, modality: str, roots: list[Path], *, max_pixels: int,
+                with_probe: bool = True) -> tuple[Path | None, Verdict]:
     """The one gate a local file passes before mmx uses it: allowed root, then :func:`check_file`.
 
     Returns the real path (None when refused) and the verdict; used by ``mmx fetch`` before it
     links a local file and by ``mmx extract`` before it decodes one. ``roots`` are real paths.
+    ``with_probe=False``: magic bytes only, for a caller whose own decode follows at once.
     """
     real, kind, why = local_source(uri, resolved, roots)
     if real is None:
         return None, Verdict(kind, why)
-    verdict = check_file(str(real), modality, max_pixels=max_pixels)
+    verdict = check_file(str(real), modality, max_pixels=max_pixels, with_probe=with_probe)
     return (real if verdict.kind is None else None), verdict
 
 
-def check_file(path: str, modality: str, *, max_pixels: int) -> Verdict:
-    """Magic bytes and decode probe of a complete file (run in a worker thread)."""
+def check_file(path: str, modality: str, *, max_pixels: int, with_probe: bool = True) -> Verdict:
+    """Magic bytes and (``with_probe``) the decode probe of a complete file (run in a worker thread)."""
     with open(path, "rb") as fh:
         head = fh.read(64)
     if modality == "text":
@@ -173,7 +175,7 @@ def check_file(path: str, modality: str, *, max_pixels: int) -> Verdict:
     ext, modalities = FORMATS[fmt]
     if modality not in modalities:
         return Verdict("wrong_type", f"{fmt} content where {modality} was expected", fmt, ext)
-    problem = probe(path, modality, fmt, max_pixels=max_pixels)
+    problem = probe(path, modality, fmt, max_pixels=max_pixels) if with_probe else None
     if problem:
         return Verdict(problem[0], problem[1], fmt, ext)
     return Verdict(None, "", fmt, ext)

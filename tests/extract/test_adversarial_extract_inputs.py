@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 from click.testing import CliRunner
 
 from mmx.cache.store import STATUS_FAILED, STATUS_OK, list_stores
@@ -45,6 +46,12 @@ def write_mp4(path, seconds=3, fps=10, faststart=True):
     return path
 
 
+def write_jpeg(path):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).save(path, quality=90)
+    return path
+
+
 def cut(path, fraction, out):
     data = path.read_bytes()
     out.write_bytes(data[: int(len(data) * fraction)])
@@ -75,22 +82,30 @@ def dataset(tmp_path):
     os.symlink(outside / "secret.wav", ds / "link.wav")
     good_mp4 = write_mp4(ds / "good.mp4")
     cut(good_mp4, 0.6, ds / "cut.mp4")
+    write_jpeg(ds / "good.jpg")
+    cut(ds / "good.jpg", 0.6, ds / "cut.jpg")
+    Image.new("1", (10_000, 9_000)).save(ds / "bomb.png")  # 90 Mpixels > Pillow's 89.5 M, a few kB on disk
     rows = [dict(id=i, modality=m, uri=u, label="x") for i, m, u in [
         ("good_wav", "audio", "good.wav"), ("third_wav", "audio", "third.wav"), ("link_wav", "audio", "link.wav"),
         ("abs_secret", "audio", str(outside / "secret.wav")),
-        ("good_mp4", "video", "good.mp4"), ("cut_mp4", "video", "cut.mp4")]]
+        ("good_mp4", "video", "good.mp4"), ("cut_mp4", "video", "cut.mp4"),
+        ("good_jpg", "image", "good.jpg"), ("cut_jpg", "image", "cut.jpg"), ("bomb_png", "image", "bomb.png")]]
     pd.DataFrame(rows).to_csv(ds / "manifest.csv", index=False)
     return ds
 
 
 EXPECTED = {"good_wav": None, "third_wav": "undecodable", "link_wav": "forbidden_path", "abs_secret": "forbidden_path",
-            "good_mp4": None, "cut_mp4": "undecodable"}
+            "good_mp4": None, "cut_mp4": "undecodable", "good_jpg": None, "cut_jpg": "undecodable",
+            "bomb_png": "decompression_bomb"}
 
 
 def test_extract_refuses_what_fetch_refuses(dataset, tmp_path):
-    """Truncated WAV/MP4 and a symlink out of the dataset were 'ok' in extract (with partial or foreign features)."""
+    """Truncated WAV/MP4 and a symlink out of the dataset were 'ok' in extract (with partial or foreign features).
+
+    Images are not probed before their decode in extract (the decode is the probe): a cut JPEG
+    and a pixel bomb still fail under fetch's kinds."""
     statuses, errors = {}, {}
-    for modality in ("audio", "video"):
+    for modality in ("audio", "video", "image"):
         s, e = extract_statuses(dataset / "manifest.csv", modality, tmp_path / "cache")
         statuses.update(s)
         errors.update(e)
@@ -245,3 +260,17 @@ def test_blockwise_frame_features_equal_the_whole_clip(monkeypatch, kind):
     blocks = classic.signal_tokens(y, p)
     monkeypatch.setattr(classic, "FRAME_BLOCK", 10**9)
     np.testing.assert_allclose(blocks, classic.signal_tokens(y, p), rtol=1e-5, atol=1e-4)
+
+
+def test_an_image_is_decoded_once_in_extract_not_probed_first(dataset, tmp_path, monkeypatch):
+    """The probe's reduced decode before the real one cost a worker a third of its time per JPEG;
+    other modalities keep it (their decoders accept cut files that the probe refuses)."""
+    from mmx.extract.fetch import validate
+
+    probed = []
+    real_probe = validate.probe
+    monkeypatch.setattr(validate, "probe", lambda path, modality, *a, **k: probed.append(modality) or real_probe(path, modality, *a, **k))
+    extract_statuses(dataset / "manifest.csv", "image", tmp_path / "cache")
+    assert probed == []
+    extract_statuses(dataset / "manifest.csv", "audio", tmp_path / "cache")
+    assert probed and set(probed) == {"audio"}
