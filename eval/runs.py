@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from mmx.cache.atomic import atomic_write_bytes
+from mmx.cache.atomic import atomic_path, atomic_write_bytes
 from mmx.cache.names import check_name
 
 EMBEDDINGS = "embeddings"
@@ -92,15 +92,14 @@ def save_embeddings(run: Path, split: str, name: str, emb, labels, groups, ids) 
     out = Path(run) / EMBEDDINGS / split
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}.npz"
-    tmp = out / f".{name}.tmp.npz"
-    np.savez(
-        tmp,
-        emb=emb,
-        label=np.asarray([str(x) for x in labels], dtype=str),
-        group=np.asarray([str(x) for x in groups], dtype=str),
-        id=np.asarray([str(x) for x in ids], dtype=str),
-    )
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(
+            tmp,
+            emb=emb,
+            label=np.asarray([str(x) for x in labels], dtype=str),
+            group=np.asarray([str(x) for x in groups], dtype=str),
+            id=np.asarray([str(x) for x in ids], dtype=str),
+        )
     return path
 
 

@@ -167,16 +167,16 @@ def read_manifest(path: str | os.PathLike) -> Manifest:
 
 def write_manifest(frame: "pd.DataFrame", path: str | os.PathLike) -> Path:
     """Write a manifest atomically in the format its suffix names."""
+    from mmx.cache.atomic import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        frame.to_csv(tmp, index=False)
-    elif suffix in (".jsonl", ".ndjson"):
-        frame.to_json(tmp, orient="records", lines=True, force_ascii=False)
-    elif suffix in (".parquet", ".pq"):
-        frame.to_parquet(tmp, index=False)
-    else:
+    writers = {".csv": lambda t: frame.to_csv(t, index=False),
+               ".jsonl": lambda t: frame.to_json(t, orient="records", lines=True, force_ascii=False),
+               ".parquet": lambda t: frame.to_parquet(t, index=False)}
+    writers[".ndjson"], writers[".pq"] = writers[".jsonl"], writers[".parquet"]
+    if suffix not in writers:
         raise ValueError(f"unknown manifest format {suffix!r}; use .csv, .jsonl or .parquet")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        writers[suffix](tmp)
     return path

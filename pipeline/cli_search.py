@@ -74,9 +74,10 @@ def embed_cmd(run, inputs, texts, manifest, output, as_json, device):
         raise click.UsageError("nothing to embed: give files, --text or --manifest")
     out = embed_all(open_space(run, device), queries)
     if output:
-        tmp = Path(output).with_name(f".{Path(output).stem}.tmp.npz")
-        np.savez(tmp, **out)
-        tmp.replace(output)
+        from mmx.cache.atomic import atomic_path
+
+        with atomic_path(output) as tmp:
+            np.savez(tmp, **out)
         click.echo(f"wrote {output}: {len(out['id'])} embeddings of {out['emb'].shape[1]} dimensions", err=as_json)
     if as_json or not output:
         for i in range(len(out["id"])):

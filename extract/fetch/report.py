@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 
+from mmx.cache.atomic import atomic_write_bytes
 from mmx.extract.fetch.status import FAILURE_KINDS, OK
 
 _PLURAL = {"image": "images", "video": "videos", "audio": "audio files", "text": "texts"}
@@ -115,8 +116,6 @@ def write_report(report: dict, folder: str | os.PathLike) -> tuple[Path, Path]:
     paths = []
     for name, text in (("report.json", json.dumps(report, indent=2, ensure_ascii=False)),
                        ("report.md", render_markdown(report))):
-        tmp = folder / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, folder / name)
+        atomic_write_bytes(folder / name, text.encode("utf-8"))
         paths.append(folder / name)
     return paths[0], paths[1]

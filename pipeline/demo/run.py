@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from mmx.cache.atomic import atomic_path
+
 DATA = Path(__file__).parent / "data"
 DATASET = "digits"
 MODALITIES = ("text", "image", "audio", "video")
@@ -115,12 +117,10 @@ def write_url_manifest(base_url: str, path: Path, per_class: int | None = None) 
     rows += [{"id": i, "modality": m, "uri": base_url + p, "text": "", "label": label, "split": "train"}
              for i, (p, m, label, _) in BROKEN.items()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    tmp.replace(path)
     return len(rows)
 
 
@@ -192,7 +192,7 @@ def train_stage(layout: Layout, quick: bool, seed: int, log: Callable[[str], Non
 
 def eval_stage(runs: dict[str, Path], layout: Layout, log: Callable[[str], None]) -> dict:
     """Evaluate each run (reports + heatmaps + projections) and compare them on test."""
-    from mmx.eval.compare import compare_results, comparison_markdown, write_comparison
+    from mmx.eval.compare import compare_results, write_comparison
     from mmx.eval.evaluate import evaluate_run
     from mmx.eval.tables import write_reports
     from mmx.pipeline.cli_eval import write_plots
