@@ -10,6 +10,8 @@ stored beyond the tolerance a device change already has:
 * one batch in flight: the runner launches batch i+1 before it waits for batch i's features.
 """
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -171,3 +173,27 @@ def test_a_batch_that_fails_when_awaited_fails_only_its_items(tmp_path, monkeypa
     assert s["failed"] == 8 and list(status[8:16]) == [STATUS_FAILED] * 8
     assert (np.delete(status, range(8, 16)) == STATUS_OK).all()
     assert all(msg.startswith("model: RuntimeError: CUDA error") for msg in s["errors"].values())
+
+
+def test_a_whole_extraction_on_the_device_equals_the_cpu_within_tolerance(tmp_path, tiny_resnet, images, device):
+    """The path a user takes (``extract`` with workers): on CUDA, pixels resized on the GPU,
+    batches launched ahead and copied back through pinned memory; items of mixed sizes and a
+    corrupt file among them. The tolerance is test_extract_devices.py's for bf16."""
+    from mmx.cache.store import open_store
+    from mmx.extract.runner import extract
+
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    rows = [dict(id=it["id"], modality="image", uri=it["uri"]) for it in images]
+    rows.insert(3, dict(id="broken", modality="image", uri=str(tmp_path / "broken.png")))
+    pd.DataFrame(rows).to_csv(tmp_path / "m.csv", index=False)
+    roots = (str(tmp_path), str(Path(images[0]["uri"]).parent))
+    out = {}
+    for n, dev in enumerate(("cpu", device)):
+        s = extract(str(tmp_path / "m.csv"), "image", str(tmp_path / f"cache-{n}"), "d", backbone="resnet-50",
+                    weights=str(tiny_resnet), device=dev, workers=1, batch_size=3, shard_size=4, allowed_roots=roots)
+        assert s["failed"] == 1 and list(s["errors"]) == ["broken"] and s["ok"] == len(images)
+        out[n] = open_store(s["store"]).load()
+    assert list(out[0].ids) == list(out[1].ids)
+    ref, got = out[0].pooled.numpy(), out[1].pooled.numpy()
+    err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
+    assert err.max() <= (1e-5 if device == "cpu" else 0.06), err
