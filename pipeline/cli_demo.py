@@ -9,9 +9,11 @@ import click
 @click.option("--out", default="mmx-demo", show_default=True, type=click.Path(file_okay=False),
               help="Folder for the demo's fetched media, cache, runs and comparison.")
 @click.option("--quick", is_flag=True, help="Few epochs per run (for tests); every stage still runs.")
+@click.option("--per-class", type=click.IntRange(min=1), metavar="N",
+              help="Only the first N items of each modality, split and class (a quick look; tests). Default: all.")
 @click.option("--seed", default=0, show_default=True, type=int)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def demo_cmd(out, quick, seed, progress):
+def demo_cmd(out, quick, per_class, seed, progress):
     """Fetch, extract, train (paper 000's three settings, EAO, CVS), evaluate and compare on real media.
 
     \b
@@ -27,7 +29,7 @@ def demo_cmd(out, quick, seed, progress):
         # training's warnings (feature scale, small val split) as one indented line each,
         # not with the demo's source line under them
         warnings.showwarning = lambda message, category, *_: click.echo(f"    {category.__name__}: {message}")
-        run_demo(out, quick=quick, seed=seed, log=click.echo, progress=progress)
+        run_demo(out, quick=quick, seed=seed, log=click.echo, progress=progress, per_class=per_class)
 
 
 COMMANDS = [demo_cmd]

@@ -1,22 +1,35 @@
-"""``mmx demo`` end to end on a sliver of the embedded dataset: every stage runs for real."""
+"""``mmx demo`` end to end on a sliver of the embedded dataset: every stage runs for real.
+
+The demo is the README's first command, run once per session by the ``readme_demo`` fixture
+(tests/pipeline/conftest.py: ``mmx demo --quick --per-class 1``, 1 item of each modality, split
+and digit) in the user's folder that test_readme_commands.py goes on in; these tests run there too.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
 from mmx.pipeline.demo.run import RUNS, run_demo
 from mmx.pipeline.demo.serve import BROKEN
 
+PER_CLASS = 1  # readme_steps.DEMO's --per-class
+
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    lines: list[str] = []
-    result = run_demo(out, quick=True, per_class=2, progress=False, log=lines.append)
-    return out, result, "\n".join(lines)
+def demo(readme_demo):
+    root, outcome, result = readme_demo
+    assert outcome.exit_code == 0 and not outcome.error, outcome.output + outcome.error
+    return Path("mmx-demo"), result, outcome.output
+
+
+@pytest.fixture(autouse=True)
+def _in_the_users_folder(readme_demo, monkeypatch):
+    """The demo ran with the default --out (mmx-demo, relative), as a user types it."""
+    monkeypatch.chdir(readme_demo[0])
 
 
 def test_fetch_reports_the_rotten_links(demo):
@@ -33,7 +46,7 @@ def test_fetch_reports_the_rotten_links(demo):
 
 def test_every_modality_is_extracted_and_every_run_trained_and_evaluated(demo):
     out, result, text = demo
-    assert {m: s["ok"] for m, s in result["extract"].items()} == {m: 60 for m in ("text", "image", "audio", "video")}  # 2 per digit and split
+    assert {m: s["ok"] for m, s in result["extract"].items()} == {m: 30 * PER_CLASS for m in ("text", "image", "audio", "video")}  # per digit and split
     assert list(result["runs"]) == [r.name for r in RUNS]
     for name, run in result["runs"].items():
         assert (run / "metrics.json").is_file() and (run / "eval/eval-class.json").is_file(), name
@@ -54,7 +67,7 @@ def test_the_table_has_real_rows_for_every_run(demo):
 def test_a_rerun_reuses_everything(demo):
     out, result, _ = demo
     lines: list[str] = []
-    again = run_demo(out, quick=True, per_class=2, progress=False, log=lines.append)
+    again = run_demo(out, quick=True, per_class=PER_CLASS, progress=False, log=lines.append)
     text = "\n".join(lines)
     assert again["fetch"].fetched == 0 and "reused" in text
     assert all(s["written"] == 0 and s["skipped"] > 0 for s in again["extract"].values())
@@ -108,22 +121,3 @@ def test_search_finds_the_item_itself_first(demo):
         hits = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
         assert len(hits) == 3 and hits[0]["id"] == row["id"] and hits[0]["score"] > 0.999, hits
         assert hits[0]["location"].endswith(row["uri"].split("/")[-1]) and hits[0]["label"] == row["label"]
-
-
-def test_embed_writes_a_gallery_that_search_ranks(demo, tmp_path):
-    import numpy as np
-    from click.testing import CliRunner
-
-    from mmx.pipeline.cli import main
-
-    out, result, _ = demo
-    run = result["runs"]["round-robin"]
-    res = CliRunner().invoke(main, ["embed", str(run), "--manifest", str(out / "data/manifest.fetched.csv"),
-                                    "-o", str(tmp_path / "g.npz")])
-    assert res.exit_code == 0, res.output
-    with np.load(tmp_path / "g.npz") as z:
-        assert len(z["id"]) == 240 and z["emb"].shape == (240, 256) and set(z["modality"]) == {"text", "image", "audio", "video"}
-    res = CliRunner().invoke(main, ["search", str(run), "--text", "sieben", "--gallery", str(tmp_path / "g.npz"),
-                                    "--target", "image", "--k", "2"])
-    assert res.exit_code == 0, res.output
-    assert res.output.count("  image  ") == 2

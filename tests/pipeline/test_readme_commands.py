@@ -1,44 +1,79 @@
-"""Every ``mmx`` command in the README is one the CLI accepts (issue 15 done-when).
+"""Every command of the README runs, in a user's order, offline, in one folder (issue 15 done-when).
 
-The README's shell blocks are read as a user would copy them (comments dropped, ``\\``
-continuations joined); each ``mmx`` line goes through the command's own parser, so an option
-or choice the README names but the CLI lacks fails here. The own-data path they describe
-(fetch -> extract -> train -> eval) is run for real by test_own_data_walkthrough.py; running
-every line here would need the network (fetch, hub backbones), a dask cluster or a GPU.
+The table (README line -> placeholder values, smaller settings, expected output) is
+``STEPS`` in readme_steps.py, with ``SKIPPED`` (reason each) and ``NOT_MMX``; a README line
+in none of them fails here, and so does an entry that matches no README line.
 """
 
+import contextlib
 import re
 import shlex
-from pathlib import Path
 
 import click
 import pytest
+from readme_steps import (DEMO, NOT_MMX, README, SKIPPED, STEPS, Workspace, readme_lines, run_step, serve_media,
+                          users_folder, write_lists)
 
 from mmx.pipeline.cli import main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+
+@pytest.fixture(scope="module")
+def outcomes(readme_demo) -> dict:
+    """Every step, in order, in one folder (the demo's, run first); a failed step does not stop the rest."""
+    root, demo, _ = readme_demo
+    done = {DEMO.line: demo}
+    with users_folder(root), contextlib.ExitStack() as stack:
+        server = stack.enter_context(serve_media())
+        write_lists(server.url)
+        w = Workspace(root, stack)
+        for step in STEPS[1:]:
+            server.healed |= step.heals
+            done[step.line] = run_step(step, w)
+    return done
 
 
-def readme_commands() -> list[str]:
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    commands = []
-    for block in blocks:
-        joined = re.sub(r"\\\n\s*", " ", block)
-        for line in joined.splitlines():
-            line = re.sub(r"\s+#.*$", "", line).strip()
-            for part in re.split(r"\s*&&\s*", line):
-                if part.startswith("mmx "):
-                    commands.append(part)
-    return commands
+def test_every_readme_line_is_covered():
+    lines = readme_lines()
+    steps = [s.line for s in STEPS]
+    assert len(steps) == len(set(steps)), "a README line is listed twice in STEPS"
+    covered = set(steps) | set(SKIPPED) | set(NOT_MMX)
+    missing = [line for line in lines if line not in covered]
+    assert not missing, f"README lines that no test runs (add them to STEPS, or SKIPPED with a reason): {missing}"
+    stale = sorted(covered - set(lines))
+    assert not stale, f"entries that match no README line any more: {stale}"
+    assert len(SKIPPED) <= 2 and all(line.startswith("mmx ") for line in [*SKIPPED, *steps])
+    assert not any(line.startswith("mmx ") for line in NOT_MMX)
+
+
+def test_no_mmx_command_hides_in_an_untagged_block():
+    untagged = re.findall(r"^\s*```\n(.*?)```", README.read_text(), flags=re.S | re.M)
+    hidden = [line for block in untagged for line in block.splitlines() if line.strip().startswith("mmx ")]
+    assert not hidden, f"mmx commands in a block without 'bash' (not run by this test): {hidden}"
+
+
+def test_each_substitution_names_a_word_of_its_line():
+    """A placeholder that left its README line (renamed, removed) fails instead of silently not applying."""
+    stale = [(step.line, old) for step in STEPS for old in step.subs if old not in step.line]
+    assert not stale, stale
 
 
 def test_the_readme_has_the_commands_of_the_whole_path():
-    names = {shlex.split(c)[1] for c in readme_commands()}
-    assert {"fetch", "extract", "train", "eval", "compare", "cache", "demo"} <= names
+    names = {shlex.split(s.line)[1] for s in STEPS}
+    assert {"demo", "fetch", "extract", "cache", "train", "eval", "compare", "embed", "search"} <= names
 
 
-@pytest.mark.parametrize("line", readme_commands())
+@pytest.mark.parametrize("step", STEPS, ids=lambda s: s.line)
+def test_readme_command_runs(step, outcomes):
+    got = outcomes[step.line]
+    shown = f"README: {step.line}\nran: mmx {shlex.join(got.argv)}\n{got.output[-3000:]}\n{got.error}"
+    assert not got.error and got.exit_code == 0, shown
+    for text in step.expect:
+        assert text in got.output, f"{text!r} not in the output\n{shown}"
+
+
+@pytest.mark.parametrize("line", [line for line in readme_lines() if line.startswith("mmx ")])
 def test_each_readme_command_parses(line):
+    """The parser alone, for every line (SKIPPED ones included): options and choices the CLI knows."""
     args = shlex.split(line)[1:]
     ctx = main.make_context("mmx", list(args), resilient_parsing=True)
     name, cmd, rest = main.resolve_command(ctx, ctx.protected_args + ctx.args)
