@@ -11,7 +11,7 @@ import shlex
 
 import click
 import pytest
-from readme_steps import (DEMO, NOT_MMX, README, SKIPPED, STEPS, Workspace, readme_lines, run_step, serve_media,
+from readme_steps import (DEMO, NOT_MMX, README, SKIPPED, STEPS, Step, Workspace, readme_lines, run_step, serve_media,
                           users_folder, write_lists)
 
 from mmx.pipeline.cli import main
@@ -32,17 +32,39 @@ def outcomes(readme_demo) -> dict:
     return done
 
 
-def test_every_readme_line_is_covered():
-    lines = readme_lines()
+def coverage_problems(lines: list[str]) -> list[str]:
+    """What is wrong between the README's lines and the tables: a line in none, an entry matching no line."""
     steps = [s.line for s in STEPS]
-    assert len(steps) == len(set(steps)), "a README line is listed twice in STEPS"
     covered = set(steps) | set(SKIPPED) | set(NOT_MMX)
-    missing = [line for line in lines if line not in covered]
-    assert not missing, f"README lines that no test runs (add them to STEPS, or SKIPPED with a reason): {missing}"
-    stale = sorted(covered - set(lines))
-    assert not stale, f"entries that match no README line any more: {stale}"
-    assert len(SKIPPED) <= 2 and all(line.startswith("mmx ") for line in [*SKIPPED, *steps])
+    problems = [f"listed twice in STEPS: {line}" for line in set(steps) if steps.count(line) > 1]
+    problems += [f"no test runs this README line (add it to STEPS, or SKIPPED with a reason): {line}"
+                 for line in lines if line not in covered]
+    problems += [f"matches no README line any more: {line}" for line in sorted(covered - set(lines))]
+    return problems
+
+
+def test_every_readme_line_is_covered():
+    assert not coverage_problems(readme_lines())
+    assert len(SKIPPED) <= 2 and all(line.startswith("mmx ") for line in [*SKIPPED, *(s.line for s in STEPS)])
     assert not any(line.startswith("mmx ") for line in NOT_MMX)
+
+
+def test_a_new_or_removed_readme_line_is_caught():
+    lines = readme_lines()
+    assert coverage_problems(lines + ["mmx train --dataset new"]) == [
+        "no test runs this README line (add it to STEPS, or SKIPPED with a reason): mmx train --dataset new"]
+    assert coverage_problems([line for line in lines if line != "mmx eval RUN"]) == [
+        "matches no README line any more: mmx eval RUN"]
+
+
+def test_a_failing_command_is_recorded_as_failed(tmp_path):
+    """A nonzero exit and a traceback both reach test_readme_command_runs (which asserts neither happened)."""
+    w = Workspace(tmp_path)
+    with users_folder(tmp_path):
+        refused = run_step(Step("mmx cache info STORE", {"STORE": "absent.zarr"}), w)
+        broken = run_step(Step("mmx eval RUN", {"RUN": "{w.runs[never-trained]}"}), w)
+    assert refused.exit_code != 0 and "absent.zarr" in refused.output
+    assert broken.exit_code == -1 and "KeyError: 'never-trained'" in broken.error
 
 
 def test_no_mmx_command_hides_in_an_untagged_block():
