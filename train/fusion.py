@@ -97,7 +97,8 @@ class Layout:
     tokens of one sequence keep their packed order. Queries, keys and values are gathered
     straight from the rows that hold them into the ``(N, H, L, d/H)`` layout attention wants
     (one gather; a padded slot reads token ``first`` and is masked by a ``-inf`` bias, so it
-    adds nothing, not even a gradient), and the output is gathered back to packed rows.
+    adds nothing, not even a gradient), and the output is gathered back to packed rows. Keys
+    lie along dim -2 of the probabilities, as in :class:`SharedKeys`.
     """
 
     def __init__(self, seq: torch.Tensor, n_seq: int, heads: int, first: int):
@@ -112,7 +113,7 @@ class Layout:
         self.token[where] = first + torch.arange(len(seq), device=seq.device)  # packed token in each slot
         keep = torch.zeros(n_seq * self.length, dtype=torch.bool, device=seq.device)
         keep[where] = True
-        self.bias = torch.zeros(n_seq, 1, 1, self.length, device=seq.device).masked_fill(~keep.view(n_seq, 1, 1, -1), float("-inf"))
+        self.bias = torch.zeros(n_seq, 1, self.length, 1, device=seq.device).masked_fill(~keep.view(n_seq, 1, -1, 1), float("-inf"))
         h = torch.arange(heads, device=seq.device)
         self.rows = ((seq[:, None] * heads + h) * self.length + slot[:, None]).reshape(-1)  # (n * H,) output rows
         self.size = len(seq)
@@ -124,8 +125,8 @@ class Layout:
         part = torch.arange(3, device=qkv.device)[:, None, None, None] * h + torch.arange(h, device=qkv.device)[None, None, :, None]
         idx = (self.token.view(1, self.n, 1, self.length) * 3 * h + part).reshape(-1)  # (3 * N * H * L,) rows of (d/H)-vectors
         q, k, v = qkv.reshape(-1, hd).index_select(0, idx).view(3, self.n, h, self.length, hd)
-        p = torch.softmax(q @ k.transpose(-1, -2) * hd**-0.5 + self.bias.to(q.dtype), dim=-1)  # (N, H, L, L)
-        out = F.dropout(p, dropout, training=dropout > 0) @ v  # (N, H, L, d/H)
+        p = torch.softmax(k @ q.transpose(-1, -2) * hd**-0.5 + self.bias.to(q.dtype), dim=-2)  # (N, H, L keys, L queries)
+        out = F.dropout(p, dropout, training=dropout > 0).transpose(-1, -2) @ v  # (N, H, L, d/H)
         return out.reshape(-1, hd).index_select(0, self.rows).view(self.size, width)
 
 
@@ -409,7 +410,7 @@ class EverythingAtOnce(nn.Module):
             starts = torch.tensor([0] + [len(seq) for seq, _ in seqs]).cumsum(0).tolist()
             layouts = lambda: [Layout(seq, n, self.heads, at) for (seq, n), at in zip(seqs, starts)]  # noqa: E731
             means = transformer(x, SharedKeys(keys, of, rows, cols, b, self.heads), source, layouts, pool)
-        means = means.view(len(keys), b, -1)
+        means = means.view(len(keys), b, -1).unbind(0)  # one backward for all (indexing would zero-fill each)
         return {key: means[k] for k, key in enumerate(keys) if (key[1] is None) == self.use_cls}
 
     def _slots(self, subset: tuple) -> list:
