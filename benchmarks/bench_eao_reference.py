@@ -17,13 +17,14 @@ six terms of the paper (tv 1, the rest 0.1), backward and Adam. Steps of the two
 implementations are interleaved and timed in one run; threads pinned (``--threads``).
 
     python benchmarks/bench_eao_reference.py --reference PATH [--dims 256,1024] [--batch 224]
-        [--steps 10] [--threads 1] [--device cpu|cuda]
+        [--steps 10] [--threads 1] [--device cpu|cuda] [--tokens 2,4]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
 import time
 import types
@@ -144,8 +145,22 @@ def ref_step(model, loss_fn, opt, batch, autocast) -> torch.Tensor:
     return loss.detach()
 
 
-def compare(path: str, d: int, heads: int, batch_size: int, steps: int, device) -> dict:
-    batch = make_batch(DIMS, batch_size, (2, 4), device)
+def matmul_share(step, device) -> tuple[float, float]:
+    """(ms in matrix products, ms in everything else) of one step, by torch's profiler (self CPU
+    time of mm/addmm/bmm against all other aten ops; CPU only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        step()
+    ms = [0.0, 0.0]
+    for e in prof.key_averages():
+        if e.key.startswith("aten::"):
+            ms[e.key in ("aten::mm", "aten::addmm", "aten::bmm")] += e.self_cpu_time_total / 1e3
+    return ms[1], ms[0]
+
+
+def compare(path: str, d: int, heads: int, batch_size: int, steps: int, device, tokens: tuple = (2, 4), profile: bool = False) -> dict:
+    batch = make_batch(DIMS, batch_size, tokens, device)
     ref, loss_fn = reference_model(path, d, heads, device)
     mmx = mmx_model(DIMS, d, heads, d, device)
     copy_reference_weights(ref, mmx)
@@ -164,19 +179,22 @@ def compare(path: str, d: int, heads: int, batch_size: int, steps: int, device) 
     run = {"mmx": lambda: mmx_step(mmx, opt_m, batch, terms, none), "reference": lambda: ref_step(ref, loss_fn, opt_r, batch, none)}
     for f in run.values():  # warm-up
         f(), f()
-    spent = {k: 0.0 for k in run}
+    spent = {k: [] for k in run}
     for _ in range(steps):  # interleaved, so load changes hit both alike
         for k, f in run.items():
             sync()
             t0 = time.perf_counter()
             f()
             sync()
-            spent[k] += time.perf_counter() - t0
-    rate = {k: batch_size * steps / s for k, s in spent.items()}
-    tokens = float(sum(v.sum() for _, v, _ in batch.values())) / len(batch) / batch_size  # mean real tokens per modality
-    flops = reference_step_flops(d, d, DIMS, 4, batch_size) / step_flops(d, d, DIMS, tokens, batch_size)
+            spent[k].append(time.perf_counter() - t0)
+    rate = {k: batch_size * steps / sum(s) for k, s in spent.items()}
+    shares = {k: matmul_share(f, device) for k, f in run.items()} if profile else {}
+    pairs = [r / m for r, m in zip(spent["reference"], spent["mmx"])]  # each step pair's ratio: robust to load swings
+    mean_tokens = float(sum(v.sum() for _, v, _ in batch.values())) / len(batch) / batch_size  # real tokens per modality
+    max_tokens = max(v.shape[1] for _, v, _ in batch.values())  # the reference projects and attends over every slot
+    flops = reference_step_flops(d, d, DIMS, max_tokens, batch_size) / step_flops(d, d, DIMS, mean_tokens, batch_size)
     return {"dim": d, "heads": heads, "ref_loss": ref_loss, "mmx_loss": mmx_loss, **rate, "ratio": rate["mmx"] / rate["reference"],
-            "flop_ratio": flops}
+            "flop_ratio": flops, "pair_median": statistics.median(pairs), "shares": shares}
 
 
 def main() -> None:
@@ -187,15 +205,20 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tokens", default="2,4", help="fewest,most real tokens per item and modality (padded to the most)")
+    ap.add_argument("--profile", action="store_true", help="also profile one more step of each: ms in matmuls / the rest")
     a = ap.parse_args()
+    tokens = tuple(int(x) for x in a.tokens.split(","))
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    print(f"device {device}, {a.threads} thread(s), batch {a.batch}, 2-4 tokens per item, widths {DIMS}")
+    print(f"device {device}, {a.threads} thread(s), batch {a.batch}, {tokens[0]}-{tokens[1]} tokens per item, widths {DIMS}")
     for d in (int(x) for x in a.dims.split(",")):
-        r = compare(a.reference, d, max(d // 64, 4), a.batch, a.steps, device)
+        r = compare(a.reference, d, max(d // 64, 4), a.batch, a.steps, device, tokens, a.profile)
         print(f"token/joint {d}, {r['heads']} heads: loss reference {r['ref_loss']:.6f} mmx {r['mmx_loss']:.6f} "
               f"(diff {abs(r['ref_loss'] - r['mmx_loss']):.1e}); samples/s reference {r['reference']:.0f}, mmx {r['mmx']:.0f}: "
-              f"x{r['ratio']:.2f} (matmul FLOPs reference / mmx: {r['flop_ratio']:.2f})")
+              f"x{r['ratio']:.2f}, median of the step pairs x{r['pair_median']:.2f} (matmul FLOPs reference / mmx: {r['flop_ratio']:.2f})")
+        for k, (mm, rest) in r["shares"].items():
+            print(f"  {k}: one step profiled, {mm:.0f} ms in matmuls, {rest:.0f} ms in the rest")
 
 
 if __name__ == "__main__":
