@@ -443,15 +443,16 @@ class PartMeans:
     def __init__(self):
         self.sums: dict[tuple, list] = {}  # part names -> [float64 sum vector on the device, steps]
 
-    def add(self, out: dict[str, torch.Tensor]) -> None:
+    def add(self, out: dict[str, torch.Tensor], steps: int = 1) -> None:
+        """``out``: a step's parts, or their sums over ``steps`` steps."""
         keys = tuple(out)
         with torch.no_grad():
             v = torch.stack(list(out.values())).double()
         if keys in self.sums:
             self.sums[keys][0] += v
-            self.sums[keys][1] += 1
+            self.sums[keys][1] += steps
         else:
-            self.sums[keys] = [v, 1]
+            self.sums[keys] = [v, steps]
 
     def means(self, prefix: str) -> dict[str, float]:
         totals: dict[str, float] = {}
@@ -489,8 +490,8 @@ class Runner:
         self.model.eval()
         parts = PartMeans()
         with torch.no_grad(), self.autocast():
-            for batch in self.strategy.batches(self.hold, epoch, train=False):
-                parts.add(self.strategy.step(self.model, batch))
+            for out, n in self.strategy.held_out(self.model, self.hold, epoch):
+                parts.add(out, n)
         return parts.means(self.cfg.holdout)
 
     def train_epoch(self, epoch: int, opt) -> dict[str, float]:

@@ -126,17 +126,34 @@ def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None,
 
 def nce_all_pairs(normed: dict, pairs: list, tau: float) -> torch.Tensor:
     """Both InfoNCE directions of every pair in one batched computation (issue 12 item 4: a few
-    kernels per step instead of a dozen per pair): ``[a->b for each pair] + [b->a for each pair]``.
+    kernels per step instead of a dozen per pair): ``[a->b for each pair] + [b->a for each pair]``,
+    shape (2U, ...).
 
-    ``normed``: modality -> (B, d) L2-normalised, all with the same rows B. Each value is
-    :func:`nce_both_ways`'s: the cross-entropy of a row against the other modality's batch, its
-    partner (same row) the target, i.e. minus the mean of the log-softmax diagonal.
+    ``normed``: modality -> (..., B, d) L2-normalised, all of one shape; leading dimensions are
+    separate batches. Each value is :func:`nce_both_ways`'s: the cross-entropy of a row against
+    the other modality's batch, its partner (same row) the target: the mean over rows of
+    ``logsumexp(row) - logit(partner)``.
     """
-    x = torch.stack([normed[a] for a, _ in pairs])  # (U, B, d)
+    x = torch.stack([normed[a] for a, _ in pairs])  # (U, ..., B, d)
     y = torch.stack([normed[b] for _, b in pairs])
-    logits = torch.bmm(x, y.transpose(1, 2)) / tau  # (U, B, B)
-    both = torch.cat([logits, logits.transpose(1, 2)])  # (2U, B, B): rows x->y, then y->x
-    return -F.log_softmax(both, dim=-1).diagonal(dim1=1, dim2=2).mean(-1)
+    lead, (b, d) = x.shape[:-2], x.shape[-2:]
+    x, y = x.reshape(-1, b, d), y.reshape(-1, b, d)
+    logits = torch.bmm(x, y.transpose(1, 2)) / tau  # (U * n, B, B)
+    target = logits.diagonal(dim1=1, dim2=2)  # each row's partner
+    # x->y: row i against the row's logsumexp; y->x: column i against the column's
+    both = torch.cat([torch.logsumexp(logits, -1), torch.logsumexp(logits, -2)]) - target.repeat(2, 1)
+    return both.mean(-1).view(2 * lead[0], *lead[1:])
+
+
+def pairwise_info_nce_sums(embs: dict, tau: float = 0.05) -> dict[str, torch.Tensor]:
+    """:func:`pairwise_info_nce` of ``n`` batches at once (every row present, pair positives),
+    summed over the batches: ``embs`` modality -> (n, B, d); ``{"loss": sum of the batches'
+    losses, "loss/a-b": sum of the batches' InfoNCE(a, b), ...}`` (divide by ``n`` for means)."""
+    normed = {m: F.normalize(e.float(), dim=-1) for m, e in embs.items()}
+    pairs = list(itertools.combinations(embs, 2))
+    names = [f"loss/{a}-{b}" for a, b in pairs] + [f"loss/{b}-{a}" for a, b in pairs]
+    values = nce_all_pairs(normed, pairs, tau)  # (2U, n)
+    return {"loss": values.mean(0).sum(), **dict(zip(names, values.sum(1).unbind(0)))}
 
 
 def term_name(x: tuple, y: tuple) -> str:

@@ -5,8 +5,8 @@ a boolean-mask index, ``nonzero``) or copies a host array with a plain ``torch.a
 makes the host wait until the device has drained, so a step of small heads costs the round
 trip, not its kernels. On the CPU nothing waits, so these tests make every such call raise
 while a training epoch or a held-out pass runs, except in the two places meant for it: the
-start of a pass (the sampler draws the pass and copies its index arrays to the device once)
-and the one read of the summed losses at its end. The same runs under
+start of a pass (the sampler draws the pass and copies its index arrays to the device once;
+a held-out pass also embeds the split there) and the one read of the summed losses at its end. The same runs under
 ``torch.cuda.set_sync_debug_mode("error")`` on a GPU (``-m gpu``).
 """
 
@@ -72,16 +72,17 @@ class Guard:
 
 def guarded_run(monkeypatch, strategy, runner, opt, held_out: bool = True):
     """A training epoch (and a held-out pass) of ``runner`` with host syncs forbidden inside steps."""
-    batches = strategy.batches
     guard = Guard(monkeypatch)
 
-    def first_allowed(split, epoch, train):
-        it = iter(batches(split, epoch, train))
-        with guard.allow():  # the pass is drawn and copied to the device here, once
-            first = next(it, None)
-        if first is not None:
-            yield first
-            yield from it
+    def first_allowed(method):
+        def wrapped(*args, **kwargs):
+            it = iter(method(*args, **kwargs))
+            with guard.allow():  # the pass is drawn and copied to the device here, once
+                first = next(it, None)
+            if first is not None:
+                yield first
+                yield from it
+        return wrapped
 
     means = loop.PartMeans.means
 
@@ -89,7 +90,8 @@ def guarded_run(monkeypatch, strategy, runner, opt, held_out: bool = True):
         with guard.allow():  # the one read of the pass's summed losses
             return means(self, prefix)
 
-    monkeypatch.setattr(strategy, "batches", first_allowed)
+    monkeypatch.setattr(strategy, "batches", first_allowed(strategy.batches))
+    monkeypatch.setattr(strategy, "held_out", first_allowed(strategy.held_out))
     monkeypatch.setattr(loop.PartMeans, "means", read_once)
     out = runner.train_epoch(1, opt)
     if held_out:
@@ -217,3 +219,49 @@ def test_all_pairs_in_one_computation_equal_the_pair_by_pair_loss_and_gradients(
     torch.stack(list(by_pair.values())).mean().backward()
     for m in MODS:
         torch.testing.assert_close(embs[m].grad, ref[m].grad, rtol=1e-5, atol=1e-7)
+
+
+def _held_out_batch_by_batch(s, runner, epoch):
+    """The held-out loss as the loop computed it before: the step on every held-out batch."""
+    runner.model.eval()
+    parts = loop.PartMeans()
+    with torch.no_grad():
+        for batch in s.batches(runner.hold, epoch, train=False):
+            parts.add(s.step(runner.model, batch))
+    return parts.means("val")
+
+
+@pytest.mark.parametrize("case", sorted(CLASS_CASES) + ["instance"])
+def test_held_out_loss_from_one_embedding_pass_equals_batch_by_batch(class_cache, instance_cache, case):
+    if case == "instance":
+        s, runner, opt = setup(instance_cache, "joint", ["text", "image", "audio"], alignment="instance")
+    else:
+        strategy, mods, kw = CLASS_CASES[case]
+        s, runner, opt = setup(class_cache, strategy, mods, **kw)
+    runner.train_epoch(1, opt)  # trained a little, with dropout: eval mode must switch it off
+    got, want = runner.held_out_loss(3), _held_out_batch_by_batch(s, runner, 3)
+    assert got.keys() == want.keys() and len(got) > 1
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5, abs=1e-6), k
+
+
+def test_cvs_blocks_in_one_pass_equal_block_by_block(class_cache):
+    """The batched loss of a CVS step equals eq. 3.1.7 taken block by block, term by term."""
+    from mmx.train.triplet import classification_loss, semihard_triplet_loss
+
+    s, runner, _ = setup(class_cache, "cvs", MODS)
+    batch = next(iter(s.batches(runner.train_split, 1, train=True)))
+    model = runner.model.eval()
+    out = s.step(model, batch)
+    (m1, m2, m3), (g1, g2, g3) = s.opt["margins"], s.opt["gammas"]
+    total = 0.0
+    for i, j in s.stage.blocks:
+        (xi, yi), (xj, yj) = batch[i], batch[j]
+        fi, fj = model.attend(i, j, model.heads[i](xi), model.heads[j](xj))
+        inter = 0.5 * (semihard_triplet_loss(fi, yi, fj, yj, m3) + semihard_triplet_loss(fj, yj, fi, yi, m3))
+        t = g1 * semihard_triplet_loss(fi, yi, fi, yi, m1, same_set=True) + g2 * semihard_triplet_loss(fj, yj, fj, yj, m2, same_set=True) + g3 * inter
+        c = 0.5 * (classification_loss(model.classifier(fi), yi) + classification_loss(model.classifier(fj), yj))
+        assert float(out[f"loss/triplet/{i}-{j}"]) == pytest.approx(float(t), rel=1e-5)
+        assert float(out[f"loss/cls/{i}-{j}"]) == pytest.approx(float(c), rel=1e-5)
+        total += float(t) + float(c)
+    assert float(out["loss"]) == pytest.approx(total, rel=1e-5) and len(s.stage.blocks) == 6

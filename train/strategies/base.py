@@ -73,6 +73,14 @@ class Strategy:
         """``{"loss": scalar, "loss/<part>": scalar, ...}`` for one batch."""
         raise NotImplementedError
 
+    @torch.no_grad()
+    def held_out(self, model: nn.Module, split: SplitData, epoch: int) -> Iterable[tuple[dict, int]]:
+        """The held-out loss's step outputs as ``(outputs summed over n batches, n)``: by default
+        :meth:`step` on each held-out batch. Strategies override it to embed the split once
+        instead of once per batch (issue 12 item 4); the numbers must stay :meth:`step`'s."""
+        for batch in self.batches(split, epoch, train=False):
+            yield self.step(model, batch), 1
+
     def rows(self, split: SplitData, name: str) -> Any:
         """Row metadata (``.ids``, ``.labels``, ``.groups``) of the embedding named ``name``.
 

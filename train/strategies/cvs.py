@@ -207,7 +207,9 @@ class CommonSpaceStrategy(Strategy):
         self.begin_stage(model, self.plan[0])
         return model
 
-    def batches(self, split, epoch, train):
+    def batches(self, split, epoch, train, source=None):
+        """The stage's batches: per modality ``(rows of source(m) (B, D), classes (B,))``,
+        ``source`` being the pooled features by default."""
         seed = self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
         per = self.opt["per_class"]
         stage = self.stage
@@ -217,30 +219,49 @@ class CommonSpaceStrategy(Strategy):
         if train:
             self.composition = sampler.composition
         device = split.pooled(Modality.parse(stage.modalities[0])).device
+        source = source or (lambda m: split.pooled(Modality.parse(m)))
         for _, rows in sampler.plan().on_device(device):  # index views of one copy per pass
-            batch = {}
-            for m, idx in rows.items():
-                mod = Modality.parse(m)
-                batch[m] = (split.pooled(mod).index_select(0, idx), split.classes[mod].index_select(0, idx))
-            yield batch
+            yield {m: (source(m).index_select(0, idx), split.classes[Modality.parse(m)].index_select(0, idx))
+                   for m, idx in rows.items()}
 
     def step(self, model, batch):
-        labels = {m: y for m, (_, y) in batch.items()}
         if self.opt["train_as_served"]:
-            served = {m: model.embed_through(m, x, self.home_blocks(m), self.opt["inference_partner"]) for m, (x, _) in batch.items()}
-        else:
-            g = {m: model.heads[m](x) for m, (x, _) in batch.items()}  # each (B*K, D)
-        parts, trip, cls = {}, [], []
-        for i, s in self.stage.blocks:
-            out_i, out_s = (served[i], served[s]) if self.opt["train_as_served"] else model.attend(i, s, g[i], g[s])
-            t = pair_triplet_loss(out_i, labels[i], out_s, labels[s], self.opt["margins"], self.opt["gammas"],
-                                  self.opt["triplet_symmetric"])
-            c = 0.5 * (classification_loss(model.classifier(out_i), labels[i]) + classification_loss(model.classifier(out_s), labels[s]))
-            parts[f"loss/triplet/{i}-{s}"], parts[f"loss/cls/{i}-{s}"] = t["triplet"], c
-            trip.append(t["triplet"])
-            cls.append(c)
-        loss = self.opt["weight_triplet"] * torch.stack(trip).sum() + self.opt["weight_classification"] * torch.stack(cls).sum()
-        return {"loss": loss, **parts}
+            partner = self.opt["inference_partner"]
+            return self._loss(model, {m: (model.embed_through(m, x, self.home_blocks(m), partner), y) for m, (x, y) in batch.items()},
+                              served=True)
+        return self._loss(model, {m: (model.heads[m](x), y) for m, (x, y) in batch.items()})  # each (B*K, D)
+
+    @torch.no_grad()
+    def held_out(self, model, split, epoch):
+        """:meth:`step`'s held-out loss with each head run once over the split (issue 12 item 4): a
+        head maps each item alone, so its rows of the split's head outputs are what the batch's
+        own head pass gives. The blocks see the batch (their softmax may run over it), so they
+        run per batch. ``train_as_served`` embeds through the blocks, per batch as in training."""
+        if self.opt["train_as_served"]:
+            yield from super().held_out(model, split, epoch)
+            return
+        heads = {m: self._chunked(model.heads[m], split.pooled(Modality.parse(m))) for m in self.stage.modalities}
+        for batch in self.batches(split, epoch, train=False, source=heads.__getitem__):
+            yield self._loss(model, batch), 1
+
+    def _chunked(self, fn, x, chunk: int = 4096):
+        return torch.cat([fn(x[i : i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x.new_zeros((0, self.cfg.embed_dim))
+
+    def _loss(self, model, g: dict, served: bool = False) -> dict:
+        """Thesis eq. 3.1.7 over the stage's blocks; ``g``: modality -> (head outputs, or with
+        ``served`` the served embeddings (B, D), classes (B,)). Every block's triplet terms and
+        classifier loss are computed in one batched pass over the blocks (all hold B rows)."""
+        blocks = self.stage.blocks
+        outs = [(g[i][0], g[s][0]) if served else model.attend(i, s, g[i][0], g[s][0]) for i, s in blocks]
+        fx, fy = torch.stack([o for o, _ in outs]), torch.stack([o for _, o in outs])  # (blocks, B, D)
+        lx, ly = torch.stack([g[i][1] for i, _ in blocks]), torch.stack([g[s][1] for _, s in blocks])  # (blocks, B)
+        trip = pair_triplet_loss(fx, lx, fy, ly, self.opt["margins"], self.opt["gammas"], self.opt["triplet_symmetric"])["triplet"]
+        ce = classification_loss(model.classifier(torch.cat([fx, fy])).flatten(0, 1), torch.cat([lx, ly]).flatten(), reduction="none")
+        cls = 0.5 * ce.view(2, len(blocks), -1).mean(-1).sum(0)  # (blocks,): the mean of both sides' cross-entropy
+        loss = self.opt["weight_triplet"] * trip.sum() + self.opt["weight_classification"] * cls.sum()
+        names = [f"{i}-{s}" for i, s in blocks]
+        return {"loss": loss, **{f"loss/triplet/{n}": t for n, t in zip(names, trip.unbind(0))},
+                **{f"loss/cls/{n}": c for n, c in zip(names, cls.unbind(0))}}
 
     def home_blocks(self, m: str) -> list:
         for st in self.make_stages():  # the full plan, also when extending
@@ -255,9 +276,8 @@ class CommonSpaceStrategy(Strategy):
             m = mod.value
             if m not in self.mods:
                 continue
-            x, blocks = split.pooled(mod), self.home_blocks(m)
-            parts = [model.embed_through(m, x[i : i + 4096], blocks, self.opt["inference_partner"]) for i in range(0, len(x), 4096)]
-            out[m] = torch.cat(parts) if parts else x.new_zeros((0, self.cfg.embed_dim))
+            blocks, partner = self.home_blocks(m), self.opt["inference_partner"]
+            out[m] = self._chunked(lambda x: model.embed_through(m, x, blocks, partner), split.pooled(mod))
         return out
 
 

@@ -33,12 +33,13 @@ from __future__ import annotations
 import itertools
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
 from mmx.train.heads import Heads
-from mmx.train.losses import pairwise_info_nce
-from mmx.train.samplers import make_sampler
+from mmx.train.losses import pairwise_info_nce, pairwise_info_nce_sums
+from mmx.train.samplers import make_sampler, to_device
 from mmx.train.strategies.base import Strategy
 
 
@@ -80,13 +81,14 @@ class JointStrategy(Strategy):
         # held-out batches use a fixed seed so the early-stopping loss is comparable across epochs
         return (self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7) * 31 + offset
 
-    def _gather(self, split, host: dict, rows: dict) -> dict:
-        """Sampler rows -> pooled features (B, D_m), presence masks and, for class positives, the
-        class of every row. ``rows``: device views of the pass's indices (absent rows read row 0);
-        ``host``: the same rows on the host (-1 = absent), whose masks the loss counts there."""
+    def _gather(self, split, host: dict, rows: dict, source=None) -> dict:
+        """Sampler rows -> rows of ``source(m)`` (default the pooled features; (B, D_m)), presence
+        masks and, for class positives, the class of every row. ``rows``: device views of the
+        pass's indices (absent rows read row 0); ``host``: the same rows on the host (-1 =
+        absent), whose masks the loss counts there."""
         x, present, classes = {}, {}, {}
         for m, idx in rows.items():
-            x[m.value] = split.pooled(m).index_select(0, idx)  # (B, D_m)
+            x[m.value] = (source or split.pooled)(m).index_select(0, idx)
             absent = host[m] < 0
             if absent.any():
                 present[m.value] = ~absent  # stays on the host: the loss counts rows there (losses._both)
@@ -94,20 +96,59 @@ class JointStrategy(Strategy):
                 classes[m.value] = split.classes[m].index_select(0, idx)
         return {"x": x, "present": present, "classes": classes or None}
 
-    def _batches(self, split, modalities, seed: int, train: bool, share: float = 1.0):
-        sampler = make_sampler(split, modalities, self.cfg.alignment, self.cfg.batch_size, seed)
-        if train:
-            self.composition = {**sampler.composition, "batch/modalities": len(modalities)}
-        # drawn and copied to the device now, on the call (round-robin draws every pair's pass at once)
-        passes = sampler.plan().on_device(split.pooled(modalities[0]).device, math.ceil(len(sampler) * share))
-        return (self._gather(split, host, rows) for host, rows in passes)
+    def _streams(self, epoch: int, train: bool) -> list[tuple[list, int, float]]:
+        """``(modalities, sampler seed, share of the sampler's pass)`` of each stream of batches."""
+        return [(self.modalities, self._seed(epoch, train), 1.0)]
+
+    def _passes(self, split, epoch: int, train: bool) -> list[tuple]:
+        """``(pass, batch count)`` of every stream, drawn now (the samplers are seeded per epoch)."""
+        out = []
+        for mods, seed, share in self._streams(epoch, train):
+            sampler = make_sampler(split, mods, self.cfg.alignment, self.cfg.batch_size, seed)
+            if train:
+                self.composition = {**sampler.composition, "batch/modalities": len(mods)}
+            out.append((sampler.plan(), math.ceil(len(sampler) * share)))
+        return out
 
     def batches(self, split, epoch, train):
-        yield from self._batches(split, self.modalities, self._seed(epoch, train), train)
+        """The streams' batches in turn (one stream for joint; round-robin: pair 1, pair 2, ..., pair 1, ...).
+        Every pass is drawn and copied to the device before the first batch."""
+        device = split.pooled(self.modalities[0]).device
+        streams = [(self._gather(split, host, rows) for host, rows in plan.on_device(device, n))
+                   for plan, n in self._passes(split, epoch, train)]
+        while streams:
+            alive = []
+            for s in streams:
+                batch = next(s, None)
+                if batch is not None:
+                    yield batch
+                    alive.append(s)
+            streams = alive
 
     def step(self, model, batch):
         embs = {m: model(m, x) for m, x in batch["x"].items()}  # each (B, embed_dim)
         return pairwise_info_nce(embs, self.cfg.tau, batch["present"], batch["classes"])
+
+    @torch.no_grad()
+    def held_out(self, model, split, epoch):
+        """The held-out loss of :meth:`step` over the held-out batches, from one pass of each head
+        over the split (issue 12 item 4): eval mode has no dropout, so an item's embedding does
+        not depend on its batch, and each batch's loss is taken from its rows of the embeddings.
+        A stream of equal batches where every row is present (class-aligned, pair positives) has
+        all its batches' losses computed at once and is reported as one sum over its batches."""
+        embs = self.embed(model, split)
+        device = split.pooled(self.modalities[0]).device
+        for plan, n in self._passes(split, epoch, train=False):
+            end = int(plan.bounds[n])
+            size = np.diff(plan.bounds[: n + 1])
+            if self.opt["positives"] == "pair" and (size == size[0]).all() and all((r[:end] >= 0).all() for r in plan.rows.values()):
+                batched = {m.value: embs[m.value].index_select(0, to_device(r[:end], device)).view(n, int(size[0]), -1)
+                           for m, r in plan.rows.items()}
+                yield pairwise_info_nce_sums(batched, self.cfg.tau), n
+                continue
+            for host, rows in plan.on_device(device, n):
+                batch = self._gather(split, host, rows, source=lambda m: embs[m.value])
+                yield pairwise_info_nce(batch["x"], self.cfg.tau, batch["present"], batch["classes"]), 1
 
     @torch.no_grad()
     def embed(self, model, split):
@@ -124,14 +165,7 @@ class RoundRobinStrategy(JointStrategy):
     def pairs(self) -> list[tuple]:
         return list(itertools.combinations(self.modalities, 2))
 
-    def batches(self, split, epoch, train):
+    def _streams(self, epoch, train):
+        """One stream per pair, each batch holding exactly that pair, a ``1/(M-1)`` share of its pass."""
         share = 1.0 / (len(self.modalities) - 1)
-        streams = [self._batches(split, list(p), self._seed(epoch, train, i), train, share) for i, p in enumerate(self.pairs())]
-        while streams:
-            alive = []
-            for s in streams:
-                batch = next(s, None)
-                if batch is not None:
-                    yield batch  # exactly one pair: batch["x"] has two modalities
-                    alive.append(s)
-            streams = alive
+        return [(list(p), self._seed(epoch, train, i), share) for i, p in enumerate(self.pairs())]
