@@ -124,13 +124,24 @@ def write_url_manifest(base_url: str, path: Path, per_class: int | None = None) 
     return len(rows)
 
 
+def _previous_port(manifest: Path) -> int | None:
+    """The port of an earlier run's URLs (its first row), so a rerun serves the same URLs."""
+    from urllib.parse import urlsplit
+
+    try:
+        with open(manifest, newline="", encoding="utf-8") as f:
+            return next(urlsplit(r["uri"]).port for r in csv.DictReader(f) if r["uri"])
+    except (OSError, StopIteration, ValueError, KeyError):
+        return None
+
+
 def fetch_stage(layout: Layout, log: Callable[[str], None], progress: bool, per_class: int | None = None):
     """Serve the media, fetch them by URL, stop the server; returns the fetch summary."""
     from mmx.extract.fetch import FetchConfig, fetch_manifest
     from mmx.pipeline.cli_fetch import print_summary
     from mmx.pipeline.demo.serve import BROKEN, serve
 
-    with serve(DATA) as base_url:
+    with serve(DATA, port=_previous_port(layout.manifest)) as base_url:
         n = write_url_manifest(base_url, layout.manifest, per_class)
         log(f"serving {DATA} at {base_url}; {n} items, {len(BROKEN)} of them rotten on purpose:")
         for item, (_, modality, _, what) in BROKEN.items():

@@ -54,13 +54,19 @@ class _Handler(http.server.SimpleHTTPRequestHandler):
 
 
 @contextlib.contextmanager
-def serve(folder: Path) -> Iterator[str]:
-    """Serve ``folder`` on 127.0.0.1 in a thread; yields the base URL; stops on exit."""
+def serve(folder: Path, port: int | None = None) -> Iterator[str]:
+    """Serve ``folder`` on 127.0.0.1 in a thread; yields the base URL; stops on exit.
+
+    ``port``: the one to try first (a rerun passes its previous run's, so its URLs and fetch
+    journal still match when 8714 was taken then); else 8714; else any free port.
+    """
     handler = functools.partial(_Handler, directory=str(folder))
-    try:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", _FIXED_PORT), handler)
-    except OSError:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server = None
+    for candidate in (port, _FIXED_PORT):
+        if candidate and server is None:
+            with contextlib.suppress(OSError):
+                server = http.server.ThreadingHTTPServer(("127.0.0.1", candidate), handler)
+    server = server or http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, name="mmx-demo-server", daemon=True)
     thread.start()

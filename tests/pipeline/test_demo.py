@@ -74,6 +74,24 @@ def test_a_rerun_reuses_everything(demo):
     assert again["runs"] == result["runs"]
 
 
+def test_a_rerun_serves_on_the_port_of_its_previous_urls(tmp_path):
+    """Port 8714 may be taken (another demo, another test) when the demo first runs; a rerun then
+    serves on the port its URLs name, so the fetch journal still matches and nothing is fetched twice."""
+    import socket
+
+    from mmx.pipeline.demo.run import DATA, _previous_port
+    from mmx.pipeline.demo.serve import serve
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    manifest = tmp_path / "manifest.urls.csv"
+    manifest.write_text(f"id,modality,uri,text\nt,text,,hello\ni,image,http://127.0.0.1:{port}/media/x.png,\n")
+    assert _previous_port(manifest) == port and _previous_port(tmp_path / "absent.csv") is None
+    with serve(DATA, port=port) as url:
+        assert url == f"http://127.0.0.1:{port}"
+
+
 # -- mmx embed / mmx search on the demo's runs --------------------------------------------
 def _fetched(out) -> dict:
     with open(out / "data/manifest.fetched.csv", newline="") as f:
