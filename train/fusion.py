@@ -227,9 +227,10 @@ class Block(nn.Module):
         return self.feed(x + self.attn(self.norm1(x), layouts), pool)
 
     def feed(self, x: torch.Tensor, pool=None) -> torch.Tensor:
-        """The MLP half; with ``pool`` (a linear map of the tokens, e.g. a mean per segment)
-        the pooled output. ``fc2`` is linear, so pooling its input first gives the same result
-        with ``fc2`` applied to the pooled rows only; not under dropout, which draws per token."""
+        """The MLP half; with ``pool`` (a mean per segment: weights that sum to 1, so ``fc2``'s
+        bias passes through) the pooled output. ``fc2`` is affine, so pooling its input first
+        gives the same result with ``fc2`` applied to the pooled rows only; not under dropout,
+        which draws per token."""
         h = self.mlp.hidden(self.norm2(x))
         if pool is None:
             return x + self.mlp.drop(self.mlp.fc2(h))
