@@ -19,8 +19,8 @@ Data: ``SyntheticConfig.preset("xmedianet")`` item counts and 200 classes (text 
 
 Each figure is the median over ``--repeats`` rounds. ``--baseline DIR`` (a folder holding a
 checkout named ``mmx``, e.g. a ``git worktree`` of an older commit) measures that code too,
-in a child process alternating round by round with this one, and prints after/before ratios,
-so both sides see the same machine load.
+in a child process alternating round by round with this one (each going first every other
+round), and prints after/before ratios, so both sides see the same machine load.
 
     python benchmarks/bench_train_host.py --width tiny --threads 1
     python benchmarks/bench_train_host.py --width paper --baseline /tmp/base-path --repeats 3
@@ -202,8 +202,9 @@ def main() -> None:
     if args.baseline:
         sides["before"] = Child(args.baseline, argv)
     rows: dict = {s: [] for s in sides}
-    for _ in range(args.repeats):
-        for side, child in sides.items():
+    for k in range(args.repeats):
+        order = list(sides.items())
+        for side, child in order[::-1] if k % 2 else order:  # each side goes first every other round
             rows[side].append(child.round())
     for child in sides.values():
         child.close()

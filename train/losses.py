@@ -131,18 +131,20 @@ def nce_all_pairs(normed: dict, pairs: list, tau: float) -> torch.Tensor:
 
     ``normed``: modality -> (..., B, d) L2-normalised, all of one shape; leading dimensions are
     separate batches. Each value is :func:`nce_both_ways`'s: the cross-entropy of a row against
-    the other modality's batch, its partner (same row) the target: the mean over rows of
-    ``logsumexp(row) - logit(partner)``.
+    the other modality's batch, its partner (same row) the target: minus the mean of the
+    log-softmax diagonal. (Chosen because on a CPU it is no slower than pair by pair, where a
+    logsumexp form, or one cross-entropy over both directions stacked, was.)
     """
-    x = torch.stack([normed[a] for a, _ in pairs])  # (U, ..., B, d)
-    y = torch.stack([normed[b] for _, b in pairs])
+    if len(pairs) == 1:  # a view, not a copy (round-robin's one pair per batch)
+        x, y = normed[pairs[0][0]][None], normed[pairs[0][1]][None]  # (1, ..., B, d)
+    else:
+        x, y = torch.stack([normed[a] for a, _ in pairs]), torch.stack([normed[b] for _, b in pairs])  # (U, ..., B, d)
     lead, (b, d) = x.shape[:-2], x.shape[-2:]
-    x, y = x.reshape(-1, b, d), y.reshape(-1, b, d)
-    logits = torch.bmm(x, y.transpose(1, 2)) / tau  # (U * n, B, B)
-    target = logits.diagonal(dim1=1, dim2=2)  # each row's partner
-    # x->y: row i against the row's logsumexp; y->x: column i against the column's
-    both = torch.cat([torch.logsumexp(logits, -1), torch.logsumexp(logits, -2)]) - target.repeat(2, 1)
-    return both.mean(-1).view(2 * lead[0], *lead[1:])
+    logits = torch.bmm(x.reshape(-1, b, d), y.reshape(-1, b, d).transpose(1, 2)) / tau  # (U * n, B, B)
+    # x->y: each row's log-softmax at its partner; y->x: each column's (no transposed copy)
+    rows = F.log_softmax(logits, dim=-1).diagonal(dim1=1, dim2=2)
+    cols = F.log_softmax(logits, dim=-2).diagonal(dim1=1, dim2=2)
+    return -torch.cat([rows, cols]).mean(-1).view(2 * lead[0], *lead[1:])
 
 
 def pairwise_info_nce_sums(embs: dict, tau: float = 0.05) -> dict[str, torch.Tensor]:
