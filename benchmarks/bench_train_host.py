@@ -30,9 +30,11 @@ round), and prints after/before ratios, so both sides see the same machine load.
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -123,7 +125,8 @@ def measure(args) -> None:
     device = torch.device(args.device)
     mods = [Modality.parse(m) for m in MODALITIES]
     data = load_train_data(args.cache, args.dataset, mods, ["train", "test"], device=device)
-    out = Path(tempfile.mkdtemp(prefix="mmx-bench-host-"))
+    out = Path(tempfile.mkdtemp(prefix="mmx-bench-host-"))  # the Runner's run folder; nothing is written there
+    atexit.register(shutil.rmtree, out, True)
     parts = args.only.split(",")
     benches = {}
     if {"quad", "heldout", "recall"} & set(parts):
@@ -198,16 +201,20 @@ def main() -> None:
     argv = ["--cache", str(root), "--dataset", dataset, "--width", args.width, "--only", args.only,
             "--cvs-steps", str(args.cvs_steps), "--threads", str(args.threads), "--device", args.device]
     here = str(Path(__file__).resolve().parent.parent.parent)  # the folder holding this checkout
-    sides = {"after": Child(os.environ.get("PYTHONPATH", here), argv)}
-    if args.baseline:
-        sides["before"] = Child(args.baseline, argv)
-    rows: dict = {s: [] for s in sides}
-    for k in range(args.repeats):
-        order = list(sides.items())
-        for side, child in order[::-1] if k % 2 else order:  # each side goes first every other round
-            rows[side].append(child.round())
-    for child in sides.values():
-        child.close()
+    try:
+        sides = {"after" if args.baseline else "now": Child(os.environ.get("PYTHONPATH", here), argv)}
+        if args.baseline:
+            sides["before"] = Child(args.baseline, argv)
+        rows: dict = {s: [] for s in sides}
+        for k in range(args.repeats):
+            order = list(sides.items())
+            for side, child in order[::-1] if k % 2 else order:  # each side goes first every other round
+                rows[side].append(child.round())
+        for child in sides.values():
+            child.close()
+    finally:
+        if not args.cache:
+            shutil.rmtree(root, ignore_errors=True)
     report(rows, args.only.split(","), args.width)
 
 
