@@ -51,6 +51,7 @@ class Step:
     added: str = ""  # smaller settings, appended
     name: str = ""  # the run folder this step creates is w.runs[name]
     expect: tuple = ()  # text the output must contain (what the README says happens)
+    creates: tuple = ()  # files (globs, {w...} formatted) the README says the command writes
     heals: bool = False  # the server's transient failure is over before this step
 
 
@@ -59,6 +60,8 @@ DEMO_RUN_M = {**DEMO_RUN, "$M": "{w.demo_manifest}"}
 MANIFEST = {"MANIFEST": "data/mydataset/manifest.fetched.csv"}
 STORE = {"STORE": "{w.store[image]}"}
 QUAD = {"RUN": "{w.runs[quad]}"}
+RUN_FOLDER = tuple("{w.runs[quad]}" + f for f in ("config.yaml", "normalizer.json", "metrics.jsonl", "metrics.json",
+                                                  "checkpoint.safetensors", "last.safetensors", "embeddings/test/*.npz"))
 
 # README line (as copied)                                         README word -> here      added / expected output
 STEPS = [
@@ -67,13 +70,17 @@ STEPS = [
     Step('mmx search $RUN --text "a spoken seven" --target image,video --k 5 --manifest $M', DEMO_RUN_M,
          expect=("image",)),
     Step("mmx search $RUN --file mmx-demo/data/media/audio/wav-7-lucas-0.wav --target image --manifest $M", DEMO_RUN_M),
-    Step('mmx embed $RUN mmx-demo/data/media/image/*.png --text "die Ziffer sieben" -o new.npz', DEMO_RUN),
-    Step("mmx embed $RUN --manifest $M -o gallery.npz",           DEMO_RUN_M, expect=("120 embeddings of 256",)),
+    Step('mmx embed $RUN mmx-demo/data/media/image/*.png --text "die Ziffer sieben" -o new.npz', DEMO_RUN,
+         creates=("new.npz",)),
+    Step("mmx embed $RUN --manifest $M -o gallery.npz",           DEMO_RUN_M, expect=("120 embeddings of 256",),
+         creates=("gallery.npz",)),
     Step("mmx search $RUN --text sieben --gallery gallery.npz",   DEMO_RUN, expect=("(text: sieben)\n    1  ",)),
     # your own data
     Step("mmx manifest-from-lists --list image=images.txt --list audio=audio.txt --list video=videos.txt "
-         "--texts texts.txt --columns id,label,uri -o manifest.csv"),
-    Step("mmx fetch manifest.csv --out data/mydataset",           expect=("1 transient (server_error 1): rerun with --retry-failed",)),
+         "--texts texts.txt --columns id,label,uri -o manifest.csv", creates=("manifest.csv",)),
+    Step("mmx fetch manifest.csv --out data/mydataset",           expect=("1 transient (server_error 1): rerun with --retry-failed",),
+         creates=tuple("data/mydataset/" + f for f in ("fetch/status.csv", "fetch/report.md", "fetch/report.json",
+                                                       "manifest.fetched.csv", "media/image/*.png"))),
     Step("mmx fetch manifest.csv --out data/mydataset --retry-failed", heals=True, expect=("fetched 1 item(s) this run (ok 1)",)),
     Step("mmx extract --list",                                    expect=("resnet-50",)),
     Step("mmx extract data/mydataset/manifest.fetched.csv --modality image --dataset mydataset", expect=("0 failed",)),
@@ -83,7 +90,7 @@ STEPS = [
          {**MANIFEST, "tcp://10.0.0.1:8786": "{w.scheduler}"}, expect=("0 failed",)),
     Step("mmx extract MANIFEST --modality image --dataset mydataset --retry-failed", MANIFEST,
          expect=("0 shard(s) written",)),
-    Step("mmx cache synthesize --preset small --cache .mmx-cache"),
+    Step("mmx cache synthesize --preset small --cache .mmx-cache", creates=(".mmx-cache/synthetic/*/*.zarr",)),
     Step("mmx cache ls --cache .mmx-cache",                       expect=("mydataset", "synthetic")),
     Step("mmx cache ls --failed --cache .mmx-cache"),
     Step("mmx cache info STORE",                                  STORE),
@@ -92,7 +99,7 @@ STEPS = [
     Step("mmx cache import --help"),
     Step("mmx train --strategy joint --modalities text,image,audio,video --cache .mmx-cache --dataset synthetic",
          added="--epochs 1", name="joint"),
-    Step("mmx train --preset fuerer-quad --dataset mydataset",    added="--epochs 1", name="quad"),
+    Step("mmx train --preset fuerer-quad --dataset mydataset",    added="--epochs 1", name="quad", creates=RUN_FOLDER),
     Step("mmx train --preset eao-cpu --dataset msrvtt --set options.heads=8", {"msrvtt": "mydataset"},
          added="--epochs 1 --set batch_size=10", name="eao"),
     Step("mmx train --strategy rvs --dataset mydataset --set options.reference=text", added="--epochs 1", name="rvs"),
@@ -103,11 +110,13 @@ STEPS = [
          {**MANIFEST, "/models/resnet-50": "{w.tiny_resnet}"}, expect=("0 failed",)),
     Step("mmx train --dataset mydataset --store image=KEY_OR_PATH", {"KEY_OR_PATH": "{w.store[resnet-50]}"},
          added="--epochs 1"),
-    Step("mmx eval RUN",                                          QUAD, expect=("Mean",)),
+    Step("mmx eval RUN",                                          QUAD, expect=("Mean",),
+         creates=tuple("{w.runs[quad]}eval/eval-class." + ext for ext in ("md", "csv", "json"))),
     Step("mmx eval RUN --relevance instance",                     QUAD, expect=("n/a",)),
-    Step("mmx eval RUN --plots",                                  QUAD),
+    Step("mmx eval RUN --plots",                                  QUAD, creates=tuple(
+        "{w.runs[quad]}eval/" + f for f in ("heatmap-test-*.png", "training-curves.png", "projection-test.png"))),
     Step("mmx compare RUN_A RUN_B RUN_C --out runs/compare",
-         {"RUN_A": "{w.runs[quad]}", "RUN_B": "{w.runs[eao]}", "RUN_C": "{w.runs[rvs]}"}),
+         {"RUN_A": "{w.runs[quad]}", "RUN_B": "{w.runs[eao]}", "RUN_C": "{w.runs[rvs]}"}, creates=("runs/compare/compare.md",)),
 ]
 DEMO = STEPS[0]
 
@@ -213,6 +222,7 @@ class Outcome:
     exit_code: int
     output: str
     error: str  # a traceback, or ""
+    missing: list = dataclasses.field(default_factory=list)  # Step.creates not written
 
 
 def run_step(step: Step, w: Workspace) -> Outcome:
@@ -229,7 +239,11 @@ def run_step(step: Step, w: Workspace) -> Outcome:
     created = sorted(set(glob.glob("runs/*/")) - before)
     if step.name and created:
         w.runs[step.name] = created[-1]
-    return Outcome(argv, result.exit_code, result.output, error)
+    try:
+        missing = [path for path in (p.format(w=w) for p in step.creates) if not glob.glob(path)]
+    except Exception:
+        missing = list(step.creates)
+    return Outcome(argv, result.exit_code, result.output, error, missing)
 
 
 # -- the user's own media, on 127.0.0.1 ----------------------------------------------------

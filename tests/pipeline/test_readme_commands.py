@@ -58,13 +58,15 @@ def test_a_new_or_removed_readme_line_is_caught():
 
 
 def test_a_failing_command_is_recorded_as_failed(tmp_path):
-    """A nonzero exit and a traceback both reach test_readme_command_runs (which asserts neither happened)."""
+    """A nonzero exit, a traceback and a file not written all reach test_readme_command_runs."""
     w = Workspace(tmp_path)
     with users_folder(tmp_path):
         refused = run_step(Step("mmx cache info STORE", {"STORE": "absent.zarr"}), w)
         broken = run_step(Step("mmx eval RUN", {"RUN": "{w.runs[never-trained]}"}), w)
+        silent = run_step(Step("mmx cache import --help", creates=("imported.zarr",)), w)
     assert refused.exit_code != 0 and "absent.zarr" in refused.output
     assert broken.exit_code == -1 and "KeyError: 'never-trained'" in broken.error
+    assert silent.exit_code == 0 and silent.missing == ["imported.zarr"]
 
 
 def test_no_mmx_command_hides_in_an_untagged_block():
@@ -91,6 +93,7 @@ def test_readme_command_runs(step, outcomes):
     assert not got.error and got.exit_code == 0, shown
     for text in step.expect:
         assert text in got.output, f"{text!r} not in the output\n{shown}"
+    assert not got.missing, f"not written: {got.missing}\n{shown}"
 
 
 @pytest.mark.parametrize("line", [line for line in readme_lines() if line.startswith("mmx ")])
