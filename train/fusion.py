@@ -50,7 +50,10 @@ once and runs the subsets together:
   output tokens), so it runs on the pooled rows (9 per row for the paper's six subsets)
   instead of on every (subset, token) row (27 at 3 tokens per modality);
 * later blocks (depth > 1) run the subsets of one size as one padded attention batch, and
-  each modality's final projection is one call over all subsets that contain it.
+  each modality's final projection is one call over all subsets that contain it;
+* every index of the pass (real tokens, key tables, layouts, pooling segments) is built with
+  numpy from host masks the training strategy already has, and copied to the device without
+  waiting (pinned, non-blocking), so a CUDA step never waits for the device.
 
 This is the same function as running each subset on its own (tested against a direct
 per-subset implementation of the reference's equations), with fewer, larger operations.
@@ -58,11 +61,19 @@ per-subset implementation of the reference's equations), with fewer, larger oper
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmx.train.samplers import to_device
+
 EPS = 1e-6  # the reference's LayerNorm eps
+
+
+def minus_inf_where(mask: np.ndarray, device) -> torch.Tensor:
+    """An additive attention bias from a host mask: ``-inf`` where ``mask``, else 0."""
+    return to_device(np.where(mask, -np.inf, 0.0).astype(np.float32), device)
 
 
 class GatedLinear(nn.Module):
@@ -93,7 +104,8 @@ class Mlp(nn.Module):
 class Layout:
     """Where the packed tokens of a set of sequences sit in a padded attention batch.
 
-    ``seq`` (n,) is the sequence (0..N-1) of each of the packed tokens ``first .. first+n-1``;
+    ``seq`` (n,) is the sequence (0..N-1) of each of the packed tokens ``first .. first+n-1``
+    (a host array: the indices are built on the host and copied to ``device`` without waiting);
     tokens of one sequence keep their packed order. Queries, keys and values are gathered
     straight from the rows that hold them into the ``(N, H, L, d/H)`` layout attention wants
     (one gather; a padded slot reads token ``first`` and is masked by a ``-inf`` bias, so it
@@ -101,21 +113,22 @@ class Layout:
     lie along dim -2 of the probabilities, as in :class:`SharedKeys`.
     """
 
-    def __init__(self, seq: torch.Tensor, n_seq: int, heads: int, first: int):
-        counts = torch.bincount(seq, minlength=n_seq)
-        order = torch.argsort(seq, stable=True)
-        start = torch.cumsum(counts, 0) - counts
-        slot = torch.empty_like(seq)
-        slot[order] = torch.arange(len(seq), device=seq.device) - start[seq[order]]
+    def __init__(self, seq: np.ndarray, n_seq: int, heads: int, first: int, device):
+        counts = np.bincount(seq, minlength=n_seq)
+        order = np.argsort(seq, kind="stable")
+        start = np.cumsum(counts) - counts
+        slot = np.empty_like(seq)
+        slot[order] = np.arange(len(seq)) - start[seq[order]]
         self.n, self.heads, self.length = n_seq, heads, max(int(counts.max()), 1) if n_seq else 1
         where = seq * self.length + slot  # (n,) flat (sequence, slot) of each token
-        self.token = torch.full((n_seq * self.length,), first, dtype=torch.long, device=seq.device)
-        self.token[where] = first + torch.arange(len(seq), device=seq.device)  # packed token in each slot
-        keep = torch.zeros(n_seq * self.length, dtype=torch.bool, device=seq.device)
+        token = np.full(n_seq * self.length, first, dtype=np.int64)
+        token[where] = first + np.arange(len(seq))  # packed token in each slot
+        keep = np.zeros(n_seq * self.length, dtype=bool)
         keep[where] = True
-        self.bias = torch.zeros(n_seq, 1, self.length, 1, device=seq.device).masked_fill(~keep.view(n_seq, 1, -1, 1), float("-inf"))
-        h = torch.arange(heads, device=seq.device)
-        self.rows = ((seq[:, None] * heads + h) * self.length + slot[:, None]).reshape(-1)  # (n * H,) output rows
+        self.token = to_device(token, device)
+        self.bias = minus_inf_where(~keep.reshape(n_seq, 1, -1, 1), device)
+        rows = (seq[:, None] * heads + np.arange(heads)) * self.length + slot[:, None]
+        self.rows = to_device(rows.reshape(-1), device)  # (n * H,) output rows
         self.size = len(seq)
 
     def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
@@ -141,32 +154,31 @@ class SharedKeys:
 
     ``keys``: ``[(subset, m)]`` the query groups, ``m`` a modality of the subset or None for a
     [cls] token; ``of[m]`` (n_m,) the packed input rows of ``m``, ``rows[m]`` / ``cols[m]``
-    their batch row and slot (token position; 0 for a masking or [cls] token). The output
-    rows are the groups' tokens in the order ``cat(of[m] for _, m in keys)``.
+    their batch row and slot (token position; 0 for a masking or [cls] token), all host
+    arrays. The output rows are the groups' tokens in the order ``cat(of[m] for _, m in keys)``.
     """
 
-    def __init__(self, keys: list, of: dict, rows: dict, cols: dict, batch: int, heads: int):
-        dev = rows[keys[0][1]].device
+    def __init__(self, keys: list, of: dict, rows: dict, cols: dict, batch: int, heads: int, device):
         mods = list(dict.fromkeys(m for _, m in keys))
         width = {m: int(cols[m].max()) + 1 if len(cols[m]) else 1 for m in mods}
-        off = dict(zip(mods, torch.tensor([0] + [width[m] for m in mods]).cumsum(0).tolist()))
+        off = dict(zip(mods, np.cumsum([0] + [width[m] for m in mods]).tolist()))
         k = sum(width.values())
         self.batch, self.k, self.heads = batch, k, heads
-        self.key = torch.zeros(batch * k, dtype=torch.long, device=dev)  # packed input row of each key slot (padding: row 0)
-        valid = torch.zeros(batch * k, dtype=torch.bool, device=dev)
+        key = np.zeros(batch * k, dtype=np.int64)  # packed input row of each key slot (padding: row 0)
+        valid = np.zeros(batch * k, dtype=bool)
         for m in mods:
             where = rows[m] * k + off[m] + cols[m]
-            self.key[where], valid[where] = of[m], True
-        slot_mod = torch.cat([torch.full((width[m],), j, device=dev) for j, m in enumerate(mods)])  # (K,)
-        self.query = torch.cat([off[m] + torch.arange(width[m], device=dev) for _, m in keys])  # (Q,) key slot of each query slot
-        allowed = torch.cat([torch.isin(slot_mod, torch.tensor([mods.index(x) for x in mods if x is None or x in s], device=dev))
-                             .expand(width[m], -1) for s, m in keys])  # (Q, K): the query's subset has the key's modality
-        self.q = len(self.query)
-        self.bias = torch.zeros(batch, 1, k, self.q, device=dev).masked_fill(
-            ~(allowed.T[None] & valid.view(batch, k, 1)).unsqueeze(1), float("-inf"))  # (B, 1, K, Q)
-        start = torch.tensor([0] + [width[m] for _, m in keys], device=dev).cumsum(0)
-        slot = torch.cat([rows[m] * heads * self.q + start[g] + cols[m] for g, (_, m) in enumerate(keys)])  # (n,) query slot of each output row
-        self.out = (slot[:, None] + torch.arange(heads, device=dev) * self.q).view(-1)  # (n * H,) its heads' rows in (B, H, Q)
+            key[where], valid[where] = of[m], True
+        slot_mod = np.concatenate([np.full(width[m], j) for j, m in enumerate(mods)])  # (K,)
+        query = np.concatenate([off[m] + np.arange(width[m]) for _, m in keys])  # (Q,) key slot of each query slot
+        allowed = np.concatenate([np.broadcast_to(np.isin(slot_mod, [mods.index(x) for x in mods if x is None or x in s]),
+                                                  (width[m], k)) for s, m in keys])  # (Q, K): the query's subset has the key's modality
+        self.q = len(query)
+        self.key, self.query = to_device(key, device), to_device(query, device)
+        self.bias = minus_inf_where(~(allowed.T[None] & valid.reshape(batch, k, 1))[:, None], device)  # (B, 1, K, Q)
+        start = np.cumsum([0] + [width[m] for _, m in keys])
+        slot = np.concatenate([rows[m] * heads * self.q + start[g] + cols[m] for g, (_, m) in enumerate(keys)])  # (n,) query slot of each output row
+        self.out = to_device((slot[:, None] + np.arange(heads) * self.q).reshape(-1), device)  # (n * H,) its heads' rows in (B, H, Q)
 
     def attend(self, qkv: torch.Tensor, dropout: float) -> torch.Tensor:
         """``qkv`` (n_in, 3d) of the input rows -> the attention output (n, d) of the
@@ -268,17 +280,22 @@ def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1).clamp_min(1.0)
 
 
-def segment_mean(x: torch.Tensor, segment: torch.Tensor, n: int) -> torch.Tensor:
-    """(m, d) rows, (m,) segment ids in [0, n) -> (n, d) mean of each segment's rows."""
+def segment_mean(x: torch.Tensor, segment: torch.Tensor, n: int, count: torch.Tensor | None = None) -> torch.Tensor:
+    """(m, d) rows, (m,) segment ids in [0, n) -> (n, d) mean of each segment's rows.
+
+    ``count`` (n,): the rows per segment when the caller knows them (counting on a CUDA device
+    reads the largest id back to the host)."""
     total = x.new_zeros(n, x.shape[-1]).index_add(0, segment, x)
-    count = torch.bincount(segment, minlength=n).clamp_min(1).to(x.dtype)
-    return total / count[:, None]
+    if count is None:
+        count = torch.bincount(segment, minlength=n)
+    return total / count.clamp_min(1).to(x.dtype)[:, None]
 
 
 class Tokens:
-    """One batch's packed tokens: ``x`` (n, d) over all modalities, each row's batch row,
-    column (token position; 0 for a masking token) and modality; ``present[m]`` (B,) the rows
-    where modality ``m`` is real."""
+    """One batch's packed tokens: ``x`` (n, d) over all modalities; each row's batch row,
+    column (token position; 0 for a masking token) and modality index, as host arrays (``row``,
+    ``col``, ``modality``: every index of the fusion pass is built from them on the host);
+    ``present[m]`` (B,) the rows where modality ``m`` is real, on the device."""
 
     def __init__(self, x, row, col, modality, present, batch):
         self.x, self.row, self.col, self.modality, self.present, self.batch = x, row, col, modality, present, batch
@@ -343,28 +360,34 @@ class EverythingAtOnce(nn.Module):
     # -- tokens ---------------------------------------------------------------------------
     def tokenize(self, inputs: dict, modalities) -> Tokens:
         """Project every real token of ``modalities`` once: ``inputs[m] = (x (B, T, D_m),
-        valid (B, T) bool, present (B,) bool)``. Rows without ``m`` (``present`` false, or no
-        valid token) get the masking token (plus position 0's embedding)."""
+        valid (B, T) bool, present (B,) bool[, (valid, present) as numpy])``. Rows without ``m``
+        (``present`` false, or no valid token) get the masking token (plus position 0's embedding).
+
+        Which tokens are real is read from the host copy of the masks when the caller gives it
+        (the training strategy does: it knows the lengths), else from the device once: on CUDA
+        that read waits for the device, and nothing else in the pass does (issue 12 item 4)."""
         xs, rows, cols, mods, present = [], [], [], [], {}
         batch = None
         for k, m in enumerate(modalities):
-            x, valid, pres = inputs[m]
-            batch = len(valid)
-            pres = pres & valid.any(1) if valid.shape[1] else torch.zeros_like(pres)
-            r, c = (valid & pres[:, None]).nonzero(as_tuple=True)
+            x, valid, pres, *host = inputs[m]
+            valid_h, pres_h = host[0] if host else (valid.cpu().numpy(), pres.cpu().numpy())
+            batch = len(valid_h)
+            pres_h = pres_h & valid_h.any(1) if valid_h.shape[1] else np.zeros_like(pres_h)
+            r_h, c_h = np.nonzero(valid_h & pres_h[:, None])
+            absent_h = np.flatnonzero(~pres_h)
+            r, c = to_device(r_h, x.device), to_device(c_h, x.device)
             tok = self.token_proj[m](x[r, c])  # (n_m, token_dim): real tokens only
-            absent = (~pres).nonzero(as_tuple=True)[0]
-            fill = self.empty.to(tok.dtype).expand(len(absent), -1)
+            fill = self.empty.to(tok.dtype).expand(len(absent_h), -1)
             if self.pos is not None:
-                if valid.shape[1] > len(self.pos[m]):
-                    raise ValueError(f"{m}: {valid.shape[1]} tokens, but positional embeddings were built for {len(self.pos[m])}")
+                if valid_h.shape[1] > len(self.pos[m]):
+                    raise ValueError(f"{m}: {valid_h.shape[1]} tokens, but positional embeddings were built for {len(self.pos[m])}")
                 tok, fill = tok + self.pos[m][c], fill + self.pos[m][0]
             xs += [tok, fill]
-            rows += [r, absent]
-            cols += [c, torch.zeros_like(absent)]
-            mods.append(torch.full((len(r) + len(absent),), k, dtype=torch.long, device=r.device))
-            present[m] = pres
-        return Tokens(torch.cat(xs), torch.cat(rows), torch.cat(cols), torch.cat(mods), present, batch)
+            rows += [r_h, absent_h]
+            cols += [c_h, np.zeros_like(absent_h)]
+            mods.append(np.full(len(r_h) + len(absent_h), k))
+            present[m] = pres & valid.any(1) if valid.shape[1] else torch.zeros_like(pres)
+        return Tokens(torch.cat(xs), np.concatenate(rows), np.concatenate(cols), np.concatenate(mods), present, batch)
 
     # -- embeddings -----------------------------------------------------------------------
     def embed_subsets(self, inputs: dict, subsets: list) -> dict:
@@ -391,26 +414,28 @@ class EverythingAtOnce(nn.Module):
         ``{(subset, m): (B, d)}`` pooled outputs of each modality in each subset, or, with a
         [cls] token, ``{(subset, None): (B, d)}``.
         """
-        b, dev = tok.batch, tok.row.device
-        of = {m: (tok.modality == k).nonzero(as_tuple=True)[0] for k, m in enumerate(modalities)}  # packed rows of m
+        b, dev = tok.batch, tok.x.device
+        of = {m: np.flatnonzero(tok.modality == k) for k, m in enumerate(modalities)}  # packed rows of m
         rows, cols = {m: tok.row[i] for m, i in of.items()}, {m: tok.col[i] for m, i in of.items()}
         if self.use_cls:  # the [cls] token is one extra input row shared by all sequences
-            of[None], rows[None], cols[None] = torch.full((b,), len(tok.x), device=dev), torch.arange(b, device=dev), torch.zeros(b, dtype=torch.long, device=dev)
+            of[None], rows[None], cols[None] = np.full(b, len(tok.x)), np.arange(b), np.zeros(b, dtype=np.int64)
         keys, seqs = [], []
         for size in sorted({len(s) for s in subsets}):
             group = [s for s in subsets if len(s) == size]
-            seqs.append((torch.cat([j * b + rows[m] for j, s in enumerate(group) for m in self._slots(s)]), len(group) * b))
+            seqs.append((np.concatenate([j * b + rows[m] for j, s in enumerate(group) for m in self._slots(s)]), len(group) * b))
             keys += [(s, m) for s in group for m in self._slots(s)]
-        source = torch.cat([of[m] for _, m in keys])
-        segment = torch.cat([k * b + rows[m] for k, (_, m) in enumerate(keys)])
-        pool = lambda x: segment_mean(x, segment, len(keys) * b)  # noqa: E731 - a [cls] segment is its one token
+        source = to_device(np.concatenate([of[m] for _, m in keys]), dev)
+        segment = np.concatenate([k * b + rows[m] for k, (_, m) in enumerate(keys)])
+        count = to_device(np.bincount(segment, minlength=len(keys) * b), dev)
+        segment = to_device(segment, dev)
+        pool = lambda x: segment_mean(x, segment, len(keys) * b, count)  # noqa: E731 - a [cls] segment is its one token
         x = tok.x if not self.use_cls else torch.cat([tok.x, self.cls.to(tok.x.dtype)[None]])
         if transformer is None:
             means = pool(x.index_select(0, source))  # no transformer: the tokens themselves
         else:
-            starts = torch.tensor([0] + [len(seq) for seq, _ in seqs]).cumsum(0).tolist()
-            layouts = lambda: [Layout(seq, n, self.heads, at) for (seq, n), at in zip(seqs, starts)]  # noqa: E731
-            means = transformer(x, SharedKeys(keys, of, rows, cols, b, self.heads), source, layouts, pool)
+            starts = np.cumsum([0] + [len(seq) for seq, _ in seqs]).tolist()
+            layouts = lambda: [Layout(seq, n, self.heads, at, dev) for (seq, n), at in zip(seqs, starts)]  # noqa: E731
+            means = transformer(x, SharedKeys(keys, of, rows, cols, b, self.heads, dev), source, layouts, pool)
         means = means.view(len(keys), b, -1).unbind(0)  # one backward for all (indexing would zero-fill each)
         return {key: means[k] for k, key in enumerate(keys) if (key[1] is None) == self.use_cls}
 

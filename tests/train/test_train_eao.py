@@ -125,8 +125,8 @@ def test_absent_modality_becomes_the_empty_token_and_is_masked_from_its_terms(in
     audio_absent = ~batch["audio"][2]
     assert audio_absent.any() and batch["text"][2].all()  # the cache leaves audio out of some groups
     # what the absent audio rows hold does not matter: they become the learned empty token
-    x, valid, present = batch["audio"]
-    noisy = dict(batch, audio=(torch.where(present[:, None, None], x, torch.randn_like(x)), valid, present))
+    x, valid, present, host = batch["audio"]  # host: the masks on the host, which the model reads
+    noisy = dict(batch, audio=(torch.where(present[:, None, None], x, torch.randn_like(x)), valid, present, host))
     with torch.no_grad():
         assert torch.allclose(model(batch, ("text", "audio")), model(noisy, ("text", "audio")), atol=1e-6)
         out = strategy.step(model, batch)

@@ -191,12 +191,12 @@ class EverythingAtOnceStrategy(Strategy):
         return self._token_counts[key]
 
     def _padded(self, split, m: Modality, rows: torch.Tensor, host: np.ndarray):
-        """Item rows -> tokens (B, T, D), valid (B, T), present (B,).
+        """Item rows -> tokens (B, T, D), valid (B, T), present (B,), and the two masks on the host.
 
         ``rows``: the rows on the device, absent ones as any valid row; ``host``: the same on the
-        host, -1 = absent. Lengths and presence come from the host, so the padded width ``T``
-        is known without asking the device (issue 12 item 4; the fusion model's token
-        selection still waits for it, see :meth:`EverythingAtOnce.tokenize`).
+        host, -1 = absent. Lengths and presence come from the host, so neither the padded width
+        ``T`` nor the fusion model's choice of real tokens asks the device (issue 12 item 4, see
+        :meth:`EverythingAtOnce.tokenize`).
         """
         f = split.features[m]
         length = np.where(host >= 0, self._lengths(split, m)[np.maximum(host, 0)], 0)
@@ -207,7 +207,8 @@ class EverythingAtOnceStrategy(Strategy):
         valid = ar[None, :] < to_device(length, rows.device)[:, None]  # (B, T)
         idx = (f.offsets[rows][:, None] + ar[None, :]).clamp(max=max(len(f.tokens) - 1, 0))
         x = f.tokens[idx] * valid[..., None]  # (B, T, D_m), padding zeroed
-        return x, valid, to_device(length > 0, rows.device)
+        host_masks = (np.arange(t)[None, :] < length[:, None], length > 0)
+        return x, valid, to_device(host_masks[1], rows.device), host_masks
 
     def _inputs(self, split, host: dict, rows: dict | None = None) -> dict:
         """Batch inputs per modality name; ``rows`` (device views of ``host``) are copied when not given."""
@@ -231,7 +232,7 @@ class EverythingAtOnceStrategy(Strategy):
         names = {s: tuple(m.value for m in s) for s in self.subsets}
         fused = model.embed_subsets(batch, list(names.values()))  # every subset in one pass
         embs = {s: fused[n] for s, n in names.items()}  # each (B, embed_dim)
-        present = {s: torch.stack([batch[m][2] for m in n]).all(0) for s, n in names.items()}
+        present = {s: np.all([batch[m][3][1] for m in n], 0) for s, n in names.items()}  # host masks: no wait
         return combinatorial_loss(embs, present, self.terms, self.cfg.tau)
 
     # -- embeddings for eval ----------------------------------------------------------------
