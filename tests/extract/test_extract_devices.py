@@ -63,17 +63,6 @@ def media(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_resnet(tmp_path_factory):
-    import transformers as T
-
-    root = tmp_path_factory.mktemp("resnet")
-    torch.manual_seed(0)
-    T.ResNetModel(T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(root)
-    T.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(root)
-    return root
-
-
-@pytest.fixture(scope="module")
 def minilm_dir(tmp_path_factory):
     """The all-MiniLM-L6-v2 architecture with random weights (used when its package is absent)."""
     return random_weights.save_minilm(tmp_path_factory.mktemp("minilm"))

@@ -22,17 +22,6 @@ from mmx.extract import decode
 from mmx.extract.backbones import build_encoder
 
 
-@pytest.fixture(scope="module")
-def tiny_resnet(tmp_path_factory):
-    import transformers as T
-
-    root = tmp_path_factory.mktemp("resnet")
-    torch.manual_seed(0)
-    T.ResNetModel(T.ResNetConfig(embedding_size=8, hidden_sizes=[8, 16], depths=[1, 1], layer_type="basic")).save_pretrained(root)
-    T.ConvNextImageProcessor(size={"shortest_edge": 32}, crop_pct=1.0).save_pretrained(root)
-    return root
-
-
 # (width, height): smaller than the input (32), equal, a squash, up to twice, and past twice
 SIZES = [(20, 16), (32, 32), (48, 40), (64, 60), (64, 64), (90, 50)]
 
