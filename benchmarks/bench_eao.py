@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import time
 
+import numpy as np
 import torch
 
 from mmx.train.fusion import EverythingAtOnce
@@ -29,14 +30,16 @@ PAPER_DIMS = {"text": 300, "video": 4096, "audio": 4096}
 
 
 def make_batch(dims: dict, batch: int, tokens: tuple, device, seed: int = 0) -> dict:
-    """``{m: (x (B, T, D), valid (B, T), present (B,))}``, 2-4 real tokens per item, all present."""
+    """``{m: (x (B, T, D), valid (B, T), present (B,), (valid, present) on the host)}``, 2-4 real
+    tokens per item, all present: what the strategy's batches hold (train/strategies/eao.py)."""
     g = torch.Generator().manual_seed(seed)
     out = {}
     for m, d in dims.items():
         lengths = torch.randint(tokens[0], tokens[1] + 1, (batch,), generator=g)
         valid = torch.arange(tokens[1])[None] < lengths[:, None]
         x = torch.randn(batch, tokens[1], d, generator=g) * valid[..., None]
-        out[m] = (x.to(device), valid.to(device), torch.ones(batch, dtype=torch.bool, device=device))
+        present = torch.ones(batch, dtype=torch.bool)
+        out[m] = (x.to(device), valid.to(device), present.to(device), (valid.numpy(), present.numpy()))
     return out
 
 
@@ -46,7 +49,7 @@ def mmx_step(model, opt, batch, terms, autocast) -> torch.Tensor:
     with autocast():
         subsets = subsets_of(terms)
         embs = model.embed_subsets(batch, subsets)
-        present = {s: torch.stack([batch[m][2] for m in s]).all(0) for s in subsets}
+        present = {s: np.all([batch[m][3][1] for m in s], 0) for s in subsets}  # host masks, as the strategy's
         loss = combinatorial_loss(embs, present, terms, 0.05)["loss"]
     loss.backward()
     opt.step()

@@ -113,7 +113,7 @@ def reference_model(path: str, d: int, heads: int, device):
 
 def reference_inputs(batch: dict) -> dict:
     """mmx's ``{m: (x, valid, present)}`` as the reference's data dict (fresh masks: it edits them in place)."""
-    mask = {m: (v & p[:, None]).float() for m, (_, v, p) in batch.items()}
+    mask = {m: (v & p[:, None]).float() for m, (_, v, p, *_host) in batch.items()}
     return {"text": batch["text"][0], "text_mask": mask["text"], "video": batch["video"][0], "video_mask": mask["video"],
             "audio": batch["audio"][0].transpose(1, 2), "audio_mask": mask["audio"], "audio_STFT_nframes": mask["audio"].sum(1)}
 
@@ -190,8 +190,8 @@ def compare(path: str, d: int, heads: int, batch_size: int, steps: int, device, 
     rate = {k: batch_size * steps / sum(s) for k, s in spent.items()}
     shares = {k: matmul_share(f, device) for k, f in run.items()} if profile else {}
     pairs = [r / m for r, m in zip(spent["reference"], spent["mmx"])]  # each step pair's ratio: robust to load swings
-    mean_tokens = float(sum(v.sum() for _, v, _ in batch.values())) / len(batch) / batch_size  # real tokens per modality
-    max_tokens = max(v.shape[1] for _, v, _ in batch.values())  # the reference projects and attends over every slot
+    mean_tokens = float(sum(v.sum() for _, v, *_ in batch.values())) / len(batch) / batch_size  # real tokens per modality
+    max_tokens = max(v.shape[1] for _, v, *_ in batch.values())  # the reference projects and attends over every slot
     flops = reference_step_flops(d, d, DIMS, max_tokens, batch_size) / step_flops(d, d, DIMS, mean_tokens, batch_size)
     return {"dim": d, "heads": heads, "ref_loss": ref_loss, "mmx_loss": mmx_loss, **rate, "ratio": rate["mmx"] / rate["reference"],
             "flop_ratio": flops, "pair_median": statistics.median(pairs), "shares": shares}
