@@ -95,12 +95,12 @@ class Pending:
         """
         import torch
 
-        if features.device.type != "cuda":
-            return cls(lambda t: finish(t.numpy()), features)
-        host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
-        host.copy_(features, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
+        host, event = features, None
+        if features.device.type == "cuda":
+            host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+            host.copy_(features, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record()
         return cls(lambda t: finish(t.numpy()), host, event)
 
     def result(self) -> list:
@@ -208,7 +208,8 @@ class RowEncoder(Encoder):
         for i, r in enumerate(rows):
             by_shape.setdefault(tuple(r.shape[-2:]), []).append(i)
         for shape, members in by_shape.items():
-            x = torch.cat([torch.as_tensor(rows[i]) for i in members]).to(self.device, non_blocking=True).float()
+            # each sample moves as the loader pinned it (a cat on the host would copy into pageable memory)
+            x = torch.cat([torch.as_tensor(rows[i]).to(self.device, non_blocking=True) for i in members]).float()
             if shape != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
             where = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
