@@ -29,6 +29,14 @@ class SplitData:
 
     features: dict[Modality, LoadedFeatures]
     classes: dict[Modality, Any]  # LongTensor (N_m,) on the data device; -1 when unlabelled
+    classes_host: dict[Modality, np.ndarray] = dataclasses.field(default_factory=dict)  # the same, on the host
+
+    def host_classes(self, m: Modality) -> np.ndarray:
+        """``classes[m]`` as a host array, for samplers: the one built at load, else read from
+        the device once and kept (a sampler per pass must not wait for the device each pass)."""
+        if m not in self.classes_host:
+            self.classes_host[m] = self.classes[m].cpu().numpy()
+        return self.classes_host[m]
 
     @property
     def modalities(self) -> list[Modality]:
@@ -207,11 +215,9 @@ def load_train_data(
     index = {n: i for i, n in enumerate(names)}
     out = {}
     for s, per in loaded.items():
-        classes = {
-            m: torch.as_tensor(np.array([index.get(str(x), -1) for x in f.labels], np.int64), device=device)
-            for m, f in per.items()
-        }
-        out[s] = SplitData(features=per, classes=classes)
+        host = {m: np.array([index.get(str(x), -1) for x in f.labels], np.int64) for m, f in per.items()}
+        classes = {m: torch.as_tensor(c, device=device) for m, c in host.items()}
+        out[s] = SplitData(features=per, classes=classes, classes_host=host)
     return TrainData(
         splits=out,
         class_names=names,

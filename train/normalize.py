@@ -100,7 +100,7 @@ class Normalizer:
             return data
         from mmx.train.data import SplitData
 
-        splits = {name: SplitData({m: self.apply_features(f) for m, f in s.features.items()}, s.classes)
+        splits = {name: SplitData({m: self.apply_features(f) for m, f in s.features.items()}, s.classes, s.classes_host)
                   for name, s in data.splits.items()}
         return dataclasses.replace(data, splits=splits)
 

@@ -240,7 +240,7 @@ class InstanceAlignedSampler:
 def make_sampler(split, modalities: list, alignment: str, batch_size: int, seed: int):
     """The sampler the data needs: class-aligned or instance-aligned over ``modalities`` of ``split``."""
     if alignment == "class":
-        return ClassAlignedSampler({m: split.classes[m].cpu().numpy() for m in modalities}, batch_size, seed)
+        return ClassAlignedSampler({m: split.host_classes(m) for m in modalities}, batch_size, seed)
     if alignment == "instance":
         return InstanceAlignedSampler({m: split.features[m].groups for m in modalities}, batch_size, seed)
     raise ValueError(f"alignment must be 'class' or 'instance', not {alignment!r}")

@@ -299,3 +299,14 @@ def test_eao_steps_never_read_the_device(token_cache, monkeypatch):
     s, runner, opt = setup(cache, "eao", ["text", "audio", "video"], alignment=alignment, options={"token_dim": 32, "heads": 4})
     out = guarded_run(monkeypatch, s, runner, opt)
     assert np.isfinite(out["loss_train"]) and np.isfinite(out["loss_val"])
+
+
+@pytest.mark.parametrize("case", sorted(CLASS_CASES))
+def test_drawing_a_class_aligned_pass_reads_nothing_from_the_device(class_cache, monkeypatch, case):
+    """A pass's start copies its index arrays to the device, and reads nothing back: the class
+    labels the sampler draws from are kept on the host when the data is loaded."""
+    strategy, mods, kw = CLASS_CASES[case]
+    s, runner, opt = setup(class_cache, strategy, mods, **kw)
+    Guard(monkeypatch)
+    for epoch in (1, 2):
+        assert next(iter(s.batches(runner.train_split, epoch, train=True))) is not None

@@ -213,7 +213,7 @@ class CommonSpaceStrategy(Strategy):
         seed = self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
         per = self.opt["per_class"]
         stage = self.stage
-        sampler = ClassAlignedSampler({m: split.classes[Modality.parse(m)].cpu().numpy() for m in stage.modalities},
+        sampler = ClassAlignedSampler({m: split.host_classes(Modality.parse(m)) for m in stage.modalities},
                                       self.cfg.batch_size, seed, per_class=per, allowed=stage.classes,
                                       size_by=stage.size_by)
         if train:
