@@ -12,10 +12,13 @@
 #      bench_train_host.py (ms/step of tiny heads: the host's floor per step, issue 12 item 4),
 #      bench_train_cvs.py (CVS/M-CVS/RVS ms/iter), bench_eao.py (paper size, bf16),
 #      bench_eval.py (every metric, both relevances), bench_extract.py (image pipeline/model
-#      for EfficientNet-Lite0 and a ResNet-50 at batch 64, audio and video figures),
-#      bench_startup.py (CPU start-up);
+#      for EfficientNet-Lite0 and a ResNet-50 at batch 64, audio and video figures), and
+#      bench_eao_reference.py on CUDA (mmx's EAO against ninatu/everything_at_once on the same
+#      data, dimensions and device) when a checkout of that repository is in .eao_ref/ (or
+#      $EAO_REFERENCE; git-ignored, 1.4 MB, never part of mmx: `git clone
+#      https://github.com/ninatu/everything_at_once .eao_ref` where GitHub is reachable);
 # and writes env.txt, one log per step and figures.txt (the lines that carry the figures)
-# into $OUT (or ./gpu-out when OUT is unset): at most 10 files. Limits per step add up to
+# into $OUT (or ./gpu-out when OUT is unset): at most 11 files. Limits per step add up to
 # 460 s, plus about 20 s of installing; GPU_CHECK_STEPS="train extract" reruns some steps.
 #
 #     bash benchmarks/gpu_wheels.sh     # here, once
@@ -45,7 +48,7 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 MPLBACKEND=Agg
 } > "$OUT_DIR/env.txt" 2>&1
 cat "$OUT_DIR/env.txt"
 
-STEPS=${GPU_CHECK_STEPS:-gputests tests train host cvs eao eval extract}  # a rerun can name fewer
+STEPS=${GPU_CHECK_STEPS:-gputests tests train host cvs eao eaoref eval extract}  # a rerun can name fewer
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, never abort the rest
   local name=$1 limit=$2; shift 2
   [[ " $STEPS " == *" $name "* ]] || return 0
@@ -60,12 +63,18 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 # 1. tests: the gpu-marked ones (52 s for their CPU twins on the 2-core machine), then the
 #    train/eval/cache suites with CUDA visible (58 s there on the CPU)
 step gputests 80 "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="-ra --strict-markers" tests
-step tests 100 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy and not gpu" -o addopts="-ra --strict-markers" tests/train tests/eval tests/cache
+step tests 90 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy and not gpu" -o addopts="-ra --strict-markers" tests/train tests/eval tests/cache
 # 2. benchmarks (threads: mmx's default; figures go to figures.txt)
-step train 80 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad --device cuda
+step train 70 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad --device cuda
 step host 30 "$PY" benchmarks/bench_train_host.py --device cuda --width tiny --repeats 3
 step cvs 25 "$PY" benchmarks/bench_train_cvs.py --device cuda --steps 20
 step eao 30 "$PY" benchmarks/bench_eao.py --device cuda --steps 5
+EAO_REF=${EAO_REFERENCE:-$REPO/.eao_ref}
+if [[ -d $EAO_REF/everything_at_once ]]; then
+  step eaoref 20 "$PY" benchmarks/bench_eao_reference.py --reference "$EAO_REF" --device cuda --steps 10 --dims 256,1024
+else
+  step eaoref 5 echo "no checkout of ninatu/everything_at_once at $EAO_REF: EAO against its reference not measured"
+fi
 step eval 30 "$PY" benchmarks/bench_eval.py --device cuda
 step extract 85 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --batch-size 64 --workers 0 --resnet50
 
@@ -80,6 +89,7 @@ step extract 85 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --
   grep -h -E "^(quad|roundrobin|heldout|recall|cvs) +tiny" "$OUT_DIR/host.log"
   grep -h -E "^(cvs|mcvs|rvs) |growth|M-CVS last" "$OUT_DIR/cvs.log"
   grep -h -E "samples/s|TFLOP|peak" "$OUT_DIR/eao.log"
+  grep -h -E "samples/s reference|no checkout" "$OUT_DIR/eaoref.log"
   grep -h -E "wall|similarities" "$OUT_DIR/eval.log"
   grep -h -E "^(efficientnet|frames|logmel|minilm|resnet)|device=" "$OUT_DIR/extract.log"
 } > "$OUT_DIR/figures.txt" 2>/dev/null
