@@ -98,9 +98,11 @@ class Pending:
         host, event = features, None
         if features.device.type == "cuda":
             host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
-            host.copy_(features, non_blocking=True)
+            host.copy_(features, non_blocking=True)  # queued on the features' device's stream
             event = torch.cuda.Event()
-            event.record()
+            # on that stream, not the current device's: with --device cuda:1 an event on cuda:0
+            # would be passed at once and the host would read the buffer before the copy filled it
+            event.record(torch.cuda.current_stream(features.device))
         return cls(lambda t: finish(t.numpy()), host, event)
 
     def result(self) -> list:

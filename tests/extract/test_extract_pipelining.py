@@ -186,3 +186,43 @@ def test_a_whole_extraction_on_the_device_equals_the_cpu_within_tolerance(tmp_pa
     ref, got = out[0].pooled.numpy(), out[1].pooled.numpy()
     err = np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1)
     assert err.max() <= (1e-5 if device == "cpu" else 0.06), err
+
+
+# -- the copy back: checked with stand-ins for CUDA's event and streams ----------------------------
+class _OnSecondGpu(torch.Tensor):
+    """A CPU tensor that reports cuda:1, where ``--device cuda:1`` puts the features."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 1)
+
+
+def test_the_host_waits_for_the_copy_back_on_the_features_device(monkeypatch):
+    """``--device cuda:1``: the copy into pinned memory runs on cuda:1's stream, so the event the
+    host waits on must be recorded there; one recorded on the current device's stream (cuda:0)
+    passes at once and the host reads the buffer before the copy has filled it."""
+    from mmx.extract import encoders
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+    done = {}
+
+    class Event:
+        def record(self, stream=None):  # torch.cuda.Event's rule: no stream is the current device's
+            done["on"] = (stream or torch.cuda.current_stream()).device
+
+        def synchronize(self):
+            done["waited"] = True
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream(torch.device(device or "cuda:0")))
+    empty = torch.empty
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))  # no pinned memory here
+    values = torch.arange(6.0).view(2, 3)
+    pending = encoders.Pending.to_host(values.clone().as_subclass(_OnSecondGpu), lambda a: a.copy())
+    assert done.get("on") == torch.device("cuda", 1) and "waited" not in done
+    np.testing.assert_array_equal(pending.result(), values.numpy())
+    assert done["waited"]
+
