@@ -191,32 +191,43 @@ class RowEncoder(Encoder):
 
     def normalise_pixels(self, x):
         """uint8 ``(..., 3, H, W)`` -> float32 ``(x / 255 - mean) / std`` with the preparer's mean/std."""
+        mean, std = self._pixel_stats(x.device)
+        return (x.float() / 255.0 - mean) / std
+
+    def _pixel_stats(self, device):
+        """The preparer's mean and std as ``(3, 1, 1)`` float32 tensors on ``device``, made once per
+        device: a CUDA tensor built from Python numbers is a blocking copy, which waits for all the
+        device has queued (the batch in flight), so building them per batch held every launch
+        until the previous batch was done."""
         import torch
 
-        mean = torch.tensor(self.prep.mean, dtype=torch.float32, device=x.device).view(3, 1, 1)
-        std = torch.tensor(self.prep.std, dtype=torch.float32, device=x.device).view(3, 1, 1)
-        return (x.float() / 255.0 - mean) / std
+        made = self.__dict__.setdefault("_stats_on", {})
+        if device not in made:
+            made[device] = tuple(torch.tensor(v, dtype=torch.float32).view(3, 1, 1).to(device)
+                                 for v in (self.prep.mean, self.prep.std))
+        return made[device]
 
     def resize_pixels(self, rows: list):
         """uint8 ``(T_i, 3, H_i, W_i)`` arrays of any sizes -> float ``(sum T_i, 3, S, S)`` on the device,
-        values 0-255, in order: rows of one size are moved and resized together."""
+        values 0-255, in order: rows of one size are moved and resized together, then put back in
+        item order by one cat of views (no index tensor: copying one to the device would wait for
+        the batch in flight)."""
         import torch
         import torch.nn.functional as F
 
         size = self.prep.size
-        out = torch.empty((sum(len(r) for r in rows), 3, size, size), dtype=torch.float32, device=self.device)
-        starts = np.cumsum([0] + [len(r) for r in rows])
         by_shape: dict = {}
         for i, r in enumerate(rows):
             by_shape.setdefault(tuple(r.shape[-2:]), []).append(i)
+        pieces: list = [None] * len(rows)
         for shape, members in by_shape.items():
             # each sample moves as the loader pinned it (a cat on the host would copy into pageable memory)
             x = torch.cat([torch.as_tensor(rows[i]).to(self.device, non_blocking=True) for i in members]).float()
             if shape != (size, size):
                 x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-            where = np.concatenate([np.arange(starts[i], starts[i + 1]) for i in members])
-            out[torch.from_numpy(where).to(self.device)] = x
-        return out
+            for i, part in zip(members, x.split([len(rows[i]) for i in members])):
+                pieces[i] = part
+        return torch.cat(pieces) if pieces else torch.zeros((0, 3, size, size), device=self.device)
 
     def launch(self, batch: Any, batch_size: int) -> Pending:
         import torch

@@ -226,3 +226,27 @@ def test_the_host_waits_for_the_copy_back_on_the_features_device(monkeypatch):
     np.testing.assert_array_equal(pending.result(), values.numpy())
     assert done["waited"]
 
+
+@pytest.mark.gpu
+def test_a_launch_on_cuda_never_waits_for_the_batch_in_flight(tiny_resnet, images):
+    """Launching batch i+1 must not wait for batch i, or the GPU idles while the host queues the
+    next batch: no blocking copy to the device (mean/std or an index built from host values) and
+    no read back inside ``launch``, on the path the runner takes (pinned samples, resized on the
+    device, bf16 autocast, channels_last)."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available here")
+    enc = build_encoder("resnet-50", weights=str(tiny_resnet)).to("cuda")
+    rows, counts = enc.prep.collate([enc.prep.prepare(it) for it in images])
+    batch = ([r.pin_memory() for r in rows], counts)  # as the loader pins them
+    with torch.inference_mode():
+        enc.launch(batch, 4).result()  # the first batch may wait (the mean and std are made once)
+        in_flight = enc.launch(batch, 4)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            pending = enc.launch(batch, 4)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        a, b = in_flight.result(), pending.result()
+    assert len(a) == len(b) == len(images)
+    for (_, pa), (_, pb) in zip(a, b):  # the same batch twice
+        np.testing.assert_allclose(pa, pb, rtol=1e-3, atol=1e-3)
