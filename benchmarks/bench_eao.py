@@ -70,9 +70,15 @@ def subsets_of(terms) -> list:
     return list(dict.fromkeys(s for x, y, _ in terms for s in (x, y)))
 
 
+def sync_for(device):
+    """What waits for ``device``'s queued work before a clock is read: ``torch.cuda.synchronize``
+    of that device on CUDA (bare, it waits for the current device only), nothing on the CPU."""
+    return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+
+
 def time_steps(step, steps: int, device) -> float:
     """Seconds per step after two warm-up steps."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = sync_for(device)
     for _ in range(2):
         step()
     sync()

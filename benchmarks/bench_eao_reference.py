@@ -35,7 +35,7 @@ from torch import nn
 from mmx.train.losses import combinatorial_loss
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
-from bench_eao import eao_terms, make_batch, mmx_model, mmx_step, reference_step_flops, step_flops, subsets_of  # noqa: E402
+from bench_eao import eao_terms, make_batch, mmx_model, mmx_step, reference_step_flops, step_flops, subsets_of, sync_for  # noqa: E402
 
 DIMS = {"text": 512, "video": 600, "audio": 128}  # the XMediaNet-scale synthetic cache's widths
 
@@ -146,16 +146,20 @@ def ref_step(model, loss_fn, opt, batch, autocast) -> torch.Tensor:
 
 
 def matmul_share(step, device) -> tuple[float, float]:
-    """(ms in matrix products, ms in everything else) of one step, by torch's profiler (self CPU
-    time of mm/addmm/bmm against all other aten ops; CPU only)."""
+    """(ms in matrix products, ms in everything else) of one step, by torch's profiler: the self
+    time of mm/addmm/bmm against all other aten ops, CPU time on the CPU and the kernels' device
+    time on CUDA (where an op's CPU time is only its launch)."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device.type == "cuda"
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * cuda) as prof:
         step()
+        sync_for(device)()
     ms = [0.0, 0.0]
     for e in prof.key_averages():
         if e.key.startswith("aten::"):
-            ms[e.key in ("aten::mm", "aten::addmm", "aten::bmm")] += e.self_cpu_time_total / 1e3
+            us = e.self_device_time_total if cuda else e.self_cpu_time_total
+            ms[e.key in ("aten::mm", "aten::addmm", "aten::bmm")] += us / 1e3
     return ms[1], ms[0]
 
 
@@ -175,7 +179,7 @@ def compare(path: str, d: int, heads: int, batch_size: int, steps: int, device, 
     ref.train(), mmx.train()
     none = contextlib.nullcontext
     opt_r, opt_m = torch.optim.Adam(ref.parameters(), lr=5e-5), torch.optim.Adam(mmx.parameters(), lr=5e-5)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = sync_for(device)
     run = {"mmx": lambda: mmx_step(mmx, opt_m, batch, terms, none), "reference": lambda: ref_step(ref, loss_fn, opt_r, batch, none)}
     for f in run.values():  # warm-up
         f(), f()

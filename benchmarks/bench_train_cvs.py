@@ -36,7 +36,7 @@ def time_stage(strategy, model, stage, steps: int, full: bool, device) -> tuple[
     split = strategy.data.splits["train"]
     batches = list(strategy.batches(split, 1, train=True))
     n = len(batches)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = []
     todo = batches if full else [batches[i % n] for i in range(steps + 2)]
     for k, batch in enumerate(todo):

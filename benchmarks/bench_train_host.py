@@ -77,7 +77,7 @@ class Bench:
         self.opt, _ = make_optimiser(cfg, self.strategy.parameters(self.model))
         self.runner = Runner(cfg, self.strategy, self.model, data.splits["train"], data.splits["test"], out, device,
                              lambda s: None)
-        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+        self.sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
         self.steps = 0
         step = self.strategy.step
 

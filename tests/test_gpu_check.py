@@ -1,6 +1,7 @@
 """benchmarks/gpu_check.sh, the one device command (issue 12 item 2), checked without a GPU: it
 parses, its steps fit the 8 minutes, and every default step writes a log its summary reads."""
 
+import ast
 import re
 import shutil
 import subprocess
@@ -41,3 +42,14 @@ def test_every_default_step_has_a_line_and_a_summary():
     for name in default:
         reads = f"$OUT_DIR/{name}.log" in summary or re.search(rf"for t in [\w ]*\b{name}\b", summary)
         assert reads, f"figures.txt does not read {name}.log"
+
+
+def test_every_benchmark_waits_for_the_device_it_times():
+    """A bare ``torch.cuda.synchronize`` waits for the current device only: with ``--device cuda:1``
+    a timing would stop before the timed work ended. Every synchronise names the device."""
+    for path in sorted(SCRIPT.parent.glob("*.py")):
+        tree = ast.parse(path.read_text())
+        calls = {id(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call) and (n.args or n.keywords)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr == "synchronize" and ast.unparse(node.value) == "torch.cuda":
+                assert id(node) in calls, f"{path.name}:{node.lineno}: torch.cuda.synchronize without the device"
