@@ -19,6 +19,10 @@ configuration (token dim 256, one block, 4 heads, batch 128, 256-d joint space) 
     python benchmarks/bench_train.py --cache DIR        # build once into DIR, reuse later
     python benchmarks/bench_train.py --only eao --threads 2
     python benchmarks/bench_train.py --max-epochs 12      # per-epoch figures without waiting for the stop
+    python benchmarks/bench_train.py --device cuda --only quad,quad-graphs   # eager steps vs CUDA graphs
+
+``quad-graphs`` is ``fuerer-quad`` with ``cuda_graphs: true`` (train/graphs.py): its steps are
+replayed from CUDA graphs on a GPU (on a CPU the run says so and runs eagerly).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def _run(cfg, label: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default=None, help="cache root to build once and reuse (default: a temporary folder)")
-    ap.add_argument("--only", default="roundrobin,tri,quad,eao", help="comma-separated subset of roundrobin,tri,quad,eao")
+    ap.add_argument("--only", default="roundrobin,tri,quad,eao", help="comma-separated subset of roundrobin,tri,quad,quad-graphs,eao")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: mmx's default, mmx.cache.threads)")
     ap.add_argument("--eao-epochs", type=int, default=1)
     ap.add_argument("--max-epochs", type=int, default=0, help="cap on epochs for the paper-000 runs (0: the preset's 200)")
@@ -79,14 +83,15 @@ def main() -> None:
     out = Path(tempfile.mkdtemp(prefix="mmx-bench-runs-"))
     print(f"torch threads {torch.get_num_threads()}, device {args.device}, cache {root}")
     try:
-        if only & {"roundrobin", "tri", "quad"}:
+        if only & {"roundrobin", "tri", "quad", "quad-graphs"}:
             t = time.perf_counter()
             synthesize(root, SyntheticConfig.preset("xmedianet", dataset="xmedianet"))
             print(f"xmedianet cache ready in {time.perf_counter() - t:.1f} s", flush=True)
         common = {"cache": str(root), "dataset": "xmedianet", "out": str(out), "device": args.device, "threads": args.threads}
-        for key, preset in (("roundrobin", "fuerer-roundrobin"), ("tri", "fuerer-tri"), ("quad", "fuerer-quad")):
+        for key, preset in (("roundrobin", "fuerer-roundrobin"), ("tri", "fuerer-tri"), ("quad", "fuerer-quad"), ("quad-graphs", "fuerer-quad")):
             if key in only:
-                extra = {"epochs": args.max_epochs or None, "min_delta": args.min_delta, "patience": args.patience}
+                extra = {"epochs": args.max_epochs or None, "min_delta": args.min_delta, "patience": args.patience,
+                         "cuda_graphs": key.endswith("-graphs") or None}
                 _run(resolve([preset], {**common, **extra}), key)
         if "eao" in only:
             x = SyntheticConfig.preset("xmedianet")

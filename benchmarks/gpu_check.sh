@@ -63,9 +63,9 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
 # 1. tests: the gpu-marked ones (52 s for their CPU twins on the 2-core machine), then the
 #    train/eval/cache suites with CUDA visible (58 s there on the CPU)
 step gputests 80 "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="-ra --strict-markers" tests
-step tests 90 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy and not gpu" -o addopts="-ra --strict-markers" tests/train tests/eval tests/cache
+step tests 85 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy and not gpu" -o addopts="-ra --strict-markers" tests/train tests/eval tests/cache
 # 2. benchmarks (threads: mmx's default; figures go to figures.txt)
-step train 70 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad --device cuda
+step train 80 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad,quad-graphs --device cuda
 step host 30 "$PY" benchmarks/bench_train_host.py --device cuda --width tiny --repeats 3
 step cvs 25 "$PY" benchmarks/bench_train_cvs.py --device cuda --steps 20
 step eao 30 "$PY" benchmarks/bench_eao.py --device cuda --steps 5
@@ -76,7 +76,7 @@ else
   step eaoref 5 echo "no checkout of ninatu/everything_at_once at $EAO_REF: EAO against its reference not measured"
 fi
 step eval 30 "$PY" benchmarks/bench_eval.py --device cuda
-step extract 85 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --batch-size 64 --workers 0 --resnet50
+step extract 80 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --batch-size 64 --workers 0 --resnet50
 
 # -- the figures, one file ----------------------------------------------------------------------
 {
@@ -85,7 +85,7 @@ step extract 85 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --
     echo "$t: $(grep -h -E "passed|failed|error|skipped" "$OUT_DIR/$t.log" | tail -1)"
     grep -h -E "^FAILED|^ERROR" "$OUT_DIR/$t.log"
   done
-  grep -h -E "^(roundrobin|tri|quad) " "$OUT_DIR/train.log"
+  grep -h -E "^(roundrobin|tri|quad|quad-graphs) " "$OUT_DIR/train.log"
   grep -h -E "^(quad|roundrobin|heldout|recall|cvs) +tiny" "$OUT_DIR/host.log"
   grep -h -E "^(cvs|mcvs|rvs) |growth|M-CVS last" "$OUT_DIR/cvs.log"
   grep -h -E "samples/s|TFLOP|peak" "$OUT_DIR/eao.log"

@@ -26,8 +26,9 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--resume", default=None, metavar="RUN", help="Continue the run folder RUN from its last epoch, in its stage for multi-stage strategies (its config, plus any options given here).")
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
+@click.option("--cuda-graphs", is_flag=True, default=None, help="Replay training steps from CUDA graphs (joint, roundrobin on CUDA; see mmx.train.graphs).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
-def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, threads, out, name, stores, sets, resume, from_run, add_modalities, quiet):
+def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, threads, out, name, stores, sets, resume, from_run, add_modalities, cuda_graphs, quiet):
     """Train projection heads / fusion model from the in-memory cache.
 
     \b
@@ -40,7 +41,7 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
 
     overrides = {
         "strategy": strategy, "modalities": modalities, "cache": cache, "dataset": dataset, "epochs": epochs,
-        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "threads": threads, "out": out, "name": name,
+        "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "threads": threads, "out": out, "name": name, "cuda_graphs": cuda_graphs or None,
         "stores": _parse_stores(stores) or None,
     }
     if resume:

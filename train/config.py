@@ -47,6 +47,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA only
+    cuda_graphs: bool = False  # replay training steps from CUDA graphs where they keep their shape (train/graphs.py)
     threads: int = 0  # torch CPU threads; 0: mmx.cache.threads.default_threads(), the value used is recorded
     out: str = "runs"
     name: str = ""  # run folder name; empty: date + key settings

@@ -55,7 +55,7 @@ from mmx.eval import runs
 from mmx.cache.modality import Modality
 from mmx.cache.names import name_problem
 from mmx.cache.threads import set_threads
-from mmx.train import checkpoint, checks
+from mmx.train import checkpoint, checks, graphs
 from mmx.train import config as config_mod
 from mmx.train import normalize
 from mmx.train.config import TrainConfig
@@ -302,6 +302,8 @@ def train(
     # said once everything that can fail before the first step has passed, so an error stays the first line
     for line in checks.header(cfg, data, device, len(stages)) + [quick_recall_note(cfg, data.splits[cfg.holdout])]:
         log(line)
+    if cfg.cuda_graphs:
+        log(graphs.reason_not(cfg, strategy, device) or "cuda_graphs: steps of a fixed shape are replayed from CUDA graphs")
     big = checks.cpu_size_warning(cfg, model, data, device)
     for line in (cautions + [big] * bool(big)) if resume is None else []:  # a resumed run said them when it began
         (warn or _warn)(line)
@@ -480,7 +482,10 @@ class Runner:
         self.cfg, self.strategy, self.model, self.run, self.device, self.log = cfg, strategy, model, run, device, log
         self.train_split, self.hold = train_split, hold_split
         amp = cfg.amp and device.type == "cuda"
-        self.autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if amp else contextlib.nullcontext
+        # cache: off inside a CUDA graph's capture, which cannot keep autocast's casts across steps
+        self.autocast = (lambda cache=True: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)) if amp \
+            else (lambda cache=True: contextlib.nullcontext())
+        self.graphed = graphs.reason_not(cfg, strategy, device) is None and cfg.cuda_graphs
 
     def append(self, progress: Progress, record: dict) -> None:
         runs.append_jsonl(self.run / "metrics.jsonl", record)
@@ -497,14 +502,23 @@ class Runner:
     def train_epoch(self, epoch: int, opt) -> dict[str, float]:
         self.model.train()
         parts = PartMeans()
+        eager = lambda batch: self.train_step(batch, opt)  # noqa: E731
+        # a pass's graphs record its learning rate, so they live for the pass (train/graphs.py)
+        step = graphs.StepGraphs(eager, lambda batch: self.train_step(batch, opt, graphed=True), opt) if self.graphed else eager
         for batch in self.strategy.batches(self.train_split, epoch, train=True):
-            with self.autocast():
-                out = self.strategy.step(self.model, batch)
-            opt.zero_grad(set_to_none=True)
-            out["loss"].backward()
-            opt.step()
-            parts.add(out)
+            parts.add(step(batch))
         return parts.means("train")
+
+    def train_step(self, batch, opt, graphed: bool = False) -> dict:
+        """One step: forward, loss, backward, optimiser. ``graphed``: as recorded into a CUDA
+        graph, which writes the gradients it allocated instead of zeroing them first."""
+        with self.autocast(cache=not graphed):
+            out = self.strategy.step(self.model, batch)
+        if not graphed:
+            opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        opt.step()
+        return out
 
     def score(self, record: dict) -> tuple[float, dict]:
         """The monitored signal of an epoch as a lower-is-better score, and the record's extra fields.

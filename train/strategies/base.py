@@ -35,6 +35,9 @@ class Strategy:
     default_normalize: str = "standardize"  # what normalize: auto means (train/normalize.py)
     options: dict = {}  # the strategy's ``cfg.options`` with their defaults; other keys are errors
     extra_options: dict = {}  # a subclass's additions to its parent's ``options``
+    # whether a step's work is fixed by its batch's tensor shapes alone, so that `cuda_graphs`
+    # can replay it (train/graphs.py); batches holding host arrays still run eagerly
+    graphable: bool = False
 
     def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device):
         self.cfg, self.data, self.device = cfg, data, device

@@ -57,6 +57,7 @@ class JointStrategy(Strategy):
     # positives: "pair" (paper 000 eq. 1: a row's own partner only) or "class" (every
     # same-class item of the other modality, Khosla et al. 2020; class-aligned data only)
     options = {"positives": "pair"}
+    graphable = True  # heads and InfoNCE of fixed-shape batches (rows with absent modalities run eagerly)
 
     @classmethod
     def check(cls, cfg) -> list[str]:

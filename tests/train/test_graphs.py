@@ -1,0 +1,198 @@
+"""Training steps replayed from CUDA graphs (train/graphs.py, `--cuda-graphs`).
+
+On the CPU a stand-in for CUDA's capture keeps a graph's rules: capture records and runs
+nothing, a replay reads the graph's own input tensors (copied in before it) and overwrites its
+own output tensors, and it writes the gradients instead of adding to them. With that, a pass of
+graphed steps must train exactly like the eager pass (dropout 0). The same on a real GPU is the
+`gpu` test at the end.
+"""
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from mmx.cache.modality import Modality
+from mmx.cache.synthesize import SyntheticConfig, synthesize
+from mmx.train import graphs, loop
+from mmx.train.config import TrainConfig
+from mmx.train.data import Holdout, load_train_data
+from mmx.train.strategies import get_strategy
+
+
+@pytest.fixture(scope="module")
+def class_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cls")
+    synthesize(root, SyntheticConfig(classes=12, items={"text": 120, "image": 96, "audio": 48, "video": 36},
+                                     dims={"text": 12, "image": 16, "audio": 8, "video": 10}, tokens=None, noise=0.5))
+    return root
+
+
+@pytest.fixture(scope="module")
+def instance_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inst")
+    synthesize(root, SyntheticConfig(classes=6, alignment="instance", missing=0.3, items={m: 60 for m in ("text", "image", "audio")},
+                                     dims={"text": 12, "image": 16, "audio": 8}, tokens=None))
+    return root
+
+
+def runner_for(cache, strategy, mods, alignment="class", device="cpu", **kw):
+    cfg = TrainConfig(strategy=strategy, cache=str(cache), modalities=mods, alignment=alignment, batch_size=5, embed_dim=16,
+                      dropout=0.0, threads=1, device=device, **kw)
+    dev = torch.device(device)
+    data = load_train_data(str(cache), cfg.dataset, Modality.parse_list(mods), [], tokens=False, need_labels=alignment == "class",
+                           need_groups=alignment == "instance", device=dev,
+                           holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+    s = get_strategy(strategy)(cfg, data, dev)
+    torch.manual_seed(0)
+    model = s.build_model().to(dev)
+    opt, _ = loop.make_optimiser(cfg, s.parameters(model))
+    return loop.Runner(cfg, s, model, data.splits["train"], data.splits[cfg.holdout], None, dev, lambda x: None), opt
+
+
+class StandIn:
+    """CUDA's capture as far as a CPU can: ``capture`` records (runs nothing), ``replay`` runs the
+    recorded step on the graph's inputs, writing fresh gradients and overwriting its outputs."""
+
+    def __init__(self, opt):
+        self.opt, self.captured = opt, []
+
+    def capture(self, step):
+        out: dict = {}
+        self.captured.append(out)
+
+        def replay():
+            self.opt.zero_grad(set_to_none=True)  # a graph writes the gradients it allocated
+            new = step()
+            with torch.no_grad():
+                if out:
+                    for k, v in new.items():
+                        out[k].copy_(v)  # the same output tensors, overwritten
+                else:
+                    out.update(new)
+
+        return replay, out
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """Every StepGraphs made in the test captures with a StandIn and warms up without a side stream."""
+    made = []
+
+    def capture(step):
+        return made[-1].capture(step)
+
+    monkeypatch.setattr(graphs, "cuda_capture", capture)
+    monkeypatch.setattr(graphs, "side_stream", contextlib.nullcontext)
+    return made
+
+
+def graphed_epoch(runner, opt, stand_in, epoch=1):
+    stand_in.append(StandIn(opt))
+    runner.graphed = True
+    made = []
+    real = graphs.StepGraphs
+
+    def keep(*args, **kwargs):
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(graphs, "StepGraphs", keep)
+        out = runner.train_epoch(epoch, opt)
+    return out, made[0]
+
+
+@pytest.mark.parametrize("strategy", ["joint", "roundrobin"])
+def test_a_graphed_pass_trains_exactly_like_the_eager_one(class_cache, stand_in, strategy):
+    mods = ["text", "image", "audio", "video"]
+    eager_runner, eager_opt = runner_for(class_cache, strategy, mods)
+    graph_runner, graph_opt = runner_for(class_cache, strategy, mods)
+    for epoch in (1, 2):  # the second pass captures anew (its own StepGraphs)
+        want = eager_runner.train_epoch(epoch, eager_opt)
+        got, steps = graphed_epoch(graph_runner, graph_opt, stand_in, epoch)
+        assert steps.counts["captured"] >= 1 and steps.counts["replayed"] > steps.counts["eager"]
+        assert got == pytest.approx(want, rel=1e-6)
+    for (name, a), b in zip(eager_runner.model.named_parameters(), graph_runner.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-7), name
+    # and the optimiser's moments followed the same steps
+    for a, b in zip(eager_opt.state.values(), graph_opt.state.values()):
+        assert torch.allclose(a["exp_avg"], b["exp_avg"], rtol=1e-6, atol=1e-9)
+        assert float(a["step"]) == float(b["step"])
+
+
+def test_each_signature_warms_up_then_gets_its_own_graph(class_cache, stand_in):
+    runner, opt = runner_for(class_cache, "roundrobin", ["text", "image", "audio"])
+    _, steps = graphed_epoch(runner, opt, stand_in)
+    shapes = [k for k, v in steps.graphs.items() if isinstance(v, graphs.Graph)]
+    assert len(shapes) == steps.counts["captured"] >= 3  # at least one per pair: a pair's batch is its own signature
+    assert steps.counts["eager"] == sum(min(v, graphs.WARMUP) if isinstance(v, int) else graphs.WARMUP for v in steps.graphs.values())
+
+
+def test_batches_with_absent_rows_run_eagerly(instance_cache, stand_in):
+    runner, opt = runner_for(instance_cache, "joint", ["text", "image", "audio"], alignment="instance")
+    batches = list(runner.strategy.batches(runner.train_split, 1, train=True))
+    masked = sum(bool(b["present"]) for b in batches)
+    assert 0 < masked < len(batches)
+    _, steps = graphed_epoch(runner, opt, stand_in)
+    assert steps.counts["eager"] >= masked
+    assert steps.counts["eager"] + steps.counts["replayed"] == len(batches)
+
+
+def test_a_replay_overwrites_its_outputs_and_the_epoch_mean_still_counts_every_step(class_cache, stand_in):
+    """PartMeans must copy a step's values: a graph's output tensors are the same objects every replay."""
+    runner, opt = runner_for(class_cache, "joint", ["text", "image"])
+    got, steps = graphed_epoch(runner, opt, stand_in)
+    captured = stand_in[-1].captured[0]
+    assert steps.counts["replayed"] >= 2
+    assert np.isfinite(got["loss_train"]) and got["loss_train"] != pytest.approx(float(captured["loss"]), rel=1e-9)
+
+
+def test_graphs_need_the_fused_optimiser(class_cache):
+    runner, _ = runner_for(class_cache, "joint", ["text", "image"])
+    plain = torch.optim.AdamW(runner.model.parameters())
+    with pytest.raises(ValueError, match="fused AdamW"):
+        graphs.StepGraphs(lambda b: None, lambda b: None, plain)
+
+
+def test_when_graphs_cannot_be_used_the_run_says_why(class_cache):
+    cfg = TrainConfig(strategy="joint", cuda_graphs=True)
+    joint, eao = get_strategy("joint"), get_strategy("eao")
+    assert "the device is cpu" in graphs.reason_not(cfg, joint, torch.device("cpu"))
+    assert "eao's steps change shape" in graphs.reason_not(cfg, eao, torch.device("cuda"))
+    assert graphs.reason_not(cfg, joint, torch.device("cuda")) is None
+    assert graphs.reason_not(TrainConfig(strategy="joint"), joint, torch.device("cpu")) is None  # not asked for
+
+
+def test_cuda_graphs_on_a_cpu_trains_eagerly_and_says_so(class_cache, tmp_path):
+    from click.testing import CliRunner
+
+    from mmx.pipeline.cli import main
+
+    res = CliRunner().invoke(main, ["train", "--strategy", "joint", "--cache", str(class_cache), "--modalities", "text,image",
+                                    "--epochs", "1", "--batch-size", "5", "--out", str(tmp_path), "--device", "cpu",
+                                    "--cuda-graphs"])
+    assert res.exit_code == 0, res.output
+    assert "cuda_graphs: the device is cpu, not CUDA: every step runs eagerly" in res.output
+    (run,) = tmp_path.iterdir()
+    assert "cuda_graphs: true" in (run / "config.yaml").read_text()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["joint", "roundrobin"])
+def test_cuda_graphed_passes_train_like_eager_ones(class_cache, strategy):
+    """On a GPU: real capture and replay, the same training as eager steps (dropout 0), within
+    float tolerance (the same kernels; bf16 autocast off to compare closely)."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available here")
+    mods = ["text", "image", "audio", "video"]
+    eager_runner, eager_opt = runner_for(class_cache, strategy, mods, device="cuda", amp=False)
+    graph_runner, graph_opt = runner_for(class_cache, strategy, mods, device="cuda", amp=False, cuda_graphs=True)
+    assert graph_runner.graphed
+    for epoch in (1, 2):
+        want = eager_runner.train_epoch(epoch, eager_opt)
+        got = graph_runner.train_epoch(epoch, graph_opt)
+        assert got == pytest.approx(want, rel=1e-4)
+    for (name, a), b in zip(eager_runner.model.named_parameters(), graph_runner.model.parameters()):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), name

@@ -1,0 +1,126 @@
+"""Training steps replayed from CUDA graphs (``cuda_graphs: true``, ``mmx train --cuda-graphs``).
+
+Why (issue 12 item 4): a step of paper 000's heads is a few hundred small kernels, and on a GPU
+the host's time to launch them, not the GPU, sets the pace (about 8 ms a step for four 256-d
+heads on an H200 before issue 12, where the kernels need a fraction of that). A CUDA graph
+records the kernels of one whole step (forward, loss, backward and the fused AdamW update)
+once and launches them again with one call; between steps only the contents of the step's
+input tensors change, copied into the graph's own ("static") inputs before each replay:
+PyTorch's whole-network capture (``torch.cuda.graphs``), under these rules:
+
+* one graph per batch *signature* (the batch's structure, every tensor's shape and dtype): the
+  last, smaller batch of a pass and each pair of round-robin get their own;
+* a batch that holds anything but tensors (host masks of absent rows, which shape the step)
+  runs eagerly, and so does every step of a strategy that does not declare ``graphable``;
+* the first ``WARMUP`` steps of a signature run eagerly, on a side stream on CUDA (cuBLAS and
+  autograd set themselves up there, as capture requires); they are real steps of the pass;
+* capture records and does not run, so the batch it was captured with is then replayed;
+* the optimiser must be the fused AdamW (mmx's, ``train.loop.make_optimiser``): its learning
+  rate, a float, is recorded into the graph, so :class:`StepGraphs` lives for one pass (the
+  schedule moves the rate between passes) and the next pass captures anew;
+* autocast runs without its cast cache inside the graph (``cache_enabled=False``), as capture
+  requires.
+
+A replay runs the very kernels of the eager step, so without dropout a run with graphs trains
+like an eager one (``tests/train/test_graphs.py``; on a GPU, ``-m gpu``). Dropout's draws come
+from the graph's own generator offsets: the same distribution, other masks, and such a run's
+``--resume`` is not bit-identical.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable
+
+import torch
+from torch.utils import _pytree as pytree
+
+WARMUP = 2  # eager steps of a signature before it is captured
+
+
+class Graph:
+    """A captured step: ``replay()`` reruns it on ``inputs`` (static tensors, in the order of the
+    batch's leaves) and leaves the step's outputs in ``out``."""
+
+    def __init__(self, inputs: list, replay: Callable[[], None], out: dict):
+        self.inputs, self.replay, self.out = inputs, replay, out
+
+
+def cuda_capture(step: Callable[[], dict]) -> tuple[Callable[[], None], dict]:
+    """Record ``step`` into a CUDA graph; returns its replay and the step's (static) outputs."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = step()
+    return graph.replay, out
+
+
+@contextlib.contextmanager
+def side_stream():
+    """Run the enclosed eager work on a side stream that waits for, and is waited for by, the current one."""
+    main = torch.cuda.current_stream()
+    side = torch.cuda.Stream()
+    side.wait_stream(main)
+    with torch.cuda.stream(side):
+        yield
+    main.wait_stream(side)
+
+
+def reason_not(cfg, strategy, device: torch.device) -> str | None:
+    """Why steps of this run will not be replayed from graphs although ``cuda_graphs`` asks for it, else None."""
+    if not cfg.cuda_graphs:
+        return None
+    if device.type != "cuda":
+        return f"cuda_graphs: the device is {device.type}, not CUDA: every step runs eagerly"
+    if not strategy.graphable:
+        return f"cuda_graphs: {strategy.name}'s steps change shape from batch to batch: every step runs eagerly"
+    return None
+
+
+class StepGraphs:
+    """The training steps of one pass: eager, or replayed from a graph per batch signature.
+
+    ``eager(batch) -> out``: the loop's step (forward, ``zero_grad``, backward, optimiser step);
+    ``step(batch) -> out``: the same step as recorded in a graph, without ``zero_grad`` (a graph
+    writes its gradients, the ones it allocated when captured). ``capture(step) -> (replay,
+    out)`` and ``warm()`` (a context for the warm-up steps) default to CUDA's; tests pass others.
+    """
+
+    def __init__(self, eager: Callable, step: Callable, opt, capture=None, warm=None):
+        if not all(group.get("fused") for group in opt.param_groups):
+            raise ValueError("CUDA graphs need the fused AdamW (train.loop.make_optimiser)")
+        self.eager, self.step, self.opt = eager, step, opt
+        self.capture, self.warm = capture or cuda_capture, warm or side_stream
+        self.graphs: dict = {}  # signature -> Graph, or the count of its warm-up steps so far
+        self.counts = {"eager": 0, "captured": 0, "replayed": 0}
+
+    def __call__(self, batch) -> dict:
+        leaves, spec = pytree.tree_flatten(batch)
+        tensors = [x for x in leaves if x is not None]
+        if not all(isinstance(x, torch.Tensor) for x in tensors):
+            self.counts["eager"] += 1
+            return self.eager(batch)  # host arrays in the batch: the step's shape depends on them
+        key = (str(spec), tuple((tuple(x.shape), x.dtype, x.device) for x in tensors))
+        entry = self.graphs.get(key, 0)
+        if isinstance(entry, int):
+            if entry < WARMUP:
+                self.graphs[key] = entry + 1
+                self.counts["eager"] += 1
+                with self.warm():
+                    return self.eager(batch)
+            entry = self.graphs[key] = self._capture(leaves, spec)
+        for static, x in zip(entry.inputs, tensors):
+            static.copy_(x)
+        entry.replay()
+        self.counts["replayed"] += 1
+        return entry.out
+
+    def _capture(self, leaves: list, spec) -> Graph:
+        inputs = [x.clone() for x in leaves if x is not None]
+        it = iter(inputs)
+        batch = pytree.tree_unflatten([None if x is None else next(it) for x in leaves], spec)
+        for group in self.opt.param_groups:
+            group["capturable"] = True  # the fused kernel is the same; the step's checks then allow capture
+        self.opt.zero_grad(set_to_none=True)  # the graph allocates the gradients it writes
+        replay, out = self.capture(lambda: self.step(batch))
+        self.counts["captured"] += 1
+        return Graph(inputs, replay, out)
