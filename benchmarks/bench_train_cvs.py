@@ -4,8 +4,9 @@ Thesis 004 Fig. 27 / paper 002 Fig. 3: CVS retrains every block when a modality 
 its time per iteration grows with the modalities; M-CVS trains only the new modality's head
 and blocks, so it should stay about flat. Per configuration: ``--steps`` timed training
 steps after two warm-up steps (batch 128 items per modality, 512-d space, the paper's
-settings), reported as ms/iteration, and the seconds of one epoch of that stage
-extrapolated from the sampler's batch count (``--full-epoch`` runs the epoch instead).
+settings; under the training loop's autocast, bf16 on CUDA, as ``mmx train`` runs them),
+reported as ms/iteration, and the seconds of one epoch of that stage extrapolated from the
+sampler's batch count (``--full-epoch`` runs the epoch instead).
 
     python benchmarks/bench_train_cvs.py [--cache DIR] [--steps 20] [--device cpu|cuda]
 """
@@ -24,6 +25,7 @@ from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.cache.modality import Modality
 from mmx.train.config import TrainConfig
 from mmx.train.data import load_train_data
+from mmx.train.loop import autocast_for
 from mmx.train.strategies import get_strategy
 
 ORDER = ["image", "text", "video", "audio"]  # paper 002 stage order
@@ -33,6 +35,7 @@ def time_stage(strategy, model, stage, steps: int, full: bool, device) -> tuple[
     """(ms per iteration, seconds per epoch, batches per epoch) of one stage."""
     strategy.begin_stage(model, stage)
     opt = torch.optim.AdamW(list(strategy.parameters(model)), lr=1e-3)
+    autocast = autocast_for(strategy.cfg, device)
     split = strategy.data.splits["train"]
     batches = list(strategy.batches(split, 1, train=True))
     n = len(batches)
@@ -42,7 +45,8 @@ def time_stage(strategy, model, stage, steps: int, full: bool, device) -> tuple[
     for k, batch in enumerate(todo):
         sync()
         t0 = time.perf_counter()
-        out = strategy.step(model, batch)
+        with autocast():
+            out = strategy.step(model, batch)
         opt.zero_grad(set_to_none=True)
         out["loss"].backward()
         opt.step()

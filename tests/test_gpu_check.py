@@ -53,3 +53,36 @@ def test_every_benchmark_waits_for_the_device_it_times():
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr == "synchronize" and ast.unparse(node.value) == "torch.cuda":
                 assert id(node) in calls, f"{path.name}:{node.lineno}: torch.cuda.synchronize without the device"
+
+
+def test_the_cvs_bench_times_steps_under_the_training_loops_autocast(tmp_path, monkeypatch):
+    """bench_train_cvs.py's figure on CUDA is of the step ``mmx train`` runs there: inside the
+    loop's autocast (bf16 on CUDA), not in float32."""
+    import torch
+
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import bench_train_cvs
+    from mmx.cache.modality import Modality
+    from mmx.cache.synthesize import SyntheticConfig, synthesize
+    from mmx.train.config import TrainConfig
+    from mmx.train.data import load_train_data
+    from mmx.train.strategies import get_strategy
+
+    synthesize(tmp_path, SyntheticConfig(classes=4, items={"text": 24, "image": 24}, dims={"text": 6, "image": 8}, tokens=None))
+    cpu = torch.device("cpu")
+    data = load_train_data(str(tmp_path), "synthetic", [Modality.TEXT, Modality.IMAGE], ["train", "test"], device=cpu)
+    cfg = TrainConfig(strategy="cvs", modalities=["text", "image"], embed_dim=8, batch_size=8)
+    s = get_strategy("cvs")(cfg, data, cpu)
+    model = s.build_model()
+    entered = []
+
+    class Recorded:
+        def __enter__(self):
+            entered.append(torch.is_grad_enabled())
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(bench_train_cvs, "autocast_for", lambda c, d: Recorded if (c, d) == (cfg, cpu) else None)
+    bench_train_cvs.time_stage(s, model, s.stages()[0], 1, False, cpu)
+    assert entered == [True] * 3  # two warm-up steps and the timed one, each forward inside it

@@ -474,6 +474,15 @@ class PartMeans:
         return out
 
 
+def autocast_for(cfg: TrainConfig, device: torch.device) -> Callable:
+    """What a training step runs under (a factory of context managers): bf16 autocast on CUDA
+    when ``cfg.amp``, nothing on the CPU. ``cache=False`` inside a CUDA graph's capture, which
+    cannot keep autocast's casts across steps."""
+    if cfg.amp and device.type == "cuda":
+        return lambda cache=True: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)
+    return lambda cache=True: contextlib.nullcontext()
+
+
 class Runner:
     """The epochs of a run, one stage at a time: train steps, held-out loss, quick recall,
     early stopping, checkpoints; ``append`` counts the ``metrics.jsonl`` lines for resume."""
@@ -481,10 +490,7 @@ class Runner:
     def __init__(self, cfg, strategy, model, train_split, hold_split, run: Path, device, log):
         self.cfg, self.strategy, self.model, self.run, self.device, self.log = cfg, strategy, model, run, device, log
         self.train_split, self.hold = train_split, hold_split
-        amp = cfg.amp and device.type == "cuda"
-        # cache: off inside a CUDA graph's capture, which cannot keep autocast's casts across steps
-        self.autocast = (lambda cache=True: torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=cache)) if amp \
-            else (lambda cache=True: contextlib.nullcontext())
+        self.autocast = autocast_for(cfg, device)
         self.graphed = graphs.reason_not(cfg, strategy, device) is None and cfg.cuda_graphs
 
     def append(self, progress: Progress, record: dict) -> None:
