@@ -4,11 +4,13 @@ Thesis 004 Fig. 27 / paper 002 Fig. 3: CVS retrains every block when a modality 
 its time per iteration grows with the modalities; M-CVS trains only the new modality's head
 and blocks, so it should stay about flat. Per configuration: ``--steps`` timed training
 steps after two warm-up steps (batch 128 items per modality, 512-d space, the paper's
-settings; under the training loop's autocast, bf16 on CUDA, as ``mmx train`` runs them),
-reported as ms/iteration, and the seconds of one epoch of that stage extrapolated from the
-sampler's batch count (``--full-epoch`` runs the epoch instead).
+settings), reported as ms/iteration, and the seconds of one epoch of that stage
+extrapolated from the sampler's batch count (``--full-epoch`` runs the epoch instead). A step
+is ``mmx train``'s (``Runner.train_step``: bf16 autocast on CUDA, the fused AdamW).
+``--cuda-graphs`` adds a row: CVS on 4 modalities with its steps replayed from CUDA graphs
+(train/graphs.py; on a CPU the same eager steps).
 
-    python benchmarks/bench_train_cvs.py [--cache DIR] [--steps 20] [--device cpu|cuda]
+    python benchmarks/bench_train_cvs.py [--cache DIR] [--steps 20] [--device cpu|cuda] [--cuda-graphs]
 """
 
 from __future__ import annotations
@@ -23,35 +25,36 @@ import torch
 
 from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.cache.modality import Modality
+from mmx.train import graphs
 from mmx.train.config import TrainConfig
 from mmx.train.data import load_train_data
-from mmx.train.loop import autocast_for
+from mmx.train.loop import Runner, make_optimiser
 from mmx.train.strategies import get_strategy
 
 ORDER = ["image", "text", "video", "audio"]  # paper 002 stage order
 
 
-def time_stage(strategy, model, stage, steps: int, full: bool, device) -> tuple[float, float, int]:
-    """(ms per iteration, seconds per epoch, batches per epoch) of one stage."""
+def time_stage(strategy, model, stage, steps: int, full: bool, device, graphed: bool = False) -> tuple[float, float, int]:
+    """(ms per iteration, seconds per epoch, batches per epoch) of one stage; ``graphed``: steps
+    replayed from CUDA graphs (the warm-up and capture steps not timed)."""
     strategy.begin_stage(model, stage)
-    opt = torch.optim.AdamW(list(strategy.parameters(model)), lr=1e-3)
-    autocast = autocast_for(strategy.cfg, device)
+    opt, _ = make_optimiser(strategy.cfg, strategy.parameters(model))
     split = strategy.data.splits["train"]
+    runner = Runner(strategy.cfg, strategy, model, split, split, None, device, print)
+    eager = lambda batch: runner.train_step(batch, opt)  # noqa: E731
+    step = graphs.StepGraphs(eager, lambda batch: runner.train_step(batch, opt, graphed=True), opt) if graphed else eager
     batches = list(strategy.batches(split, 1, train=True))
     n = len(batches)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times = []
-    todo = batches if full else [batches[i % n] for i in range(steps + 2)]
+    untimed = 2 + (graphs.WARMUP + 1 if graphed else 0)
+    todo = batches if full else [batches[i % n] for i in range(steps + untimed)]
     for k, batch in enumerate(todo):
         sync()
         t0 = time.perf_counter()
-        with autocast():
-            out = strategy.step(model, batch)
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        opt.step()
+        step(batch)
         sync()
-        if full or k >= 2:
+        if full or k >= untimed:
             times.append(time.perf_counter() - t0)
     ms = statistics.median(times) * 1000
     return ms, (sum(times) if full else ms / 1000 * n), n
@@ -64,6 +67,7 @@ def main() -> None:
     ap.add_argument("--full-epoch", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="also CVS on 4 modalities with CUDA graphs (a GPU only)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,6 +93,12 @@ def main() -> None:
         s, model = strategy_for("cvs", ORDER[:n])
         ms, sec, nb = time_stage(s, model, s.stages()[0], args.steps, args.full_epoch, device)
         rows.append(("cvs", n, "+".join(ORDER[:n]), len(s.stages()[0].blocks), ms, sec, nb))
+    if args.cuda_graphs:
+        if device.type != "cuda":
+            print("--cuda-graphs: not a CUDA device, the cvs-graphs row runs the same eager steps")
+        s, model = strategy_for("cvs", ORDER)
+        ms, sec, nb = time_stage(s, model, s.stages()[0], args.steps, args.full_epoch, device, graphed=device.type == "cuda")
+        rows.append(("cvs-graphs", 4, "+".join(ORDER), len(s.stages()[0].blocks), ms, sec, nb))
     for name in ("mcvs", "rvs"):
         s, model = strategy_for(name, ORDER)
         for stage in s.stages():
@@ -104,6 +114,8 @@ def main() -> None:
             seen[name] = seen.get(name, 0) + 1
         print(f"{name:9} {n:>10} {stage:>22} {blocks:>6} {ms:>9.1f} {sec:>9.1f} {nb:>6}")
     cvs = {n: ms for name, n, _, _, ms, _, _ in rows if name == "cvs"}
+    if args.cuda_graphs:
+        print(f"4 modalities: CUDA graphs / eager = {[ms for name, *_, ms, _, _ in rows if name == 'cvs-graphs'][0] / cvs[4]:.2f}")
     mcvs = [ms for name, _, _, _, ms, _, _ in rows if name == "mcvs"]
     print(f"\nms/iter growth 2 -> 4 modalities: CVS x{cvs[4] / cvs[2]:.2f}, M-CVS (stage 3 vs stage 1) x{mcvs[-1] / mcvs[0]:.2f}")
     print(f"4 modalities: M-CVS last stage / CVS = {mcvs[-1] / cvs[4]:.2f}")

@@ -67,7 +67,7 @@ step tests 85 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not networ
 # 2. benchmarks (threads: mmx's default; figures go to figures.txt)
 step train 80 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad,quad-graphs --device cuda
 step host 30 "$PY" benchmarks/bench_train_host.py --device cuda --width tiny --repeats 3
-step cvs 25 "$PY" benchmarks/bench_train_cvs.py --device cuda --steps 20
+step cvs 25 "$PY" benchmarks/bench_train_cvs.py --device cuda --steps 20 --cuda-graphs
 step eao 30 "$PY" benchmarks/bench_eao.py --device cuda --steps 5
 EAO_REF=${EAO_REFERENCE:-$REPO/.eao_ref}
 if [[ -d $EAO_REF/everything_at_once ]]; then
@@ -87,7 +87,7 @@ step extract 80 "$PY" benchmarks/bench_extract.py --device cuda --images 1024 --
   done
   grep -h -E "^(roundrobin|tri|quad|quad-graphs) " "$OUT_DIR/train.log"
   grep -h -E "^(quad|roundrobin|heldout|recall|cvs) +tiny" "$OUT_DIR/host.log"
-  grep -h -E "^(cvs|mcvs|rvs) |growth|M-CVS last" "$OUT_DIR/cvs.log"
+  grep -h -E "^(cvs|mcvs|rvs|cvs-graphs) |growth|M-CVS last|CUDA graphs /" "$OUT_DIR/cvs.log"
   grep -h -E "samples/s|TFLOP|peak" "$OUT_DIR/eao.log"
   grep -h -E "samples/s reference|no checkout" "$OUT_DIR/eaoref.log"
   grep -h -E "wall|similarities" "$OUT_DIR/eval.log"

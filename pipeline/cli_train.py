@@ -26,7 +26,7 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--resume", default=None, metavar="RUN", help="Continue the run folder RUN from its last epoch, in its stage for multi-stage strategies (its config, plus any options given here).")
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
-@click.option("--cuda-graphs", is_flag=True, default=None, help="Replay training steps from CUDA graphs (joint, roundrobin on CUDA; see mmx.train.graphs).")
+@click.option("--cuda-graphs", is_flag=True, default=None, help="Replay training steps from CUDA graphs (on CUDA; every strategy but eao; see mmx.train.graphs).")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
 def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, threads, out, name, stores, sets, resume, from_run, add_modalities, cuda_graphs, quiet):
     """Train projection heads / fusion model from the in-memory cache.

@@ -83,6 +83,8 @@ def test_the_cvs_bench_times_steps_under_the_training_loops_autocast(tmp_path, m
         def __exit__(self, *exc):
             return False
 
-    monkeypatch.setattr(bench_train_cvs, "autocast_for", lambda c, d: Recorded if (c, d) == (cfg, cpu) else None)
+    from mmx.train import loop
+
+    monkeypatch.setattr(loop, "autocast_for", lambda c, d: (lambda cache=True: Recorded()) if (c, d) == (cfg, cpu) else None)
     bench_train_cvs.time_stage(s, model, s.stages()[0], 1, False, cpu)
     assert entered == [True] * 3  # two warm-up steps and the timed one, each forward inside it

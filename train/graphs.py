@@ -1,6 +1,7 @@
 """Training steps replayed from CUDA graphs (``cuda_graphs: true``, ``mmx train --cuda-graphs``).
 
-Why (issue 12 item 4): a step of paper 000's heads is a few hundred small kernels, and on a GPU
+Why (issue 12 item 4): a step of paper 000's heads (or of the CVS family's heads and attention
+blocks) is a few hundred small kernels, and on a GPU
 the host's time to launch them, not the GPU, sets the pace (about 8 ms a step for four 256-d
 heads on an H200 before issue 12, where the kernels need a fraction of that). A CUDA graph
 records the kernels of one whole step (forward, loss, backward and the fused AdamW update)

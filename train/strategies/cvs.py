@@ -139,6 +139,7 @@ class CommonSpaceStrategy(Strategy):
     defaults = CVS_CONFIG
     options = DEFAULTS
     extendable = False
+    graphable = True  # a stage's batches all hold the same items per modality: one step shape per stage
 
     def __init__(self, cfg, data, device):
         super().__init__(cfg, data, device)
