@@ -60,10 +60,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAM
   tail -n 3 "$OUT_DIR/$name.log"
 }
 
-# 1. tests: the gpu-marked ones (52 s for their CPU twins on the 2-core machine), then the
+# 1. tests (cuBLAS with the fixed workspace that deterministic runs need, mmx.train.loop.deterministic_kernels):
+#    the gpu-marked ones (52 s for their CPU twins on the 2-core machine), then the
 #    train/eval/cache suites with CUDA visible (58 s there on the CPU)
-step gputests 80 "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="-ra --strict-markers" tests
-step tests 85 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy and not gpu" -o addopts="-ra --strict-markers" tests/train tests/eval tests/cache
+step gputests 80 env CUBLAS_WORKSPACE_CONFIG=:4096:8 "$PY" -m pytest -q -p no:cacheprovider -m gpu -o addopts="-ra --strict-markers" tests
+step tests 85 env CUBLAS_WORKSPACE_CONFIG=:4096:8 "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not network_heavy and not gpu" -o addopts="-ra --strict-markers" tests/train tests/eval tests/cache
 # 2. benchmarks (threads: mmx's default; figures go to figures.txt)
 step train 80 "$PY" benchmarks/bench_train.py --only roundrobin,tri,quad,quad-graphs --device cuda
 step host 30 "$PY" benchmarks/bench_train_host.py --device cuda --width tiny --repeats 3

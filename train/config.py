@@ -47,6 +47,10 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     amp: bool = True  # mixed precision on CUDA only
+    # deterministic kernels (torch.use_deterministic_algorithms): on CUDA the scatter-adds of EAO's
+    # fusion and CVS's triplets are otherwise summed in a varying order, so two runs (or a run and
+    # its --resume) differ in the last bits; slower there, no effect on the CPU's results
+    deterministic: bool = False
     cuda_graphs: bool = False  # replay training steps from CUDA graphs where they keep their shape (train/graphs.py)
     threads: int = 0  # torch CPU threads; 0: mmx.cache.threads.default_threads(), the value used is recorded
     out: str = "runs"

@@ -42,6 +42,7 @@ import contextlib
 import dataclasses
 import json
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -180,6 +181,30 @@ def train(
     ``warn`` receives what the user should know before trusting the run (see
     :mod:`mmx.train.checks`); by default it goes through :func:`warnings.warn`.
     """
+    with deterministic_kernels(cfg.deterministic):
+        return _train(cfg, log, data, resume, warn)
+
+
+@contextlib.contextmanager
+def deterministic_kernels(on: bool):
+    """``torch.use_deterministic_algorithms`` for the enclosed run (``deterministic: true``),
+    the previous setting restored after it. An operation without a deterministic kernel warns
+    instead of failing (``warn_only``). cuBLAS is deterministic only with a fixed workspace
+    (``CUBLAS_WORKSPACE_CONFIG``), read when the process first uses it: set here if unset, which
+    takes effect when the run is the process's first CUDA work (as under ``mmx train``)."""
+    if not on:
+        yield
+        return
+    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+
+
+def _train(cfg: TrainConfig, log, data, resume, warn) -> Path:
     if not cfg.cache:
         from mmx.cache.paths import default_cache_root
 

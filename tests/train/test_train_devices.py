@@ -39,10 +39,13 @@ def cache(tmp_path_factory):
     return root
 
 
-def _cfg(cache, out, strategy, device, epochs):
+def _cfg(cache, out, strategy, device, epochs, deterministic=None):
+    """On CUDA with deterministic kernels: without them EAO's and CVS's scatter-adds sum in a
+    varying order there, and two whole runs already differ in the last bits."""
     mods, extra = CASES[strategy]
     base = dict(strategy=strategy, cache=str(cache), modalities=mods, epochs=epochs, patience=50, batch_size=6, lr=3e-3,
-                embed_dim=16, dropout=0.2, out=str(out), device=device, threads=1)
+                embed_dim=16, dropout=0.2, out=str(out), device=device, threads=1,
+                deterministic=device.startswith("cuda") if deterministic is None else deterministic)
     return TrainConfig(**{**base, **extra})
 
 
@@ -87,6 +90,35 @@ def test_strategy_trains_resumes_bit_identical_and_evaluates(cache, tmp_path, mo
     res = evaluate_run(full, ["test"], device=torch.device(device))
     pairs = res["splits"]["test"]["pairs"]
     assert pairs and all(np.isfinite(v) for row in pairs for k, v in row.items() if k.startswith(("R@", "mAP")))
+
+
+@pytest.mark.parametrize("strategy", ["eao", "cvs"])
+def test_deterministic_kernels_train_alike_and_the_setting_is_restored(cache, tmp_path, strategy):
+    """``deterministic: true`` changes no result on the CPU (its kernels already are), warns of no
+    operation without a deterministic kernel, and leaves torch's setting as it found it."""
+    import warnings
+
+    plain = loop.train(_cfg(cache, tmp_path / "a", strategy, "cpu", epochs=1, deterministic=False))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*deterministic.*")
+        det = loop.train(_cfg(cache, tmp_path / "b", strategy, "cpu", epochs=1, deterministic=True))
+    assert not torch.are_deterministic_algorithms_enabled()
+    a, b = checkpoint.load(plain / checkpoint.LAST), checkpoint.load(det / checkpoint.LAST)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
+def test_deterministic_kernels_are_on_during_the_run_only(monkeypatch):
+    seen = []
+
+    def fake_train(cfg, *args):
+        seen.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()))
+        raise RuntimeError("stop")
+
+    monkeypatch.setattr(loop, "_train", fake_train)
+    for on in (True, False):
+        with pytest.raises(RuntimeError, match="stop"):
+            loop.train(TrainConfig(deterministic=on))
+    assert seen == [(True, True), (False, False)] and not torch.are_deterministic_algorithms_enabled()
 
 
 def test_host_masks_give_the_same_loss_as_device_masks():
