@@ -178,10 +178,13 @@ _EXTENSIONS = {
 }
 
 
-def embed_items(space: Space, modality: Modality, items: list[dict], device: str = "cpu") -> np.ndarray:
-    """``(N, d)`` embeddings of items of one modality (``{"id", "uri"}`` or ``{"id", "text"}``)."""
+def embed_items(space: Space, modality: Modality, items: list[dict], device: str | None = None) -> np.ndarray:
+    """``(N, d)`` embeddings of items of one modality (``{"id", "uri"}`` or ``{"id", "text"}``).
+
+    The backbone runs on ``device``, by default the space's (``mmx embed --device``), with
+    extraction's precision there (bf16 autocast on CUDA)."""
     store = store_for(space, modality)
-    features = backbone_features(encoder_for(store, device), store, items)
+    features = backbone_features(encoder_for(store, str(space.device) if device is None else device), store, items)
     features = dataclasses.replace(features, pooled=features.pooled.to(space.device), tokens=features.tokens.to(space.device),
                                    offsets=features.offsets.to(space.device))
     return space.embed_features(modality, features)

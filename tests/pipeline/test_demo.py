@@ -139,3 +139,26 @@ def test_search_finds_the_item_itself_first(demo):
         hits = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
         assert len(hits) == 3 and hits[0]["id"] == row["id"] and hits[0]["score"] > 0.999, hits
         assert hits[0]["location"].endswith(row["uri"].split("/")[-1]) and hits[0]["label"] == row["label"]
+
+
+def test_embed_runs_the_backbone_on_the_space_device(demo, monkeypatch):
+    """``mmx embed --device D`` runs the backbone on D too, not only the run's model."""
+    from mmx.cache.modality import Modality
+    from mmx.pipeline import embed
+
+    _, result, _ = demo
+    space = embed.open_space(result["runs"]["quad-modal"])
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def recording(store, device="cpu"):
+        seen.append(device)
+        raise Stop
+
+    monkeypatch.setattr(embed, "encoder_for", recording)
+    monkeypatch.setattr(space, "device", "cuda:3")  # never used: encoder_for stops first
+    with pytest.raises(Stop):
+        embed.embed_items(space, Modality.TEXT, [{"id": "q", "text": "seven"}])
+    assert seen == ["cuda:3"]
