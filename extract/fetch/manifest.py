@@ -11,7 +11,10 @@ accepted and the same problems are reported (all at once, with 1-based row numbe
 duplicated across chunks are found through a sorted array of 64-bit hashes of their file
 stems (:func:`~mmx.extract.fetch.safe_stem`; 8 bytes per item while validating, freed
 afterwards) and confirmed on the real ids. Equal ids have equal stems, so the same pass also
-refuses two different ids that would share a media file, naming both.
+refuses two different ids that would share a media file, naming both. The stems are hashed
+case-folded, so the pass also finds ids whose files differ only in case (``Clip1``, ``clip1``):
+distinct files on Linux, one file on a file system that ignores case (macOS, Windows by
+default); :func:`case_collisions` lists them and ``mmx fetch`` refuses them there only.
 """
 
 from __future__ import annotations
@@ -80,6 +83,8 @@ class ManifestStream:
     columns: list[str]           # COLUMNS, then the file's other columns in first-seen order
     chunk_rows: int = CHUNK_ROWS
     stamp: tuple = ()            # size and mtime when validated: the walks must see the same file
+    # ids whose media file names differ only in case: "row R: ..." messages (see case_collisions)
+    case_collisions: list = dataclasses.field(default_factory=list)
 
     def chunks(self) -> Iterator[tuple[int, "pd.DataFrame"]]:  # noqa: F821
         """``(first row index, normalised frame)`` for each chunk, every column present, as strings."""
@@ -148,7 +153,7 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
                     problems.append((row, f"row {row}: {message[match.end():]}" if match else message))
                 else:
                     unlisted += 1
-            hashes.append(id_hashes(_stems(frame["id"].tolist())))
+            hashes.append(id_hashes(_folded(_stems(frame["id"].tolist()))))
             rows += len(frame)
     except ManifestError:
         raise
@@ -166,8 +171,10 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
     del hashes
     repeated = np.unique(all_hashes[1:][all_hashes[1:] == all_hashes[:-1]])
     del all_hashes
+    case_only: list = []
     if len(repeated):
-        problems += _duplicate_problems(path, chunk_rows, repeated)
+        found, case_only = _duplicate_problems(path, chunk_rows, repeated)
+        problems += found
     if problems:
         problems.sort(key=lambda p: p[0])
         listed = [message for _, message in problems]
@@ -175,7 +182,7 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
             listed.append(f"... and {unlisted} more problem(s) not listed")
         raise ManifestError(path, listed)
     columns = list(COLUMNS) + [c for c in seen_columns if c not in COLUMNS]
-    return ManifestStream(path, rows, columns, chunk_rows, stamp)
+    return ManifestStream(path, rows, columns, chunk_rows, stamp, [m for _, m in sorted(case_only)])
 
 
 def _stems(ids: list[str]) -> list[str]:
@@ -184,21 +191,27 @@ def _stems(ids: list[str]) -> list[str]:
     return [safe_stem(i) for i in ids]
 
 
-def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> list[tuple[int, str]]:
-    """Rows whose id, or whose file stem, repeats an earlier row's, among those whose stem hash
-    repeats (a second pass)."""
+def _folded(stems: list[str]) -> list[str]:
+    return [s.casefold() for s in stems]
+
+
+def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> tuple[list, list]:
+    """Among the rows whose case-folded stem hash repeats (a second pass): ``(problems, case
+    collisions)``, each a list of ``(row, message)``. Problems: an id, or a file stem, that repeats
+    an earlier row's; case collisions: stems that differ from an earlier row's only in case."""
     import numpy as np
 
     first: dict[str, int] = {}
     owner: dict[str, tuple[str, int]] = {}  # stem -> (id, row) of its first row
-    found = []
+    folded: dict[str, tuple[str, str, int]] = {}  # case-folded stem -> (stem, id, row) of its first row
+    found, case_only = [], []
     rows = 0
     for raw in _raw_chunks(path, chunk_rows):
         if len(raw) == 0:
             continue
         ids = _normalise(raw)["id"].tolist()
         stems = _stems(ids)
-        candidates = np.isin(id_hashes(stems), repeated)
+        candidates = np.isin(id_hashes(_folded(stems)), repeated)
         for offset in np.flatnonzero(candidates):
             item_id, stem, row = ids[offset], stems[offset], rows + int(offset) + 1
             if item_id in first:
@@ -210,5 +223,26 @@ def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> list[tuple[int
             else:
                 first[item_id] = row
                 owner[stem] = (item_id, row)
+                if stem.casefold() in folded:
+                    other_stem, other, at = folded[stem.casefold()]
+                    case_only.append((row, f"row {row}: id {item_id!r} and id {other!r} (row {at}) would share one media "
+                                           f"file ({stem!r} and {other_stem!r} differ only in case); rename one of them"))
+                else:
+                    folded[stem.casefold()] = (stem, item_id, row)
         rows += len(ids)
-    return found
+    return found, case_only
+
+
+def ignores_case(folder: Path) -> bool:
+    """Whether the file system of ``folder`` (an existing directory) treats names that differ
+    only in case as one file: a probe file is created there and looked up in upper case."""
+    import os
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(prefix=".mmx-case-probe-", dir=folder)
+    os.close(fd)
+    try:
+        name = os.path.basename(probe)
+        return os.path.exists(os.path.join(folder, name.upper()))
+    finally:
+        os.unlink(probe)

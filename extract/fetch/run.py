@@ -90,7 +90,8 @@ def run_fetch(manifest_path, out_dir, cfg: FetchConfig) -> FetchSummary:
     Between chunks only the plan (one bit per item) and the journal index (16 bytes per id)
     are kept, so memory does not grow with the manifest beyond those few bytes per item.
     """
-    from mmx.extract.fetch.manifest import scan_manifest
+    from mmx.extract.fetch.manifest import ignores_case, scan_manifest
+    from mmx.extract.manifest import ManifestError
     from mmx.extract.fetch.status import JournalIndex
 
     stream = scan_manifest(manifest_path)  # every problem of the manifest, before anything is written
@@ -99,6 +100,8 @@ def run_fetch(manifest_path, out_dir, cfg: FetchConfig) -> FetchSummary:
         raise ValueError(f"{manifest_path} would be overwritten by the fetched manifest; use another --out")
     roots = [Path(os.path.realpath(r)) for r in (cfg.allowed_roots or (str(stream.path.parent),))]
     layout.root.mkdir(parents=True, exist_ok=True)
+    if stream.case_collisions and ignores_case(layout.root):
+        raise ManifestError(stream.path, [f"{m} (the file system of {layout.root} ignores case)" for m in stream.case_collisions])
     lock = _lock(layout)
     try:
         swept = sweep_partial_files(layout.media)

@@ -123,3 +123,44 @@ def test_a_manifest_changed_between_walks_is_refused(tmp_path):
     stream = scan_manifest(path)
     write_manifest(pd.DataFrame({"id": ["b"], "modality": "text", "text": ["y"]}), path)
     assert "changed while" in _problems(lambda: list(stream.chunks()))[0]
+
+
+def _case_manifest(tmp_path):
+    """Two images whose ids differ only in case (files beside the manifest), and one other."""
+    from PIL import Image
+
+    rows = []
+    for k, item_id in enumerate(["Clip1", "x", "clip1"]):
+        path = tmp_path / f"src{k}.png"
+        Image.new("RGB", (8, 8), (40 * k, 0, 0)).save(path)
+        rows.append({"id": item_id, "modality": "image", "uri": str(path)})
+    return write_manifest(pd.DataFrame(rows), tmp_path / "m.csv")
+
+
+def test_ids_differing_only_in_case_are_listed_not_refused_by_the_scan(tmp_path):
+    stream = scan_manifest(_case_manifest(tmp_path), chunk_rows=2)  # the two ids in different chunks
+    assert stream.case_collisions == ["row 3: id 'clip1' and id 'Clip1' (row 1) would share one media file "
+                                      "('clip1' and 'Clip1' differ only in case); rename one of them"]
+
+
+def test_the_case_probe_answers_for_this_file_system_and_leaves_nothing(tmp_path):
+    assert fetch_manifest_module.ignores_case(tmp_path) is False  # Linux file systems keep case
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("ignores", [True, False])
+def test_fetch_refuses_case_collisions_only_where_the_file_system_ignores_case(tmp_path, monkeypatch, ignores):
+    """On macOS or Windows ``Clip1.png`` and ``clip1.png`` are one file: the second download would
+    silently replace the first. There the fetch is refused before anything is fetched; where case
+    counts, both files are kept."""
+    manifest = _case_manifest(tmp_path)
+    monkeypatch.setattr(fetch_manifest_module, "ignores_case", lambda folder: ignores)
+    cfg = FetchConfig(workers=1, retries=0, progress=False)
+    if ignores:
+        with pytest.raises(ManifestError, match=r"'clip1' and id 'Clip1' \(row 1\).*ignores case"):
+            fetch_manifest(manifest, tmp_path / "ds", cfg)
+        assert not (tmp_path / "ds" / "media").exists()
+    else:
+        summary = fetch_manifest(manifest, tmp_path / "ds", cfg)
+        assert summary.fetched == 3
+        assert sorted(p.name for p in (tmp_path / "ds" / "media" / "image").iterdir()) == ["Clip1.png", "clip1.png", "x.png"]
