@@ -83,10 +83,13 @@ def load(path: Path) -> dict:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({_first_line(exc)}); {fix}") from None
 
 
-def rng_state() -> dict[str, Any]:
-    """The torch RNG states as CPU byte tensors: the CPU generator and one per CUDA device (or None)."""
-    cuda = [t.cpu() for t in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else None
-    return {"torch": torch.get_rng_state(), "cuda": cuda}
+def rng_state(cuda=torch.cuda) -> dict[str, Any]:
+    """The torch RNG states as CPU byte tensors: the CPU generator and one per CUDA device, or
+    None when this process has not used CUDA (its generators then drew nothing, and reading them
+    would start CUDA on every GPU of the host: a CPU run on a GPU machine would take GPU memory).
+    ``cuda`` is ``torch.cuda`` (a stand-in in tests)."""
+    states = [t.cpu() for t in cuda.get_rng_state_all()] if cuda.is_available() and cuda.is_initialized() else None
+    return {"torch": torch.get_rng_state(), "cuda": states}
 
 
 def restore_rng(rng: dict[str, Any], cuda=torch.cuda) -> None:

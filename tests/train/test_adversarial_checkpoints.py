@@ -175,6 +175,27 @@ def test_restore_rng_hands_cuda_cpu_byte_tensors_per_device():
     assert cpu_run.given == {}
 
 
+def test_a_run_that_never_used_cuda_records_no_cuda_state_and_does_not_start_cuda():
+    class Uninitialised(FakeCuda):
+        def is_initialized(self):
+            return False
+
+        def get_rng_state_all(self):
+            raise AssertionError("reading the CUDA generators starts CUDA on every GPU")
+
+    assert checkpoint.rng_state(cuda=Uninitialised(2))["cuda"] is None
+
+    class Started(Uninitialised):
+        def is_initialized(self):
+            return True
+
+        def get_rng_state_all(self):
+            return [torch.full((16,), i, dtype=torch.uint8) for i in range(self.count)]
+
+    states = checkpoint.rng_state(cuda=Started(2))["cuda"]
+    assert [int(s[0]) for s in states] == [0, 1] and all(s.device.type == "cpu" for s in states)
+
+
 def test_restore_rng_restores_the_cpu_generator():
     state = torch.get_rng_state()
     expected = torch.rand(5)
