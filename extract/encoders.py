@@ -410,9 +410,42 @@ class TransformerText(Encoder):
         self.dim = int(self.model.config.hidden_size)
         self.prep = TextPreparer(str(path), int(options["max_length"]))
         self.prep.tokenizer  # fail now, not in a worker, when the tokenizer is missing
+        # whether launches pass a mask built on the host (see host_mask); None: checked at the first launch on CUDA
+        self.host_masks: bool | None = None
 
     def token_rate(self) -> str:
         return "1 per word piece"
+
+    def host_mask(self, attention_mask):
+        """The attention mask the model would build from the 2-D ``attention_mask`` (its own
+        ``create_bidirectional_mask``), built here on the host: a 4-D mask, or None for a part
+        without padding. Built on the device by the model, the mask is checked for padding with a
+        read back to the host (``padding_mask.all()``), which waits for the batch in flight, so
+        the GPU idled while the host queued each text batch."""
+        import torch
+        from transformers.masking_utils import create_bidirectional_mask
+
+        shape = (*attention_mask.shape, 0)  # the mask needs the embeddings' shape and dtype only
+        mask = create_bidirectional_mask(config=self.model.config, inputs_embeds=torch.empty(shape), attention_mask=attention_mask)
+        return mask.pin_memory() if mask is not None and attention_mask.is_pinned() else mask
+
+    def _use_host_masks(self, part: dict) -> bool:
+        """On CUDA, with sdpa or eager attention, and once the model gave the same hidden states
+        for one part with the host's mask as with its own (checked at the first launch: a model
+        that does not pass a prepared mask through keeps its own)."""
+        import torch
+
+        if self.host_masks is not None:
+            return self.host_masks
+        if not self.device.startswith("cuda") or self.model.config._attn_implementation not in ("sdpa", "eager"):
+            return False  # not kept: moved to CUDA later, the encoder checks then
+        on = {k: v.to(self.device) for k, v in part.items()}
+        mask = self.host_mask(part["attention_mask"])
+        with autocast(self.device):
+            own = self.model(**on).last_hidden_state.float()
+            host = self.model(**{**on, "attention_mask": None if mask is None else mask.to(self.device)}).last_hidden_state.float()
+        self.host_masks = bool(torch.allclose(own, host, rtol=1e-3, atol=1e-3))
+        return self.host_masks
 
     def launch(self, batch, batch_size: int) -> Pending:
         import torch
@@ -421,7 +454,10 @@ class TransformerText(Encoder):
         batch = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
         hidden = []
         for s in range(0, len(keep), max(1, batch_size)):
-            part = {k: v[s : s + batch_size].to(self.device, non_blocking=True) for k, v in batch.items()}
+            part = {k: v[s : s + batch_size] for k, v in batch.items()}
+            if self._use_host_masks(part):
+                part["attention_mask"] = self.host_mask(part["attention_mask"])
+            part = {k: v if v is None else v.to(self.device, non_blocking=True) for k, v in part.items()}
             with autocast(self.device):
                 hidden.append(self.model(**part).last_hidden_state.float())
         return Pending.to_host(torch.cat(hidden), lambda h: self._word_pieces(h, keep.numpy()))

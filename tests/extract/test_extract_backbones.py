@@ -102,6 +102,54 @@ def test_text_tokens_are_word_pieces_without_special_or_padding(tiny_hub):
     assert [len(t) for t, _ in outs] == [len(p) for p in pieces] == [2, len(pieces[1])] and len(pieces[1]) >= 4
 
 
+TEXTS = ("a dog", "the dogs a car", "a b c d e f g", "dog")  # padded to different lengths
+
+
+@pytest.mark.parametrize("name", ["bert-small", "minilm-l6"])
+def test_a_mask_built_on_the_host_gives_the_models_own_features(tiny_hub, name):
+    """What launches on CUDA pass (the model's own 4-D mask, built on the host, or None for a
+    part without padding) gives the features of the model's own 2-D path."""
+    encoder = build_encoder("bert-small", weights=str(tiny_hub / "bert")) if name == "bert-small" else _packaged(name)
+    batch = encoder.prep.collate([encoder.prep.prepare({"text": t}) for t in TEXTS])
+    assert encoder.host_mask(batch["attention_mask"][2:3]) is None  # the longest text alone: no padding, no mask
+    for part in (3, 1):  # parts of 3 and 1 texts; with 1, the longest one goes without a mask
+        with torch.inference_mode():
+            encoder.host_masks = False
+            own = encoder.forward(batch, part)
+            encoder.host_masks = True
+            host = encoder.forward(batch, part)
+        for (ta, pa), (tb, pb) in zip(own, host):
+            np.testing.assert_allclose(ta, tb, rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(pa, pb, rtol=1e-5, atol=1e-6)
+
+
+def test_with_a_host_mask_the_model_reads_nothing_back(tiny_hub, monkeypatch):
+    """The model's own mask is checked for padding by a read (``padding_mask.all()``): on CUDA a
+    wait for the batch in flight. With the mask built on the host, the forward reads nothing."""
+    encoder = build_encoder("bert-small", weights=str(tiny_hub / "bert"))
+    batch = encoder.prep.collate([encoder.prep.prepare({"text": t}) for t in TEXTS])
+    reads = []
+    real = torch.Tensor.__bool__
+    forward = encoder.model.forward
+
+    def watched(*args, **kwargs):
+        monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(tuple(t.shape)) or real(t))
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            monkeypatch.setattr(torch.Tensor, "__bool__", real)
+
+    monkeypatch.setattr(encoder.model, "forward", watched)
+    with torch.inference_mode():
+        encoder.host_masks = False
+        encoder.forward(batch, 4)
+        assert reads  # the model's own path reads its mask
+        reads.clear()
+        encoder.host_masks = True
+        encoder.forward(batch, 4)
+    assert reads == []
+
+
 def test_minilm_pooled_is_mean_of_word_pieces_and_semantic():
     encoder = _packaged("minilm-l6")
     texts = ["A dog.", "A puppy.", "Quarterly tax report"]
@@ -142,3 +190,25 @@ def test_registry_errors_are_clear():
 def test_missing_hub_weights_offline_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="cannot load"):
         build_encoder("resnet-50", weights=str(tmp_path / "absent-model"))
+
+
+@pytest.mark.gpu
+def test_a_text_launch_on_cuda_never_waits_for_the_batch_in_flight(tiny_hub):
+    """With the mask built on the host, launching a text batch queues its kernels without waiting
+    for the batch in flight (no read back inside ``launch``)."""
+    if not torch.cuda.is_available():
+        pytest.skip("CUDA is not available here")
+    encoder = build_encoder("bert-small", weights=str(tiny_hub / "bert")).to("cuda")
+    batch = {k: v.pin_memory() for k, v in encoder.prep.collate([encoder.prep.prepare({"text": t}) for t in TEXTS]).items()}
+    with torch.inference_mode():
+        first = encoder.launch(batch, 3).result()  # the first launch checks the host mask once (reads)
+        assert encoder.host_masks is True
+        in_flight = encoder.launch(batch, 3)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            pending = encoder.launch(batch, 3)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        for (ta, _), (tb, _), (tc, _) in zip(first, in_flight.result(), pending.result()):
+            np.testing.assert_allclose(ta, tc, rtol=1e-3, atol=1e-3)
+            np.testing.assert_allclose(tb, tc, rtol=1e-3, atol=1e-3)
