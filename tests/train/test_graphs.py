@@ -2,9 +2,11 @@
 
 On the CPU a stand-in for CUDA's capture keeps a graph's rules: capture records and runs
 nothing, a replay reads the graph's own input tensors (copied in before it) and overwrites its
-own output tensors, and it writes the gradients instead of adding to them. With that, a pass of
-graphed steps must train exactly like the eager pass (dropout 0). The same on a real GPU is the
-`gpu` test at the end.
+own output tensors, it writes the gradients that were absent at capture and adds to those that
+were present, it replays the learning rate it recorded, and the optimiser must be capturable and
+have its state before capture (see StandIn). With that, a pass of graphed steps must train
+exactly like the eager pass (dropout 0). What the stand-in cannot see (a step whose kernels
+depend on host values other than the batch's shapes) is for the `gpu` test at the end.
 """
 
 import contextlib
@@ -55,18 +57,30 @@ def runner_for(cache, strategy, mods, alignment="class", device="cpu", batch_siz
 
 class StandIn:
     """CUDA's capture as far as a CPU can: ``capture`` records (runs nothing), ``replay`` runs the
-    recorded step on the graph's inputs, writing fresh gradients and overwriting its outputs."""
+    recorded step on the graph's inputs and overwrites its outputs. As on CUDA: capture needs a
+    capturable optimiser; a gradient absent at capture is written afresh by every replay, one
+    present is added to (the captured backward accumulates into that buffer); the learning rate
+    is the one recorded; optimiser state made during capture would be made again (zeroed) by
+    every replay, so none may be."""
 
     def __init__(self, opt):
         self.opt, self.captured = opt, []
 
     def capture(self, step):
+        groups = self.opt.param_groups
+        assert all(g["capturable"] for g in groups), "capture of an optimiser step whose param_groups' capturable is False"
+        params = [p for g in groups for p in g["params"]]
+        kept = {p: p.grad for p in params if p.grad is not None}
+        lrs, states = [g["lr"] for g in groups], len(self.opt.state)
         out: dict = {}
         self.captured.append(out)
 
         def replay():
-            self.opt.zero_grad(set_to_none=True)  # a graph writes the gradients it allocated
+            assert [g["lr"] for g in groups] == lrs, "a graph replays the learning rate it recorded"
+            for p in params:
+                p.grad = kept.get(p)
             new = step()
+            assert len(self.opt.state) == states, "optimiser state made inside a graph: every replay would reset it"
             with torch.no_grad():
                 if out:
                     for k, v in new.items():

@@ -7,6 +7,7 @@ GPU), bf16 autocast (``cfg.amp``) not leaking into the saved float32 embeddings,
 chunked metric path of ``mmx eval`` on the device.
 """
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -115,10 +116,21 @@ def test_deterministic_kernels_are_on_during_the_run_only(monkeypatch):
         raise RuntimeError("stop")
 
     monkeypatch.setattr(loop, "_train", fake_train)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the test's end restores the process's value
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     for on in (True, False):
         with pytest.raises(RuntimeError, match="stop"):
             loop.train(TrainConfig(deterministic=on))
     assert seen == [(True, True), (False, False)] and not torch.are_deterministic_algorithms_enabled()
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"  # cuBLAS is deterministic only with a fixed workspace
+    # the previous setting comes back, not merely "off": strict deterministic mode set by the caller
+    torch.use_deterministic_algorithms(True)
+    try:
+        with pytest.raises(RuntimeError, match="stop"):
+            loop.train(TrainConfig(deterministic=True))
+        assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
 
 
 def test_host_masks_give_the_same_loss_as_device_masks():
