@@ -198,18 +198,21 @@ def _folded(stems: list[str]) -> list[str]:
 def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> tuple[list, list]:
     """Among the rows whose case-folded stem hash repeats (a second pass): ``(problems, case
     collisions)``, each a list of ``(row, message)``. Problems: an id, or a file stem, that repeats
-    an earlier row's; case collisions: stems that differ from an earlier row's only in case."""
+    an earlier row's; case collisions: stems that differ only in case from an earlier row's of the
+    same modality, both with a media file to fetch (a ``uri``)."""
     import numpy as np
 
     first: dict[str, int] = {}
     owner: dict[str, tuple[str, int]] = {}  # stem -> (id, row) of its first row
-    folded: dict[str, tuple[str, str, int]] = {}  # case-folded stem -> (stem, id, row) of its first row
+    # (modality, case-folded stem) -> (stem, id, row) of its first row with a media file
+    folded: dict[tuple[str, str], tuple[str, str, int]] = {}
     found, case_only = [], []
     rows = 0
     for raw in _raw_chunks(path, chunk_rows):
         if len(raw) == 0:
             continue
-        ids = _normalise(raw)["id"].tolist()
+        frame = _normalise(raw)
+        ids, modalities, uris = frame["id"].tolist(), frame["modality"].tolist(), frame["uri"].tolist()
         stems = _stems(ids)
         candidates = np.isin(id_hashes(_folded(stems)), repeated)
         for offset in np.flatnonzero(candidates):
@@ -223,12 +226,15 @@ def _duplicate_problems(path: Path, chunk_rows: int, repeated) -> tuple[list, li
             else:
                 first[item_id] = row
                 owner[stem] = (item_id, row)
-                if stem.casefold() in folded:
-                    other_stem, other, at = folded[stem.casefold()]
+                if not uris[offset]:
+                    continue  # no media file (inline text)
+                key = (modalities[offset], stem.casefold())  # files go to media/<modality>/
+                if key in folded:
+                    other_stem, other, at = folded[key]
                     case_only.append((row, f"row {row}: id {item_id!r} and id {other!r} (row {at}) would share one media "
                                            f"file ({stem!r} and {other_stem!r} differ only in case); rename one of them"))
                 else:
-                    folded[stem.casefold()] = (stem, item_id, row)
+                    folded[key] = (stem, item_id, row)
         rows += len(ids)
     return found, case_only
 

@@ -143,6 +143,19 @@ def test_ids_differing_only_in_case_are_listed_not_refused_by_the_scan(tmp_path)
                                       "('clip1' and 'Clip1' differ only in case); rename one of them"]
 
 
+def test_only_media_files_of_one_modality_collide_by_case(tmp_path):
+    """Files go to ``media/<modality>/`` and inline text makes none: ``Clip1`` (image), ``clip1``
+    (inline text) and ``CLIP1`` (audio) are three names apart even where case is ignored; a
+    second image ``cLIP1`` is not."""
+    rows = [{"id": "Clip1", "modality": "image", "uri": str(tmp_path / "a.png")},
+            {"id": "clip1", "modality": "text", "text": "a clip"},
+            {"id": "CLIP1", "modality": "audio", "uri": str(tmp_path / "b.wav")},
+            {"id": "cLIP1", "modality": "image", "uri": str(tmp_path / "c.png")}]
+    stream = scan_manifest(write_manifest(pd.DataFrame(rows), tmp_path / "m.csv"), chunk_rows=2)
+    assert stream.case_collisions == ["row 4: id 'cLIP1' and id 'Clip1' (row 1) would share one media file "
+                                      "('cLIP1' and 'Clip1' differ only in case); rename one of them"]
+
+
 def test_the_case_probe_answers_for_this_file_system_and_leaves_nothing(tmp_path):
     assert fetch_manifest_module.ignores_case(tmp_path) is False  # Linux file systems keep case
     assert list(tmp_path.iterdir()) == []
