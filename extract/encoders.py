@@ -410,7 +410,7 @@ class TransformerText(Encoder):
         self.dim = int(self.model.config.hidden_size)
         self.prep = TextPreparer(str(path), int(options["max_length"]))
         self.prep.tokenizer  # fail now, not in a worker, when the tokenizer is missing
-        # whether launches pass a mask built on the host (see host_mask); None: checked at the first launch on CUDA
+        # whether launches pass a mask built on the host (see host_mask); None: checked at the first padded part on CUDA
         self.host_masks: bool | None = None
 
     def token_rate(self) -> str:
@@ -431,14 +431,17 @@ class TransformerText(Encoder):
 
     def _use_host_masks(self, part: dict) -> bool:
         """On CUDA, with sdpa or eager attention, and once the model gave the same hidden states
-        for one part with the host's mask as with its own (checked at the first launch: a model
-        that does not pass a prepared mask through keeps its own)."""
+        for one part with padding with the host's mask as with its own (checked at the first such
+        part: a model that does not pass a prepared mask through keeps its own). Parts before it
+        use the model's own mask: without padding both masks are trivially alike and prove nothing."""
         import torch
 
         if self.host_masks is not None:
             return self.host_masks
         if not self.device.startswith("cuda") or self.model.config._attn_implementation not in ("sdpa", "eager"):
             return False  # not kept: moved to CUDA later, the encoder checks then
+        if bool(part["attention_mask"].all()):  # on the host: no wait
+            return False
         on = {k: v.to(self.device) for k, v in part.items()}
         mask = self.host_mask(part["attention_mask"])
         with autocast(self.device):

@@ -123,6 +123,39 @@ def test_a_mask_built_on_the_host_gives_the_models_own_features(tiny_hub, name):
             np.testing.assert_allclose(pa, pb, rtol=1e-5, atol=1e-6)
 
 
+class _CudaNamed(str):
+    """``"cpu"`` to torch, a CUDA device to the encoder's checks: its CUDA path, run on the CPU."""
+
+    def startswith(self, prefix, *args):
+        return prefix == "cuda" or str.startswith(self, prefix, *args)
+
+
+def test_the_host_mask_is_judged_on_a_part_with_padding(tiny_hub, monkeypatch):
+    """Launches on CUDA keep the host's mask only if the model gives the features of its
+    own mask with it. A part without padding cannot tell (no mask either way): it must decide
+    nothing, so that a model that drops a prepared mask is found out at the first padded part."""
+    import contextlib
+
+    from mmx.extract import encoders
+
+    encoder = build_encoder("bert-small", weights=str(tiny_hub / "bert"))
+    monkeypatch.setattr(encoder, "device", _CudaNamed("cpu"))
+    monkeypatch.setattr(encoders, "autocast", lambda device: contextlib.nullcontext())
+    forward = encoder.model.forward
+
+    def drops_prepared_masks(*args, attention_mask=None, **kwargs):
+        prepared = attention_mask is not None and attention_mask.dim() == 4
+        return forward(*args, attention_mask=None if prepared else attention_mask, **kwargs)
+
+    monkeypatch.setattr(encoder.model, "forward", drops_prepared_masks)
+    batch = encoder.prep.collate([encoder.prep.prepare({"text": t}) for t in TEXTS])
+    batch = {k: v for k, v in batch.items() if k != "special_tokens_mask"}
+    with torch.inference_mode():
+        assert encoder._use_host_masks({k: v[2:3] for k, v in batch.items()}) is False  # the longest text alone
+        assert encoder.host_masks is None
+        assert encoder._use_host_masks(batch) is False and encoder.host_masks is False  # padded: judged, refused
+
+
 def test_with_a_host_mask_the_model_reads_nothing_back(tiny_hub, monkeypatch):
     """The model's own mask is checked for padding by a read (``padding_mask.all()``): on CUDA a
     wait for the batch in flight. With the mask built on the host, the forward reads nothing."""
