@@ -5,8 +5,9 @@ nothing, a replay reads the graph's own input tensors (copied in before it) and 
 own output tensors, it writes the gradients that were absent at capture and adds to those that
 were present, it replays the learning rate it recorded, and the optimiser must be capturable and
 have its state before capture (see StandIn). With that, a pass of graphed steps must train
-exactly like the eager pass (dropout 0). What the stand-in cannot see (a step whose kernels
-depend on host values other than the batch's shapes) is for the `gpu` test at the end.
+exactly like the eager pass (dropout 0). What the stand-in cannot see, a step that depends on
+host values beyond its batch's shapes, shows in the operations two batches run. Real capture
+(streams, memory pools, kernels) is for the `gpu` test at the end.
 """
 
 import contextlib
@@ -14,29 +15,19 @@ import contextlib
 import numpy as np
 import pytest
 import torch
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mmx.cache.modality import Modality
-from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.train import graphs, loop
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, load_train_data
 from mmx.train.strategies import get_strategy
 
-
-@pytest.fixture(scope="module")
-def class_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    synthesize(root, SyntheticConfig(classes=12, items={"text": 120, "image": 96, "audio": 48, "video": 36},
-                                     dims={"text": 12, "image": 16, "audio": 8, "video": 10}, tokens=None, noise=0.5))
-    return root
+import test_hostbound
 
 
-@pytest.fixture(scope="module")
-def instance_cache(tmp_path_factory):
-    root = tmp_path_factory.mktemp("inst")
-    synthesize(root, SyntheticConfig(classes=6, alignment="instance", missing=0.3, items={m: 60 for m in ("text", "image", "audio")},
-                                     dims={"text": 12, "image": 16, "audio": 8}, tokens=None))
-    return root
+class_cache, instance_cache = test_hostbound.class_cache, test_hostbound.instance_cache  # the same caches (fixtures)
 
 
 def runner_for(cache, strategy, mods, alignment="class", device="cpu", batch_size=5, **kw):
@@ -147,6 +138,54 @@ def test_a_graphed_pass_trains_exactly_like_the_eager_one(class_cache, stand_in,
     for a, b in zip(eager_opt.state.values(), graph_opt.state.values()):
         assert torch.allclose(a["exp_avg"], b["exp_avg"], rtol=1e-6, atol=1e-9)
         assert float(a["step"]) == float(b["step"])
+
+
+class Ops(TorchDispatchMode):
+    """The operations a step runs, each with its non-tensor arguments and its tensors' shapes."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        leaves = pytree.tree_leaves((args, kwargs or {}))
+        self.ops.append((str(func), tuple(self.key(x) for x in leaves)))
+        return func(*args, **(kwargs or {}))
+
+    @staticmethod
+    def key(x):
+        if isinstance(x, torch.Tensor):
+            return x.shape, x.dtype
+        plain = (int, float, bool, str, type(None), torch.dtype, torch.device, torch.layout, torch.memory_format)
+        return x if isinstance(x, plain) else type(x).__name__  # e.g. the profiler's record handles
+
+
+# reads of device values (a wait, not allowed while capturing) and tensors made from host values
+# (a graph keeps the values of its capture)
+HOST_BOUND = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten.unique", "aten._unique", "aten.lift_fresh")
+
+
+@pytest.mark.parametrize("strategy", sorted(GRAPHABLE))
+def test_a_graphable_step_runs_the_same_operations_whatever_its_batch_holds(class_cache, strategy):
+    """What the stand-in cannot check: a graph replays the operations of its capture, so the step
+    may not depend on host values beyond its batch's shapes. Two batches of one signature must run
+    the same operations with the same arguments, none of them a read back or a host-made tensor."""
+    mods = ["text", "image", "audio", "video"] if strategy != "stagewise" else ["text", "image"]
+    runner, opt = runner_for(class_cache, strategy, mods, **GRAPHABLE[strategy])
+    by_shape: dict = {}
+    for batch in runner.strategy.batches(runner.train_split, 1, train=True):
+        leaves, spec = pytree.tree_flatten(batch)
+        by_shape.setdefault((str(spec), tuple(getattr(x, "shape", x) for x in leaves)), []).append(batch)
+    first, second = next(b for b in by_shape.values() if len(b) >= 2)[:2]
+    assert not all(a is None or torch.equal(a, b) for a, b in zip(pytree.tree_leaves(first), pytree.tree_leaves(second)))
+    runner.train_step(first, opt)  # the optimiser's state exists before capture (the warm-up)
+    traces = []
+    for batch in (first, second):
+        with Ops() as ops:
+            runner.train_step(batch, opt, graphed=True)
+        traces.append(ops.ops)
+    assert traces[0] == traces[1]
+    assert not [op for op, _ in traces[0] if op.startswith(HOST_BOUND)]
 
 
 def test_each_signature_warms_up_then_gets_its_own_graph(class_cache, stand_in):
