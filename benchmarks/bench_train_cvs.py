@@ -36,7 +36,8 @@ ORDER = ["image", "text", "video", "audio"]  # paper 002 stage order
 
 def time_stage(strategy, model, stage, steps: int, full: bool, device, graphed: bool = False) -> tuple[float, float, int]:
     """(ms per iteration, seconds per epoch, batches per epoch) of one stage; ``graphed``: steps
-    replayed from CUDA graphs (the warm-up and capture steps not timed)."""
+    replayed from CUDA graphs (the warm-up and capture steps not timed, but with ``full`` every
+    step of the epoch is)."""
     strategy.begin_stage(model, stage)
     opt, _ = make_optimiser(strategy.cfg, strategy.parameters(model))
     split = strategy.data.splits["train"]
