@@ -17,8 +17,9 @@ PyTorch's whole-network capture (``torch.cuda.graphs``), under these rules:
   autograd set themselves up there, as capture requires); they are real steps of the pass;
 * capture records and does not run, so the batch it was captured with is then replayed;
 * the optimiser must be the fused AdamW (mmx's, ``train.loop.make_optimiser``): its learning
-  rate, a float, is recorded into the graph, so :class:`StepGraphs` lives for one pass (the
-  schedule moves the rate between passes) and the next pass captures anew;
+  rate, a float, is recorded into the graph, so a run keeps its :class:`StepGraphs` from pass to
+  pass only while the rate stays (paper 000's and the CVS family's settings: no decay); a pass
+  after the schedule moved it captures anew (``train.loop.Runner.graphed_steps``);
 * autocast runs without its cast cache inside the graph (``cache_enabled=False``), as capture
   requires.
 

@@ -517,6 +517,7 @@ class Runner:
         self.train_split, self.hold = train_split, hold_split
         self.autocast = autocast_for(cfg, device)
         self.graphed = graphs.reason_not(cfg, strategy, device) is None and cfg.cuda_graphs
+        self.step_graphs, self._graph_rates = None, None  # see graphed_steps
 
     def append(self, progress: Progress, record: dict) -> None:
         runs.append_jsonl(self.run / "metrics.jsonl", record)
@@ -534,11 +535,21 @@ class Runner:
         self.model.train()
         parts = PartMeans()
         eager = lambda batch: self.train_step(batch, opt)  # noqa: E731
-        # a pass's graphs record its learning rate, so they live for the pass (train/graphs.py)
-        step = graphs.StepGraphs(eager, lambda batch: self.train_step(batch, opt, graphed=True), opt) if self.graphed else eager
+        step = self.graphed_steps(opt) if self.graphed else eager
         for batch in self.strategy.batches(self.train_split, epoch, train=True):
             parts.add(step(batch))
         return parts.means("train")
+
+    def graphed_steps(self, opt) -> "graphs.StepGraphs":
+        """The run's graphed steps, kept from pass to pass (a capture costs a device sync and a
+        cache flush) while the optimiser and its learning rates are the ones they recorded: a new
+        stage's optimiser, or a schedule that moved the rate, gets new graphs."""
+        rates = [float(g["lr"]) for g in opt.param_groups]
+        if self.step_graphs is None or self.step_graphs.opt is not opt or self._graph_rates != rates:
+            self.step_graphs = graphs.StepGraphs(lambda batch: self.train_step(batch, opt),
+                                                 lambda batch: self.train_step(batch, opt, graphed=True), opt)
+            self._graph_rates = rates
+        return self.step_graphs
 
     def train_step(self, batch, opt, graphed: bool = False) -> dict:
         """One step: forward, loss, backward, optimiser. ``graphed``: as recorded into a CUDA
