@@ -18,6 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from cuda_launch import launch_behind_another
+
 from mmx.extract import decode
 from mmx.extract.backbones import build_encoder
 
@@ -240,13 +242,7 @@ def test_a_launch_on_cuda_never_waits_for_the_batch_in_flight(tiny_resnet, image
     batch = ([r.pin_memory() for r in rows], counts)  # as the loader pins them
     with torch.inference_mode():
         enc.launch(batch, 4).result()  # the first batch may wait (the mean and std are made once)
-        in_flight = enc.launch(batch, 4)
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            pending = enc.launch(batch, 4)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        a, b = in_flight.result(), pending.result()
+        a, b = launch_behind_another(enc, batch, 4)
     assert len(a) == len(b) == len(images)
     for (_, pa), (_, pb) in zip(a, b):  # the same batch twice
         np.testing.assert_allclose(pa, pb, rtol=1e-3, atol=1e-3)
