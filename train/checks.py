@@ -78,7 +78,7 @@ def effective_batch(cfg: TrainConfig, data) -> str:
             sampler = InstanceAlignedSampler({m: train.features[m].groups for m in train.modalities}, cfg.batch_size)
             return f"{sampler.composition['batch/groups']} groups per step"
         per_class = {**get_strategy(cfg.strategy).option_defaults(), **cfg.options}.get("per_class", 1)  # CVS: 2
-        sampler = ClassAlignedSampler({m: train.classes[m].cpu().numpy() for m in train.modalities}, cfg.batch_size,
+        sampler = ClassAlignedSampler({m: train.host_classes(m) for m in train.modalities}, cfg.batch_size,
                                       per_class=int(per_class))
     except ValueError as exc:  # the strategy says it better when it builds its batches
         return f"not drawable over all modalities at once ({exc})"

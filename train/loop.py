@@ -534,8 +534,7 @@ class Runner:
     def train_epoch(self, epoch: int, opt) -> dict[str, float]:
         self.model.train()
         parts = PartMeans()
-        eager = lambda batch: self.train_step(batch, opt)  # noqa: E731
-        step = self.graphed_steps(opt) if self.graphed else eager
+        step = self.graphed_steps(opt) if self.graphed else (lambda batch: self.train_step(batch, opt))
         for batch in self.strategy.batches(self.train_split, epoch, train=True):
             parts.add(step(batch))
         return parts.means("train")

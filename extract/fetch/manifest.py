@@ -14,7 +14,8 @@ afterwards) and confirmed on the real ids. Equal ids have equal stems, so the sa
 refuses two different ids that would share a media file, naming both. The stems are hashed
 case-folded, so the pass also finds ids whose files differ only in case (``Clip1``, ``clip1``):
 distinct files on Linux, one file on a file system that ignores case (macOS, Windows by
-default); :func:`case_collisions` lists them and ``mmx fetch`` refuses them there only.
+default); :attr:`ManifestStream.case_collisions` lists them (per modality, rows with a uri:
+files go to ``media/<modality>/``) and ``mmx fetch`` refuses them there only.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class ManifestStream:
     columns: list[str]           # COLUMNS, then the file's other columns in first-seen order
     chunk_rows: int = CHUNK_ROWS
     stamp: tuple = ()            # size and mtime when validated: the walks must see the same file
-    # ids whose media file names differ only in case: "row R: ..." messages (see case_collisions)
+    # ids whose media file names differ only in case: "row R: ..." messages (see _duplicate_problems)
     case_collisions: list = dataclasses.field(default_factory=list)
 
     def chunks(self) -> Iterator[tuple[int, "pd.DataFrame"]]:  # noqa: F821
