@@ -107,7 +107,7 @@ def _checksum_cost(root: Path, cfg, stores, repeats: int) -> None:
     """Time loads of ``stores`` against the same cache written without chunk checksums."""
     from unittest import mock
 
-    import mmx.cache.store as store_mod
+    import mmx.cache.store.write as store_mod  # where new stores get their codecs
     from mmx.cache import open_store
     from mmx.cache.synthesize import synthesize
 

@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 import mmx.cache.store as store_mod
+import mmx.cache.store.write as store_write  # where new stores get their codecs and integrity attribute
 from mmx.cache import CorruptStoreError, StoreSpec, create_store, open_store
 from mmx.cache.modality import Modality
 from mmx.cache.store import STATUS_FAILED, ids_digest
@@ -178,8 +179,8 @@ def test_adversarial_store_without_checksums(tmp_path, monkeypatch):
     """A store of an older mmx (no crc32c codecs, no integrity attribute): verify says so, and
     presence is still checked."""
     with monkeypatch.context() as m:
-        m.setattr(store_mod, "_checked", lambda *codecs: list(codecs))
-        m.setattr(store_mod, "INTEGRITY", None)
+        m.setattr(store_write, "_checked", lambda *codecs: list(codecs))
+        m.setattr(store_write, "INTEGRITY", None)
         store = _make(tmp_path, tokens=False)
     old = open_store(store.path)
     inner = json.loads((store.path / "pooled" / "zarr.json").read_text())["codecs"][0]["configuration"]["codecs"]

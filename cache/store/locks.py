@@ -1,0 +1,55 @@
+"""The two locks of a store: one writing process per store, and one writer per item shard.
+
+Both are advisory ``flock`` locks on files inside the store; the kernel releases them when the
+holder exits, however it dies, so a killed writer never leaves a store locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import time
+from pathlib import Path
+
+from mmx.cache.store.errors import StoreLockedError
+from mmx.cache.store.layout import MARKERS
+
+WRITER_LOCK = ".writer.lock"
+
+
+@contextlib.contextmanager
+def hold_writer_lock(store: Path, command: str = "a writer"):
+    """Hold the writer lock of the store at ``store``: one writing process (e.g. ``mmx extract``) per store.
+
+    A second writer fails at once with :class:`StoreLockedError` instead of waiting: the first
+    one is already doing the same work, and a rerun after it ends skips what it finished. The
+    lock file keeps the holder's command and pid for that message, and stays when released
+    (deleting a lock file races with the next locker).
+    """
+    path = store / WRITER_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            raise StoreLockedError(
+                f"{store} is being written by another process ({holder}); wait for it to end or stop it, "
+                f"then rerun: the shards it finished are kept (lock: {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def hold_shard_lock(store: Path, k: int):
+    """Two writers of item shard ``k`` take turns (e.g. two processes writing directly)."""
+    fd = os.open(store / MARKERS / f"{k:06d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
