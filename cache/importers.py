@@ -1,63 +1,9 @@
 """Import pre-extracted features into the cache (``mmx cache import``).
 
-Benchmarks such as XMedia and PKU XMediaNet are often distributed as feature matrices
-rather than media (MISSION.md, "Beyond the papers"): ``.mat`` files with variables such as
-``I_te_CNN`` (test image features) and ``teImgCat`` (their class labels), or ``.h5`` /
-``.npy`` / ``.npz`` exports. This module turns one or more such sources into one feature
-store (one dataset, one modality), pooled features only, so training can run without any
-backbone.
-
-Accepted containers (chosen by content, not by name where it matters):
-
-* ``.npy``: one array, the features. Labels come from a labels file.
-* ``.npz``: named arrays.
-* HDF5 (``.h5``, ``.hdf5``, any file ``h5py.is_hdf5`` accepts): datasets by path
-  (``feats`` or ``group/feats``).
-* MATLAB ``.mat`` v4-v7 through ``scipy.io.loadmat``; MATLAB v7.3, which is HDF5, through
-  h5py. **MATLAB stores arrays column-major**, so h5py sees a MATLAB ``N x D`` matrix as
-  ``D x N``: every dataset that carries the ``MATLAB_class`` attribute is transposed back
-  on reading, char arrays are decoded to strings and cell arrays of strings are
-  dereferenced. Plain HDF5 datasets are read as stored; ``transpose`` (``--transpose``)
-  transposes the features of any source whose writer stored them ``D x N``.
-
-Features must be a 2-D real matrix ``[N, D]`` with finite values (NaN or inf is an error
-that names the first bad row); with ``float16`` storage, values beyond its range are an
-error too (use ``--dtype float32``).
-
-Labels (per item, optional) may be
-
-* integers (any int dtype, or floats with integral values), stored as their decimal
-  string exactly as given: 1-based MATLAB class numbers stay 1-based. Labels are class
-  identities, only compared for equality, so the base does not matter as long as every
-  modality of a dataset uses the same one;
-* strings (numpy str/bytes, MATLAB char matrices, cell arrays of strings), stored as is;
-* one-hot (or score) rows ``[N, C]`` with ``C > 1``: the label is ``argmax + onehot_base``
-  (``--onehot-base``, default 0; use 1 when the other modalities carry 1-based numbers).
-  A row whose entries are all equal has no class and is an error.
-
-Column vectors ``[N, 1]`` and row vectors ``[1, N]`` (how MATLAB saves vectors) count as
-vectors. Splits come from a source's ``split`` (``FILE:test``, ``--split``) or from a
-variable of strings ``train``/``test``/``val``; without either, items have no split. Ids
-are ``<modality>-<index:06d>`` over the whole store (sources concatenated in order) unless
-an ids variable gives them; groups (instance alignment) may come from a variable.
-
-**Several sources, one store.** A store is created once with all its items, so one call
-takes every source of a modality: ``--source train.mat:train --source test.mat:test``.
-Each ``--source`` is ``PATH`` optionally followed by ``:SPLIT`` or by ``:key=value,...``
-with keys ``split``, ``features``, ``labels``, ``ids``, ``groups``, ``splits`` (a variable
-of split names) and ``labels_file``; global options (``--features-var`` ...) are defaults
-for every source. So both halves of an XMedia file import as::
-
-    mmx cache import --dataset xmedia --modality image \\
-        --source 'XMedia.mat:split=train,features=I_tr_CNN,labels=trImgCat' \\
-        --source 'XMedia.mat:split=test,features=I_te_CNN,labels=teImgCat'
-
-The store's backbone is ``{"name": "imported:<stem or --name>", "dim": D, "token_rate":
-None, "weights": sha256}``, where ``weights`` is the sha256 of the source file (of the
-source files' digests in order, when there are several), and its preprocessing records
-which variables, splits, label files and options were used; so a changed source file or a
-different variable gives a different store key, never a silent mix. Everything is read and
-checked before the store is created, so bad input leaves no store behind.
+:func:`import_features` reads one or more sources (:class:`Source`, parsed from
+``PATH[:SPLIT | :key=value,...]`` by :func:`parse_source`) of one modality, checks them all,
+and writes them as one pooled-only store whose key records the source files' digests and the
+options used. Accepted files, label kinds and splits are described in docs/notes/cache.md.
 """
 
 from __future__ import annotations
@@ -70,6 +16,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mmx.cache.containers import FeatureImportError, Npy, open_container
+from mmx.cache.modality import Modality
 from mmx.cache.store import (
     DEFAULT_SHARD_SIZE,
     FeatureStore,
@@ -79,15 +27,10 @@ from mmx.cache.store import (
     ids_digest,
     store_path,
 )
-from mmx.cache.modality import Modality
 
 SPLITS = ("train", "test", "val")
 SOURCE_KEYS = ("split", "features", "labels", "ids", "groups", "splits", "labels_file")
 IMPORTER_VERSION = 1
-
-
-class FeatureImportError(ValueError):
-    """Bad input to ``mmx cache import`` (a ValueError, so the CLI prints one clear line)."""
 
 
 # -- sources --------------------------------------------------------------------------
@@ -131,153 +74,6 @@ def parse_source(text: str) -> Source:
 
 
 # -- containers -----------------------------------------------------------------------
-
-
-class _Container:
-    """Named arrays in one file, read lazily."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def names(self) -> list[str]:
-        raise NotImplementedError
-
-    def get(self, name: str) -> np.ndarray:
-        if name not in self.names():
-            raise FeatureImportError(
-                f"{self.path}: no variable {name!r}; variables present: {', '.join(self.names()) or '(none)'}"
-            )
-        return self._read(name)
-
-    def _read(self, name: str) -> np.ndarray:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-
-class _Npy(_Container):
-    kind = ".npy"
-
-    def names(self) -> list[str]:
-        return []
-
-    def single(self) -> np.ndarray:
-        return np.load(self.path, allow_pickle=False)
-
-
-class _Npz(_Container):
-    kind = ".npz"
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        self._f = np.load(path, allow_pickle=False)
-
-    def names(self) -> list[str]:
-        return list(self._f.files)
-
-    def _read(self, name: str) -> np.ndarray:
-        return self._f[name]
-
-    def close(self) -> None:
-        self._f.close()
-
-
-class _Mat5(_Container):
-    kind = "MATLAB v5"
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        import scipy.io
-
-        try:
-            self._vars = {k: v for k, v in scipy.io.loadmat(str(path)).items() if not k.startswith("__")}
-        except Exception as exc:
-            raise FeatureImportError(f"{path}: cannot read as a MATLAB .mat file ({exc})") from exc
-
-    def names(self) -> list[str]:
-        return sorted(self._vars)
-
-    def _read(self, name: str) -> np.ndarray:
-        return _unwrap_cells(self._vars[name])
-
-
-class _Hdf5(_Container):
-    """Plain HDF5 and MATLAB v7.3 (HDF5 with ``MATLAB_class`` attributes, column-major)."""
-
-    def __init__(self, path: Path):
-        super().__init__(path)
-        import h5py
-
-        self._f = h5py.File(path, "r")
-        found: list[str] = []
-
-        def visit(name, obj):
-            if isinstance(obj, h5py.Dataset) and not name.startswith("#refs#") and not name.startswith("#"):
-                found.append(name)
-
-        self._f.visititems(visit)
-        self._names = sorted(found)
-        self.matlab = any("MATLAB_class" in self._f[n].attrs for n in self._names)
-        self.kind = "MATLAB v7.3" if self.matlab else "HDF5"
-
-    def names(self) -> list[str]:
-        return self._names
-
-    def _read(self, name: str) -> np.ndarray:
-        return self._read_dataset(self._f[name])
-
-    def _read_dataset(self, ds) -> np.ndarray:
-        import h5py
-
-        mclass = ds.attrs.get("MATLAB_class")
-        if isinstance(mclass, bytes):
-            mclass = mclass.decode()
-        data = ds[()]
-        if mclass is None:
-            return np.asarray(data)
-        # MATLAB writes column-major: h5py shows an N x D matrix as D x N.
-        data = np.asarray(data).T
-        if mclass == "char":  # uint16 code units, one string per row
-            rows = np.atleast_2d(data)
-            return np.array(["".join(map(chr, r)).rstrip("\0") for r in rows], dtype=object)
-        if mclass == "cell":  # object references, one cell each
-            flat = [self._read_dataset(self._f[ref]) for ref in data.ravel()]
-            return np.array([_scalar(x) for x in flat], dtype=object).reshape(data.shape)
-        if data.dtype == h5py.ref_dtype:
-            raise FeatureImportError(f"{self.path}: variable {ds.name!r} holds references of MATLAB class {mclass!r}")
-        return data
-
-    def close(self) -> None:
-        self._f.close()
-
-
-def _scalar(x: np.ndarray) -> Any:
-    x = np.asarray(x, dtype=object).ravel()
-    return x[0] if x.size == 1 else "".join(map(str, x))
-
-
-def _unwrap_cells(a: np.ndarray) -> np.ndarray:
-    """scipy reads a MATLAB cell array of strings as an object array of 1-element arrays."""
-    if a.dtype == object:
-        return np.array([_scalar(x) if isinstance(x, np.ndarray) else x for x in a.ravel()], dtype=object).reshape(a.shape)
-    return a
-
-
-def open_container(path: Path) -> _Container:
-    if not path.exists():
-        raise FeatureImportError(f"{path}: no such file")
-    import h5py
-
-    if path.suffix.lower() == ".npy":
-        return _Npy(path)
-    if path.suffix.lower() == ".npz":
-        return _Npz(path)
-    if h5py.is_hdf5(str(path)):  # .h5, .hdf5 and MATLAB v7.3 .mat
-        return _Hdf5(path)
-    if path.suffix.lower() == ".mat":
-        return _Mat5(path)
-    raise FeatureImportError(f"{path}: unknown feature file type; accepted: .npy, .npz, .h5/.hdf5, .mat (v5 or v7.3)")
 
 
 # -- columns --------------------------------------------------------------------------
@@ -362,7 +158,7 @@ def _read_source(
     c = open_container(src.path)
     where = f"{src.path}"
     try:
-        if isinstance(c, _Npy):
+        if isinstance(c, Npy):
             named = [k for k in ("features", "labels", "ids", "groups", "splits") if pick(k)]
             if named:
                 raise FeatureImportError(
@@ -409,7 +205,7 @@ def _read_source(
                 raise FeatureImportError(f"{where}: variable {var!r} has {len(values)} values but the features have {n} rows")
             return values
 
-        labels = column("labels") if not isinstance(c, _Npy) else None
+        labels = column("labels") if not isinstance(c, Npy) else None
         labels_file = pick("labels_file")
         if labels_file is not None:
             if labels is not None:
@@ -417,9 +213,9 @@ def _read_source(
             labels = read_labels_file(Path(labels_file), onehot_base)
             if len(labels) != n:
                 raise FeatureImportError(f"labels file {labels_file}: {len(labels)} labels but {where} has {n} feature rows")
-        ids = column("ids") if not isinstance(c, _Npy) else None
-        groups = column("groups") if not isinstance(c, _Npy) else None
-        split_names = column("splits") if not isinstance(c, _Npy) else None
+        ids = column("ids") if not isinstance(c, Npy) else None
+        groups = column("groups") if not isinstance(c, Npy) else None
+        split_names = column("splits") if not isinstance(c, Npy) else None
         split = pick("split")
         if split_names is not None and split is not None:
             raise FeatureImportError(f"{where}: give the split either by name or as a variable, not both")
