@@ -1,13 +1,8 @@
 """Synthetic feature caches in the real schema (open_clip's ``--dataset-type synthetic``).
 
-Every class ``c`` has a latent prototype ``z_c`` (``latent_dim``-d, unit variance). An item
-of class ``c`` has latent ``z = z_c + noise * eps``; for instance-aligned data every item of a
-group shares one latent ``z_g = z_c + noise * eps_g`` (plus a smaller per-item jitter), so the
-members of a group belong together more than the members of a class. Modality ``m`` sees
-the latent through its own fixed random map ``x = tanh(A_m z) + feature_noise * eps``,
-``A_m: latent_dim -> D_m``; the maps differ per modality, so modalities are aligned only
-after training. Tokens are ``x + token_noise * eps_t`` for ``T_i`` steps (uniform in
-``tokens``), and the pooled vector is their mean, as an extractor would pool them.
+:func:`synthesize` writes one store per modality from a :class:`SyntheticConfig` (or a preset in
+:data:`PRESETS`): classes, or instance-aligned groups, seen by every modality through its own
+fixed random map, so modalities align only after training. The model is in docs/notes/cache.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,8 @@
 """torch's CPU thread count for ``mmx train``, ``mmx extract`` and ``mmx eval`` (``--threads``).
 
-torch starts one intra-op thread per core and its OpenMP threads spin while they wait for
-each other, so when the cores are shared (other jobs, decode workers, a loaded CI runner)
-every kernel waits for the slowest, descheduled thread: on a loaded 2-core machine an epoch
-of a small joint run took 20-135 s with torch's default of 2 threads and 0.9 s with one
-(issue 12). mmx's kernels are small (projection heads, similarity blocks), so they gain
-little from many threads anyway. The default is therefore half the cores this process may
-run on, at least 1 and at most 4: 1 on a 2-core machine, 4 on a 16-core GPU machine (whose
-other cores decode). The figures behind it are in benchmarks/RESULTS.md ("CPU threads").
-Lives in ``mmx.cache``, the layer every stage may import.
+:func:`default_threads` is half the usable cores, between 1 and :data:`MAX_DEFAULT`;
+:func:`set_threads` applies a count. Why (spinning OpenMP threads on shared cores) is in
+docs/notes/cache.md.
 """
 
 from __future__ import annotations

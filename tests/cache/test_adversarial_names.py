@@ -37,7 +37,7 @@ def _refused(result, *words):
 
 
 def test_extract_refuses_dataset_dotdot(tmp_path):
-    """mmx extract --dataset .. used to write to CACHE/../text/..."""
+    """mmx extract --dataset .. must not write to CACHE/../text/..."""
     man = tmp_path / "work" / "m.csv"
     man.parent.mkdir()
     pd.DataFrame([dict(id=f"t{i}", modality="text", text=f"word{i} common", label="a", split="train")

@@ -1,5 +1,5 @@
-"""A corrupt store never passes (issue 11, items 5-7): deleted, zeroed, truncated or bit-flipped
-files, edited shapes and markers, and stores of older mmx without checksums.
+"""A corrupt store never passes: deleted, zeroed, truncated or bit-flipped files, edited shapes
+and markers, and stores written without checksums.
 
 Every damage is made to the files on disk, as bit rot or a careless ``rm`` would; each test
 checks that :meth:`FeatureStore.load` (what training uses) raises one error naming the store,
@@ -101,7 +101,7 @@ def test_adversarial_damaged_metadata_column(tmp_path, column):
 
 
 def test_adversarial_missing_status_shard_is_an_error_not_fewer_items(tmp_path):
-    """Issue 11 item 6: a deleted status shard used to drop its items from training without a word."""
+    """A deleted status shard must not drop its items from training without a word."""
     from mmx.train.data import load_train_data
 
     store = _make(tmp_path, tokens=False)
@@ -176,7 +176,7 @@ def test_adversarial_all_zero_features_are_still_written_and_checked(tmp_path):
 
 
 def test_adversarial_store_without_checksums(tmp_path, monkeypatch):
-    """A store of an older mmx (no crc32c codecs, no integrity attribute): verify says so, and
+    """A store written without checksums (no crc32c codecs, no integrity attribute): verify says so, and
     presence is still checked."""
     with monkeypatch.context() as m:
         m.setattr(store_write, "_checked", lambda *codecs: list(codecs))
@@ -250,7 +250,7 @@ def test_adversarial_full_disk_leaves_the_shard_unmarked(tmp_path, monkeypatch):
 
 def test_adversarial_train_on_a_damaged_cache_is_one_line(tmp_path):
     """``mmx train`` on a cache with a bit-flipped feature chunk: no training on garbage, and one
-    line naming the store, the array, the shard and its file (issue 11 item 7)."""
+    line naming the store, the array, the shard and its file."""
     cache = tmp_path / "cache"
     assert CliRunner().invoke(main, ["cache", "synthesize", "--cache", str(cache)]).exit_code == 0
     (text,) = [s for s in store_mod.list_stores(cache) if s.modality == Modality.TEXT]
