@@ -109,10 +109,11 @@ def test_adversarial_second_writer_is_refused_and_a_killed_one_releases(tmp_path
 _EXTRACT = textwrap.dedent("""
     import json, sys
     from mmx.cache import StoreLockedError
+    from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
     try:
-        s = extract(sys.argv[1], "image", sys.argv[2], "d", shard_size=2, batch_size=2, workers=0,
-                    options={"image_size": 64})
+        cfg = ExtractConfig(shard_size=2, batch_size=2, workers=0, options={"image_size": 64})
+        s = extract(sys.argv[1], "image", sys.argv[2], "d", cfg)
         print(json.dumps({"written": s["written"]}))
     except StoreLockedError:
         print(json.dumps({"written": 0, "locked": True}))

@@ -22,6 +22,9 @@ from cuda_launch import launch_behind_another
 
 from mmx.extract import decode
 from mmx.extract.backbones import build_encoder
+from mmx.extract.config import ExtractConfig
+
+BOW = ExtractConfig(backbone="bow", workers=0, batch_size=8, shard_size=16)
 
 
 # (width, height): smaller than the input (32), equal, a squash, up to twice, and past twice
@@ -131,10 +134,10 @@ def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path,
         return Recorded(real_launch(self, batch, batch_size), i)
 
     man = _text_manifest(tmp_path)
-    sync = runner.extract(str(man), "text", str(tmp_path / "sync"), "d", backbone="bow", workers=0, batch_size=8, shard_size=16)
+    sync = runner.extract(str(man), "text", str(tmp_path / "sync"), "d", BOW)
     assert events == []  # not patched yet
     monkeypatch.setattr(encoders.RowEncoder, "launch", launch)
-    piped = runner.extract(str(man), "text", str(tmp_path / "piped"), "d", backbone="bow", workers=0, batch_size=8, shard_size=16)
+    piped = runner.extract(str(man), "text", str(tmp_path / "piped"), "d", BOW)
     n = 5  # 40 items in batches of 8
     assert events == [("launch", 0)] + [e for i in range(1, n) for e in (("launch", i), ("wait", i - 1))] + [("wait", n - 1)]
     a, b = (open_store(r["store"]).load() for r in (sync, piped))
@@ -158,8 +161,7 @@ def test_a_batch_that_fails_when_awaited_fails_only_its_items(tmp_path, monkeypa
         return Broken(None, None) if len(calls) == 2 else real_launch(self, batch, batch_size)
 
     monkeypatch.setattr(encoders.RowEncoder, "launch", launch)
-    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", backbone="bow", workers=0,
-                       batch_size=8, shard_size=16)
+    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW)
     status = np.asarray(open_store(s["store"])._group["status"][:])
     assert s["failed"] == 8 and list(status[8:16]) == [STATUS_FAILED] * 8
     assert (np.delete(status, range(8, 16)) == STATUS_OK).all()
@@ -180,8 +182,9 @@ def test_a_whole_extraction_on_the_device_equals_the_cpu_within_tolerance(tmp_pa
     roots = (str(tmp_path), str(Path(images[0]["uri"]).parent))
     out = {}
     for n, dev in enumerate(("cpu", device)):
-        s = extract(str(tmp_path / "m.csv"), "image", str(tmp_path / f"cache-{n}"), "d", backbone="resnet-50",
-                    weights=str(tiny_resnet), device=dev, workers=1, batch_size=3, shard_size=4, allowed_roots=roots)
+        cfg = ExtractConfig(backbone="resnet-50", weights=str(tiny_resnet), device=dev, workers=1, batch_size=3,
+                            shard_size=4, allowed_roots=roots)
+        s = extract(str(tmp_path / "m.csv"), "image", str(tmp_path / f"cache-{n}"), "d", cfg)
         assert s["failed"] == 1 and list(s["errors"]) == ["broken"] and s["ok"] == len(images)
         out[n] = open_store(s["store"]).load()
     assert list(out[0].ids) == list(out[1].ids)
