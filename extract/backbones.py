@@ -127,7 +127,7 @@ def resolve_options(info: BackboneInfo, given: dict | None = None, weights: str 
 
 
 def build_encoder(name: str, options: dict | None = None, weights: str | None = None):
-    """Load backbone ``name`` with its options resolved; returns an :class:`~mmx.extract.encoders.Encoder`."""
+    """Load backbone ``name`` with its options resolved; returns an :class:`~mmx.extract.encoder_base.Encoder`."""
     info = get_backbone(name)
     return info.load(resolve_options(info, options, weights))
 

@@ -24,7 +24,7 @@ from typing import Iterable
 import numpy as np
 
 from mmx.extract import decode
-from mmx.extract.encoders import Preparer, RowEncoder, local_path
+from mmx.extract.encoder_base import Preparer, RowEncoder, local_path
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

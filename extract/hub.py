@@ -21,7 +21,8 @@ from __future__ import annotations
 import numpy as np
 
 from mmx.extract import decode
-from mmx.extract.encoders import FramesPreparer, ImagePreparer, Preparer, RowEncoder, local_path
+from mmx.extract.encoder_base import Preparer, RowEncoder, local_path
+from mmx.extract.preparers import FramesPreparer, ImagePreparer
 
 
 HUB_HOST = ("huggingface.co", 443)

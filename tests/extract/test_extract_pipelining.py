@@ -95,7 +95,7 @@ def test_mixed_sizes_in_one_batch_come_back_in_item_order(tiny_resnet, images):
 
 
 def test_a_videos_frames_travel_at_their_own_size(tmp_path):
-    from mmx.extract.encoders import FramesPreparer
+    from mmx.extract.preparers import FramesPreparer
 
     frames = [Image.new("RGB", (60, 40), (10 * k, 0, 0)) for k in range(3)]
     prep = FramesPreparer(fps=1.0, max_seconds=3.0, size=32, mean=decode.IMAGENET_MEAN, std=decode.IMAGENET_STD,
@@ -115,12 +115,12 @@ def _text_manifest(tmp_path, n=40):
 def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path, monkeypatch):
     """The order of launches and waits, and a store identical to one written batch by batch."""
     from mmx.cache.store import open_store
-    from mmx.extract import encoders, runner
+    from mmx.extract import encoder_base, runner
 
     events = []
-    real_launch = encoders.RowEncoder.launch
+    real_launch = encoder_base.RowEncoder.launch
 
-    class Recorded(encoders.Pending):
+    class Recorded(encoder_base.Pending):
         def __init__(self, inner, i):
             self.inner, self.i = inner, i
 
@@ -136,7 +136,7 @@ def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path,
     man = _text_manifest(tmp_path)
     sync = runner.extract(str(man), "text", str(tmp_path / "sync"), "d", BOW)
     assert events == []  # not patched yet
-    monkeypatch.setattr(encoders.RowEncoder, "launch", launch)
+    monkeypatch.setattr(encoder_base.RowEncoder, "launch", launch)
     piped = runner.extract(str(man), "text", str(tmp_path / "piped"), "d", BOW)
     n = 5  # 40 items in batches of 8
     assert events == [("launch", 0)] + [e for i in range(1, n) for e in (("launch", i), ("wait", i - 1))] + [("wait", n - 1)]
@@ -147,12 +147,12 @@ def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path,
 def test_a_batch_that_fails_when_awaited_fails_only_its_items(tmp_path, monkeypatch):
     """A CUDA error surfaces when the copy is awaited, not when the batch is launched."""
     from mmx.cache.store import STATUS_FAILED, STATUS_OK, open_store
-    from mmx.extract import encoders, runner
+    from mmx.extract import encoder_base, runner
 
-    real_launch = encoders.RowEncoder.launch
+    real_launch = encoder_base.RowEncoder.launch
     calls = []
 
-    class Broken(encoders.Pending):
+    class Broken(encoder_base.Pending):
         def result(self):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -160,7 +160,7 @@ def test_a_batch_that_fails_when_awaited_fails_only_its_items(tmp_path, monkeypa
         calls.append(1)
         return Broken(None, None) if len(calls) == 2 else real_launch(self, batch, batch_size)
 
-    monkeypatch.setattr(encoders.RowEncoder, "launch", launch)
+    monkeypatch.setattr(encoder_base.RowEncoder, "launch", launch)
     s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW)
     status = np.asarray(open_store(s["store"])._group["status"][:])
     assert s["failed"] == 8 and list(status[8:16]) == [STATUS_FAILED] * 8
@@ -206,7 +206,7 @@ def test_the_host_waits_for_the_copy_back_on_the_features_device(monkeypatch):
     """``--device cuda:1``: the copy into pinned memory runs on cuda:1's stream, so the event the
     host waits on must be recorded there; one recorded on the current device's stream (cuda:0)
     passes at once and the host reads the buffer before the copy has filled it."""
-    from mmx.extract import encoders
+    from mmx.extract import encoder_base
 
     class Stream:
         def __init__(self, device):
@@ -226,7 +226,7 @@ def test_the_host_waits_for_the_copy_back_on_the_features_device(monkeypatch):
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))  # no pinned memory here
     values = torch.arange(6.0).view(2, 3)
-    pending = encoders.Pending.to_host(values.clone().as_subclass(_OnSecondGpu), lambda a: a.copy())
+    pending = encoder_base.Pending.to_host(values.clone().as_subclass(_OnSecondGpu), lambda a: a.copy())
     assert done.get("on") == torch.device("cuda", 1) and "waited" not in done
     np.testing.assert_array_equal(pending.result(), values.numpy())
     assert done["waited"]
