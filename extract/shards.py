@@ -78,7 +78,7 @@ class LocalGate:
     def problem(self, item: dict) -> str | None:
         from pathlib import Path
 
-        from mmx.extract.fetch import is_url
+        from mmx.extract.fetch.files import is_url
         from mmx.extract.fetch.validate import admit_local
 
         uri = item.get("uri") or ""

@@ -9,7 +9,7 @@ Every chunk goes through the same :func:`~mmx.extract.manifest.normalise_frame` 
 :func:`~mmx.extract.manifest.validate_frame` as ``read_manifest``, so the same manifests are
 accepted and the same problems are reported (all at once, with 1-based row numbers); ids
 duplicated across chunks are found through a sorted array of 64-bit hashes of their file
-stems (:func:`~mmx.extract.fetch.safe_stem`; 8 bytes per item while validating, freed
+stems (:func:`~mmx.extract.fetch.files.safe_stem`; 8 bytes per item while validating, freed
 afterwards) and confirmed on the real ids. Equal ids have equal stems, so the same pass also
 refuses two different ids that would share a media file, naming both. The stems are hashed
 case-folded, so the pass also finds ids whose files differ only in case (``Clip1``, ``clip1``):
@@ -187,7 +187,7 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
 
 
 def _stems(ids: list[str]) -> list[str]:
-    from mmx.extract.fetch import safe_stem
+    from mmx.extract.fetch.files import safe_stem  # looked up per call: a test swaps it for colliding stems
 
     return [safe_stem(i) for i in ids]
 

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmx.extract.fetch import (FetchConfig, FetchLayout, allowed_roots_key, is_url, link_or_copy, needs_fetch,
-                               place_file, safe_stem, sweep_partial_files)
-from mmx.extract.fetch.status import NO_SPACE, OK, Journal
+from mmx.extract.fetch.config import FetchConfig, FetchLayout, allowed_roots_key
+from mmx.extract.fetch.files import is_url, link_or_copy, place_file, safe_stem, sweep_partial_files
+from mmx.extract.fetch.status import NO_SPACE, OK, Journal, needs_fetch
 
 
 @dataclasses.dataclass

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
+from mmx.extract.fetch.config import FetchConfig, allowed_roots_key
+
 STATUS_COLUMNS = (
     "id", "modality", "label", "uri", "status", "http_status", "final_url", "path", "bytes",
     "sha256", "content_type", "attempts", "error", "time", "elapsed_s",
@@ -268,3 +270,21 @@ def read_status_table(path: str | os.PathLike) -> "pd.DataFrame":  # noqa: F821
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def needs_fetch(rec: dict | None, uri: str, root: Path, cfg: FetchConfig) -> bool:
+    """Whether an item whose last journal record is ``rec`` must be (re)fetched in this run."""
+    if rec is None or rec.get("uri", "") != uri:
+        return True
+    status = rec.get("status", "")
+    if status == OK:
+        path = rec.get("path") or ""
+        if not path:
+            return False  # inline text
+        try:
+            return (root / path).stat().st_size != int(rec.get("bytes") or 0)
+        except OSError:
+            return True
+    if cfg.retry_all or (status in RECHECKED_KINDS and rec.get("allowed_roots") != allowed_roots_key(cfg)):
+        return True
+    return cfg.retry_failed and status in TRANSIENT_KINDS

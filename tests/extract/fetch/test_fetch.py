@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from fetch_server import (LoopbackServer, redirect, reset, send, sequence, serve, stall, status, truncated,
                           unbounded)
 
-from mmx.extract.fetch import FetchConfig, fetch_manifest, safe_stem
+from mmx.extract.fetch import FetchConfig, fetch_manifest
+from mmx.extract.fetch.files import safe_stem
 from mmx.extract.fetch.status import read_status_table
 from mmx.pipeline.cli import main
 from mmx.extract.manifest import read_manifest, write_manifest
