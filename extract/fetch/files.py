@@ -20,8 +20,8 @@ def safe_stem(item_id: str) -> str:
     The manifest already refuses separators and '..'. An id made of ``[A-Za-z0-9._-]`` only
     is its own stem, unless it ends like a hashed stem (``-`` and 10 hex digits); every other
     id becomes its cleaned form (at most 100 characters) plus ``-`` and the first 10 hex
-    digits of its sha1. So an unchanged id can never equal a hashed stem (``a b`` and
-    ``a_b-7dbde93504`` both meant ``a_b-7dbde93504`` before), and two hashed stems are equal
+    digits of its sha1. So an unchanged id can never equal a hashed stem (the id
+    ``a_b-7dbde93504`` is hashed too, and cannot take the stem of ``a b``), and two hashed stems are equal
     only if the sha1 prefixes collide, which :func:`mmx.extract.fetch.manifest.scan_manifest`
     refuses, naming both ids.
     """

@@ -178,9 +178,9 @@ def _finalise(stream, index, layout: FetchLayout, cfg: FetchConfig) -> tuple[dic
 
 def _skip_missing_sniffio() -> None:
     """httpcore 1.0 tries ``import sniffio`` for every lock it creates; when sniffio is not
-    installed (anyio 4 no longer needs it) each failed import searches all of sys.path, about
+    installed (anyio 4 does not need it) each failed import searches all of sys.path, about
     0.5 ms, a dozen times per item: a third of the engine's time. A ``None`` entry makes that
-    import fail at once, which is exactly what it did before, only fast."""
+    import fail at once, with the same outcome, only fast."""
     import importlib.util
     import sys
 

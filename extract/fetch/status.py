@@ -1,16 +1,10 @@
 """The status of every fetched item: an append-only journal and the table built from it.
 
-Link rot (paper 000, Sec. III-A: 88.2% of XMediaNet's images, 78.8% of its videos, 82.8% of
-its audio could still be obtained) means that failures are data, not noise: every item of a
-manifest ends with exactly one status row, and failed items stay in the table.
-
-The journal (``fetch/journal.jsonl``) is the source of truth. One line is appended, and
-flushed, when an item reaches its final status, which for an ``ok`` item is only after its
-file has been validated and renamed into place. A SIGKILL can therefore lose only the items in
-flight (their temporary ``.part`` files are swept on the next run) and at most tear the last
-line, which readers ignore. Reruns append; the last line of an id wins. The table
-(``fetch/status.csv``) is rewritten atomically from the journal at the end of every run, streamed
-in manifest order through a :class:`JournalIndex` (16 bytes per id in memory).
+The journal (``fetch/journal.jsonl``, :class:`Journal`) is the source of truth: one flushed line
+per item that reaches its final status (an ``ok`` one once its file is in place); the last line
+of an id wins, and a torn last line is ignored. The table (``fetch/status.csv``) is rewritten
+from it at the end of every run, through a :class:`JournalIndex`. :func:`needs_fetch` decides
+what a rerun fetches again. Why: docs/notes/extract.md.
 """
 
 from __future__ import annotations
