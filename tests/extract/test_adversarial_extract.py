@@ -1,8 +1,6 @@
-"""Extraction under adversity (issue 11, items 7-8): a full disk, two processes on one store,
-and retrying the items that failed.
-
-Each test fails on the mmx before issue 11: a full disk gave a traceback, a second process
-redid every shard, and a rerun could not retry failed items ("0 written, 8 already complete").
+"""Extraction under adversity: a full disk, two processes on one store, and retrying the items
+that failed. Each test names what it guards against: a traceback on a full disk, a second
+process redoing every shard, a rerun that cannot retry failed items.
 """
 
 import errno

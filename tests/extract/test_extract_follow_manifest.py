@@ -1,5 +1,4 @@
-"""Item metadata follows the manifest without re-running the backbone; a changed manifest is never ignored
-(issue 15 item 3)."""
+"""Item metadata follows the manifest without re-running the backbone; a changed manifest is never ignored."""
 
 import wave
 

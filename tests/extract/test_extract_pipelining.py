@@ -1,4 +1,4 @@
-"""Keeping the GPU busy during extraction (issue 12, item 3), checked where it can be: on the CPU.
+"""Keeping the GPU busy during extraction, checked where it can be: on the CPU.
 
 Two things change what the model process does on CUDA, and each must not change what is
 stored beyond the tolerance a device change already has:
@@ -65,7 +65,7 @@ def test_workers_leave_resizing_to_the_device_up_to_twice_the_input_size(tiny_re
 
 def test_pixels_resized_on_the_device_are_pillows_within_a_grey_level(tiny_resnet, images):
     """torch's antialiased bilinear against Pillow's bilinear, the worker path's filter, at the
-    model's own size and at EfficientNet's 224 (from 320x240, the issue's JPEG size)."""
+    model's own size and at EfficientNet's 224 (from 320x240 JPEGs)."""
     enc = _encoder(tiny_resnet, on_device=True)
     for size, pictures in ((32, [decode.load_image(it["uri"]) for it in images]),
                            (224, [Image.fromarray(np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8))])):

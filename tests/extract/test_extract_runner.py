@@ -111,7 +111,7 @@ def test_cli_errors_and_list(tmp_path):
 
 
 def test_cli_cache_root_defaults_to_env_then_dot_folder(tmp_path, monkeypatch):
-    """README: the cache root is --cache, else $MMX_CACHE, else ./.mmx-cache (issue 15 item 1)."""
+    """README: the cache root is --cache, else $MMX_CACHE, else ./.mmx-cache."""
     man = _manifest(tmp_path, [dict(id="t0", modality="text", uri="", text="a dog", split="train")])
     args = ["extract", str(man), "--modality", "text", "--backbone", "bow", "--dataset", "d", "--workers", "0", "--no-progress"]
     monkeypatch.chdir(tmp_path)
@@ -248,7 +248,7 @@ def test_cli_with_a_dask_scheduler_address_and_worker_processes(tmp_path):
 
 
 def test_progress_counts_items_batch_by_batch(tmp_path, monkeypatch):
-    """Issue 16: a video store showed 0/3 (shards) for 12 minutes; the bar counts items per batch."""
+    """The bar counts items batch by batch, not shards: a store of long videos would sit at 0/3 for many minutes."""
     from mmx.extract import runner as runner_mod
 
     paths = random_jpegs(tmp_path / "img", 5)

@@ -1,4 +1,4 @@
-"""mmx fetch against a real HTTP server on 127.0.0.1: every failure kind of issue 3, one run."""
+"""mmx fetch against a real HTTP server on 127.0.0.1: every failure kind, one run."""
 
 from __future__ import annotations
 
