@@ -61,11 +61,13 @@ def _pipeline(man: Path, modality: str, cache: Path, batch_size: int, workers: i
               backbone=None, weights=None) -> tuple[float, float]:
     """items/s of the whole run, and after its first shard (worker start-up and the first
     batch's CUDA warm-up excluded, as the model-only figure excludes its warm-up)."""
+    from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
 
     marks = []
-    s = extract(str(man), modality, str(cache), "bench", backbone=backbone, options=options, weights=weights, device=device,
-                batch_size=batch_size, workers=workers, shard_size=max(batch_size * 4, 64),
+    cfg = ExtractConfig(backbone=backbone, options=options, weights=weights, device=device, batch_size=batch_size,
+                        workers=workers, shard_size=max(batch_size * 4, 64))
+    s = extract(str(man), modality, str(cache), "bench", cfg,
                 on_shard=lambda k, summary: marks.append((time.perf_counter(), summary["items"])))
     steady = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0]) if len(marks) > 1 else float("nan")
     return s["items"] / s["seconds"], steady
@@ -80,7 +82,7 @@ def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
 
     from mmx.extract.backbones import build_encoder
     from mmx.extract.decode import DEFAULT_MAX_PIXELS
-    from mmx.extract.runner import LocalGate
+    from mmx.extract.shards import LocalGate
 
     enc = build_encoder(backbone, {}, weights)
     root = (os.path.realpath(Path(items[0]["uri"]).parent),)
@@ -142,11 +144,11 @@ def main() -> None:
     args = ap.parse_args()
     from PIL import Image
 
+    from mmx.cache.device import resolve_device
     from mmx.cache.threads import usable_cores
     from mmx.extract import random_weights
-    from mmx.extract.runner import resolve_device
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))  # a string, as ExtractConfig.device and the printed figures take it
     workers = args.workers or max(1, usable_cores() - 1)
     tmp = Path(tempfile.mkdtemp(prefix="mmx-bench-extract-"))
     stand_in = random_weights.packaged_or_random()

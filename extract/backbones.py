@@ -1,15 +1,10 @@
 """The backbone registry: every feature extractor mmx offers, keyed by name, with its metadata.
 
-Modelled on timm's ``register_model`` + ``default_cfgs`` (STYLE.md): each
-:class:`BackboneInfo` carries the modality, output dimension, token rate, input size or
-sample rate, normalisation and weights source, plus the options a user may set
-(``mmx extract --set KEY=VALUE``) with their defaults. :data:`BACKBONES` feeds
-``click.Choice`` and ``mmx extract --list``. The loader is named by a dotted path and
-imported only when the backbone is built, so this module stays light.
-
-Paper 000 section III-A uses ResNet50 (image), MoViNet (video), VGGish (audio) and BERT-small
-(text). MoViNet and VGGish are not available in ``transformers``; the hub entries
-offer AST / CLAP audio and VideoMAE / X-CLIP video instead (see :mod:`mmx.extract.hub`).
+Each :class:`BackboneInfo` carries the modality, output dimension, token rate, normalisation and
+weights source, plus the options a user may set (``mmx extract --set KEY=VALUE``) with their
+defaults. :data:`BACKBONES` feeds ``mmx extract --list``; a loader is named by a dotted path and
+imported only when the backbone is built, so this module stays light. Which of paper 000's
+backbones are offered, and the stand-ins for the others: docs/notes/extract.md.
 """
 
 from __future__ import annotations
@@ -127,7 +122,7 @@ def resolve_options(info: BackboneInfo, given: dict | None = None, weights: str 
 
 
 def build_encoder(name: str, options: dict | None = None, weights: str | None = None):
-    """Load backbone ``name`` with its options resolved; returns an :class:`~mmx.extract.encoders.Encoder`."""
+    """Load backbone ``name`` with its options resolved; returns an :class:`~mmx.extract.encoder_base.Encoder`."""
     info = get_backbone(name)
     return info.load(resolve_options(info, options, weights))
 

@@ -1,16 +1,10 @@
 """Classic features with no learned weights: log-mel and MFCC audio, bag-of-words text.
 
-* Audio (MISSION.md: "audio may fall back to signal features computed with librosa"):
-  log-mel power spectrogram in dB (absolute reference, so silence is a constant floor
-  rather than a rescaled noise pattern), or MFCC, the XMedia setting (paper 002
-  Table I: 29-d MFCC). One token per ``token_seconds`` window = the mean of the frames
-  of that window; a clip shorter than one window still gives one token.
-* Text, bag-of-words (paper 002 Table I: XMedia text is a 3000-d BoW): lower-cased word
-  counts over a vocabulary of the ``max_features`` most frequent words of the *training
-  split* (ties broken alphabetically); the vocabulary is part of the preprocessing
-  config, so the store key changes with it. One token per item (the vector itself).
-
-The features are computed entirely in the decoding workers; ``embed`` is the identity.
+Audio: one token per ``token_seconds`` window, the mean of its frames (a clip shorter than a
+window still gives one). Text: lower-cased word counts over the ``max_features`` most frequent
+words of the training split, one token per item; the vocabulary is part of the store key.
+Computed entirely in the decoding workers (``embed`` is the identity). The papers' settings
+(paper 002, Table I): docs/notes/extract.md.
 """
 
 from __future__ import annotations
@@ -24,7 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from mmx.extract import decode
-from mmx.extract.encoders import Preparer, RowEncoder, local_path
+from mmx.extract.encoder_base import Preparer, RowEncoder, local_path
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

@@ -1,26 +1,10 @@
 """Decoding real media into arrays: images (Pillow), audio (soundfile, PyAV), video (PyAV), text.
 
-Every decoder raises :class:`DecodeError` with a message a user can act on when a file
-cannot be used (corrupt, truncated, empty, no video stream, too large); the extraction
-runner turns that into a ``failed`` status in the store and goes on with the next item.
-
-Choices where the papers are silent (paper 000 section III-A only names the backbones;
-paper 001 section 4.1 computes "one 2D feature per second"):
-
-* images are EXIF-transposed, then converted to RGB; transparent images are composited
-  on white (an alpha channel carries no colour, white is the common page background);
-* images above ``max_pixels`` are refused *before* their pixels are decoded (Pillow's
-  decompression-bomb guard, made explicit and configurable);
-* video frames are sampled at ``fps`` from the stream's presentation timestamps, so a
-  variable-frame-rate file is sampled at the right times: for each target time
-  ``t_k = k / fps`` the first frame whose timestamp is ``>= t_k`` is kept;
-* audio is mixed down to mono (mean of the channels) and resampled with soxr, a block at a
-  time while it decodes, and cut to the backbone's ``max_seconds`` (600 s by default), so
-  peak memory per worker does not depend on the file's rate, channels or length
-  (:func:`load_audio`; figures in benchmarks/RESULTS.md);
-* text is normalised to NFC.
-
-Heavy libraries are imported inside the functions (see STYLE.md).
+Every decoder raises :class:`DecodeError` with a message a user can act on when a file cannot
+be used (corrupt, truncated, empty, no video stream, too large); the extraction loop turns it
+into a ``failed`` status in the store and goes on. Heavy libraries are imported inside the
+functions, so the package imports fast. The choices where the papers are silent (EXIF, alpha,
+frames by timestamp, mono audio resampled in blocks): docs/notes/extract.md.
 """
 
 from __future__ import annotations

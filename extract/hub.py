@@ -1,19 +1,11 @@
 """Backbones from the Hugging Face hub (or a local directory) through ``transformers``.
 
-The papers' backbones (paper 000 section III-A: ResNet50 image, BERT-small text, VGGish
-audio, MoViNet video) and their usual stand-ins: ``microsoft/resnet-50``, any BERT
-(``prajjwal1/bert-small``), AST and the CLAP audio tower for audio, VideoMAE and the
-X-CLIP vision tower for video. MoViNet and VGGish are not in ``transformers`` (they are
-TF-Hub/Keras models), so they are not offered; AST/CLAP and VideoMAE/X-CLIP take their
-places. The ``weights`` option is passed straight to ``from_pretrained``: a hub id, or a
-local directory; ``HF_HOME``, ``HF_HUB_CACHE``, ``HF_HUB_OFFLINE`` and
-``TRANSFORMERS_OFFLINE`` apply as usual.
-
-Windowing (a config value, recorded in the store): hub audio models see the clip in
-``window_seconds`` windows, one token per window; VideoMAE sees ``num_frames`` frames
-sampled evenly over each ``window_seconds`` window, one token per window (its mean
-patch token); X-CLIP's vision tower sees the same windows (its message tokens need
-``num_frames`` frames together), one token per window (mean of its frame outputs).
+Image towers (:class:`HubImage`, e.g. ResNet-50), AST and CLAP audio (:class:`HubAudio`,
+:class:`ClapAudio`), VideoMAE and X-CLIP video (:class:`VideoMAE`, :class:`XClipWindows`).
+The ``weights`` option goes straight to ``from_pretrained`` (a hub id or a local directory; the
+usual ``HF_*`` variables apply); :func:`hub_call` names the fix when it cannot be loaded.
+Audio and video are seen in ``window_seconds`` windows, one token per window (recorded in the
+store). Why these models: docs/notes/extract.md.
 """
 
 from __future__ import annotations
@@ -21,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from mmx.extract import decode
-from mmx.extract.encoders import FramesPreparer, ImagePreparer, Preparer, RowEncoder, local_path
+from mmx.extract.encoder_base import Preparer, RowEncoder, local_path
+from mmx.extract.preparers import FramesPreparer, ImagePreparer
 
 
 HUB_HOST = ("huggingface.co", 443)

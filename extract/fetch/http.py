@@ -1,27 +1,10 @@
 """One polite HTTP download: redirects, status codes, streaming, retries (mmx fetch).
 
-Politeness and robustness rules (issue 3), where the papers are silent:
-
-* redirects are followed by hand, at most ``max_redirects`` hops, never to a scheme other than
-  http(s) and never back to a URL already visited (``redirect_loop`` / ``bad_redirect``);
-* ``404`` is ``not_found`` and ``410`` is ``gone``: permanent, never retried; other 4xx are
-  ``http_error``, also permanent;
-* timeouts, connection errors, truncated bodies, 5xx and 429 are transient: retried up to
-  ``retries`` more times with exponential backoff and jitter, or after the ``Retry-After``
-  the server asked for (429 and 503; capped at ``max_retry_after``);
-* a full disk while writing the body is ``no_space``: transient for ``--retry-failed``, but
-  not retried within the run (the disk stays full);
-* the ``Content-Length`` and the streamed byte count are both held to ``max_bytes`` and a
-  ``Content-Type`` of the wrong kind ends the download before the body is read;
-* the body is decoded here, not by httpx (which inflates a whole network chunk at once, so
-  3.5 KB of ``Content-Encoding: gzip, gzip`` became 2 GiB in memory before the cap was
-  checked): every stage of the encoding chain yields at most :data:`DECODED_PIECE` bytes
-  per step (zlib's ``max_length``), and the cap is checked after each piece, so memory
-  stays bounded whatever the chain. Only ``gzip`` and ``deflate`` (and ``identity``) are
-  asked for and accepted; any other encoding is ``undecodable``.
-
-The per-host semaphore is taken for the original URL's host; a redirect to another host is
-counted against the first one (simple, and still bounded).
+Redirects are followed by hand (bounded, no loops, http(s) only); 404, 410 and other 4xx are
+permanent; timeouts, connection errors, truncated bodies, 5xx and 429 are retried with backoff
+or after ``Retry-After``; the size is held to ``max_bytes`` while streaming, and the body is
+decoded here a bounded piece at a time (:data:`DECODED_PIECE`; ``gzip`` and ``deflate`` only).
+The full rules and their reasons: docs/notes/extract.md.
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Turn per-modality URL lists with class labels into a manifest (XMediaNet's distribution form).
 
-PKU XMediaNet (paper 000, Sec. III-A) ships its texts inline and everything else as one URL
-list per modality, each line naming an item, its class and its URL. Column order and
-separators vary between copies of such lists, so both are configurable: ``columns`` names the
-fields of a line in order (``id``, ``label``, ``uri`` or ``text``, ``group``, ``split``, or
-``-`` to ignore one) and the last field takes the rest of the line, so texts may contain the
-separator. Without an ``id`` column the line number is the id. Ids are prefixed with the
-modality by default (``image_17``), because such lists number each modality from 1 and a
-manifest needs ids unique across modalities.
-
-Blank lines and lines starting with ``#`` are skipped; every malformed line is reported at once.
+``columns`` names the fields of a line in order (``id``, ``label``, ``uri`` or ``text``,
+``group``, ``split``, or ``-`` to ignore one); the last field takes the rest of the line. Without
+an ``id`` column the line number is the id; ids are prefixed with the modality by default
+(``image_17``). Blank lines and ``#`` lines are skipped; every malformed line is reported at once.
 """
 
 from __future__ import annotations

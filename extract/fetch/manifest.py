@@ -1,21 +1,10 @@
-"""A manifest read in chunks, so ``mmx fetch`` never holds it whole (issue 3: "memory stays
-bounded whatever the manifest's size").
+"""A manifest read in chunks of ``CHUNK_ROWS`` rows, so ``mmx fetch`` never holds it whole.
 
-:func:`mmx.extract.manifest.read_manifest` materialises the table, about a kilobyte of Python
-strings per item. ``mmx fetch`` instead walks the file a few times, ``CHUNK_ROWS`` rows at a
-time (pandas' chunked CSV and JSON Lines readers, pyarrow's Parquet batches), and keeps nothing
-per item between chunks except what its caller asks for (a bit per item for the work list).
-Every chunk goes through the same :func:`~mmx.extract.manifest.normalise_frame` and
-:func:`~mmx.extract.manifest.validate_frame` as ``read_manifest``, so the same manifests are
-accepted and the same problems are reported (all at once, with 1-based row numbers); ids
-duplicated across chunks are found through a sorted array of 64-bit hashes of their file
-stems (:func:`~mmx.extract.fetch.safe_stem`; 8 bytes per item while validating, freed
-afterwards) and confirmed on the real ids. Equal ids have equal stems, so the same pass also
-refuses two different ids that would share a media file, naming both. The stems are hashed
-case-folded, so the pass also finds ids whose files differ only in case (``Clip1``, ``clip1``):
-distinct files on Linux, one file on a file system that ignores case (macOS, Windows by
-default); :attr:`ManifestStream.case_collisions` lists them (per modality, rows with a uri:
-files go to ``media/<modality>/``) and ``mmx fetch`` refuses them there only.
+:func:`scan_manifest` validates every chunk as :func:`~mmx.extract.manifest.read_manifest` does
+(the same problems, all at once, with 1-based row numbers), refuses ids duplicated across chunks
+or sharing a media file (found through 64-bit hashes of their case-folded file stems), and
+lists the ids whose files differ only in case (:attr:`ManifestStream.case_collisions`). How and
+why: docs/notes/extract.md.
 """
 
 from __future__ import annotations
@@ -187,7 +176,7 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
 
 
 def _stems(ids: list[str]) -> list[str]:
-    from mmx.extract.fetch import safe_stem
+    from mmx.extract.fetch.files import safe_stem  # looked up per call: a test swaps it for colliding stems
 
     return [safe_stem(i) for i in ids]
 

@@ -22,9 +22,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from mmx.extract.fetch import (FetchConfig, FetchLayout, allowed_roots_key, is_url, link_or_copy, needs_fetch,
-                               place_file, safe_stem, sweep_partial_files)
-from mmx.extract.fetch.status import NO_SPACE, OK, Journal
+from mmx.extract.fetch.config import FetchConfig, FetchLayout, allowed_roots_key
+from mmx.extract.fetch.files import is_url, link_or_copy, place_file, safe_stem, sweep_partial_files
+from mmx.extract.fetch.status import NO_SPACE, OK, Journal, needs_fetch
 
 
 @dataclasses.dataclass
@@ -178,9 +178,9 @@ def _finalise(stream, index, layout: FetchLayout, cfg: FetchConfig) -> tuple[dic
 
 def _skip_missing_sniffio() -> None:
     """httpcore 1.0 tries ``import sniffio`` for every lock it creates; when sniffio is not
-    installed (anyio 4 no longer needs it) each failed import searches all of sys.path, about
+    installed (anyio 4 does not need it) each failed import searches all of sys.path, about
     0.5 ms, a dozen times per item: a third of the engine's time. A ``None`` entry makes that
-    import fail at once, which is exactly what it did before, only fast."""
+    import fail at once, with the same outcome, only fast."""
     import importlib.util
     import sys
 

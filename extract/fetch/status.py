@@ -1,16 +1,10 @@
 """The status of every fetched item: an append-only journal and the table built from it.
 
-Link rot (paper 000, Sec. III-A: 88.2% of XMediaNet's images, 78.8% of its videos, 82.8% of
-its audio could still be obtained) means that failures are data, not noise: every item of a
-manifest ends with exactly one status row, and failed items stay in the table.
-
-The journal (``fetch/journal.jsonl``) is the source of truth. One line is appended, and
-flushed, when an item reaches its final status, which for an ``ok`` item is only after its
-file has been validated and renamed into place. A SIGKILL can therefore lose only the items in
-flight (their temporary ``.part`` files are swept on the next run) and at most tear the last
-line, which readers ignore. Reruns append; the last line of an id wins. The table
-(``fetch/status.csv``) is rewritten atomically from the journal at the end of every run, streamed
-in manifest order through a :class:`JournalIndex` (16 bytes per id in memory).
+The journal (``fetch/journal.jsonl``, :class:`Journal`) is the source of truth: one flushed line
+per item that reaches its final status (an ``ok`` one once its file is in place); the last line
+of an id wins, and a torn last line is ignored. The table (``fetch/status.csv``) is rewritten
+from it at the end of every run, through a :class:`JournalIndex`. :func:`needs_fetch` decides
+what a rerun fetches again. Why: docs/notes/extract.md.
 """
 
 from __future__ import annotations
@@ -20,6 +14,8 @@ import json
 import os
 from pathlib import Path
 from typing import Iterable
+
+from mmx.extract.fetch.config import FetchConfig, allowed_roots_key
 
 STATUS_COLUMNS = (
     "id", "modality", "label", "uri", "status", "http_status", "final_url", "path", "bytes",
@@ -268,3 +264,21 @@ def read_status_table(path: str | os.PathLike) -> "pd.DataFrame":  # noqa: F821
     if path.suffix == ".parquet":
         return pd.read_parquet(path)
     return pd.read_csv(path, dtype=str, keep_default_na=False)
+
+
+def needs_fetch(rec: dict | None, uri: str, root: Path, cfg: FetchConfig) -> bool:
+    """Whether an item whose last journal record is ``rec`` must be (re)fetched in this run."""
+    if rec is None or rec.get("uri", "") != uri:
+        return True
+    status = rec.get("status", "")
+    if status == OK:
+        path = rec.get("path") or ""
+        if not path:
+            return False  # inline text
+        try:
+            return (root / path).stat().st_size != int(rec.get("bytes") or 0)
+        except OSError:
+            return True
+    if cfg.retry_all or (status in RECHECKED_KINDS and rec.get("allowed_roots") != allowed_roots_key(cfg)):
+        return True
+    return cfg.retry_failed and status in TRANSIENT_KINDS

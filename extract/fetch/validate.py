@@ -1,27 +1,10 @@
-"""Deciding whether downloaded bytes are the media a manifest promised.
+"""Deciding whether downloaded bytes, or a local file, are the media a manifest promised.
 
-Paper 000 (Sec. III-A) could only obtain 88.2% of XMediaNet's images, 78.8% of its videos
-and 82.8% of its audio. What a dead URL returns is often not an error code but an HTML page
-with status 200, a parked-domain placeholder or a truncated body; counting those as media
-would poison every later stage. So an item is only ``ok`` after four checks, cheapest first:
-
-1. the ``Content-Type`` header does not name a different kind of content
-   (:func:`content_type_problem`; generic types such as ``application/octet-stream`` pass);
-2. the magic bytes name a format of the item's modality (:func:`sniff`), which also gives the
-   file its real extension;
-3. the size is within the cap (checked while streaming, in :mod:`mmx.extract.fetch`);
-4. a cheap decode probe (:func:`probe`): the image header and a reduced-size decode (which
-   catches truncated JPEGs and refuses decompression bombs by pixel count before decoding),
-   a WAV header through soundfile, or an audio/video container opened with PyAV and its first
-   frame of the right stream decoded.
-
-Failure kinds returned here are ``wrong_type``, ``undecodable`` and ``decompression_bomb``.
-
-A local file (a path or ``file://`` in a manifest) passes :func:`admit_local` first, in
-``mmx fetch`` and in ``mmx extract`` alike: its real path (symlinks resolved) must lie below
-an allowed root (``forbidden_path`` otherwise), then it gets checks 2 and 4. So extract
-refuses exactly what fetch refuses: a symlink out of the dataset, a WAV whose data chunk is
-shorter than its header says, an MP4 cut short.
+Four checks, cheapest first: :func:`content_type_problem`, the magic bytes (:func:`sniff`, which
+also gives the real extension), the size cap (while streaming) and a decode probe
+(:func:`probe`); failure kinds ``wrong_type``, ``undecodable`` and ``decompression_bomb``. A
+local file passes :func:`admit_local` first (``forbidden_path`` outside the allowed roots), in
+``mmx fetch`` and ``mmx extract`` alike. Why: docs/notes/extract.md.
 """
 
 from __future__ import annotations

@@ -157,11 +157,12 @@ def fetch_stage(layout: Layout, log: Callable[[str], None], progress: bool, per_
 
 def extract_stage(layout: Layout, manifest: Path, log: Callable[[str], None], progress: bool) -> dict:
     """Every modality through its offline default backbone; complete shards of earlier runs are reused."""
+    from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
 
     out = {}
     for m in MODALITIES:
-        s = extract(str(manifest), m, str(layout.cache), DATASET, shard_size=64, workers=0, device="cpu", progress=progress)
+        s = extract(str(manifest), m, str(layout.cache), DATASET, ExtractConfig(shard_size=64, workers=0, device="cpu", progress=progress))
         reused = f" (reused: {s['skipped']} shard(s) already complete)" if s["skipped"] else ""
         log(f"  {m:5s} {s['backbone']:26s} {s['ok']} ok, {s['failed']} failed in {s['seconds']:.1f}s{reused}")
         out[m] = s

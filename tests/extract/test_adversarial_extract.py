@@ -1,8 +1,6 @@
-"""Extraction under adversity (issue 11, items 7-8): a full disk, two processes on one store,
-and retrying the items that failed.
-
-Each test fails on the mmx before issue 11: a full disk gave a traceback, a second process
-redid every shard, and a rerun could not retry failed items ("0 written, 8 already complete").
+"""Extraction under adversity: a full disk, two processes on one store, and retrying the items
+that failed. Each test names what it guards against: a traceback on a full disk, a second
+process redoing every shard, a rerun that cannot retry failed items.
 """
 
 import errno
@@ -109,10 +107,11 @@ def test_adversarial_second_writer_is_refused_and_a_killed_one_releases(tmp_path
 _EXTRACT = textwrap.dedent("""
     import json, sys
     from mmx.cache import StoreLockedError
+    from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
     try:
-        s = extract(sys.argv[1], "image", sys.argv[2], "d", shard_size=2, batch_size=2, workers=0,
-                    options={"image_size": 64})
+        cfg = ExtractConfig(shard_size=2, batch_size=2, workers=0, options={"image_size": 64})
+        s = extract(sys.argv[1], "image", sys.argv[2], "d", cfg)
         print(json.dumps({"written": s["written"]}))
     except StoreLockedError:
         print(json.dumps({"written": 0, "locked": True}))

@@ -127,7 +127,7 @@ def test_allow_root_admits_a_folder_outside_the_manifest(dataset, tmp_path):
 
 
 def test_a_rerun_with_wider_allow_root_extracts_what_it_now_admits(dataset, tmp_path):
-    """fetch's rule for extract (issue 15 item 4): a plain rerun redoes nothing, a rerun whose
+    """fetch's rule for extract: a plain rerun redoes nothing, a rerun whose
     --allow-root now admits the refused items extracts them; other failures stay as they were."""
     cache = tmp_path / "cache"
     status, errors = extract_statuses(dataset / "manifest.csv", "audio", cache)
@@ -142,7 +142,7 @@ def test_a_rerun_with_wider_allow_root_extracts_what_it_now_admits(dataset, tmp_
 
 
 def test_real_media_cut_short_is_refused(tmp_path, shared_media):
-    """The same with copies of ../shared/media: a WAV cut to a third (issue 16 item 4) and a cut MP4."""
+    """The same with copies of ../shared/media: a WAV cut to a third and a cut MP4."""
     rows = []
     for name, src in (("wav", shared_media / "imagebind/bird_audio.wav"), ("mp4", shared_media / "languagebind/video/1.mp4")):
         shutil.copy(src, tmp_path / f"whole.{name}")

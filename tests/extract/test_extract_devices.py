@@ -1,4 +1,4 @@
-"""Extraction gives the same features on every device (issue 12, item 1).
+"""Extraction gives the same features on every device.
 
 Each offline default backbone and one hub backbone extract generated media (JPEGs, WAVs, an
 MP4, sentences) on the CPU in float32 and on ``device`` (tests/conftest.py: the CPU in the

@@ -1,5 +1,4 @@
-"""Item metadata follows the manifest without re-running the backbone; a changed manifest is never ignored
-(issue 15 item 3)."""
+"""Item metadata follows the manifest without re-running the backbone; a changed manifest is never ignored."""
 
 import wave
 
@@ -8,8 +7,11 @@ import pandas as pd
 from click.testing import CliRunner
 
 from mmx.cache.store import list_stores, open_store
+from mmx.extract.config import ExtractConfig
 from mmx.extract.runner import extract
 from mmx.pipeline.cli import main
+
+SMALL = ExtractConfig(workers=0, shard_size=2)
 
 
 def _tone(path, freq, seconds=1.0, rate=16000):
@@ -76,14 +78,14 @@ def test_an_item_given_another_file_is_extracted_again(tmp_path):
     assert "1 shard(s) written, 1 already complete" in r.output
     after = np.asarray(open_store(store.path)._group["pooled"][:], np.float32)
     assert np.array_equal(after[:2], before[:2]) and not np.array_equal(after[3], before[3])
-    fresh = extract(str(tmp_path / "m.csv"), "audio", str(tmp_path / "fresh"), "d", workers=0, shard_size=2)
+    fresh = extract(str(tmp_path / "m.csv"), "audio", str(tmp_path / "fresh"), "d", SMALL)
     assert np.array_equal(np.asarray(open_store(fresh["store"])._group["pooled"][:], np.float32), after)
 
 
 def test_changed_ids_make_another_store(tmp_path):
     frame = _setup(tmp_path)
-    first = extract(str(tmp_path / "m.csv"), "audio", str(tmp_path / "c"), "d", workers=0, shard_size=2)
+    first = extract(str(tmp_path / "m.csv"), "audio", str(tmp_path / "c"), "d", SMALL)
     frame.loc[0, "id"] = "renamed"
     frame.to_csv(tmp_path / "m.csv", index=False)
-    second = extract(str(tmp_path / "m.csv"), "audio", str(tmp_path / "c"), "d", workers=0, shard_size=2)
+    second = extract(str(tmp_path / "m.csv"), "audio", str(tmp_path / "c"), "d", SMALL)
     assert second["store"] != first["store"] and second["written"] == 2

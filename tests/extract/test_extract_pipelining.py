@@ -1,4 +1,4 @@
-"""Keeping the GPU busy during extraction (issue 12, item 3), checked where it can be: on the CPU.
+"""Keeping the GPU busy during extraction, checked where it can be: on the CPU.
 
 Two things change what the model process does on CUDA, and each must not change what is
 stored beyond the tolerance a device change already has:
@@ -22,6 +22,9 @@ from cuda_launch import launch_behind_another
 
 from mmx.extract import decode
 from mmx.extract.backbones import build_encoder
+from mmx.extract.config import ExtractConfig
+
+BOW = ExtractConfig(backbone="bow", workers=0, batch_size=8, shard_size=16)
 
 
 # (width, height): smaller than the input (32), equal, a squash, up to twice, and past twice
@@ -62,7 +65,7 @@ def test_workers_leave_resizing_to_the_device_up_to_twice_the_input_size(tiny_re
 
 def test_pixels_resized_on_the_device_are_pillows_within_a_grey_level(tiny_resnet, images):
     """torch's antialiased bilinear against Pillow's bilinear, the worker path's filter, at the
-    model's own size and at EfficientNet's 224 (from 320x240, the issue's JPEG size)."""
+    model's own size and at EfficientNet's 224 (from 320x240 JPEGs)."""
     enc = _encoder(tiny_resnet, on_device=True)
     for size, pictures in ((32, [decode.load_image(it["uri"]) for it in images]),
                            (224, [Image.fromarray(np.random.default_rng(1).integers(0, 256, (240, 320, 3), dtype=np.uint8))])):
@@ -92,7 +95,7 @@ def test_mixed_sizes_in_one_batch_come_back_in_item_order(tiny_resnet, images):
 
 
 def test_a_videos_frames_travel_at_their_own_size(tmp_path):
-    from mmx.extract.encoders import FramesPreparer
+    from mmx.extract.preparers import FramesPreparer
 
     frames = [Image.new("RGB", (60, 40), (10 * k, 0, 0)) for k in range(3)]
     prep = FramesPreparer(fps=1.0, max_seconds=3.0, size=32, mean=decode.IMAGENET_MEAN, std=decode.IMAGENET_STD,
@@ -112,12 +115,12 @@ def _text_manifest(tmp_path, n=40):
 def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path, monkeypatch):
     """The order of launches and waits, and a store identical to one written batch by batch."""
     from mmx.cache.store import open_store
-    from mmx.extract import encoders, runner
+    from mmx.extract import encoder_base, runner
 
     events = []
-    real_launch = encoders.RowEncoder.launch
+    real_launch = encoder_base.RowEncoder.launch
 
-    class Recorded(encoders.Pending):
+    class Recorded(encoder_base.Pending):
         def __init__(self, inner, i):
             self.inner, self.i = inner, i
 
@@ -131,10 +134,10 @@ def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path,
         return Recorded(real_launch(self, batch, batch_size), i)
 
     man = _text_manifest(tmp_path)
-    sync = runner.extract(str(man), "text", str(tmp_path / "sync"), "d", backbone="bow", workers=0, batch_size=8, shard_size=16)
+    sync = runner.extract(str(man), "text", str(tmp_path / "sync"), "d", BOW)
     assert events == []  # not patched yet
-    monkeypatch.setattr(encoders.RowEncoder, "launch", launch)
-    piped = runner.extract(str(man), "text", str(tmp_path / "piped"), "d", backbone="bow", workers=0, batch_size=8, shard_size=16)
+    monkeypatch.setattr(encoder_base.RowEncoder, "launch", launch)
+    piped = runner.extract(str(man), "text", str(tmp_path / "piped"), "d", BOW)
     n = 5  # 40 items in batches of 8
     assert events == [("launch", 0)] + [e for i in range(1, n) for e in (("launch", i), ("wait", i - 1))] + [("wait", n - 1)]
     a, b = (open_store(r["store"]).load() for r in (sync, piped))
@@ -144,12 +147,12 @@ def test_the_next_batch_is_launched_before_the_previous_one_is_awaited(tmp_path,
 def test_a_batch_that_fails_when_awaited_fails_only_its_items(tmp_path, monkeypatch):
     """A CUDA error surfaces when the copy is awaited, not when the batch is launched."""
     from mmx.cache.store import STATUS_FAILED, STATUS_OK, open_store
-    from mmx.extract import encoders, runner
+    from mmx.extract import encoder_base, runner
 
-    real_launch = encoders.RowEncoder.launch
+    real_launch = encoder_base.RowEncoder.launch
     calls = []
 
-    class Broken(encoders.Pending):
+    class Broken(encoder_base.Pending):
         def result(self):
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
@@ -157,9 +160,8 @@ def test_a_batch_that_fails_when_awaited_fails_only_its_items(tmp_path, monkeypa
         calls.append(1)
         return Broken(None, None) if len(calls) == 2 else real_launch(self, batch, batch_size)
 
-    monkeypatch.setattr(encoders.RowEncoder, "launch", launch)
-    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", backbone="bow", workers=0,
-                       batch_size=8, shard_size=16)
+    monkeypatch.setattr(encoder_base.RowEncoder, "launch", launch)
+    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW)
     status = np.asarray(open_store(s["store"])._group["status"][:])
     assert s["failed"] == 8 and list(status[8:16]) == [STATUS_FAILED] * 8
     assert (np.delete(status, range(8, 16)) == STATUS_OK).all()
@@ -180,8 +182,9 @@ def test_a_whole_extraction_on_the_device_equals_the_cpu_within_tolerance(tmp_pa
     roots = (str(tmp_path), str(Path(images[0]["uri"]).parent))
     out = {}
     for n, dev in enumerate(("cpu", device)):
-        s = extract(str(tmp_path / "m.csv"), "image", str(tmp_path / f"cache-{n}"), "d", backbone="resnet-50",
-                    weights=str(tiny_resnet), device=dev, workers=1, batch_size=3, shard_size=4, allowed_roots=roots)
+        cfg = ExtractConfig(backbone="resnet-50", weights=str(tiny_resnet), device=dev, workers=1, batch_size=3,
+                            shard_size=4, allowed_roots=roots)
+        s = extract(str(tmp_path / "m.csv"), "image", str(tmp_path / f"cache-{n}"), "d", cfg)
         assert s["failed"] == 1 and list(s["errors"]) == ["broken"] and s["ok"] == len(images)
         out[n] = open_store(s["store"]).load()
     assert list(out[0].ids) == list(out[1].ids)
@@ -203,7 +206,7 @@ def test_the_host_waits_for_the_copy_back_on_the_features_device(monkeypatch):
     """``--device cuda:1``: the copy into pinned memory runs on cuda:1's stream, so the event the
     host waits on must be recorded there; one recorded on the current device's stream (cuda:0)
     passes at once and the host reads the buffer before the copy has filled it."""
-    from mmx.extract import encoders
+    from mmx.extract import encoder_base
 
     class Stream:
         def __init__(self, device):
@@ -223,7 +226,7 @@ def test_the_host_waits_for_the_copy_back_on_the_features_device(monkeypatch):
     empty = torch.empty
     monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **k: empty(*a, **k))  # no pinned memory here
     values = torch.arange(6.0).view(2, 3)
-    pending = encoders.Pending.to_host(values.clone().as_subclass(_OnSecondGpu), lambda a: a.copy())
+    pending = encoder_base.Pending.to_host(values.clone().as_subclass(_OnSecondGpu), lambda a: a.copy())
     assert done.get("on") == torch.device("cuda", 1) and "waited" not in done
     np.testing.assert_array_equal(pending.result(), values.numpy())
     assert done["waited"]

@@ -1,5 +1,6 @@
 """mmx extract end to end: statuses for broken files, store keys, kill-and-resume, dask."""
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from mmx.cache.store import STATUS_FAILED, STATUS_OK, list_stores, open_store
+from mmx.extract.config import ExtractConfig
 from make_media import random_jpegs  # tests/make_media.py
 from mmx.pipeline.cli import main
 
@@ -109,7 +111,7 @@ def test_cli_errors_and_list(tmp_path):
 
 
 def test_cli_cache_root_defaults_to_env_then_dot_folder(tmp_path, monkeypatch):
-    """README: the cache root is --cache, else $MMX_CACHE, else ./.mmx-cache (issue 15 item 1)."""
+    """README: the cache root is --cache, else $MMX_CACHE, else ./.mmx-cache."""
     man = _manifest(tmp_path, [dict(id="t0", modality="text", uri="", text="a dog", split="train")])
     args = ["extract", str(man), "--modality", "text", "--backbone", "bow", "--dataset", "d", "--workers", "0", "--no-progress"]
     monkeypatch.chdir(tmp_path)
@@ -131,13 +133,13 @@ def test_bow_vocabulary_from_train_split_and_key_changes(tmp_path):
     rows = [dict(id=f"t{i}", modality="text", uri="", text=t, split=s) for i, (t, s) in
             enumerate([("a red dog", "train"), ("a blue car", "train"), ("zebra crossing", "test")])]
     man = _manifest(tmp_path, rows)
-    s1 = extract(str(man), "text", str(tmp_path / "c"), "d", backbone="bow", workers=0)
+    s1 = extract(str(man), "text", str(tmp_path / "c"), "d", ExtractConfig(backbone="bow", workers=0))
     store = open_store(s1["store"])
     vocab = store.meta["preprocessing"]["vocabulary"]
     assert vocab == ["a", "blue", "car", "dog", "red"] and store.dim == 5  # no "zebra": test split
     pooled = np.asarray(store._group["pooled"][:], np.float32)
     assert pooled[0].tolist() == [1, 0, 0, 1, 1] and pooled[2].sum() == 0
-    s2 = extract(str(man), "text", str(tmp_path / "c"), "d", backbone="bow", options={"max_features": 2}, workers=0)
+    s2 = extract(str(man), "text", str(tmp_path / "c"), "d", ExtractConfig(backbone="bow", options={"max_features": 2}, workers=0))
     assert s2["store"] != s1["store"]  # a changed preprocessing config is a different store
 
 
@@ -146,8 +148,9 @@ def test_changed_option_writes_another_store(tmp_path, shared_media):
 
     man = _manifest(tmp_path, [dict(id="a0", modality="audio", uri=str(shared_media / "imagebind/car_audio.wav"), text="")])
     roots = (str(shared_media),)
-    s1 = extract(str(man), "audio", str(tmp_path / "c"), "d", workers=0, allowed_roots=roots)
-    s2 = extract(str(man), "audio", str(tmp_path / "c"), "d", options={"token_seconds": 0.5}, workers=0, allowed_roots=roots)
+    s1 = extract(str(man), "audio", str(tmp_path / "c"), "d", ExtractConfig(workers=0, allowed_roots=roots))
+    half = ExtractConfig(options={"token_seconds": 0.5}, workers=0, allowed_roots=roots)
+    s2 = extract(str(man), "audio", str(tmp_path / "c"), "d", half)
     assert s1["store"] != s2["store"]
     assert open_store(s2["store"]).meta["backbone"]["token_rate"] == "2 per second"
     assert int(open_store(s2["store"])._group["token_length"][0]) == 10  # 5 s at 2 tokens per second
@@ -155,10 +158,11 @@ def test_changed_option_writes_another_store(tmp_path, shared_media):
 
 _RESUME_SCRIPT = textwrap.dedent("""
     import sys, time
+    from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
     delay = float(sys.argv[4])
-    extract(sys.argv[1], "image", sys.argv[2], "d", shard_size=2, batch_size=2, workers=int(sys.argv[3]),
-            options={"image_size": 64}, on_shard=lambda k, s: time.sleep(delay))
+    cfg = ExtractConfig(shard_size=2, batch_size=2, workers=int(sys.argv[3]), options={"image_size": 64})
+    extract(sys.argv[1], "image", sys.argv[2], "d", cfg, on_shard=lambda k, s: time.sleep(delay))
 """)
 
 
@@ -182,9 +186,10 @@ def test_kill_and_resume_matches_an_uninterrupted_run(tmp_path):
     # resume in-process, then an uninterrupted run for reference
     from mmx.extract.runner import extract
 
-    resumed = extract(str(man), "image", str(killed), "d", shard_size=2, batch_size=2, workers=0, options={"image_size": 64})
+    small = ExtractConfig(shard_size=2, batch_size=2, workers=0, options={"image_size": 64})
+    resumed = extract(str(man), "image", str(killed), "d", small)
     assert resumed["skipped"] == done_at_kill and resumed["written"] == 6 - done_at_kill
-    clean = extract(str(man), "image", str(tmp_path / "clean"), "d", shard_size=2, batch_size=2, workers=1, options={"image_size": 64})
+    clean = extract(str(man), "image", str(tmp_path / "clean"), "d", dataclasses.replace(small, workers=1))
     a, b = _arrays(open_store(resumed["store"])), _arrays(open_store(clean["store"]))
     assert a.keys() == b.keys()
     for k in a:
@@ -202,10 +207,10 @@ def test_dask_matches_single_process(tmp_path):
     rows.append(dict(id="broken", modality="image", uri=str(tmp_path / "absent.jpg"), text=""))
     man = _manifest(tmp_path, rows)
     kw = dict(shard_size=2, batch_size=2, options={"image_size": 64})
-    single = extract(str(man), "image", str(tmp_path / "one"), "d", workers=0, **kw)
+    single = extract(str(man), "image", str(tmp_path / "one"), "d", ExtractConfig(workers=0, **kw))
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
-        dist = extract(str(man), "image", str(tmp_path / "dask"), "d", dask_scheduler=client, **kw)
-        again = extract(str(man), "image", str(tmp_path / "dask"), "d", dask_scheduler=client, **kw)
+        dist = extract(str(man), "image", str(tmp_path / "dask"), "d", ExtractConfig(dask_scheduler=client, **kw))
+        again = extract(str(man), "image", str(tmp_path / "dask"), "d", ExtractConfig(dask_scheduler=client, **kw))
     assert dist["written"] == 4 and dist["failed"] == 1 and again["written"] == 0 and again["skipped"] == 4
     a, b = _arrays(open_store(single["store"])), _arrays(open_store(dist["store"]))
     for k in a:
@@ -243,7 +248,7 @@ def test_cli_with_a_dask_scheduler_address_and_worker_processes(tmp_path):
 
 
 def test_progress_counts_items_batch_by_batch(tmp_path, monkeypatch):
-    """Issue 16: a video store showed 0/3 (shards) for 12 minutes; the bar counts items per batch."""
+    """The bar counts items batch by batch, not shards: a store of long videos would sit at 0/3 for many minutes."""
     from mmx.extract import runner as runner_mod
 
     paths = random_jpegs(tmp_path / "img", 5)
@@ -257,7 +262,7 @@ def test_progress_counts_items_batch_by_batch(tmp_path, monkeypatch):
         return seen["updates"].append
 
     monkeypatch.setattr(runner_mod, "_progress", fake_progress)
-    summary = runner_mod.extract(str(man), "image", str(tmp_path / "c"), "d", shard_size=4, batch_size=2, workers=0,
-                                 options={"image_size": 64}, progress=True)
+    cfg = ExtractConfig(shard_size=4, batch_size=2, workers=0, options={"image_size": 64}, progress=True)
+    summary = runner_mod.extract(str(man), "image", str(tmp_path / "c"), "d", cfg)
     assert seen["total"] == 6 and sum(seen["updates"]) == 6 and len(seen["updates"]) == 3  # 3 batches, 2 shards
     assert summary["failed"] == 1 and list(summary["errors"]) == ["gone"] and summary["errors"]["gone"]

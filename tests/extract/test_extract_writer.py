@@ -1,4 +1,4 @@
-"""Shard writes off the model's thread (issue 12, item 3): bounded, in order, errors surface."""
+"""Shard writes off the model's thread: bounded, in order, errors surface."""
 
 import threading
 import time
@@ -8,7 +8,10 @@ import pandas as pd
 import pytest
 
 from mmx.cache.store import STATUS_OK, list_stores
-from mmx.extract import runner
+from mmx.extract import runner, shards
+from mmx.extract.config import ExtractConfig
+
+BOW = ExtractConfig(backbone="bow", workers=0, batch_size=4, shard_size=4, threads=1)
 
 
 def _text_manifest(tmp_path, n=40):
@@ -19,7 +22,7 @@ def _text_manifest(tmp_path, n=40):
 
 
 def test_shards_are_written_on_the_writer_thread_bounded_and_complete(tmp_path, monkeypatch):
-    real, seen, in_flight, peak = runner._write_shard, [], [0], [0]
+    real, seen, in_flight, peak = shards._write_shard, [], [0], [0]
     lock = threading.Lock()
 
     def slow_write(*args):
@@ -34,10 +37,10 @@ def test_shards_are_written_on_the_writer_thread_bounded_and_complete(tmp_path, 
             with lock:
                 in_flight[0] -= 1
 
-    monkeypatch.setattr(runner, "_write_shard", slow_write)
+    monkeypatch.setattr(shards, "_write_shard", slow_write)
     done = []
-    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", backbone="bow", workers=0,
-                       batch_size=4, shard_size=4, threads=1, on_shard=lambda k, summary: done.append(k))
+    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW,
+                       on_shard=lambda k, summary: done.append(k))
     assert s["written"] == 10 and s["ok"] == 40 and s["threads"] == 1
     assert all(name.startswith("mmx-shard-writer") for name in seen) and len(seen) == 10
     assert peak[0] == 1 and sorted(done) == list(range(10))  # one writer; every shard reported once
@@ -46,23 +49,21 @@ def test_shards_are_written_on_the_writer_thread_bounded_and_complete(tmp_path, 
 
 
 def test_a_write_error_stops_the_run_and_earlier_shards_stay_complete(tmp_path, monkeypatch):
-    real = runner._write_shard
+    real = shards._write_shard
 
     def failing(store, k, *args):
         if k == 3:
             raise OSError("disk full")
         return real(store, k, *args)
 
-    monkeypatch.setattr(runner, "_write_shard", failing)
+    monkeypatch.setattr(shards, "_write_shard", failing)
     with pytest.raises(OSError, match="disk full"):
-        runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", backbone="bow", workers=0,
-                       batch_size=4, shard_size=4, threads=1)
+        runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW)
     store = list_stores(tmp_path / "c")[0]
     done = store.complete_shards()
     assert 3 not in done and {0, 1, 2} <= set(done)  # a rerun resumes from the missing shards
-    monkeypatch.setattr(runner, "_write_shard", real)
-    again = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", backbone="bow", workers=0,
-                           batch_size=4, shard_size=4, threads=1)
+    monkeypatch.setattr(shards, "_write_shard", real)
+    again = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW)
     assert again["skipped"] == len(done) and again["written"] == 10 - len(done)
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from mmx.extract import fetch as fetch_pkg
-from mmx.extract.fetch import FetchConfig, fetch_manifest, safe_stem
+from mmx.extract.fetch import FetchConfig, fetch_manifest, files
+from mmx.extract.fetch.files import safe_stem
 from mmx.extract.fetch.manifest import scan_manifest
 from mmx.extract.manifest import ManifestError, write_manifest
 
@@ -72,7 +72,7 @@ def test_a_stem_collision_is_refused_naming_both_ids(tmp_path, monkeypatch):
     frame = pd.DataFrame({"id": ["first", "second", "third"], "modality": ["image"] * 3,
                           "uri": ["a.jpg", "b.jpg", "c.jpg"]})
     manifest = write_manifest(frame, tmp_path / "m.csv")
-    monkeypatch.setattr(fetch_pkg, "safe_stem", lambda i: "same" if i in ("first", "third") else i)
+    monkeypatch.setattr(files, "safe_stem", lambda i: "same" if i in ("first", "third") else i)
     with pytest.raises(ManifestError) as info:
         scan_manifest(manifest)
     text = str(info.value)

@@ -1,4 +1,4 @@
-"""mmx fetch against a real HTTP server on 127.0.0.1: every failure kind of issue 3, one run."""
+"""mmx fetch against a real HTTP server on 127.0.0.1: every failure kind, one run."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from click.testing import CliRunner
 from fetch_server import (LoopbackServer, redirect, reset, send, sequence, serve, stall, status, truncated,
                           unbounded)
 
-from mmx.extract.fetch import FetchConfig, fetch_manifest, safe_stem
+from mmx.extract.fetch import FetchConfig, fetch_manifest
+from mmx.extract.fetch.files import safe_stem
 from mmx.extract.fetch.status import read_status_table
 from mmx.pipeline.cli import main
 from mmx.extract.manifest import read_manifest, write_manifest

@@ -1,4 +1,4 @@
-"""A rerun with wider permissions takes what they now allow; failures say what to do (issue 15 item 4)."""
+"""A rerun with wider permissions takes what they now allow; failures say what to do."""
 
 import numpy as np
 import pandas as pd
