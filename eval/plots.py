@@ -1,13 +1,14 @@
 """PNG plots of a run: a query x retrieval heatmap, the training curves, the joint space in 2-D.
 
-matplotlib is imported inside each function with the Agg backend (no display needed, and
-``mmx --help`` stays fast).
+* ``heatmap``: one metric per query/retrieval pair, the diagonal blank, as thesis 004 Table 8;
+  each number black or white, whichever contrasts more with its cell.
+* ``training_curves``: the series of ``metrics.jsonl`` in panels (loss totals, loss parts,
+  summary metrics, R@10 per pair), legends beside them; epochs counted across stages, with
+  each stage's start marked.
+* ``projection``: a PCA of a split's embeddings, colour = class, marker = modality.
 
-* ``heatmap``: one metric per query/retrieval pair, the diagonal blank, as thesis 004 Table 8.
-* ``training_curves``: every numeric series of ``metrics.jsonl`` against the epoch, losses in
-  one panel and recalls (and other metrics) in another.
-* ``projection``: a PCA of the split's embeddings (all modalities together, as they share one
-  space), coloured by class and marked by modality, so a modality gap shows as separate clouds.
+Each has a ``*_figure`` twin that returns the unsaved figure (for tests). matplotlib is imported
+inside the functions with the Agg backend, so ``mmx --help`` stays fast and no display is needed.
 """
 
 from __future__ import annotations
