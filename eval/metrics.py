@@ -291,9 +291,10 @@ def mean_average_precision(similarity, query_labels, gallery_labels, k: int | No
     n_codes = max([int(c.max()) + 1 for c in (qcodes, gcodes) if len(c)] + [0])
     index = Index.build(gcodes, n_codes, sims.device)
     n_gallery = sims.shape[1]
+    step = chunk_rows(n_gallery, chunk_bytes)
     aps = []
-    for lo in range(0, sims.shape[0], chunk_rows(n_gallery, chunk_bytes)):
-        part = sims[lo : lo + chunk_rows(n_gallery, chunk_bytes)]
+    for lo in range(0, sims.shape[0], step):
+        part = sims[lo : lo + step]
         idx, valid = index.lookup(torch.as_tensor(qcodes[lo : lo + len(part)], device=sims.device))
         scores = part.gather(1, idx) if idx.shape[1] else part.new_zeros(idx.shape)
         srt = sort_rows({"g": part})["g"]
