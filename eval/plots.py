@@ -126,8 +126,7 @@ def curve_panels(records: list[dict]) -> list[tuple[str, list[tuple[str, list]]]
             if k in ("epoch", "seconds", "stage") or k.startswith("batch/") or isinstance(v, bool) or not isinstance(v, (int, float)):
                 continue
             series.setdefault(k, []).append((x, float(v)))
-    order = lambda kv: (kv[0].count("/"), kv[0])  # noqa: E731 - totals before parts
-    losses = sorted(((k, v) for k, v in series.items() if k.startswith("loss") and "/" not in k), key=order)
+    losses = sorted((k, v) for k, v in series.items() if k.startswith("loss") and "/" not in k)
     parts = sorted(((k, v) for k, v in series.items() if k.startswith("loss") and "/" in k), key=lambda kv: _loss_part(kv[0]))
     pairs = sorted((k, v) for k, v in series.items() if k.startswith("recall/") and not k.startswith("recall/mean")
                    and k.endswith("@10"))
@@ -173,6 +172,10 @@ def curves_figure(records: list[dict], title: str = ""):
             pts = [p for p in pts if p[0] < cut] + [(cut, np.nan)] + [p for p in pts if p[0] > cut]
         return zip(*pts)
 
+    def dots(pts):
+        # every point marked (a lone point, such as the untrained epoch 0, has no line), smaller when many
+        return {"marker": ".", "markersize": 6 if len(pts) < 30 else 2}
+
     fig, axes = plt.subplots(len(panels), 1, figsize=(9, 2.9 * len(panels)), sharex=True, squeeze=False,
                              layout="constrained")
     for ax, (name, group) in zip(axes[:, 0], panels):
@@ -182,7 +185,7 @@ def curves_figure(records: list[dict], title: str = ""):
             for k, pts in group:
                 part, head = _loss_part(k)
                 xs, ys = xy(pts)
-                ax.plot(xs, ys, _STYLE.get(head, "-."), color=colour[part], marker="." if len(xs) < 30 else None, lw=1)
+                ax.plot(xs, ys, _STYLE.get(head, "-."), color=colour[part], lw=1, **dots(pts))
             logged = {_loss_part(k)[1] for k, _ in group}
             heads = [h for h in _STYLE if h in logged] + sorted(logged - set(_STYLE))
             handles = [Line2D([], [], color=colour[p], label=p) for p in keys]
@@ -190,14 +193,14 @@ def curves_figure(records: list[dict], title: str = ""):
         else:
             for (k, pts), c in zip(group, distinct_colours(len(group))):
                 xs, ys = xy(pts)
-                ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=k, color=c, lw=1.2)
+                ax.plot(xs, ys, label=k, color=c, lw=1.2, **dots(pts))
             handles = ax.get_legend_handles_labels()[0]
         # beside the panel, never over the curves; long legends wrap into columns
         ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, fontsize=7,
                   ncol=1 + (len(handles) - 1) // 16, frameon=False)
         ax.set_title(name, fontsize=9, loc="left")
         ax.grid(alpha=0.3)
-        for i, (x, label) in enumerate(starts):
+        for x, label in starts:
             ax.axvline(x, color="0.35", ls=":", lw=1)
             if ax is axes[0, 0]:
                 ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), xytext=(2, 2), textcoords="offset points",

@@ -284,6 +284,11 @@ def test_gpu_equals_cpu():
     for key in cpu:
         np.testing.assert_array_equal(cpu[key]["rank"], gpu[key]["rank"])
         np.testing.assert_allclose(cpu[key]["ap"], gpu[key]["ap"], equal_nan=True)
+    sims = torch.as_tensor(data["text"]["emb"]) @ torch.as_tensor(data["image"]["emb"]).T
+    labels = [torch.as_tensor(data[n]["label"].astype(int)) for n in ("text", "image")]
+    for k in (5, None):
+        on_cpu = mean_average_precision(sims, *labels, k=k)
+        assert mean_average_precision(sims.cuda(), *(x.cuda() for x in labels), k=k) == pytest.approx(on_cpu, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- quick recall, errors
