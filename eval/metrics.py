@@ -1,79 +1,47 @@
-"""Retrieval metrics of the papers: Recall@K, mAP@R, full mAP, median and mean rank.
+"""Retrieval metrics of the papers: Recall@K, xR@K, mAP@R, full mAP, median and mean rank.
 
-Every number comes from one ranking per query: the cosine similarity (embeddings are
-L2-normalised first) of the query against a gallery, best first.
+* :func:`retrieval_metrics`: a summary row per query->target pair and per ``query->any`` of a
+  split (``{name: {"emb", "label", "group"}}``); :func:`per_query_metrics` gives the values per
+  query and :func:`summarise` the means.
+* :func:`mean_average_precision`: mAP@k or full mAP of one (queries x gallery) similarity matrix.
+* :func:`reference_metrics`: the same definitions query by query in float64, for tests.
 
-* **Galleries.** A *pair* ``Q->T`` ranks the items of target ``T`` for every query of ``Q``
-  (paper 000 Tables I, III, V; paper 002 Tables III-IV; thesis 004 Table 8). ``Q->Any`` ranks every
-  item of every (single) modality of the split except the query itself (paper 000 Tables II, IV,
-  VI). A fused subset such as ``audio+video`` (rows are groups, paper 001) is a gallery, or a
-  query set, of its own: ``text->audio+video`` is paper 001's t->va. Pairs are formed only
-  between names with disjoint modalities (no ``audio->audio+video``); fused rows are not items
-  of the ``Any`` gallery.
-* **Relevance.** ``class``: a gallery item is relevant when its class label equals the query's
-  (papers 000, 002). ``instance``: when its group equals the query's (paper 001: the caption's own
-  clip). An empty label or group matches nothing.
-* **Rank of a query** (for Recall@K, MedR, MeanR) is the 1-based position of its first relevant
-  item. Tied scores are averaged as in the reference code of paper 001 (ninatu/everything_at_once,
-  ``retrieval_metrics(break_ties='averaging')``): the rank is the expected position of the first
-  relevant item when tied items are put in random order, ``1 + a + (t - m) / (m + 1)`` with ``a``
-  items scoring strictly higher, ``t`` items tied at the best relevant score and ``m`` of them
-  relevant (for one relevant item: the mean of the tied positions, exactly the reference code).
-  **Recall@K** is the expected hit under a uniformly random order of the tied items: the
-  probability that a relevant item is in the top K, ``1 - C(t - m, j) / C(t, j)`` with
-  ``j = K - a`` places left for the tied block (0 when ``j <= 0``, 1 when ``j > t - m``;
-  :func:`expected_hits`). Without ties it is 1 when a relevant item is in the top K, else 0
-  (paper 000); with all embeddings tied it is the random-ranking chance, not 0 (testing the
-  tie-averaged rank against K would give R@10 = 0 for 10 relevant items among 100 tied, where a
-  random order gives 0.67; issue 13 item 6).
-* **Cross-modal recall ``xR@K``** (paper 000 Tables II, IV, VI). For a pair it is ``R@K``; for
-  ``Q->Any`` only items of *another* modality are hits, while the query's own modality stays in
-  the gallery as competitors. This is the reading that reproduces paper 000's ``-> Any`` tables:
-  (1) the hit-rate ``R@K`` cannot fall below chance (about 0.049 at R@10 with 200 balanced
-  classes), yet Table II reports R@10 0.01 for every query modality; (2) recall as the fraction
-  of relevant items retrieved bounds R@1 by 1 / (relevant items), which contradicts the pair
-  tables under the same definition (Table V: Image->Text R@1 0.17 with dozens of test texts per
-  class); (3) with cross-modal hits a query's own modality, which training never pulls towards
-  the others (the modality gap), fills the top ranks: ``-> Any`` falls far below the pairs
-  (Table VI: Image->Any R@10 0.21 vs Image->Video 0.64) and to about 0 when modalities are
-  aligned only pair by pair (Table II, round-robin), as reported. One definition then serves
-  every table of the paper. ``mmx eval`` prints both; ``R@K`` stays the default column.
-* **AP@R** follows paper 002 eq. 7 (thesis 004 eq. 4.2.1)::
-
-      AP@R = 1/N * sum_{r=1..R} P(r) * rel(r),   N = number of relevant items in the top R
-
-  i.e. the normalisation of the standard cross-modal retrieval code (ACMR, DSCMR): divide by
-  the relevant items *retrieved* in the top R, not by all relevant items of the gallery; AP@R is
-  0 when none is in the top R. **Full mAP** is the same with R = the gallery size (N = all
-  relevant items), the protocol of the older benchmarks. For AP the order among tied scores is
-  the pessimistic one (irrelevant items before relevant ones), so a degenerate embedding that
-  ties everything scores the base rate and never 1.
-* **Queries without any relevant item** in the gallery (a class with one item queried against
-  Any, a class absent from the target modality, a caption whose clip has no features) are
-  *excluded* from the means by default and counted in the output as ``no_relevant``; with
-  ``no_relevant="miss"`` they count as misses (recall 0, AP 0) as the reference code does for
-  MSR-VTT (``complete_dataset_size``). Ranks (MedR, MeanR) are always over queries that have one.
-
-The work is done in chunks of queries against the whole gallery on the device (GPU when
-present): one matrix product and one sort per gallery modality per chunk; the positions of the
-(few) relevant items then come from ``searchsorted`` in the sorted rows, so both relevance
-modes, every pair and Any share one similarity matrix and memory stays bounded by the chunk.
-``reference_metrics`` is a plain per-query implementation of the same definitions for tests.
+Cosine similarity, class or instance relevance, tie-averaged ranks, expected Recall@K over a
+random order of tied items, AP@R as paper 002 eq. 7 with pessimistic ties; the definitions and
+the papers they follow are in docs/notes/eval.md.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import numpy as np
 
+from mmx.eval.ranking import (
+    KEY_OF,
+    Index,
+    chunk_rows,
+    codes_of,
+    count_at_least,
+    masked_max,
+    normalise,
+    prepare,
+    query_stats,
+    sort_rows,
+)
+
+__all__ = [
+    "LATE", "NO_RELEVANT", "RELEVANCES", "STAT_KEYS", "expected_hits", "mean_average_precision", "modalities_of",
+    "name_order", "normalise", "pairs_of", "parse_ks", "per_query_metrics", "reference_metrics", "retrieval_metrics",
+    "summarise",
+]
+
 RELEVANCES = ("class", "instance")
 NO_RELEVANT = ("exclude", "miss")
-_KEY_OF = {"class": "label", "instance": "group"}
-# per-query values of one gallery (see _query_stats); ``x_*``: the cross-modal Any (xR@K)
+
+# per-query values of one gallery (mmx.eval.ranking.query_stats); ``x_*``: the cross-modal Any (xR@K)
 STAT_KEYS = ("rank", "ap_r", "ap", "above", "tied", "tied_rel")
 
 
@@ -113,215 +81,6 @@ def pairs_of(names: Iterable[str]) -> list[tuple[str, str]]:
     return [(q, t) for q in names for t in names if q != t and not (modalities_of(q) & modalities_of(t))]
 
 
-def _codes(arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Shared integer codes for string keys across blocks; '' (unknown) -> -1."""
-    flat = np.concatenate([np.asarray(a).astype(str) for a in arrays]) if arrays else np.array([], str)
-    uniq, inv = np.unique(flat, return_inverse=True)
-    inv = inv.astype(np.int64)
-    if len(uniq) and uniq[0] == "":
-        inv = inv - 1  # '' sorts first: it becomes -1, the rest 0..n-1
-    out, start = [], 0
-    for a in arrays:
-        out.append(inv[start : start + len(a)])
-        start += len(a)
-    return out
-
-
-@dataclass
-class _Index:
-    """Rows of one block grouped by key code (a CSR table), to list a query's relevant rows."""
-
-    order: Any  # (n,) rows sorted by code
-    starts: Any  # (n_codes,)
-    counts: Any  # (n_codes,)
-
-    @classmethod
-    def build(cls, codes, n_codes: int, device):
-        import torch
-
-        c = torch.as_tensor(codes, dtype=torch.int64, device=device)
-        keep = c >= 0
-        rows = torch.arange(len(c), device=device)[keep]
-        c = c[keep]
-        order = rows[torch.argsort(c, stable=True)]
-        counts = torch.bincount(c, minlength=n_codes)
-        starts = torch.cumsum(counts, 0) - counts
-        return cls(order, starts, counts)
-
-    def lookup(self, qcodes):
-        """(c,) query codes -> relevant rows (c, m) and their validity mask (c, m)."""
-        import torch
-
-        known = qcodes >= 0
-        safe = qcodes.clamp(min=0)
-        cnt = torch.where(known, self.counts[safe], torch.zeros_like(qcodes)) if len(self.counts) else torch.zeros_like(qcodes)
-        m = int(cnt.max()) if len(cnt) else 0
-        ar = torch.arange(m, device=qcodes.device)
-        valid = ar[None, :] < cnt[:, None]
-        if m == 0 or len(self.order) == 0:
-            return torch.zeros((len(qcodes), m), dtype=torch.int64, device=qcodes.device), valid
-        start = self.starts[safe] if len(self.starts) else torch.zeros_like(qcodes)
-        pos = (start[:, None] + ar[None, :]).clamp(max=len(self.order) - 1)
-        return torch.where(valid, self.order[pos], torch.zeros_like(pos)), valid
-
-
-@dataclass
-class _Block:
-    name: str
-    emb: Any  # (n, d) float32, L2-normalised, on the device
-    codes: dict  # relevance -> (n,) int64 codes (numpy)
-    index: dict = field(default_factory=dict)  # relevance -> _Index
-
-    @property
-    def single(self) -> bool:
-        return "+" not in self.name
-
-
-def normalise(emb, device=None):
-    """L2-normalised float32 rows (a zero row stays zero: it ties with everything)."""
-    import torch
-
-    x = torch.as_tensor(np.asarray(emb, dtype=np.float32) if not isinstance(emb, torch.Tensor) else emb)
-    x = x.detach().to(device=device, dtype=torch.float32)
-    if x.ndim != 2:
-        raise ValueError(f"embeddings must be a 2-D array [N, d], got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError("embeddings contain NaN or infinite values")
-    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
-
-
-def _prepare(data: Mapping[str, Mapping[str, Any]], relevances, device) -> dict[str, _Block]:
-    names = sorted(data, key=name_order)
-    dims = {n: np.shape(data[n]["emb"]) for n in names}
-    widths = {d[1] for n, d in dims.items() if len(d) == 2 and d[0] > 0}
-    if len(widths) > 1:
-        raise ValueError("embeddings of one split must share one dimension; got " + ", ".join(f"{n}: {dims[n]}" for n in names))
-    blocks = {}
-    codes = {}
-    for rel in relevances:
-        key = _KEY_OF[rel]
-        arrays = []
-        for n in names:
-            if key not in data[n]:
-                raise ValueError(f"{n}: no {key!r} array, needed for {rel} relevance")
-            a = np.asarray(data[n][key])
-            if len(a) != dims[n][0]:
-                raise ValueError(f"{n}: {len(a)} {key}s for {dims[n][0]} embeddings")
-            arrays.append(a)
-        codes[rel] = _codes(arrays)
-    width = next(iter(widths), 1)
-    for i, n in enumerate(names):
-        emb = data[n]["emb"]
-        emb = emb if np.shape(emb)[0] else np.zeros((0, width), np.float32)
-        try:
-            normalised = normalise(emb, device)
-        except ValueError as exc:
-            raise ValueError(f"{n}: {exc}") from None
-        blocks[n] = _Block(n, normalised, {rel: codes[rel][i] for rel in relevances})
-    for rel in relevances:
-        n_codes = max([int(b.codes[rel].max()) + 1 for b in blocks.values() if len(b.codes[rel])] + [0])
-        for b in blocks.values():
-            b.index[rel] = _Index.build(b.codes[rel], n_codes, device)
-    return blocks
-
-
-def _sort_blocks(parts: dict) -> dict:
-    """Row-wise ascending sort (values only) of each gallery block of one chunk.
-
-    On CPU numpy's SIMD sort is ~15x faster than torch's and releases the GIL, so the
-    row halves of every block are sorted on as many threads as torch uses.
-    """
-    import torch
-
-    if not parts or next(iter(parts.values())).device.type != "cpu":
-        return {t: torch.sort(s, dim=1).values for t, s in parts.items()}
-    from concurrent.futures import ThreadPoolExecutor
-
-    # threads pay off only on big chunks (small ones come from the per-epoch quick recall)
-    workers = max(1, torch.get_num_threads()) if sum(s.numel() for s in parts.values()) > (1 << 20) else 1
-    out = {t: np.empty(tuple(s.shape), np.float32) for t, s in parts.items()}
-    jobs = []
-    for t, s in parts.items():
-        bounds = np.linspace(0, s.shape[0], workers + 1).astype(int)
-        jobs += [(t, a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-    def work(job):
-        t, a, b = job
-        out[t][a:b] = np.sort(parts[t][a:b].numpy(), axis=1)
-
-    if workers == 1:
-        for job in jobs:
-            work(job)
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            list(pool.map(work, jobs))
-    return {t: torch.from_numpy(v) for t, v in out.items()}
-
-
-def _count_at_least(sorted_rows, values):
-    """(c, m) number of entries of each sorted row that are >= each value (int32)."""
-    import torch
-
-    n = sorted_rows.shape[1]
-    if n == 0 or values.shape[1] == 0:
-        return torch.zeros(values.shape, dtype=torch.int32, device=values.device)
-    return n - torch.searchsorted(sorted_rows, values.contiguous(), side="left", out_int32=True)
-
-
-def _masked_max(scores, valid):
-    """(c, 1) best score among valid entries; -inf where there is none."""
-    import torch
-
-    if scores.shape[1] == 0:
-        return scores.new_full((scores.shape[0], 1), float("-inf"))
-    return torch.where(valid, scores, torch.tensor(float("-inf"), device=scores.device)).max(1, keepdim=True).values
-
-
-def _query_stats(ge, valid, above_best, map_r: int):
-    """Per-query rank (tie-averaged), AP@R and full AP (pessimistic ties) of one gallery.
-
-    ge (c, m): for each relevant item, the gallery items scoring >= it (itself included);
-    valid (c, m): which entries are relevant items; above_best (c,): gallery items scoring
-    strictly above the best relevant one. ``ge`` orders the relevant items exactly as their
-    scores do (a higher score has a strictly smaller ``ge``; equal scores, equal ``ge``), so
-    no score is needed here. Returns float64 numpy arrays (c,): rank (nan: no relevant
-    item), AP@R, AP, and the tie counts of the best relevant item: ``above`` (a), ``tied`` (t),
-    ``tied_rel`` (m), from which :func:`expected_hits` gives Recall@K under a random tie order.
-    """
-    import torch
-
-    c, m = ge.shape
-    if m == 0:
-        return tuple(np.full(c, np.nan) for _ in range(6))
-    big = torch.iinfo(torch.int32).max
-    g = torch.sort(torch.where(valid, ge, big), dim=1).values  # best relevant first; padding last
-    n_rel = valid.sum(1)
-    rel_ge = torch.searchsorted(g, g, side="right", out_int32=True)  # relevant items scoring >= each
-    has = n_rel > 0
-    # rank: a above, t tied with the best relevant item, m_best of them relevant
-    first = g[:, 0]
-    m_best = rel_ge[:, 0]
-    tied = first - above_best
-    rank = 1 + above_best.double() + (tied - m_best).double() / (m_best + 1).double()
-    # AP: positions in the order where tied irrelevant items come first
-    k = torch.arange(1, m + 1, device=ge.device, dtype=torch.int32)[None, :]
-    is_rel = k <= n_rel[:, None]
-    pos = (g - rel_ge + k).double()
-    prec = torch.where(is_rel, k.double() / pos, torch.zeros_like(pos))
-    # a running sum (left to right) so that the padding width of a chunk cannot change the
-    # rounding: chunked results are bit-identical to dense ones
-    ap_full = prec.cumsum(1)[:, -1] / n_rel.clamp_min(1).double()
-    in_r = is_rel & (pos <= map_r)
-    ap_r = torch.where(in_r, prec, torch.zeros_like(prec)).cumsum(1)[:, -1] / in_r.sum(1).clamp_min(1).double()
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=ge.device)
-    ties = (above_best.double(), tied.double(), m_best.double())
-    return tuple(torch.where(has, x, nan).cpu().numpy() for x in (rank, ap_r, ap_full) + ties)
-
-
-def _chunk_rows(n_gallery: int, chunk_bytes: int) -> int:
-    # the similarities, their sorted copy and temporaries: about 3 float32 (rows, gallery) blocks
-    return max(1, int(chunk_bytes // max(1, 12 * n_gallery)))
-
 
 def per_query_metrics(
     data: Mapping[str, Mapping[str, Any]],
@@ -335,7 +94,7 @@ def per_query_metrics(
     """``{relevance: {(query, target): {"rank", "ap_r", "ap"}}}``, one value per query row.
 
     ``data`` maps a modality or fused-subset name to ``{"emb", "label", "group"}``; ``target``
-    is a name or ``"any"``. See the module docstring for every definition.
+    is a name or ``"any"``; the definitions are in docs/notes/eval.md.
     """
     import torch
 
@@ -346,7 +105,7 @@ def per_query_metrics(
     if map_r < 1:
         raise ValueError(f"map_r must be a positive integer, got {map_r}")
     device = torch.device(device) if device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    blocks = _prepare(data, relevances, device)
+    blocks = prepare(data, sorted(data, key=name_order), relevances, device)
     names = list(blocks)
     pairs = pairs_of(names) if pairs is None else list(pairs)
     singles = [n for n in names if blocks[n].single]
@@ -366,7 +125,7 @@ def per_query_metrics(
         needed = (singles if do_any else []) + [t for t in targets if not (do_any and t in singles)]
         nq = len(blocks[q].emb)
         acc = {rel: {t: [] for t in targets + (["any"] if do_any else [])} for rel in relevances}
-        step = _chunk_rows(len(gallery), chunk_bytes)
+        step = chunk_rows(len(gallery), chunk_bytes)
         for lo in range(0, nq, step):
             hi = min(nq, lo + step)
             rows = torch.arange(lo, hi, device=device)
@@ -374,7 +133,7 @@ def per_query_metrics(
             if blocks[q].single:
                 sims[torch.arange(hi - lo, device=device), offsets[q] + rows] = float("-inf")  # not its own neighbour
             part = {t: sims[:, offsets[t] : offsets[t] + len(blocks[t].emb)] for t in needed}
-            srt = _sort_blocks(part)  # (c, n_t) ascending, per block
+            srt = sort_rows(part)  # (c, n_t) ascending, per block
             # relevant items per relevance and block; their scores and the best of them
             scores, valid, best = {}, {}, {}
             for rel in relevances:
@@ -385,7 +144,7 @@ def per_query_metrics(
                         ok = ok & (idx != rows[:, None])  # the query is not its own relevant item
                     sc = part[t].gather(1, idx) if idx.shape[1] else part[t].new_zeros(idx.shape)
                     scores[rel, t], valid[rel, t] = sc, ok
-                    best[rel, t] = _masked_max(sc, ok)
+                    best[rel, t] = masked_max(sc, ok)
                 if do_any:
                     scores[rel, "any"] = torch.cat([scores[rel, t] for t in singles], 1)
                     valid[rel, "any"] = torch.cat([valid[rel, t] for t in singles], 1)
@@ -408,7 +167,7 @@ def per_query_metrics(
                         segs.append(("above", rel, b))
                 vals = [scores[r, t] if kind == "ge" else torch.nextafter(best[r, t], torch.tensor(float("inf"), device=device))
                         for kind, r, t in segs]
-                counts = torch.split(_count_at_least(srt[b], torch.cat(vals, 1)), [v.shape[1] for v in vals], dim=1)
+                counts = torch.split(count_at_least(srt[b], torch.cat(vals, 1)), [v.shape[1] for v in vals], dim=1)
                 for (kind, r, t), cnt in zip(segs, counts):
                     store = ge if kind == "ge" else above
                     store[r, t, b] = cnt
@@ -419,13 +178,13 @@ def per_query_metrics(
                     else:  # a single-modality target: its columns of the Any entries
                         start = sum(scores[rel, s].shape[1] for s in singles[: singles.index(t)])
                         g = ge[rel, "any", t][:, start : start + scores[rel, t].shape[1]]
-                    acc[rel][t].append(_query_stats(g, valid[rel, t], above[rel, t, t][:, 0], map_r))
+                    acc[rel][t].append(query_stats(g, valid[rel, t], above[rel, t, t][:, 0], map_r))
                 if do_any:
                     g = sum(ge[rel, "any", b] for b in singles)
                     a = sum(above[rel, "any", b] for b in singles)[:, 0]
                     ax = sum(above[rel, "anyx", b] for b in singles)[:, 0]
-                    acc[rel]["any"].append(_query_stats(g, valid[rel, "any"], a, map_r)
-                                           + _query_stats(g, valid[rel, "anyx"], ax, map_r))
+                    acc[rel]["any"].append(query_stats(g, valid[rel, "any"], a, map_r)
+                                           + query_stats(g, valid[rel, "anyx"], ax, map_r))
         for rel in relevances:
             for t, parts in acc[rel].items():
                 keys = STAT_KEYS + (tuple(f"x_{k}" for k in STAT_KEYS) if t == "any" else ())
@@ -457,7 +216,7 @@ def summarise(per_query: Mapping[str, np.ndarray], ks=(1, 5, 10), map_r: int = 5
     """Means over queries of one gallery: ``R@K``, ``xR@K``, ``mAP@R``, ``mAP``, ``MedR``, ``MeanR``.
 
     ``xR@K`` (the cross-modal recall that reproduces paper 000's -> Any tables) equals ``R@K``
-    for a pair; for ``-> Any`` it counts only hits of another modality (module docstring).
+    for a pair; for ``-> Any`` it counts only hits of another modality (docs/notes/eval.md).
     Metrics are ``None`` when no query counts (empty split, no relevant item anywhere).
     """
     if no_relevant not in NO_RELEVANT:
@@ -503,6 +262,53 @@ def retrieval_metrics(
     return {rel: {key: summarise(v, ks, map_r, no_relevant) for key, v in d.items()} for rel, d in per.items()}
 
 
+def mean_average_precision(similarity, query_labels, gallery_labels, k: int | None = None,
+                           no_relevant: str = "exclude", chunk_bytes: int = 256 << 20) -> float:
+    """mAP@k (paper 002 eq. 7) or, with ``k=None``, full mAP of a (queries x gallery) similarity.
+
+    A gallery item is relevant to a query when their labels are equal (an empty string label
+    matches nothing). ``AP@k = 1/N * sum_{r<=k} P(r) rel(r)`` with ``N`` the relevant items in
+    the top ``k`` (0 when there is none); full AP divides by all relevant items. Ties are
+    pessimistic: among equal scores, irrelevant items rank before relevant ones, so a constant
+    similarity scores the base rate, never 1. Queries with no relevant item in the gallery are
+    left out of the mean (``no_relevant="exclude"``) or count as AP 0 (``"miss"``); NaN when no
+    query counts. The same numbers as ``summarise(...)["mAP@k"]`` / ``["mAP"]`` of a pair.
+    """
+    import torch
+
+    if no_relevant not in NO_RELEVANT:
+        raise ValueError(f"unknown no_relevant policy {no_relevant!r}; known: {', '.join(NO_RELEVANT)}")
+    if k is not None and k < 1:
+        raise ValueError(f"k must be a positive integer or None, got {k}")
+    sims = torch.as_tensor(similarity).detach()
+    if sims.ndim != 2:
+        raise ValueError(f"similarity must be 2-D (queries, gallery), got shape {tuple(sims.shape)}")
+    sims = sims.float().contiguous()  # compared in float32, as the embeddings of a run are
+    labels = [np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x) for x in (query_labels, gallery_labels)]
+    if [len(x) for x in labels] != list(sims.shape):
+        raise ValueError(f"{len(labels[0])} query and {len(labels[1])} gallery labels for a similarity of shape {tuple(sims.shape)}")
+    qcodes, gcodes = codes_of(labels)
+    n_codes = max([int(c.max()) + 1 for c in (qcodes, gcodes) if len(c)] + [0])
+    index = Index.build(gcodes, n_codes, sims.device)
+    n_gallery = sims.shape[1]
+    step = chunk_rows(n_gallery, chunk_bytes)
+    aps = []
+    for lo in range(0, sims.shape[0], step):
+        part = sims[lo : lo + step]
+        idx, valid = index.lookup(torch.as_tensor(qcodes[lo : lo + len(part)], device=sims.device))
+        scores = part.gather(1, idx) if idx.shape[1] else part.new_zeros(idx.shape)
+        srt = sort_rows({"g": part})["g"]
+        ge = count_at_least(srt, scores)
+        best = masked_max(scores, valid)
+        above = count_at_least(srt, torch.nextafter(best, torch.tensor(float("inf"), dtype=best.dtype, device=best.device)))
+        _, ap_r, ap = query_stats(ge, valid, above[:, 0], k or max(1, n_gallery))[:3]
+        aps.append(ap if k is None else ap_r)
+    values = np.concatenate(aps) if aps else np.zeros(0)
+    has = ~np.isnan(values)
+    counted = int(has.sum()) if no_relevant == "exclude" else len(values)
+    return float(values[has].sum() / counted) if counted else math.nan
+
+
 # ----------------------------------------------------------------------------------------------
 # Brute-force reference: one query at a time, straight from the definitions (for tests).
 
@@ -539,7 +345,7 @@ def reference_metrics(data, relevance: str = "class", map_r: int = 50, any_galle
     items, by enumeration; ``-> Any`` also has ``x_rank`` and ``x_hit@K`` (hits of another
     modality only, the query's modality still in the gallery).
     """
-    key = _KEY_OF[relevance]
+    key = KEY_OF[relevance]
     names = sorted(data, key=name_order)
     emb = {}
     for n in names:

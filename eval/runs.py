@@ -15,9 +15,8 @@ Layout::
 (``audio+video``) whose rows are groups. Eval reads only this folder.
 
 The two checkpoints hold tensors plus JSON in the safetensors header and nothing else, so
-reading a run folder cannot run code (train/checkpoint.py). Run folders written before this
-format have pickled ``checkpoint.pt`` / ``last.pt`` instead; mmx refuses to load those (a
-pickle can run code) and says that the run predates the safe format.
+reading a run folder cannot run code (train/checkpoint.py); a pickled ``checkpoint.pt`` /
+``last.pt`` (the older format) is refused with a message that says so.
 """
 
 from __future__ import annotations

@@ -6,6 +6,7 @@ import torch
 
 from mmx.eval.metrics import (
     expected_hits,
+    mean_average_precision,
     pairs_of,
     parse_ks,
     per_query_metrics,
@@ -147,7 +148,7 @@ def test_zero_embeddings_tie_with_everything():
 
 
 def test_all_tied_recall_is_the_random_order_chance():
-    """Issue 13 item 6: all-tied embeddings gave R@10 = 0 (tie-averaged rank 50.5 > 10)."""
+    """Testing the tie-averaged rank (50.5) against K would give R@10 = 0; a random order gives 0.67."""
     n, classes = 100, 10
     labels = np.arange(n) % classes
     data = {"text": block(np.ones((n, 4)), labels), "image": block(np.ones((n, 4)), labels)}
@@ -227,13 +228,51 @@ def test_chunked_equals_dense_and_both_relevances_in_one_pass():
             for key in dense[rel]:
                 # ranks are integers: exact. APs are float64 sums whose order depends on the
                 # chunk shape and on torch's intra-op thread count (5.5e-17 apart at 16 threads
-                # on an H200 host, issue 12), so they agree to rounding, not bit for bit.
+                # on an H200 host), so they agree to rounding, not bit for bit.
                 np.testing.assert_array_equal(chunked[rel][key]["rank"], dense[rel][key]["rank"])
                 for m in ("ap_r", "ap"):
                     np.testing.assert_allclose(chunked[rel][key][m], dense[rel][key][m], rtol=0, atol=1e-12)
     alone = per_query_metrics(data, ["instance"], map_r=7)["instance"]
     for key in alone:
         np.testing.assert_allclose(alone[key]["ap"], dense["instance"][key]["ap"], rtol=0, atol=1e-12)  # as above
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_mean_average_precision_of_a_similarity_matrix(exact):
+    # one (queries x gallery) similarity, the numbers of the pair's summary row (ties included)
+    data = random_split(np.random.default_rng(3 if exact else 4), exact)
+    q, g = data["text"], data["image"]
+    sims = (q["emb"] / np.linalg.norm(q["emb"], axis=1, keepdims=True)) @ (g["emb"] / np.linalg.norm(g["emb"], axis=1, keepdims=True)).T
+    ref = reference_metrics({"text": q, "image": g}, map_r=5, any_gallery=False)[("text", "image")]
+    has = ~np.isnan(ref["ap"])
+    for k, col in ((5, "ap_r"), (None, "ap")):
+        got = mean_average_precision(sims, q["label"], g["label"], k=k)
+        assert got == pytest.approx(ref[col][has].mean(), abs=1e-9)
+        miss = mean_average_precision(torch.as_tensor(sims), q["label"], g["label"], k=k, no_relevant="miss")
+        assert miss == pytest.approx(ref[col][has].sum() / len(has), abs=1e-9)
+        chunked = mean_average_precision(sims, q["label"], g["label"], k=k, chunk_bytes=1)
+        assert chunked == pytest.approx(got, abs=1e-12)
+    if exact:
+        assert (sims[:, :, None] == sims[:, None, :]).sum() > sims.size  # ties really occur
+
+
+def test_mean_average_precision_by_hand_and_ties():
+    # gallery labels A B A; query A: scores 0.9 (B), 0.5 (A), 0.1 (A) -> relevant at 2 and 3
+    sims = np.array([[0.5, 0.9, 0.1]])
+    assert mean_average_precision(sims, ["A"], ["A", "B", "A"]) == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert mean_average_precision(sims, ["A"], ["A", "B", "A"], k=2) == pytest.approx(1 / 2)
+    assert mean_average_precision(sims, ["A"], ["A", "B", "A"], k=1) == 0.0
+    # all tied: pessimistic order (irrelevant first), the relevant item last of three
+    assert mean_average_precision(np.zeros((1, 3)), [1], [0, 0, 1]) == pytest.approx(1 / 3)
+    # a query whose label is absent: left out, or a miss; no query counted -> NaN
+    assert mean_average_precision(np.eye(2), ["a", "z"], ["a", "b"]) == 1.0
+    assert mean_average_precision(np.eye(2), ["a", "z"], ["a", "b"], no_relevant="miss") == 0.5
+    assert np.isnan(mean_average_precision(np.eye(2), ["y", "z"], ["a", "b"]))
+    assert np.isnan(mean_average_precision(np.zeros((0, 2)), [], ["a", "b"]))
+    with pytest.raises(ValueError, match="labels"):
+        mean_average_precision(np.eye(2), ["a"], ["a", "b"])
+    with pytest.raises(ValueError, match="no_relevant"):
+        mean_average_precision(np.eye(2), ["a", "b"], ["a", "b"], no_relevant="zero")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -245,6 +284,11 @@ def test_gpu_equals_cpu():
     for key in cpu:
         np.testing.assert_array_equal(cpu[key]["rank"], gpu[key]["rank"])
         np.testing.assert_allclose(cpu[key]["ap"], gpu[key]["ap"], equal_nan=True)
+    sims = torch.as_tensor(data["text"]["emb"]) @ torch.as_tensor(data["image"]["emb"]).T
+    labels = [torch.as_tensor(data[n]["label"].astype(int)) for n in ("text", "image")]
+    for k in (5, None):
+        on_cpu = mean_average_precision(sims, *labels, k=k)
+        assert mean_average_precision(sims.cuda(), *(x.cuda() for x in labels), k=k) == pytest.approx(on_cpu, abs=1e-12)
 
 
 # --------------------------------------------------------------------------- quick recall, errors
