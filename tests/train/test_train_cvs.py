@@ -181,7 +181,7 @@ def test_staged_resume_ends_bit_identical(cache, tmp_path, monkeypatch, strategy
     kw = {"options": {"classes_per_stage": 4}, "modalities": ["text", "image"]} if strategy == "stagewise" else {}
     full = loop.train(_cfg(cache, tmp_path / "a", strategy, epochs=2, patience=2, **kw))
 
-    save_last, calls = loop.save_last, []
+    save_last, calls = checkpoint.save_last, []
 
     def dying_save_last(*args, **kwargs):
         calls.append(1)
@@ -191,10 +191,10 @@ def test_staged_resume_ends_bit_identical(cache, tmp_path, monkeypatch, strategy
         if len(calls) == kill_at:
             raise Killed  # died right after it was written
 
-    monkeypatch.setattr(loop, "save_last", dying_save_last)
+    monkeypatch.setattr(checkpoint, "save_last", dying_save_last)
     with pytest.raises(Killed):
         loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw))
-    monkeypatch.setattr(loop, "save_last", save_last)
+    monkeypatch.setattr(checkpoint, "save_last", save_last)
     part = next((tmp_path / "b" / "runs").iterdir())
     resumed = loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw), resume=part)
 

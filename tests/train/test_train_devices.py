@@ -56,7 +56,7 @@ class Killed(Exception):
 
 def _killed_after_first_epoch(monkeypatch, cfg):
     """Run ``cfg`` and kill it right after the last checkpoint of its first epoch; its run folder."""
-    save_last, calls = loop.save_last, []
+    save_last, calls = checkpoint.save_last, []
 
     def dying(*args, **kwargs):
         save_last(*args, **kwargs)
@@ -64,10 +64,10 @@ def _killed_after_first_epoch(monkeypatch, cfg):
         if len(calls) == 2:  # the first is written on entering stage 1, the second after its epoch 1
             raise Killed
 
-    monkeypatch.setattr(loop, "save_last", dying)
+    monkeypatch.setattr(checkpoint, "save_last", dying)
     with pytest.raises(Killed):
         loop.train(cfg)
-    monkeypatch.setattr(loop, "save_last", save_last)
+    monkeypatch.setattr(checkpoint, "save_last", save_last)
     return next(Path(cfg.out).iterdir())
 
 
