@@ -1,4 +1,4 @@
-"""Training is not host-bound (issue 12 item 4): no host synchronisation inside a step.
+"""Training is not host-bound: no host synchronisation inside a step.
 
 On CUDA a step that reads a value of a device tensor (``.item()``, ``bool(t)``, ``.tolist()``,
 a boolean-mask index, ``nonzero``) or copies a host array with a plain ``torch.as_tensor``

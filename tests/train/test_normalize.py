@@ -1,4 +1,4 @@
-"""Normalisation between the cache and the heads (issue 16 items 1-3, train/normalize.py)."""
+"""Normalisation between the cache and the heads (train/normalize.py)."""
 
 import json
 from pathlib import Path
@@ -39,7 +39,7 @@ def decibel_like(cache, class_signal=0.7, seed=0):
 
     A common offset of -54 dB and a spread of 12 dB per dimension (RMS row norm ~320 against
     ~4 for the image features), with a class signal weaker than the within-class variation:
-    a third of the variance lies between classes (issue 16 measured 13% on real recordings).
+    a third of the variance lies between classes (13% was measured on real recordings).
     """
     data = load_train_data(str(cache), "synthetic", MODS, [], holdout=Holdout())  # train, a val slice, test
     rng = np.random.default_rng(seed)
@@ -76,7 +76,7 @@ def _audio_scores(run):
 
 @pytest.mark.parametrize("strategy", ["cvs", "rvs", "mcvs"])
 def test_cvs_family_collapses_on_raw_decibels_and_learns_by_default(cache, tmp_path, strategy):
-    """Issue 16 item 3: on today's main (no normalisation) audio->image stays near chance."""
+    """Without normalisation audio->image stays near chance; the default learns."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", normalize.FeatureScaleWarning)
         raw = loop.train(_cfg(cache, tmp_path, strategy, normalize="none"), data=decibel_like(cache))

@@ -1,4 +1,4 @@
-"""Issue 13 items 1-2: the held-out split, the monitored signal, and what the test split may not do."""
+"""The held-out split, the monitored signal, and what the test split may not do."""
 
 import dataclasses
 import json

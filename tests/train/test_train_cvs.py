@@ -218,7 +218,7 @@ def test_resume_refuses_a_different_stage_plan(cache, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["cvs", "mcvs", "rvs"])
 def test_train_as_served_trains_on_the_served_embeddings(cache, tmp_path, strategy, monkeypatch):
-    """Issue 13 item 8: with train_as_served the loss sees exactly what embed() serves."""
+    """With train_as_served the loss sees exactly what embed() serves."""
     from mmx.train.data import load_train_data
     from mmx.cache.modality import Modality
     import mmx.train.strategies.cvs as cvs
@@ -252,6 +252,6 @@ def test_train_as_served_trains_on_the_served_embeddings(cache, tmp_path, strate
     {"attention_softmax": "batch"},
 ])
 def test_attention_readings_train(cache, tmp_path, options):
-    """Issue 13 item 7: every reading of eq. 3-6 trains end to end."""
+    """Every reading of eq. 3-6 trains end to end."""
     run = loop.train(_cfg(cache, tmp_path, "cvs", options=options))
     assert mean_map(run, MODS) > 0.6

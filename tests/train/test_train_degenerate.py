@@ -1,6 +1,6 @@
-"""Degenerate input and what a run says before its first step (issue 11 item 11, issue 15 items 5-7).
+"""Degenerate input and what a run says before its first step.
 
-Each case here trained without a word before: a batch of 0, one class, perfect figures on
+Each case here would otherwise train without a word: a batch of 0, one class, perfect figures on
 a held-out split of a few items, an ambiguous store with an error naming a missing option.
 """
 
