@@ -27,9 +27,10 @@ from pathlib import Path
 CHILD = """
 import json, sys, time
 import mmx.train.loop as loop
+import mmx.train.optim as optim
 if {before!r}:
     import torch
-    loop.AdamW = torch.optim.AdamW
+    optim.AdamW = torch.optim.AdamW
 def first_step(self, *a, **k):
     print("FIRST_STEP", time.time(), flush=True)
     raise SystemExit(0)

@@ -28,7 +28,8 @@ from mmx.cache.modality import Modality
 from mmx.train import graphs
 from mmx.train.config import TrainConfig
 from mmx.train.data import load_train_data
-from mmx.train.loop import Runner, make_optimiser
+from mmx.train.loop import Runner
+from mmx.train.optim import make_optimiser
 from mmx.train.strategies import get_strategy
 
 ORDER = ["image", "text", "video", "audio"]  # paper 002 stage order

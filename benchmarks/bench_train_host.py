@@ -64,11 +64,12 @@ class Bench:
         import torch
 
         from mmx.train.config import TrainConfig
-        from mmx.train.loop import Runner, make_optimiser
+        from mmx.train.loop import Runner
+        from mmx.train.optim import make_optimiser
         from mmx.train.strategies import get_strategy
 
         cls = get_strategy(strategy)
-        embed = TINY if width == "tiny" else cls.defaults.get("embed_dim", 256)
+        embed = TINY if width == "tiny" else cls.paper_settings.get("embed_dim", 256)
         cfg = TrainConfig(strategy=strategy, modalities=MODALITIES, embed_dim=embed, batch_size=128, holdout="test",
                           alignment="class", device=str(device), out=str(out))
         self.strategy = cls(cfg, data, device)
@@ -109,7 +110,7 @@ class Bench:
         return self._timed(lambda: self.runner.held_out_loss(epoch))
 
     def recall_ms(self) -> float:
-        from mmx.train.loop import QUICK_ROWS, quick_recall
+        from mmx.train.monitor import QUICK_ROWS, quick_recall
 
         return self._timed(lambda: quick_recall(self.strategy, self.model, self.runner.hold, cap=QUICK_ROWS))
 

@@ -1,21 +1,10 @@
 """Embedding new media into a trained space (``mmx embed``, ``mmx search``).
 
-A query goes the way the run's own items went, so its embedding is comparable with the
-run's gallery:
-
-1. the **backbone and preprocessing of the store the run trained on**, rebuilt from that
-   store's metadata (:func:`encoder_for`; a rebuilt encoder whose metadata differs from the
-   store's is refused, so a mismatch cannot slip through);
-2. the store's precision (features are stored as float16; the query is rounded the same way),
-   then the run's own normalisation (``normalizer.json``, :mod:`mmx.train.normalize`);
-3. the run's model with its kept weights (``checkpoint.safetensors``) through the
-   **strategy's own** ``embed`` (:meth:`Space.embed_features`), so nothing of a model's
-   forward pass is duplicated here and whatever a strategy does at embedding time (CVS's
-   inference partner, EAO's token path) applies to queries too.
-
-Building the strategy needs the run's training data (dimensions, class count, token lengths
-for positional tables), so :func:`open_space` loads the run's cache once; queries then cost
-one backbone pass and one head pass.
+:func:`open_space` rebuilds a run through :func:`mmx.train.prepare.open_trained` (the path
+training takes: its config, data, normalisation, strategy and kept weights); a query then goes
+the way the run's items went: the store's backbone and preprocessing rebuilt from its
+metadata (:func:`encoder_for`), the store's precision, the run's normalisation, and the
+strategy's own ``embed`` (:meth:`Space.embed_features`), so it is comparable with the gallery.
 """
 
 from __future__ import annotations
@@ -64,33 +53,10 @@ class Space:
 
 def open_space(run: str | Path, device: str = "cpu") -> Space:
     """Load run ``run``: its config, the cache it trained on, its model with the kept weights."""
-    from mmx.train import checkpoint, normalize
-    from mmx.train import config as config_mod
-    from mmx.train.data import Holdout, load_train_data
-    from mmx.train.loop import resolve_device
-    from mmx.train.strategies import get_strategy
+    from mmx.train.prepare import open_trained
 
-    run = Path(run)
-    for need in ("config.yaml", checkpoint.BEST):
-        if not (run / need).is_file():
-            raise FileNotFoundError(f"{run}: no {need}; is this a finished run folder of 'mmx train'?")
-    cfg = config_mod.load(run / "config.yaml")
-    dev = resolve_device(device)
-    strategy_cls = get_strategy(cfg.strategy)
-    mods = [Modality.parse(m) for m in cfg.modalities]
-    data = load_train_data(cfg.cache, cfg.dataset, mods, [], cfg.backbones, tokens=strategy_cls.needs_tokens,
-                           need_labels=False, need_groups=False, device=dev,
-                           holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed), picks=cfg.stores)
-    norm = normalize.load(run)
-    data = norm.apply_data(data)  # as training saw it
-    strategy = strategy_cls(cfg, data, dev)
-    model = strategy.build_model().to(dev)
-    stages = strategy.stages() if hasattr(strategy, "stages") else []
-    if stages:  # the run ended in its last stage; embed as it did
-        strategy.begin_stage(model, stages[-1])
-    model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
-    model.eval()
-    return Space(run, cfg, strategy, model, data, dev, norm)
+    prep = open_trained(run, device)
+    return Space(Path(run), prep.cfg, prep.strategy, prep.model, prep.data, prep.device, prep.norm)
 
 
 def store_for(space: Space, modality: Modality):

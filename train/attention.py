@@ -6,38 +6,8 @@ Two inputs ``g_i`` and ``g_s`` (both ``(B, D)``, the outputs of two modality hea
     a_s   = softmax(W_e t)            over the feature axis          # (B, D), rows sum to 1
     g_i'  = l2norm(g_i + a_i * g_i);  g_s' = l2norm(g_s + a_s * g_s)
 
-Readings (where the papers are silent or disagree):
-
-* Inner width. Thesis 3.1-C says ``e_is`` "is the same dimension as the CVS dimension" and
-  the sum in eq. 3.1.12 runs over its elements, so the softmax is over the feature axis
-  (not over the batch) and ``W_e`` maps D -> D. The width inside the tanh is unstated; we
-  use D as well, so every matrix is D x D.
-* Bias. Paper 002 eq. 3 has ``+ b``; thesis eq. 3.1.11 omits it. We keep one bias vector
-  inside the tanh (eq. 3), and none on ``W_e`` (a bias there would be a per-feature prior
-  on the attention that does not depend on the inputs).
-* ``g_i . g_s`` is the element-wise product (thesis 3.1-C: "the element-wise product").
-* One attention vector for both sides (eq. 5-6 use the same ``alpha_is``), except in RVS
-  (thesis 3.3-A, eq. 3.3.1-3.3.6) where ``W_e`` is split into ``W_ie`` for the reference
-  side and ``W_se`` for the other side. Here ``w_e`` is ``W_se`` and the reference
-  weight ``W_ie`` is passed in (``w_ie``), because RVS shares one ``W_ie`` across blocks and
-  freezes it after stage 1; with ``w_ie=None`` both sides use ``w_e`` (CVS, M-CVS).
-* L2 normalisation after the residual (paper 002 after eq. 6; thesis: "L2 normalized at
-  the output stage").
-* Ablation (thesis 5.2-A, Fig. 25): ``use_wi``, ``use_ws``, ``use_wis`` drop the term of
-  ``W_i``, ``W_s`` or ``W_is`` from the tanh argument. Dropping all three is the thesis's
-  attention-off baseline (Tables 5-7: the common space without aligned attention): the block
-  then has no weights and returns ``l2norm(g_i), l2norm(g_s)`` (an input-independent
-  ``softmax(W_e tanh(b))`` would be a learned constant feature weighting, not attention).
-
-Other readings of eq. 3-6, as options (issue 13 item 7: with the softmax over D = 512
-features, alpha is about 1/512, so ``g + alpha * g`` barely differs from ``g``):
-
-* ``temperature="learned"``: ``softmax(W_e t / T)`` with a learned ``T = exp(s)``, ``s = 0`` at
-  the start, so the attention can sharpen (alpha up to 1 on one feature) or flatten.
-* ``softmax="batch"``: the softmax of eq. 4 runs over the batch axis (each feature's weights
-  sum to 1 over the items of the batch) instead of the feature axis. Then an item's
-  embedding depends on the other items it is embedded with: at inference, those of its chunk
-  (``CommonSpaceStrategy.embed``), which is this reading's price.
+``use_wi/ws/wis`` are the thesis's ablation switches (5.2-A); ``temperature`` and ``softmax``
+are other readings of eq. 3-6. The readings where the papers are silent: docs/notes/train.md.
 """
 
 from __future__ import annotations

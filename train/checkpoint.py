@@ -1,25 +1,19 @@
-"""Checkpoints that cannot run code: tensors in safetensors, everything else as JSON in its header.
+"""Checkpoints that cannot run code, and what a run records in them for ``--resume``.
 
-A pickle (``torch.save``) runs whatever its bytes name when loaded, so a run folder that
-someone hands over (or a disk that flips bits) could execute code on ``--resume`` or
-``--from``. Here a checkpoint is one ``.safetensors`` file: every tensor (weights, optimiser
-moments, RNG states) under a flat key, and the rest of the state (config, progress, the
-optimiser's and schedule's scalars) as JSON in the header's ``__metadata__``. Loading parses
-a JSON header and copies raw bytes into tensors; nothing is imported or called.
-
-Why one file and not a ``.json`` beside the tensors: one ``os.replace`` writes both at once,
-so a process killed between two renames can never leave weights of epoch 5 with the
-progress of epoch 4 (the resume tests kill the run at every save).
-
-Tensors are always saved and loaded on the CPU; callers move weights into the model (whose
-``load_state_dict`` copies to the model's device) and RNG states go back via
-:func:`restore_rng`, which hands ``torch.cuda`` CPU byte tensors as it requires.
+:func:`save` / :func:`load`: one ``.safetensors`` file, every tensor under a flat key and the
+rest of the state as JSON in its header, so loading never unpickles (a pickle can run code)
+and one ``os.replace`` writes weights and progress together. Tensors are saved and loaded on
+the CPU. :func:`save_best` and :func:`save_last` write a run's ``checkpoint.safetensors`` and
+``last.safetensors``; :class:`Progress` is where a run stands, and :func:`resume_progress` /
+:func:`restore` bring a run back to it. Why the format is so: docs/notes/train.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +136,76 @@ def _decode(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if "$tuple" in obj:
         return tuple(_decode(v, tensors) for v in obj["$tuple"])
     return {k: _decode(v, tensors) for k, v in obj.items()}
+
+
+# -- what a run records ----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run stands after an epoch: what ``last.safetensors`` records and ``resume`` restores.
+
+    A strategy's stage state must follow from ``begin_stage(model, stage)`` alone (which
+    parameters train, which blocks the loss uses), so the stage index is all a resume needs
+    to re-enter it; the weights, optimiser and schedule come from ``last.safetensors``.
+    """
+
+    stage: int = 0  # index into the strategy's stages (0 for single-stage strategies)
+    stage_name: str = ""  # its name, to refuse a resume whose config plans other stages
+    epoch: int = 0  # last finished epoch of that stage (0: the stage was just entered)
+    best: float = math.inf  # the stage's best monitored score so far (lower is better: metrics negated)
+    best_epoch: int = 0
+    stale: int = 0  # epochs since ``best`` last improved by more than the tolerance
+    stop_reason: str = "max_epochs"
+    metrics_lines: int = 0  # lines of metrics.jsonl written when this was recorded
+    untrained: dict = dataclasses.field(default_factory=dict)  # quick recall before the first step
+
+
+def stage_name(stage) -> str:
+    return "" if stage is None else str(stage.name)
+
+
+def save_best(path: Path, model, epoch: int, cfg) -> None:
+    """The best weights so far (what ``--from`` and the end of a stage load); no optimiser, resume uses the last."""
+    save(path, {"model": model.state_dict(), "epoch": epoch, "config": cfg.to_dict()})
+
+
+def save_last(path: Path, model, opt, sched, cfg, progress: Progress) -> None:
+    """Everything ``resume`` needs to continue after ``progress`` (stage, epoch) as if never stopped."""
+    save(path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                "epoch": progress.epoch, "config": cfg.to_dict(), "rng": rng_state(),
+                "progress": dataclasses.asdict(progress)})
+
+
+def resume_progress(run: Path, stages: list) -> tuple[Progress, dict]:
+    """The :class:`Progress` and state of ``run``'s ``last.safetensors``, checked against this
+    config's ``stages``; ``metrics.jsonl`` is cut back to the lines recorded with it (lines of an
+    epoch or a stage end that was cut off are redone)."""
+    from mmx.eval import runs
+
+    last = run / LAST
+    state = load(last)
+    try:
+        progress = Progress(**state["progress"])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"{last}: no valid progress record ({exc}); train again") from None
+    if not 0 <= progress.stage < len(stages):
+        raise ValueError(f"{last}: stage {progress.stage + 1} recorded, but this config has {len(stages)} stage(s)")
+    if progress.stage_name != stage_name(stages[progress.stage]):
+        raise ValueError(f"{last}: stage {progress.stage + 1} is {progress.stage_name!r} there, "
+                         f"but {stage_name(stages[progress.stage])!r} in this config (changed the stages on resume?)")
+    kept = runs.read_jsonl(run / "metrics.jsonl")[: progress.metrics_lines]
+    atomic_write_bytes(run / "metrics.jsonl", "".join(json.dumps(r, default=str) + "\n" for r in kept).encode())
+    return progress, state
+
+
+def restore(state: dict, path: Path, model, opt, sched) -> None:
+    """Weights, optimiser, schedule and RNG from a loaded ``last.safetensors`` (``path`` names it in errors)."""
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        restore_rng(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: the checkpoint does not fit the model of this config "
+                         f"(changed a model setting on resume?): {str(exc).splitlines()[0]}") from None

@@ -54,17 +54,25 @@ def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
             "every class has one item per modality in the train split, so labels act as item ids (pairs): "
             "nothing generalises across items of a class. If that is not meant, check the label column")
     hold = data.splits[cfg.holdout]
-    for m in hold.modalities:
-        n = len(hold.features[m])
-        if n < SMALL_HOLDOUT:
-            warn.append(
-                f"the {cfg.holdout} split has only {n} {m.value} item(s): chance Recall@10 is {min(1.0, 10 / n):.2f}, "
-                f"so its figures and early stopping mean little (give it {SMALL_HOLDOUT}+ items per modality)")
+    if small := small_holdout(cfg, hold):
+        warn.append(small)
     hold_keys, _ = _units(hold, hold.modalities, cfg.alignment)
     if len(_shared(hold_keys, blank)) < 2:
         warn.append(f"the {cfg.holdout} split has fewer than 2 {PLURAL[unit]} shared between modalities: "
                     f"its retrieval figures are 1.0 or n/a by construction")
     return refuse, warn
+
+
+def small_holdout(cfg: TrainConfig, hold) -> str | None:
+    """One caution naming every modality of the held-out split with fewer than
+    :data:`SMALL_HOLDOUT` items, or None."""
+    small = [(m.value, len(hold.features[m])) for m in hold.modalities if len(hold.features[m]) < SMALL_HOLDOUT]
+    if not small:
+        return None
+    chance = sorted({min(1.0, 10 / n) if n else 1.0 for _, n in small})
+    said = f"{chance[0]:.2f}" if len(chance) == 1 else f"{chance[0]:.2f} to {chance[-1]:.2f}"
+    return (f"the {cfg.holdout} split has only {', '.join(f'{n} {m}' for m, n in small)} item(s): chance Recall@10 is "
+            f"{said}, so its figures and early stopping mean little (give it {SMALL_HOLDOUT}+ items per modality)")
 
 
 def effective_batch(cfg: TrainConfig, data) -> str:

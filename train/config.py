@@ -172,7 +172,7 @@ def resolve(presets: list[str] = (), overrides: dict | None = None, sets: list[s
     <- ``key=value`` strings.
 
     The strategy is the one the layers above name last (``joint`` when none does); its
-    ``defaults`` (the paper's settings, train/strategies) sit under every preset, so a preset
+    ``paper_settings`` (train/strategies) sit under every preset, so a preset
     only names a variant and ``mmx train --strategy rvs`` alone is paper 004's RVS.
     """
     layers = [load_yaml(p)[::-1] for p in presets]
@@ -193,14 +193,14 @@ def resolve(presets: list[str] = (), overrides: dict | None = None, sets: list[s
         return cfg
 
     strategy = apply(TrainConfig()).strategy
-    return apply(merge(TrainConfig(), strategy_defaults(strategy), f"strategy {strategy!r} defaults"))
+    return apply(merge(TrainConfig(), paper_settings(strategy), f"strategy {strategy!r} defaults"))
 
 
-def strategy_defaults(name: str) -> dict:
-    """The paper settings of strategy ``name`` (its class's ``defaults``)."""
+def paper_settings(name: str) -> dict:
+    """The paper settings of strategy ``name`` (its class's ``paper_settings``)."""
     from mmx.train.strategies import get_strategy
 
-    return dict(get_strategy(name).defaults)
+    return dict(get_strategy(name).paper_settings)
 
 
 def save(cfg: TrainConfig, path: Path) -> None:

@@ -1,14 +1,9 @@
-"""Loading cached features into memory once, the held-out splits, and the checks that run before any step.
+"""Loading cached features into memory once, and the held-out splits.
 
-Held-out splits (issue 13 item 1; issue 15 item 2). The test split chooses nothing: early
-stopping and the kept weights follow a *validation* split, the store's ``val`` items when
-every modality has some, else a seeded slice of ``train`` (:class:`Holdout`). A store with
-no split at all (a manifest without a ``split`` column) gets a seeded test split too. Both
-slices are stratified: an item with a group goes with its whole group (every modality of a
-clip lands in one split, so nothing leaks between them), drawn per class of the group; an
-item without a group is drawn per (modality, class). Papers 000-004 fix their splits by the
-benchmark and say nothing on validation; a stratified 10% slice of train (20% for a missing
-test split) is our choice, recorded in the run (``splits.json``: seed, fraction and ids).
+:func:`load_train_data` gives a :class:`TrainData` (one :class:`SplitData` per split). The
+held-out split follows :class:`Holdout`: the store's ``val`` items, else a seeded stratified
+slice of ``train`` (and of a store with no split at all, a test slice too), recorded in the
+run's ``splits.json``. Why these slices: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -170,7 +165,7 @@ def load_train_data(
 
     ``tokens``: the strategy needs token sequences (EAO). A store with pooled features only
     (pre-extracted benchmarks ship nothing else) is then viewed as one-token sequences: item
-    ``i``'s sequence is its pooled vector alone (issue 13 item 9), and the modality is listed
+    ``i``'s sequence is its pooled vector alone, and the modality is listed
     in ``TrainData.pooled_as_tokens`` so the run can say so. Stores with tokens load them.
     """
     import torch

@@ -57,7 +57,8 @@ def extension_config(run: str | Path, add: list[str], overrides: dict | None = N
 
 
 def warm_start(model, path: str | Path) -> set[str]:
-    """Load every tensor of the checkpoint at ``path`` into ``model`` and freeze it; return the names loaded.
+    """Load every tensor of the checkpoint at ``path`` into ``model`` and freeze it; return the names
+    loaded (``Strategy.warm_start`` keeps them, so that stages which set what trains leave them frozen).
 
     Raises listing every problem when the checkpoint does not fit the new model (a tensor
     the model lacks, or a different shape, e.g. when the class set changed).
@@ -75,5 +76,4 @@ def warm_start(model, path: str | Path) -> set[str]:
     for name, p in model.named_parameters():
         if name in loaded:
             p.requires_grad_(False)
-    model.extension_frozen = loaded  # strategies that set requires_grad per stage respect this
     return loaded

@@ -1,62 +1,12 @@
 """The Everything-at-Once fusion model (Shvetsova et al., paper 001, Sec. 3.2).
 
-* Token creation (3.2.1, 4.1 "Projections"): per modality a gated linear projection
-  (Miech et al.'s gated embedding unit [36]) into a common token space, then a per-modality
-  LayerNorm.
-* Fusion transformer (3.2.3): pre-norm blocks (LN -> multi-head self-attention -> residual,
-  LN -> MLP -> residual) shared by all modalities, run over the concatenated tokens of any
-  subset; no positional or type embeddings (3.2.2); padding is masked out of the keys.
-  A modality a row lacks is replaced by one learned token (the reference code's masking
-  token, one for all modalities), so no row ever attends to nothing.
-* Projection (3.2.4): per-modality masked mean of the output tokens, a per-modality gated
-  projection to the joint space, L2 normalisation, and the fused embedding of a subset,
-  eq. 1: ``f(v, a) = norm(norm(g_v(v^va)) + norm(g_a(a^va)))``.
-
-Where the paper is silent, the reference code (ninatu/everything_at_once) decides, and each
-difference from it is a constructor argument with the reference as default:
-
-* ``final_norm`` (default off): the reference builds a final LayerNorm but never applies it.
-* ``init`` = ``vit`` (default): the fusion transformer's linear layers get ViT's truncated
-  normal (std 0.02, zero bias), the masking, [cls] and positional tokens truncated normal
-  std 0.02; the token and final projections keep PyTorch's default, as in the reference.
-  As in ViT/timm the cut-offs are the absolute +-2, i.e. +-100 std: in effect N(0, 0.02).
-  ``torch``: PyTorch's default everywhere.
-* LayerNorms use eps 1e-6 (the reference's), attention has a qkv bias, MLP dropout and
-  attention dropout are both ``dropout`` (the reference's ``drop_rate``/``attn_drop_rate``,
-  both 0 in every config it ships).
-* Positional embeddings (Table 6, ``max_positions`` > 0): one learned table per modality,
-  added after an absent modality became the masking token (the reference adds them "after
-  masking"), so the masking token of a row gets position 0.
-
-Ablations (Tables 4-6): ``fusion`` = ``shared`` (the paper), ``separate`` (one transformer per
-modality, Table 4 row 2) or ``none`` (no transformer, row 1; then subsets are fused only by
-eq. 1, i.e. the paper's ``v + a``); ``cls_token`` (a learned [cls] token prepended to the
-sequence whose output, through the shared projection, is the embedding, Table 5);
-``shared_projection`` (one final projection for all modalities, Table 5).
-
-Speed (issue 12 item 4). A training step needs the embeddings of every subset the loss uses
-(six for text, video, audio). :meth:`EverythingAtOnce.embed_subsets` computes the shared work
-once and runs the subsets together:
-
-* each modality's tokens are projected once per batch, and only the real tokens (padding is
-  never projected, normed or fed to an MLP): tokens live in a *packed* layout (one row per
-  real token) for every per-token operation;
-* the first block's LayerNorm and query/key/value projection act on a token before it has
-  seen any other token, so they are the same in every subset: they are computed once per
-  token, not once per (token, subset), and so are the attention scores of each pair of a
-  row's tokens; every subset's queries then attend at once over one key table per row
-  (:class:`SharedKeys`), the rest of the block in the packed layout;
-* the last block's ``fc2`` is linear and only its pooled mean is used (eq. 1 pools the
-  output tokens), so it runs on the pooled rows (9 per row for the paper's six subsets)
-  instead of on every (subset, token) row (27 at 3 tokens per modality);
-* later blocks (depth > 1) run the subsets of one size as one padded attention batch, and
-  each modality's final projection is one call over all subsets that contain it;
-* every index of the pass (real tokens, key tables, layouts, pooling segments) is built with
-  numpy from host masks the training strategy already has, and copied to the device without
-  waiting (pinned, non-blocking), so a CUDA step never waits for the device.
-
-This is the same function as running each subset on its own (tested against a direct
-per-subset implementation of the reference's equations), with fewer, larger operations.
+:class:`EverythingAtOnce`: per-modality gated token projections (3.2.1), a fusion transformer
+shared by all modalities over the tokens of any subset (3.2.3), and per-modality pooled
+projections fused by eq. 1 (3.2.4). Where the paper is silent the reference code decides,
+each difference a constructor argument (``final_norm``, ``init``, ``max_positions``); the
+ablations of Tables 4-6 are ``fusion``, ``cls_token`` and ``shared_projection``.
+:meth:`EverythingAtOnce.embed_subsets` computes every subset of a training step in one pass
+over shared work. Readings and how the shared pass works: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -365,7 +315,7 @@ class EverythingAtOnce(nn.Module):
 
         Which tokens are real is read from the host copy of the masks when the caller gives it
         (the training strategy does: it knows the lengths), else from the device once: on CUDA
-        that read waits for the device, and nothing else in the pass does (issue 12 item 4)."""
+        that read waits for the device, and nothing else in the pass does."""
         xs, rows, cols, mods, present = [], [], [], [], {}
         batch = None
         for k, m in enumerate(modalities):

@@ -1,32 +1,10 @@
 """Training steps replayed from CUDA graphs (``cuda_graphs: true``, ``mmx train --cuda-graphs``).
 
-Why (issue 12 item 4): a step of paper 000's heads (or of the CVS family's heads and attention
-blocks) is a few hundred small kernels, and on a GPU
-the host's time to launch them, not the GPU, sets the pace (about 8 ms a step for four 256-d
-heads on an H200 before issue 12, where the kernels need a fraction of that). A CUDA graph
-records the kernels of one whole step (forward, loss, backward and the fused AdamW update)
-once and launches them again with one call; between steps only the contents of the step's
-input tensors change, copied into the graph's own ("static") inputs before each replay:
-PyTorch's whole-network capture (``torch.cuda.graphs``), under these rules:
-
-* one graph per batch *signature* (the batch's structure, every tensor's shape and dtype): the
-  last, smaller batch of a pass and each pair of round-robin get their own;
-* a batch that holds anything but tensors (host masks of absent rows, which shape the step)
-  runs eagerly, and so does every step of a strategy that does not declare ``graphable``;
-* the first ``WARMUP`` steps of a signature run eagerly, on a side stream on CUDA (cuBLAS and
-  autograd set themselves up there, as capture requires); they are real steps of the pass;
-* capture records and does not run, so the batch it was captured with is then replayed;
-* the optimiser must be the fused AdamW (mmx's, ``train.loop.make_optimiser``): its learning
-  rate, a float, is recorded into the graph, so a run keeps its :class:`StepGraphs` from pass to
-  pass only while the rate stays (paper 000's and the CVS family's settings: no decay); a pass
-  after the schedule moved it captures anew (``train.loop.Runner.graphed_steps``);
-* autocast runs without its cast cache inside the graph (``cache_enabled=False``), as capture
-  requires.
-
-A replay runs the very kernels of the eager step, so without dropout a run with graphs trains
-like an eager one (``tests/train/test_graphs.py``; on a GPU, ``-m gpu``). Dropout's draws come
-from the graph's own generator offsets: the same distribution, other masks, and such a run's
-``--resume`` is not bit-identical.
+A step of small heads is a few hundred small kernels whose launches, not the GPU, set the
+pace; a CUDA graph launches a whole recorded step (forward, loss, backward, fused AdamW) with
+one call. :class:`StepGraphs` keeps one graph per batch signature; :func:`reason_not` says
+why a run cannot use them. Without dropout a graphed run trains like an eager one. The
+capture rules: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -89,7 +67,7 @@ class StepGraphs:
 
     def __init__(self, eager: Callable, step: Callable, opt, capture=None, warm=None):
         if not all(group.get("fused") for group in opt.param_groups):
-            raise ValueError("CUDA graphs need the fused AdamW (train.loop.make_optimiser)")
+            raise ValueError("CUDA graphs need the fused AdamW (train.optim.make_optimiser)")
         self.eager, self.step, self.opt = eager, step, opt
         self.capture, self.warm = capture or cuda_capture, warm or side_stream
         self.graphs: dict = {}  # signature -> Graph, or the count of its warm-up steps so far

@@ -41,7 +41,7 @@ def multi_positive_nce(logits: torch.Tensor, positive: torch.Tensor) -> torch.Te
     pos = positive.to(logp.dtype)
     n = pos.sum(1)
     keep = (n > 0).to(logp.dtype)
-    # the mean over rows with a positive, as sums over all rows: no host sync on the count (issue 12 item 4)
+    # the mean over rows with a positive, as sums over all rows: no host sync on the count
     per_row = -(logp * pos).sum(1) / n.clamp_min(1)
     return (per_row * keep).sum() / keep.sum().clamp_min(1)
 
@@ -125,7 +125,7 @@ def pairwise_info_nce(embs: dict, tau: float = 0.05, masks: dict | None = None,
 
 
 def nce_all_pairs(normed: dict, pairs: list, tau: float) -> torch.Tensor:
-    """Both InfoNCE directions of every pair in one batched computation (issue 12 item 4: a few
+    """Both InfoNCE directions of every pair in one batched computation (a few
     kernels per step instead of a dozen per pair): ``[a->b for each pair] + [b->a for each pair]``,
     shape (2U, ...).
 

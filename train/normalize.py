@@ -1,37 +1,10 @@
 """Normalisation between the feature cache and the heads, fitted on the training split.
 
-Frozen backbones emit features at scales that have nothing to do with each other: pooled
-log-mel in dB (mean about -54, row norm about 680) next to image and text features with
-norms of a few units. The CVS family (tanh heads, margin triplets) collapses on such input
-(issue 16: audio->text R@10 below chance), so a run can put one of three modes between the
-cache and the heads (``TrainConfig.normalize``):
-
-* ``standardize``: per dimension, ``(x - mean) / std`` with the mean and (population) std of
-  the *training split* of each modality. The same statistics are applied unchanged to every
-  held-out split and to anything embedded later (``mmx embed``/``mmx search``): they are saved
-  in the run folder as ``normalizer.json`` and loaded with :func:`load`. A dimension whose
-  training std is below :data:`MIN_STD` (times the modality's typical spread) is only centred,
-  so a constant feature does not turn into noise blown up by a tiny divisor.
-* ``l2``: each row (and each token) divided by its L2 norm; nothing is fitted.
-* ``none``: the cached features as they are (the papers' setting).
-
-Token sequences (EAO) get statistics of their own (over all training tokens), since a token
-and a pooled vector of the same store need not share a scale.
-
-``auto`` (the default) takes the strategy's ``default_normalize``; the resolved mode is what
-the run's ``config.yaml`` records. The papers are silent (paper 000 Sec. III-B and paper 002
-Sec. V-A feed the backbone outputs to the heads directly, i.e. ``none``); the default,
-``standardize`` for every strategy, comes from runs on real digits media where it beat
-``none`` and ``l2`` for joint, cvs, mcvs and rvs on every metric (benchmarks/RESULTS.md,
-"Normalisation before the heads"). A resumed run keeps its ``normalizer.json``; a run
-extended with ``--from RUN --add-modality M`` keeps RUN's statistics for RUN's modalities
-(their heads are frozen) and fits only M's (:func:`extend`).
-
-Use from other code (``mmx embed``)::
-
-    from mmx.train import normalize
-    norm = normalize.load(run_folder)          # the run's own statistics
-    x = norm.apply("audio", pooled)            # (N, D) tensor or array, before the model
+``TrainConfig.normalize``: ``standardize`` (per dimension, train-split mean and std, saved as
+``normalizer.json``), ``l2`` (per row) or ``none`` (the papers' setting); ``auto`` is the
+strategy's ``default_normalize``. :func:`fit`, :func:`extend` and :func:`load` give a
+:class:`Normalizer`; :func:`scale_warnings` names modalities far out of scale before training.
+Why standardisation is the default: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -39,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -264,16 +236,13 @@ def _reference_norm(norms: dict[str, float], m: str) -> tuple[str, float] | None
     return (other, norms[other]) if norms[m] > norms[other] else None
 
 
-def warn_scale(train_split, mode: str, meta: dict | None = None, log=lambda s: None) -> list[str]:
-    """Warn (a :class:`FeatureScaleWarning` and a ``log`` line each) about the raw training features."""
+def scale_warnings(train_split, mode: str, meta: dict | None = None) -> list[str]:
+    """One caution per modality of the raw training features that is far out of scale with the
+    others or nearly constant, with what ``mode`` does about it (the loop says them once)."""
     lines = scale_problems(scale_stats(train_split), {m.value: v for m, v in (meta or {}).items()})
     advice = {
         "none": "set normalize: standardize (or --set normalize=standardize) to put the modalities on one scale",
         "l2": "normalize: l2 fixes the row norms but not a large common offset; standardize removes both",
         "standardize": "normalize: standardize rescales them with train-split statistics",
     }[mode]
-    for line in lines:
-        msg = f"feature scale: {line}; {advice}"
-        log(f"warning: {msg}")
-        warnings.warn(msg, FeatureScaleWarning, stacklevel=3)
-    return lines
+    return [f"feature scale: {line}; {advice}" for line in lines]

@@ -1,15 +1,10 @@
-"""torch's AdamW without the import of torch's compiler, which costs about 1.4 s per run.
+"""The optimiser and schedule of a run (:func:`make_optimiser`): torch's AdamW without the
+import of torch's compiler (about 1.4 s per run), and an exponential decay per epoch.
 
-Every ``torch.optim.Optimizer`` wraps ``add_param_group``, ``zero_grad``, ``state_dict``,
-``load_state_dict`` (``torch._disable_dynamo``) and ``step`` (``_use_grad_for_differentiable``)
-in guards that import ``torch._dynamo`` on first use, so that ``torch.compile`` does not
-trace into them. mmx never compiles its optimiser, so the guards protect nothing here, yet
-importing the compiler was about half of the ~6 s CPU start-up of ``mmx train`` (issue 12,
-item 5). :class:`AdamW` calls the very same torch implementations underneath those guards
-(``__wrapped__``, which ``functools.wraps`` records): the update rule, the fused kernel, the
-state dict format and the interplay with ``torch.optim.lr_scheduler`` are torch's own.
-Where a torch version stops exposing ``__wrapped__``, the guarded method is used (slower
-start-up, same results); ``tests/train/test_optim.py`` notices either way.
+:class:`AdamW` calls torch's own implementations under the guards that would import
+``torch._dynamo`` (``__wrapped__``), so the update rule, fused kernel and state dict are
+torch's; where a torch version stops exposing them, the guarded methods run (slower start-up,
+same results). Details: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -50,3 +45,16 @@ class AdamW(torch.optim.AdamW):
         # what _use_grad_for_differentiable does outside torch.compile: no autograd through the update
         with torch.set_grad_enabled(self.defaults["differentiable"]):
             return _ADAMW_STEP(self, closure)
+
+
+def make_optimiser(cfg, params):
+    """``(AdamW, ExponentialLR)`` over ``params`` with ``cfg``'s rate, weight decay and per-epoch decay."""
+    params = list(params)
+    # fused: one kernel for all tensors instead of a Python loop over them (same update rule)
+    opt = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **_fused(params))
+    return opt, torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+
+
+def _fused(params) -> dict:
+    devices = {p.device.type for p in params}
+    return {"fused": True} if params and devices <= {"cpu", "cuda"} and all(p.dtype == torch.float32 for p in params) else {}

@@ -1,33 +1,11 @@
 """Batch samplers over in-memory features.
 
-Class-aligned (paper 000, Sec. III-A): modalities are aligned by class, not one to one,
-so a batch is ``B`` distinct classes with one item of each modality per class. A batch
-holds the asked number of items (issue 13 item 4): ``B`` counts items per modality, and
-when there are fewer classes than that (10 digits, batch 128) the batch is P classes x K
-items (FaceNet's P x K): all ``P`` classes, ``B / P`` items each (the first ``B mod P``
-classes drawn get one more), never fewer than ``per_class``. Items of a (modality, class)
-are drawn from a queue reshuffled each time it runs out, which over-samples modalities with
-fewer items per class (with K above a class's item count, an item can recur in a batch).
-An epoch has ``ceil(N_max / B)`` batches, where ``N_max`` is the item count of the largest
-modality in play (counting only classes that every modality has), so each item of the
-largest modality is seen about once per epoch. ``composition`` says what a batch holds,
-for ``metrics.jsonl``.
-
-Instance-aligned (paper 001, Sec. 3.1 and 4.1 "computed NCE only over non-empty
-embeddings"): a batch is ``B`` groups (clips) with the item of each modality that belongs
-to it; a group that lacks a modality gets row index ``-1`` there, which the strategies
-mask, so the group still counts for the terms it can take part in. An epoch visits every
-group that has at least ``min_present`` of the modalities in play once (groups with a single
-modality take part in no term). A group with several items of one modality (several
-captions of a clip) contributes one of them, drawn afresh each epoch.
-
-Both samplers yield ``(rows, keys)``: ``rows[m]`` is an int array (B,) of item indices into
-modality ``m`` of the split (``-1`` = absent), ``keys`` the classes or group indices drawn.
-Training draws a whole pass at once instead (``plan()`` -> :class:`Epoch`, issue 12 item 4):
-the strategies copy its index arrays to the training device once per pass and give every
-step views of them (:meth:`Epoch.on_device`), so a step neither copies to nor waits for the
-device. Each pass is seeded by the strategy (seed and epoch), which is what makes a resumed
-run draw the same batches as an uninterrupted one.
+:class:`ClassAlignedSampler` (paper 000, Sec. III-A): a batch is distinct classes with items
+of each modality per class (P classes x K items when there are fewer classes than the batch
+holds items). :class:`InstanceAlignedSampler` (paper 001, Sec. 3.1, 4.1): a batch is ``B``
+groups, a modality a group lacks marked ``-1``. ``plan()`` draws a whole seeded pass at once
+(:class:`Epoch`), whose index arrays go to the device once per pass. Epoch lengths and the
+draws in detail: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -47,7 +25,7 @@ class ClassAlignedSampler:
     restricts the classes (stage-wise learning); ``size_by`` names the modalities whose item
     count sets the epoch length (a stage that adds a modality sizes its epoch by it).
 
-    A pass is drawn whole by :meth:`plan`, vectorised (issue 12 item 4: no Python per item):
+    A pass is drawn whole by :meth:`plan`, vectorised (no Python per item):
     the classes of every batch at once, then per modality the items every (class, slot)
     needs, taken in order from per-class queues, each a run of fresh permutations of the
     class's items. A queue's unused tail carries over to the next pass of this sampler.

@@ -2,31 +2,9 @@
 
 Paper 002 Sec. III-B eq. 1-2; thesis 004 Sec. 3.1-A eq. 3.1.4-3.1.7, Sec. 2.5-B and 2.6;
 margins and weights from thesis Sec. 4.2 (alpha_1..3 = 1.0; gamma = 0.25, 0.25, 0.5).
-
-Readings:
-
-* Distance. Thesis eq. 3.1.6 and 2.5.2 square the Euclidean distance (paper 002 eq. 1
-  does not); we use the squared distance, on the L2-normalised outputs of the attention
-  block, so it lies in [0, 4] and a margin of 1.0 is meaningful.
-* Triplets. Two items are positive when they share a class, negative otherwise
-  (paper 002 III-B). For every anchor ``a`` and every positive ``p`` of the batch (all
-  pairs, as FaceNet [12] does; the anchor itself is not its own positive) one negative is
-  mined; the term is the mean over those (a, p) pairs.
-* Semi-hard mining (thesis 2.6, after Schroff et al. [12]). The thesis implementation is
-  TensorFlow, whose ``triplet_semihard_loss`` we follow: the negative of (a, p) is the
-  closest negative that is still farther from ``a`` than ``p`` (``d_an > d_ap``). If such a
-  negative is within the margin it is the hardest semi-hard one, and if the closest one
-  lies beyond the margin the term is zero, as the thesis says of easy negatives. When no
-  negative is farther than ``p`` (all are hard), the farthest negative is used, because
-  hard negatives "could be too high for the model to handle" (2.6).
-* Eq. 3.1.6 per modality pair (x, y): ``gamma_1 T(x->x) + gamma_2 T(y->y) + gamma_3 T(x->y)``,
-  where ``T(u->v)`` has anchors from ``u`` and positives/negatives from ``v``. As written the
-  inter-modal term runs one way (anchor in x). A block's pair is unordered, so by default
-  (``symmetric=True``) the inter-modal term is the mean of ``x->y`` and ``y->x``; set it
-  false for eq. 3.1.6 verbatim.
-* Classification (eq. 3.1.4-3.1.5 mix a binary cross-entropy with a softmax): we read it
-  as the categorical cross-entropy of a softmax classifier over the classes, applied to
-  the common-space vectors.
+Squared distances on L2-normalised outputs, every (anchor, positive) pair with one
+semi-hard negative mined as TensorFlow's ``triplet_semihard_loss`` does, the inter-modal
+term symmetric by default. The readings: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -73,7 +51,7 @@ def triplet_terms(anchor: torch.Tensor, anchor_labels: torch.Tensor, cand: torch
     ``r`` has margin ``margins[r]``, and ``same_set[r]`` says its candidates are its anchors
     (intra-modal: the diagonal is no positive). Returns (R, ...); a problem without a usable
     (a, p) pair gives 0 (with a graph). One batched computation: a few dozen kernels whatever
-    R and the batch dimensions, and no host sync (issue 12 item 4).
+    R and the batch dimensions, and no host sync.
     """
     dist = squared_distances(anchor, cand)  # (R, ..., A, C)
     same = anchor_labels.unsqueeze(-1) == cand_labels.unsqueeze(-2)

@@ -1,4 +1,4 @@
-"""Issue 13 items 4-5: the batch holds the asked number of items; same-class items as positives."""
+"""The batch holds the asked number of items; same-class items as positives."""
 
 import math
 

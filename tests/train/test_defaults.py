@@ -1,4 +1,4 @@
-"""Issue 13 items 3 and 11: a strategy's defaults are its paper's; the dataset's modalities by default."""
+"""A strategy's defaults are its paper's; the dataset's modalities by default."""
 
 import json
 

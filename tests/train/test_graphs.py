@@ -22,6 +22,7 @@ from mmx.cache.modality import Modality
 from mmx.train import graphs, loop
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, load_train_data
+from mmx.train.optim import make_optimiser
 from mmx.train.strategies import get_strategy
 
 import test_hostbound
@@ -40,9 +41,9 @@ def runner_for(cache, strategy, mods, alignment="class", device="cpu", batch_siz
     s = get_strategy(strategy)(cfg, data, dev)
     torch.manual_seed(0)
     model = s.build_model().to(dev)
-    if hasattr(s, "stages") and len(s.stages()) > 1:
+    if len(s.stages()) > 1:
         s.begin_stage(model, s.stages()[-1])  # a later stage: frozen parts, its own blocks and batches
-    opt, _ = loop.make_optimiser(cfg, s.parameters(model))
+    opt, _ = make_optimiser(cfg, s.parameters(model))
     return loop.Runner(cfg, s, model, data.splits["train"], data.splits[cfg.holdout], None, dev, lambda x: None), opt
 
 

@@ -1,4 +1,4 @@
-"""Training is not host-bound (issue 12 item 4): no host synchronisation inside a step.
+"""Training is not host-bound: no host synchronisation inside a step.
 
 On CUDA a step that reads a value of a device tensor (``.item()``, ``bool(t)``, ``.tolist()``,
 a boolean-mask index, ``nonzero``) or copies a host array with a plain ``torch.as_tensor``
@@ -22,6 +22,7 @@ from mmx.cache.synthesize import SyntheticConfig, synthesize
 from mmx.train import loop
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, load_train_data
+from mmx.train.optim import make_optimiser
 from mmx.train.strategies import get_strategy
 
 
@@ -125,10 +126,10 @@ def setup(cache, strategy: str, modalities, alignment="class", **kw):
     s = get_strategy(strategy)(cfg, data, torch.device("cpu"))
     torch.manual_seed(0)
     model = s.build_model()
-    stages = s.stages() if hasattr(s, "stages") else [None]
+    stages = s.stages()
     if stages[-1] is not None:
         s.begin_stage(model, stages[-1])  # a later stage: frozen parts, a stage's own batches
-    opt, _ = loop.make_optimiser(cfg, s.parameters(model))
+    opt, _ = make_optimiser(cfg, s.parameters(model))
     runner = loop.Runner(cfg, s, model, data.splits["train"], data.splits[cfg.holdout], None, torch.device("cpu"), lambda x: None)
     return s, runner, opt
 
@@ -203,7 +204,7 @@ def cuda_epoch_without_syncs(cache, strategy, mods, alignment, kw):
                            holdout=Holdout(cfg.holdout, cfg.val_fraction, cfg.test_fraction, cfg.seed))
     s = get_strategy(strategy)(cfg, data, dev)
     model = s.build_model().to(dev)
-    opt, _ = loop.make_optimiser(cfg, s.parameters(model))
+    opt, _ = make_optimiser(cfg, s.parameters(model))
     it = iter(s.batches(data.splits["train"], 1, train=True))
     first = next(it)  # the pass is drawn and copied here
     torch.cuda.synchronize()

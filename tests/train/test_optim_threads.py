@@ -1,4 +1,4 @@
-"""CPU start-up and threads (issue 12, item 5): AdamW without torch's compiler; ``--threads``."""
+"""CPU start-up and threads: AdamW without torch's compiler; ``--threads``."""
 
 import subprocess
 import sys

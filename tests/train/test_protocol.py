@@ -1,4 +1,4 @@
-"""Issue 13 items 1-2: the held-out split, the monitored signal, and what the test split may not do."""
+"""The held-out split, the monitored signal, and what the test split may not do."""
 
 import dataclasses
 import json
@@ -15,7 +15,8 @@ from mmx.eval.runs import load_embeddings, read_jsonl
 from mmx.train import checkpoint
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, load_train_data
-from mmx.train.loop import parse_monitor, train
+from mmx.train.loop import train
+from mmx.train.monitor import parse_monitor
 
 MODS = ["text", "image", "audio"]
 DIMS = {"text": 16, "image": 24, "audio": 8}

@@ -181,7 +181,7 @@ def test_staged_resume_ends_bit_identical(cache, tmp_path, monkeypatch, strategy
     kw = {"options": {"classes_per_stage": 4}, "modalities": ["text", "image"]} if strategy == "stagewise" else {}
     full = loop.train(_cfg(cache, tmp_path / "a", strategy, epochs=2, patience=2, **kw))
 
-    save_last, calls = loop.save_last, []
+    save_last, calls = checkpoint.save_last, []
 
     def dying_save_last(*args, **kwargs):
         calls.append(1)
@@ -191,10 +191,10 @@ def test_staged_resume_ends_bit_identical(cache, tmp_path, monkeypatch, strategy
         if len(calls) == kill_at:
             raise Killed  # died right after it was written
 
-    monkeypatch.setattr(loop, "save_last", dying_save_last)
+    monkeypatch.setattr(checkpoint, "save_last", dying_save_last)
     with pytest.raises(Killed):
         loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw))
-    monkeypatch.setattr(loop, "save_last", save_last)
+    monkeypatch.setattr(checkpoint, "save_last", save_last)
     part = next((tmp_path / "b" / "runs").iterdir())
     resumed = loop.train(_cfg(cache, tmp_path / "b", strategy, epochs=2, patience=2, **kw), resume=part)
 
@@ -218,7 +218,7 @@ def test_resume_refuses_a_different_stage_plan(cache, tmp_path):
 
 @pytest.mark.parametrize("strategy", ["cvs", "mcvs", "rvs"])
 def test_train_as_served_trains_on_the_served_embeddings(cache, tmp_path, strategy, monkeypatch):
-    """Issue 13 item 8: with train_as_served the loss sees exactly what embed() serves."""
+    """With train_as_served the loss sees exactly what embed() serves."""
     from mmx.train.data import load_train_data
     from mmx.cache.modality import Modality
     import mmx.train.strategies.cvs as cvs
@@ -252,6 +252,6 @@ def test_train_as_served_trains_on_the_served_embeddings(cache, tmp_path, strate
     {"attention_softmax": "batch"},
 ])
 def test_attention_readings_train(cache, tmp_path, options):
-    """Issue 13 item 7: every reading of eq. 3-6 trains end to end."""
+    """Every reading of eq. 3-6 trains end to end."""
     run = loop.train(_cfg(cache, tmp_path, "cvs", options=options))
     assert mean_map(run, MODS) > 0.6

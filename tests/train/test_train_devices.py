@@ -1,4 +1,4 @@
-"""Every strategy trains, resumes and evaluates on each device (issue 12, item 1).
+"""Every strategy trains, resumes and evaluates on each device.
 
 The ``device`` fixture (tests/conftest.py) runs each body on the CPU in the default suite and
 on CUDA under ``-m gpu``. On CUDA this covers what only shows there: batches and index
@@ -56,7 +56,7 @@ class Killed(Exception):
 
 def _killed_after_first_epoch(monkeypatch, cfg):
     """Run ``cfg`` and kill it right after the last checkpoint of its first epoch; its run folder."""
-    save_last, calls = loop.save_last, []
+    save_last, calls = checkpoint.save_last, []
 
     def dying(*args, **kwargs):
         save_last(*args, **kwargs)
@@ -64,10 +64,10 @@ def _killed_after_first_epoch(monkeypatch, cfg):
         if len(calls) == 2:  # the first is written on entering stage 1, the second after its epoch 1
             raise Killed
 
-    monkeypatch.setattr(loop, "save_last", dying)
+    monkeypatch.setattr(checkpoint, "save_last", dying)
     with pytest.raises(Killed):
         loop.train(cfg)
-    monkeypatch.setattr(loop, "save_last", save_last)
+    monkeypatch.setattr(checkpoint, "save_last", save_last)
     return next(Path(cfg.out).iterdir())
 
 
@@ -111,11 +111,11 @@ def test_deterministic_kernels_train_alike_and_the_setting_is_restored(cache, tm
 def test_deterministic_kernels_are_on_during_the_run_only(monkeypatch):
     seen = []
 
-    def fake_train(cfg, *args):
+    def fake_prepare(cfg, *args):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()))
         raise RuntimeError("stop")
 
-    monkeypatch.setattr(loop, "_train", fake_train)
+    monkeypatch.setattr(loop, "prepare", fake_prepare)  # the first thing a run does
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # so that the test's end restores the process's value
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     for on in (True, False):

@@ -207,7 +207,7 @@ def test_check_reports_every_problem_at_once(tmp_path):
 
 
 def test_eao_runs_on_pooled_only_stores_as_one_token_sequences(tmp_path):
-    """Issue 13 item 9: a pooled vector serves as a one-token sequence."""
+    """A pooled vector serves as a one-token sequence."""
     synthesize(tmp_path / "c", SyntheticConfig(classes=10, items={"text": 200, "audio": 200}, dims={"text": 8, "audio": 8},
                                                tokens=None, noise=0.3))
     data = load_train_data(str(tmp_path / "c"), "synthetic", Modality.parse_list(["text", "audio"]), ["train", "test"], tokens=True)
@@ -238,7 +238,7 @@ def test_eao_presets_resolve_and_pass_checks():
         assert get_strategy(cfg.strategy).check(cfg) == [], name
     base = resolve(["eao"])
     assert (base.lr, base.lr_decay, base.tau, base.epochs, base.options["weights"]) == (5e-5, 0.9, 0.05, 15, {"text-video": 1.0})
-    # the reference's settings (issue 13 item 10): no dropout, 224 x 10 in-batch negatives, no final norm, ViT init
+    # the reference's settings: no dropout, 224 x 10 in-batch negatives, no final norm, ViT init
     for name in names:
         cfg = resolve([name])
         assert (cfg.dropout, cfg.batch_size, cfg.options["final_norm"], cfg.options["init"]) == (0.0, 2240, False, "vit"), name

@@ -16,7 +16,8 @@ from mmx.train import checkpoint
 from mmx.train.config import TrainConfig, preset_names, resolve
 from mmx.train.data import load_train_data
 from mmx.train.losses import info_nce, pairwise_info_nce
-from mmx.train.loop import PartMeans, improved, train
+from mmx.train.loop import PartMeans, train
+from mmx.train.monitor import improved
 from mmx.train.strategies import get_strategy
 
 MODS = ["text", "image", "audio", "video"]

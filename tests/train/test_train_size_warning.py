@@ -1,5 +1,5 @@
 """A GPU-sized model on the CPU is announced with estimates before the first step; eao-cpu is the
-CPU-sized setting (issue 15 item 8)."""
+CPU-sized setting."""
 
 import pytest
 import torch

@@ -1,12 +1,15 @@
 """What every strategy provides to the one training loop (open_clip's task/ pattern).
 
 A strategy owns its model, its batches and its loss; the loop never branches on strategy.
+Subclasses implement ``build_model``, ``batches``, ``step`` and ``embed``; the rest has a
+default here: one stage (``stages() == [None]``, ``begin_stage``/``end_stage`` doing nothing),
+the batch seed of an epoch (:meth:`Strategy.batch_seed`), embedding in chunks
+(:meth:`Strategy.embed_chunks`) and the parameters frozen by a warm start (:meth:`Strategy.warm_start`).
 
-Multi-stage strategies (M-CVS, RVS, stage-wise) add ``stages()`` (a list of objects with a
-``name``), ``begin_stage(model, stage)`` and ``end_stage(model, stage) -> dict`` (extra fields
-of the stage's line in ``metrics.jsonl``). Everything a stage changes (which parameters
-train, which blocks the loss uses) must follow from ``begin_stage`` alone: a resumed run
-calls it for the recorded stage only, then loads the weights and optimiser from ``last.safetensors``.
+Multi-stage strategies (M-CVS, RVS, stage-wise) return their stages (objects with a ``name``)
+from ``stages()``. Everything a stage changes (which parameters train, which blocks the loss
+uses) must follow from ``begin_stage`` alone: a resumed run calls it for the recorded stage
+only, then loads the weights and optimiser from ``last.safetensors``.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class Strategy:
     alignment: str = "class"  # the sampler the data needs: "class" or "instance"
     min_modalities: int = 2
     # config values of the strategy's paper, under every preset (train/config.py ``resolve``)
-    defaults: dict = {}
+    paper_settings: dict = {}
     default_normalize: str = "standardize"  # what normalize: auto means (train/normalize.py)
     options: dict = {}  # the strategy's ``cfg.options`` with their defaults; other keys are errors
     extra_options: dict = {}  # a subclass's additions to its parent's ``options``
@@ -45,6 +48,8 @@ class Strategy:
         self.opt = {**self.option_defaults(), **cfg.options}
         # the training batches as drawn (``batch/...`` fields of metrics.jsonl), set by ``batches``
         self.composition: dict = {}
+        # parameter names loaded from the extended run and frozen (``warm_start``); stages keep them frozen
+        self.frozen: set[str] = set()
 
     @classmethod
     def option_defaults(cls) -> dict:
@@ -65,6 +70,39 @@ class Strategy:
     def build_model(self) -> nn.Module:
         raise NotImplementedError
 
+    def warm_start(self, model: nn.Module, path) -> None:
+        """Load the checkpoint of the run being extended into ``model`` and freeze what it holds."""
+        from mmx.train.extend import warm_start
+
+        self.frozen = warm_start(model, path)
+
+    # -- stages: one by default --------------------------------------------------------------
+    def stages(self) -> list:
+        """The stages the epoch loop runs in turn; ``[None]``: one stage, nothing to switch."""
+        return [None]
+
+    def begin_stage(self, model: nn.Module, stage) -> None:
+        """Set what trains in ``stage`` (called on entering it, and on resuming inside it)."""
+
+    def end_stage(self, model: nn.Module, stage) -> dict:
+        """Extra fields of the stage's line in ``metrics.jsonl``, once its kept weights are loaded."""
+        return {}
+
+    def batch_seed(self, epoch: int, train: bool) -> int:
+        """The sampler seed of an epoch's batches: a new draw per training epoch, and one fixed
+        draw for the held-out batches, so the early-stopping loss is comparable across epochs."""
+        return self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
+
+    def embed_chunks(self, fn, x, chunk: int = 4096) -> torch.Tensor:
+        """``fn`` over rows ``x`` (a tensor or array) in chunks of ``chunk`` rows, concatenated:
+        ``(N, embed_dim)``, bounding the memory of a pass over a whole split."""
+        out = [fn(x[i : i + chunk]) for i in range(0, len(x), chunk)]
+        if out:
+            return torch.cat(out)
+        if isinstance(x, torch.Tensor):
+            return x.new_zeros((0, self.cfg.embed_dim))
+        return torch.zeros((0, self.cfg.embed_dim), device=self.device)
+
     def parameters(self, model: nn.Module) -> Iterable[nn.Parameter]:
         """What the optimiser updates (strategies that freeze parts override this)."""
         return [p for p in model.parameters() if p.requires_grad]
@@ -80,7 +118,7 @@ class Strategy:
     def held_out(self, model: nn.Module, split: SplitData, epoch: int) -> Iterable[tuple[dict, int]]:
         """The held-out loss's step outputs as ``(outputs summed over n batches, n)``: by default
         :meth:`step` on each held-out batch. Strategies override it to embed the split once
-        instead of once per batch (issue 12 item 4); the numbers must stay :meth:`step`'s."""
+        instead of once per batch; the numbers must stay :meth:`step`'s."""
         for batch in self.batches(split, epoch, train=False):
             yield self.step(model, batch), 1
 

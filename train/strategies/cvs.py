@@ -1,66 +1,14 @@
 """CVS, M-CVS, RVS and stage-wise class learning (paper 002 Sec. III; thesis 004 ch. 3 and 5).
 
-All four share the model of :mod:`cvs_model` and the loss of :mod:`mmx.train.triplet`;
-they differ in which attention blocks exist and in the stages that train them:
-
-* ``cvs`` (thesis 3.1-B): one stage, a block for every pair of modalities (n choose 2).
-* Epochs: the first stage's epoch is one pass over its largest modality; a later stage's
-  one pass over the modality it adds (frozen ones are re-sampled as partners), since only
-  it learns (paper 002 III-A: adding a modality takes "only a fraction" of the time).
-* ``mcvs`` (paper 002 III-A, thesis 3.2): stages of modalities, by default image+text, then
-  video, then audio, then anything else (``options.stages``). A stage adds the heads of
-  its new modalities and one block between each new modality and each earlier one (the
-  earlier one on the ``i`` side, Fig. 2: the new modality is aligned to the existing one);
-  every earlier weight, the classifier included, is frozen.
-* ``rvs`` (thesis 3.3): one reference modality (``options.reference``, default image; the
-  thesis also tries text) and one block per other modality, added one per stage in
-  ``options.order`` (thesis 5.1-E: text, audio, video, ...). ``W_ie`` is shared and frozen
-  after stage 1, ``W_se`` is new per block. Reading: stage 1 trains the reference head;
-  later stages freeze it and everything of earlier stages, and train only the new head
-  and the new block (its ``W_i, W_s, W_is, b, W_se``), as M-CVS does (thesis 5.1-E: "highly
-  constrained because of the lack of the update of the parameters").
-* ``stagewise`` (thesis 3.4, 5.1-F, Tables 12-13): the CVS model trained over groups of
-  ``options.classes_per_stage`` classes; stage k's batches and loss hold only group k's
-  classes (3.4-A), nothing is frozen and earlier classes are not revisited (5.1-F). After
-  each stage, mAP@50 per ordered pair on the test items of the stage-1 classes and on the
-  whole test split is logged (Table 13).
-
-Loss per trained block (i, s): ``w_cls * L_c + w_triplet * L_t`` (thesis eq. 3.1.7, weights
-unstated: 1 and 1) with ``L_c`` the mean of the classifier's cross-entropy on both sides,
-summed over the stage's blocks (the sum over x, y of eq. 3.1.6). Only the stage's own
-blocks are computed: frozen blocks give no gradient, which is why M-CVS's time per
-iteration stays flat (thesis 5.2-B, Fig. 27).
-
-Inference (the block needs two inputs; issue "Inference"). A retrieval item has no partner,
-so each item is embedded once per modality, which serves every Q->R pair and Q->Any with
-one gallery: modality ``m`` goes through its *home blocks*, the blocks containing ``m`` of
-the first stage in which ``m`` appears (cvs and stagewise: all n-1 blocks of ``m``;
-mcvs: the blocks it joined with; rvs: its own block, and for the reference the stage-1
-block on the ``W_ie`` side), and with several the outputs are averaged and re-normalised.
-The missing partner is ``options.inference_partner``: ``self`` (default: the item is its
-own partner, keeping the ``W_is`` term alive) or ``zero`` (no partner term). Home blocks
-never change after their stage, so embeddings of earlier modalities stay bitwise fixed.
-Pair-specific embeddings (Q through the (Q, R) block) would not fit Q->Any, where one
-gallery mixes modalities, nor the one-file-per-modality run folder, so they are not offered.
-
-Train and serve (issue 13 item 8). The papers train a block on pairs of *different* items
-(row r of modality i and row r of modality s are same-class items, paper 002 III-A), but
-serve an item with *itself* (or nothing) as its partner, so the attention at inference sees
-inputs it never saw in training. In M-CVS and RVS a later stage trains the new modality
-against an earlier one's output *through the new block* (the earlier side of block (e, m)),
-while the earlier modality is served through its home block of the earlier stage, so the
-new modality is aligned to an embedding of ``e`` that retrieval never uses.
-``options.train_as_served: true`` is the consistent alternative: every modality's training
-embedding is exactly its served embedding (its home blocks, ``inference_partner`` as the
-partner, averaged), and each block's loss is taken between those; an earlier modality then
-enters a later stage's loss as its frozen served embedding. The default (false) is the
-papers'. Attention options: ``attention_wi/ws/wis`` (all false: the attention-off baseline,
-thesis Tables 5-7), ``attention_softmax`` (``features``: the papers; ``batch``) and
-``attention_temperature`` (``fixed``; ``learned``), see :mod:`mmx.train.attention`.
-
-``batch_size`` here counts items per modality (paper 002 V-A: batch size 128), drawn as
-``batch_size // per_class`` classes with ``per_class`` items each, or every class with more
-items each when there are fewer classes (see ClassAlignedSampler).
+All four share the model of :mod:`cvs_model` and the loss of :mod:`mmx.train.triplet`; they
+differ in the attention blocks and the stages that train them: ``cvs`` (thesis 3.1-B) one
+stage with a block per pair; ``mcvs`` (paper 002 III-A, thesis 3.2) stages of modalities,
+earlier weights frozen; ``rvs`` (thesis 3.3) a reference modality and one block per other
+modality, one per stage; ``stagewise`` (thesis 3.4, Tables 12-13) stages of class groups,
+with mAP@50 logged after each stage. Loss per block: thesis eq. 3.1.7. At inference an item
+goes through its home blocks with ``options.inference_partner`` as its partner.
+:data:`CVS_OPTIONS` are the options, :data:`CVS_PAPER_SETTINGS` the papers' settings.
+Readings (epochs, inference, ``train_as_served``, attention options): docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -76,7 +24,7 @@ from mmx.train.samplers import ClassAlignedSampler
 from mmx.train.strategies.cvs_model import CommonSpaceModel
 from mmx.train.triplet import classification_loss, pair_triplet_loss
 
-DEFAULTS = {
+CVS_OPTIONS = {
     "attention_wi": True,  # thesis 5.2-A ablation switches
     "attention_ws": True,
     "attention_wis": True,
@@ -105,7 +53,7 @@ class Stage:
 
 
 def present_stages(stages: list, mods: list[str]) -> list[list[str]]:
-    """``options.stages`` restricted to the modalities in play (issue 13 item 11): modalities
+    """``options.stages`` restricted to the modalities in play: modalities
     not present are dropped, then empty stages; a first stage that dropping left with one
     modality takes the next stage in, so the paper's plan [[image, text], [video], [audio]]
     serves any dataset (a first stage *given* with one modality stays an error)."""
@@ -130,14 +78,14 @@ def _ordered(mods: list[str]) -> list[str]:
 # Paper 002 Sec. V-A and thesis 004 Sec. 4.2: a 512-d space, batch 128, Adam lr 1e-3, a fixed 50
 # epochs with the last weights kept (no early stopping is described). mAP@50 (their metric) is
 # the monitored signal, logged per epoch and used when keep=best is asked for.
-CVS_CONFIG = {"embed_dim": 512, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "epochs": 50,
+CVS_PAPER_SETTINGS = {"embed_dim": 512, "batch_size": 128, "lr": 1e-3, "weight_decay": 0.0, "epochs": 50,
               "keep": "last", "monitor": "mAP@50", "patience": 5}
 
 
 class CommonSpaceStrategy(Strategy):
     name = "cvs"
-    defaults = CVS_CONFIG
-    options = DEFAULTS
+    paper_settings = CVS_PAPER_SETTINGS
+    options = CVS_OPTIONS
     extendable = False
     graphable = True  # a stage's batches all hold the same items per modality: one step shape per stage
 
@@ -191,12 +139,8 @@ class CommonSpaceStrategy(Strategy):
     def begin_stage(self, model, stage: Stage) -> None:
         """Train exactly ``stage.train``; everything else (and what a warm start froze) is frozen."""
         self.stage = stage
-        frozen = getattr(model, "extension_frozen", set())
         for name, p in model.named_parameters():
-            p.requires_grad_(any(name.startswith(t) for t in stage.train) and name not in frozen)
-
-    def end_stage(self, model, stage: Stage) -> dict:
-        return {}
+            p.requires_grad_(any(name.startswith(t) for t in stage.train) and name not in self.frozen)
 
     # ---- model, batches, loss -----------------------------------------------------------
     def build_model(self):
@@ -211,11 +155,10 @@ class CommonSpaceStrategy(Strategy):
     def batches(self, split, epoch, train, source=None):
         """The stage's batches: per modality ``(rows of source(m) (B, D), classes (B,))``,
         ``source`` being the pooled features by default."""
-        seed = self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7
         per = self.opt["per_class"]
         stage = self.stage
         sampler = ClassAlignedSampler({m: split.host_classes(Modality.parse(m)) for m in stage.modalities},
-                                      self.cfg.batch_size, seed, per_class=per, allowed=stage.classes,
+                                      self.cfg.batch_size, self.batch_seed(epoch, train), per_class=per, allowed=stage.classes,
                                       size_by=stage.size_by)
         if train:
             self.composition = sampler.composition
@@ -234,19 +177,16 @@ class CommonSpaceStrategy(Strategy):
 
     @torch.no_grad()
     def held_out(self, model, split, epoch):
-        """:meth:`step`'s held-out loss with each head run once over the split (issue 12 item 4): a
+        """:meth:`step`'s held-out loss with each head run once over the split: a
         head maps each item alone, so its rows of the split's head outputs are what the batch's
         own head pass gives. The blocks see the batch (their softmax may run over it), so they
         run per batch. ``train_as_served`` embeds through the blocks, per batch as in training."""
         if self.opt["train_as_served"]:
             yield from super().held_out(model, split, epoch)
             return
-        heads = {m: self._chunked(model.heads[m], split.pooled(Modality.parse(m))) for m in self.stage.modalities}
+        heads = {m: self.embed_chunks(model.heads[m], split.pooled(Modality.parse(m))) for m in self.stage.modalities}
         for batch in self.batches(split, epoch, train=False, source=heads.__getitem__):
             yield self._loss(model, batch), 1
-
-    def _chunked(self, fn, x, chunk: int = 4096):
-        return torch.cat([fn(x[i : i + chunk]) for i in range(0, len(x), chunk)]) if len(x) else x.new_zeros((0, self.cfg.embed_dim))
 
     def _loss(self, model, g: dict, served: bool = False) -> dict:
         """Thesis eq. 3.1.7 over the stage's blocks; ``g``: modality -> (head outputs, or with
@@ -278,7 +218,7 @@ class CommonSpaceStrategy(Strategy):
             if m not in self.mods:
                 continue
             blocks, partner = self.home_blocks(m), self.opt["inference_partner"]
-            out[m] = self._chunked(lambda x: model.embed_through(m, x, blocks, partner), split.pooled(mod))
+            out[m] = self.embed_chunks(lambda x: model.embed_through(m, x, blocks, partner), split.pooled(mod))
         return out
 
 
@@ -397,15 +337,19 @@ class StagewiseStrategy(CommonSpaceStrategy):
 
 
 def map_at_k(query, qlab, gallery, glab, k: int = 50) -> float:
-    """mAP@k by cosine similarity: AP = (1/N) sum_{r<=k} P(r) rel(r), N the relevant items in
-    the top k (paper 002 eq. 7, thesis eq. 4.2.1); AP = 0 when none is relevant."""
+    """mAP@k of ``query`` (Q, D) against ``gallery`` (G, D) with class relevance (labels: (Q,),
+    (G,)), as :mod:`mmx.eval.metrics` computes mAP@R (paper 002 eq. 7, thesis eq. 4.2.1; tied
+    scores ranked pessimistically). A query with no relevant item in the top k counts as 0,
+    also when the gallery has none at all, as in the papers' tables; NaN for an empty side."""
+    from mmx.eval.metrics import per_query_metrics, summarise
+
     if len(query) == 0 or len(gallery) == 0:
         return float("nan")
-    sims = query @ gallery.T  # (Q, G), rows are L2-normalised
-    k = min(k, len(gallery))
-    top = sims.topk(k, dim=1).indices
-    rel = (glab[top] == qlab.unsqueeze(1)).float()  # (Q, k)
-    precision = rel.cumsum(1) / torch.arange(1, k + 1, device=rel.device)
-    n_rel = rel.sum(1)
-    ap = (precision * rel).sum(1) / n_rel.clamp_min(1)
-    return float(ap.mean())
+
+    def host(labels):
+        return labels.cpu().numpy() if isinstance(labels, torch.Tensor) else labels
+
+    data = {"query": {"emb": query, "label": host(qlab)}, "gallery": {"emb": gallery, "label": host(glab)}}
+    per = per_query_metrics(data, ("class",), map_r=k, any_gallery=False, device=query.device, pairs=[("query", "gallery")])
+    value = summarise(per["class"][("query", "gallery")], ks=(), map_r=k, no_relevant="miss")[f"mAP@{k}"]
+    return float("nan") if value is None else value

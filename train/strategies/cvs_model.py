@@ -1,14 +1,9 @@
-"""The CVS-family model (paper 002 Sec. III-A/C; thesis 004 Sec. 3.1-3.3) and its batches.
+"""The CVS-family model (paper 002 Sec. III-A/C; thesis 004 Sec. 3.1-3.3).
 
-Per modality a :class:`TanhHead` (two fully connected layers with tanh between them, to
-the D-dimensional common space; D = 512 in the papers, ``cfg.embed_dim`` here), aligned
-attention blocks keyed ``"<i>-<s>"`` (modality on the ``i`` side, modality on the ``s``
-side), one softmax classifier over the common space (paper 002 III-B), and for RVS the
-shared reference output weight ``w_ie`` (thesis 3.3-A).
-
-Readings: no activation after the second layer ("tanh in between the fully connected
-layers", paper 002 III-A); both layers have D units (paper 002 V-A: "both of which contain
-512 neurons"); no dropout (neither paper mentions one, so ``cfg.dropout`` is unused).
+:class:`CommonSpaceModel`: per modality a :class:`TanhHead` (two D-unit layers with tanh
+between them), aligned-attention blocks keyed ``"<i>-<s>"``, one softmax classifier over the
+common space, and for RVS the shared reference weight ``w_ie``. No dropout (neither paper
+has one). Readings: docs/notes/train.md.
 """
 
 from __future__ import annotations

@@ -1,36 +1,11 @@
 """Everything at Once (Shvetsova et al., paper 001): fusion transformer + combinatorial loss.
 
 The model is :class:`mmx.train.fusion.EverythingAtOnce`; the loss is
-:func:`mmx.train.losses.combinatorial_loss` over the terms chosen by ``options.terms``:
-
-* ``eao`` (default): the paper's own set generalised to any number of modalities: every
-  single modality against every other single one, and every single one against every pair
-  of the others (for three modalities this is eq. 2 exactly, and equals ``all``);
-* ``pairwise``: single against single only (Table 4 rows 1-3);
-* ``all``: every pair of disjoint non-empty subsets (eq. 3 in full);
-* or an explicit list such as ``[text-video, text-audio+video]``.
-
-Weights: ``options.weights`` maps term names (either order of the two sides) to weights and
-every other term gets ``options.default_weight``; the defaults are the reference code's
-(text-video 1, others 0.1, Sec. 4.1). With Adam lr 5e-5, x0.9 decay per epoch, tau 0.05 and
-15 epochs, they are set by the ``eao`` preset.
-
-Against the reference code (ninatu/everything_at_once; issue 13 item 10): the model is the
-reference's (see :mod:`mmx.train.fusion` for each reading and its option), the loss is its
-``CombinatorialLoss`` (weighted sum over the weight sum), and the presets take its settings
-(dropout 0, 2240 in-batch negatives, no final LayerNorm, ViT init, positional tables per
-modality). ``benchmarks/bench_eao_reference.py --reference PATH`` copies the reference's
-weights into mmx's model and compares the loss and the speed.
-
-Groups. On instance-aligned data a row of a batch is a group (a clip) and a modality it
-lacks is replaced by the empty token and masked out of the terms that need it. On
-class-aligned data (XMediaNet) there are no groups, so a batch is formed as paper 000's
-class-aligned batch: ``B`` distinct classes with one item of each modality per class, and
-those items stand in for a clip (a *pseudo-group* drawn afresh every batch). Fused subsets
-are then only a training device: the embeddings saved for eval are the single modalities,
-because no fixed group exists to fuse. On instance-aligned data every pair of modalities
-(``audio+video``, ...) and every larger subset the loss uses is saved too, one row per group
-that has all of the subset's modalities.
+:func:`mmx.train.losses.combinatorial_loss` over the terms of ``options.terms`` (``eao``: eq. 2
+generalised to any number of modalities; ``pairwise``; ``all``: eq. 3; or a list such as
+``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``.
+:data:`EAO_OPTIONS` are the options (small defaults), :data:`EAO_PAPER_SETTINGS` the paper's
+settings (Sec. 4.1 and its reference code). Readings, groups and pseudo-groups: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -49,7 +24,7 @@ from mmx.train.losses import combinatorial_loss
 from mmx.train.samplers import group_table, make_sampler, to_device
 from mmx.train.strategies.base import Strategy
 
-DEFAULTS = {
+EAO_OPTIONS = {
     "token_dim": 256,  # paper: 4096
     "depth": 1,
     "heads": 4,  # paper: 64
@@ -122,17 +97,17 @@ def build_terms(modalities: list, spec, weights: dict, default_weight: float) ->
 # in-batch negatives (the reference's batch of 224 videos x 10 clips each), a fixed 15 epochs (the last weights kept), a 4096-d token space with one 64-head block and
 # MLP 4096, a 6144-d joint space, dropout 0 (the reference's). A GPU job at this size; the
 # option defaults above stay small for tests and CPU tries that build the strategy directly.
-EAO_CONFIG = {"lr": 5e-5, "lr_decay": 0.9, "weight_decay": 0.0, "tau": 0.05, "batch_size": 2240, "epochs": 15,
+EAO_PAPER_SETTINGS = {"lr": 5e-5, "lr_decay": 0.9, "weight_decay": 0.0, "tau": 0.05, "batch_size": 2240, "epochs": 15,
               "keep": "last", "monitor": "loss", "alignment": "auto", "embed_dim": 6144, "dropout": 0.0,
               "options": {"token_dim": 4096, "heads": 64, "mlp_dim": 4096}}
 
 
 class EverythingAtOnceStrategy(Strategy):
     name = "eao"
-    defaults = EAO_CONFIG
+    paper_settings = EAO_PAPER_SETTINGS
     needs_tokens = True
     alignment = "any"
-    options = DEFAULTS
+    options = EAO_OPTIONS
 
     def __init__(self, cfg, data, device):
         super().__init__(cfg, data, device)
@@ -195,7 +170,7 @@ class EverythingAtOnceStrategy(Strategy):
 
         ``rows``: the rows on the device, absent ones as any valid row; ``host``: the same on the
         host, -1 = absent. Lengths and presence come from the host, so neither the padded width
-        ``T`` nor the fusion model's choice of real tokens asks the device (issue 12 item 4, see
+        ``T`` nor the fusion model's choice of real tokens waits for the device (see
         :meth:`EverythingAtOnce.tokenize`).
         """
         f = split.features[m]
@@ -220,8 +195,7 @@ class EverythingAtOnceStrategy(Strategy):
         return out
 
     def batches(self, split, epoch, train):
-        seed = (self.cfg.seed * 100_003 + epoch) if train else self.cfg.seed + 7
-        sampler = make_sampler(split, self.modalities, self.cfg.alignment, self.cfg.batch_size, seed)
+        sampler = make_sampler(split, self.modalities, self.cfg.alignment, self.cfg.batch_size, self.batch_seed(epoch, train))
         if train:
             self.composition = sampler.composition
         device = split.features[self.modalities[0]].offsets.device
@@ -253,14 +227,13 @@ class EverythingAtOnceStrategy(Strategy):
         return sorted(found, key=lambda s: (len(s), [ORDER.index(m) for m in s]))
 
     @torch.no_grad()
-    def _embed_rows(self, model, split, subset: tuple, rows: dict, chunk: int = 512) -> torch.Tensor:
-        n = len(next(iter(rows.values())))
+    def _embed_rows(self, model, split, subset: tuple, rows: dict) -> torch.Tensor:
+        """Embeddings of row ``r`` of every ``rows[m]`` of ``subset`` together, in chunks of 512
+        rows (their padded tokens are what bounds the memory here)."""
         names = tuple(m.value for m in subset)
-        out = []
-        for i in range(0, n, chunk):
-            inputs = self._inputs(split, {m: rows[m][i : i + chunk] for m in subset})
-            out.append(model(inputs, names).float())
-        return torch.cat(out) if out else torch.zeros((0, self.cfg.embed_dim), device=self.device)
+        n = len(next(iter(rows.values())))
+        return self.embed_chunks(lambda r: model(self._inputs(split, {m: rows[m][r] for m in subset}), names).float(),
+                                 np.arange(n), chunk=512)
 
     @torch.no_grad()
     def embed(self, model, split):

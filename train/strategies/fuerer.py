@@ -1,31 +1,11 @@
 """Fürer et al. (paper 000): late-fusion projection heads with pairwise InfoNCE.
 
-``joint`` trains the heads of all modalities in play together (Sec. III-D: the tri-modal
-run uses text, image and audio, the quad-modal run all four), with the loss of eq. 2
-over every ordered pair of each batch.
-
-``roundrobin`` (Sec. III-D, first scenario) simulates having only pairwise-aligned data:
-every batch holds exactly two modalities, and every unordered pair of the modalities in
-play gets its batches within each epoch. Each pair has its own sampler, and the epoch
-interleaves the pairs' batches in turn (pair 1, pair 2, ..., pair 1, ...), so all pairs are
-trained on throughout the epoch. A pair gets ``1/(M-1)`` of its sampler's epoch (one pass
-over the pair's larger modality), because each modality takes part in ``M-1`` pairs: the
-largest modality is then seen about once per epoch, as in ``joint``, and an epoch costs
-about as many batches as a joint one. The loss of a
-batch is eq. 2 with M = the pair, i.e. the mean of both InfoNCE directions.
-
-Batches come from the sampler the data needs (``cfg.alignment``): class-aligned
-(Sec. III-A) or instance-aligned, where a pair only uses the rows that have both modalities.
-
-Positives (``options.positives``, issue 13 item 5). Paper 000's InfoNCE (eq. 1) has one
-positive per row, its partner in the batch, which is right when a batch holds distinct
-classes (200 XMediaNet classes, batch 128). With few classes a batch holds several items of
-a class (P x K, train/samplers.py) and eq. 1 pushes same-class items apart as negatives.
-``positives: class`` is the multi-positive form of supervised contrastive learning
-(Khosla et al. 2020, eq. 2, "L_out": the mean over positives outside the log), across
-modalities: every item of the other modality with the anchor's class is a positive, the
-denominator runs over the whole other-modality batch. ``pair`` (paper 000) stays the
-default of every paper-000 preset.
+``joint`` trains the heads of all modalities in play together (Sec. III-D) with the loss of
+eq. 2 over every ordered pair of each batch; ``roundrobin`` (Sec. III-D, first scenario)
+gives every batch exactly two modalities, the pairs' batches interleaved within an epoch.
+Batches are class- or instance-aligned (``cfg.alignment``). ``options.positives``: ``pair``
+(eq. 1) or ``class`` (Khosla et al. 2020, eq. 2, across modalities).
+:data:`FUERER_PAPER_SETTINGS` are the paper's settings. Readings: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -46,14 +26,14 @@ from mmx.train.strategies.base import Strategy
 # Paper 000: 256-d space, tau 0.05 (Sec. III-B/C), stopping when the held-out loss stops falling
 # (Sec. III-D), read as patience 1 at a 2% relative tolerance (see the fuerer presets). It states
 # no batch size or learning rate: 128 classes per batch and AdamW 1e-3 are our choices.
-FUERER_DEFAULTS = {"embed_dim": 256, "tau": 0.05, "dropout": 0.1, "batch_size": 128, "lr": 1e-3, "epochs": 200,
+FUERER_PAPER_SETTINGS = {"embed_dim": 256, "tau": 0.05, "dropout": 0.1, "batch_size": 128, "lr": 1e-3, "epochs": 200,
                    "monitor": "loss", "keep": "best", "patience": 1, "min_delta": 0.02}
 
 
 class JointStrategy(Strategy):
     name = "joint"
     alignment = "any"  # class- or instance-aligned, as cfg.alignment says
-    defaults = FUERER_DEFAULTS
+    paper_settings = FUERER_PAPER_SETTINGS
     # positives: "pair" (paper 000 eq. 1: a row's own partner only) or "class" (every
     # same-class item of the other modality, Khosla et al. 2020; class-aligned data only)
     options = {"positives": "pair"}
@@ -78,9 +58,9 @@ class JointStrategy(Strategy):
         dims = {m.value: self.data.dims[m] for m in self.modalities}
         return Heads(dims, self.cfg.embed_dim, self.cfg.dropout)
 
-    def _seed(self, epoch: int, train: bool, offset: int = 0) -> int:
-        # held-out batches use a fixed seed so the early-stopping loss is comparable across epochs
-        return (self.cfg.seed * 100_003 + epoch if train else self.cfg.seed + 7) * 31 + offset
+    def _seed(self, epoch: int, train: bool, stream: int = 0) -> int:
+        """The epoch's seed, spread per stream (round-robin has one per pair)."""
+        return self.batch_seed(epoch, train) * 31 + stream
 
     def _gather(self, split, host: dict, rows: dict, source=None) -> dict:
         """Sampler rows -> rows of ``source(m)`` (default the pooled features; (B, D_m)), presence
@@ -133,7 +113,7 @@ class JointStrategy(Strategy):
     @torch.no_grad()
     def held_out(self, model, split, epoch):
         """The held-out loss of :meth:`step` over the held-out batches, from one pass of each head
-        over the split (issue 12 item 4): eval mode has no dropout, so an item's embedding does
+        over the split: eval mode has no dropout, so an item's embedding does
         not depend on its batch, and each batch's loss is taken from its rows of the embeddings.
         A stream of equal batches where every row is present (class-aligned, pair positives) has
         all its batches' losses computed at once and is reported as one sum over its batches."""
@@ -153,11 +133,7 @@ class JointStrategy(Strategy):
 
     @torch.no_grad()
     def embed(self, model, split):
-        out = {}
-        for m in self.modalities:
-            x = split.pooled(m)
-            out[m.value] = torch.cat([model(m, x[i : i + 4096]) for i in range(0, len(x), 4096)]) if len(x) else x.new_zeros((0, self.cfg.embed_dim))
-        return out
+        return {m.value: self.embed_chunks(lambda x, m=m: model(m, x), split.pooled(m)) for m in self.modalities}
 
 
 class RoundRobinStrategy(JointStrategy):
