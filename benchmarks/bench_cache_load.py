@@ -1,4 +1,4 @@
-"""Benchmark: load an XMediaNet-scale cache into memory (issue 2, "Benchmark").
+"""Benchmark: load an XMediaNet-scale cache into memory.
 
 Builds the XMediaNet-scale synthetic cache (paper 000, Sec. III-A: 200 classes; 40000 text
 512-d, 35268 image 2048-d, 8280 audio 128-d, 7876 video 600-d; pooled only) unless it is

@@ -1,4 +1,4 @@
-"""CVS-family readings on real class-aligned data: test mAP@50 of each (issue 13 items 7, 8).
+"""CVS-family readings on real class-aligned data: test mAP@50 of each.
 
 Item 7 (aligned attention, paper 002 eq. 3-6): the papers' block, the attention-off baseline
 (thesis Tables 5-7), a learned softmax temperature, and the softmax over the batch.

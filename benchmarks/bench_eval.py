@@ -1,4 +1,4 @@
-"""All metrics of one split at XMediaNet test scale, both relevance modes (issue 5).
+"""All metrics of one split at XMediaNet test scale, both relevance modes.
 
 8000 text, 8000 image, 2000 audio, 2000 video items; 200 classes; 256-d synthetic,
 class-structured embeddings (class centre + noise); groups so that instance relevance has one

@@ -7,7 +7,7 @@ images at batch 32 is >= 0.8). Inputs are generated JPEGs and copies of ../share
 in a temporary folder; where ../shared/media is absent (a GPU machine), generated WAVs
 (10 s) and MP4s (10 s, 8 fps, 320x240) stand in for it.
 
-``--resnet50`` adds the issue-12 figure: a full-size ResNet-50 through the hub path
+``--resnet50`` adds the GPU target's figure: a full-size ResNet-50 through the hub path
 (``resnet-50 --weights DIR``, random weights from its config, mmx.extract.random_weights),
 pipeline vs model-only. Each pipeline figure is given twice: over the whole run, and after its
 first shard (worker start-up and the first batch's CUDA warm-up excluded, as they are from the
@@ -75,8 +75,8 @@ def _pipeline(man: Path, modality: str, cache: Path, batch_size: int, workers: i
 
 def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
     """ms per item a decoding worker spends (local-file check, decode, pixels), three ways,
-    interleaved in one process: as before issue 12 item 3 (the fetch probe's reduced decode,
-    then the decode and the resize), the CPU path now (no probe: the decode is the probe), and
+    interleaved in one process: with a probe first (the fetch probe's reduced decode, then the
+    decode and the resize), the CPU path now (no probe: the decode is the probe), and
     the CUDA path now (no probe, the resize left to the device)."""
     import os
 
@@ -86,7 +86,7 @@ def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
 
     enc = build_encoder(backbone, {}, weights)
     root = (os.path.realpath(Path(items[0]["uri"]).parent),)
-    ways = {"before": (True, False), "cpu": (False, False), "cuda": (False, True)}
+    ways = {"probed": (True, False), "cpu": (False, False), "cuda": (False, True)}
     cost = {w: [] for w in ways}
     for _ in range(3):
         for way, (probe, on_device) in ways.items():
@@ -97,9 +97,9 @@ def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
                 enc.prep.prepare(it)
             cost[way].append((time.perf_counter() - t) / len(items) * 1e3)
     best = {w: min(c) for w, c in cost.items()}
-    print(f"{backbone} worker ms/item: before {best['before']:.2f}, CPU path {best['cpu']:.2f} "
-          f"(x{best['before'] / best['cpu']:.2f} items per worker), CUDA path {best['cuda']:.2f} "
-          f"(x{best['before'] / best['cuda']:.2f})", flush=True)
+    print(f"{backbone} worker ms/item: probed {best['probed']:.2f}, CPU path {best['cpu']:.2f} "
+          f"(x{best['probed'] / best['cpu']:.2f} items per worker), CUDA path {best['cuda']:.2f} "
+          f"(x{best['probed'] / best['cuda']:.2f})", flush=True)
 
 
 def _generated_media(tmp: Path, rng) -> list[dict]:
@@ -139,7 +139,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="decoding workers (0: one per usable core but one)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--resnet50", action="store_true", help="also: a random-weight ResNet-50 through the hub path (the issue-12 figure)")
+    ap.add_argument("--resnet50", action="store_true", help="also: a random-weight ResNet-50 through the hub path (the GPU target's figure)")
     ap.add_argument("--only", default="image,text,audio,video", help="modalities of the offline defaults to measure")
     args = ap.parse_args()
     from PIL import Image

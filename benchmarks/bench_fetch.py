@@ -1,4 +1,4 @@
-"""Benchmark of ``mmx fetch`` against a loopback server (issue 3).
+"""Benchmark of ``mmx fetch`` against a loopback server.
 
     python benchmarks/bench_fetch.py                # 10 000 and 50 000 items (about 3 minutes)
     python benchmarks/bench_fetch.py --sizes 10000,50000,100000   # add 100 000 (about 7 minutes)

@@ -1,4 +1,4 @@
-"""Peak memory of ``mmx extract`` on an audio bomb and ``mmx fetch`` on a stacked-gzip body (issue 11).
+"""Peak memory of ``mmx extract`` on an audio bomb and ``mmx fetch`` on a stacked-gzip body.
 
     python benchmarks/bench_hostile.py                  # 600 s bomb, 2 GiB gzip body (about 2 minutes)
     python benchmarks/bench_hostile.py --seconds 120 --gzip-mib 256   # a quicker look
@@ -15,7 +15,7 @@ costs. The inputs are made here:
   ``Content-Encoding: gzip, gzip``; fetched with ``--max-size 1MB``.
 
 Run it with ``PYTHONPATH`` pointing at another checkout to measure that one (the figures in
-benchmarks/RESULTS.md compare this commit with the one before issue 11's fixes).
+benchmarks/RESULTS.md compare this commit with the one before the bounds on decoded audio and stacked encodings).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Normalisation before the heads on real media: before/after per strategy (issue 16).
+"""Normalisation before the heads on real media: before/after per strategy.
 
 Trains each strategy on a real class-aligned digits cache (MNIST images through
 EfficientNet-Lite0, spoken digits as pooled raw-dB log-mel, sentences through MiniLM; see

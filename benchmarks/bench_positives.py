@@ -1,4 +1,4 @@
-"""Benchmark (issue 13 items 4-5): batch composition and class positives on real class-aligned data.
+"""Benchmark: batch composition and class positives on real class-aligned data.
 
 Trains ``joint`` on a real class-aligned cache (default: the digits cache, 10 classes: MNIST
 images, spoken digits, sentences) for the same fixed number of epochs (``keep: last``, so

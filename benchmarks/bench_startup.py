@@ -1,4 +1,4 @@
-"""Benchmark: CPU start-up of ``mmx train`` and the epoch time per torch thread count (issue 12, item 5).
+"""Benchmark: CPU start-up of ``mmx train`` and the epoch time per torch thread count.
 
 Start-up: seconds from launching ``python -c 'mmx train ...'`` to the first training step
 (process start, imports, loading a small synthetic cache, the untrained quick recall, the

@@ -1,4 +1,4 @@
-"""Benchmark: training from memory on the XMediaNet-scale synthetic cache (issue 7).
+"""Benchmark: training from memory on the XMediaNet-scale synthetic cache.
 
 Paper 000's strategies (presets ``fuerer-roundrobin``, ``fuerer-tri``, ``fuerer-quad``: batch
 128 classes, lr 1e-3, tau 0.05, 256-d heads, early stopping on the test loss with patience 1

@@ -1,4 +1,4 @@
-"""Benchmark: how host-bound training is (issue 12 item 4), and before/after against another checkout.
+"""Benchmark: how host-bound training is, and before/after against another checkout.
 
 On a GPU a step of four 256-d heads is a few microseconds of kernels, so its time is what the
 host spends around them: Python, the sampler, index copies, kernel launches, host syncs. This

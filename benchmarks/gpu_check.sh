@@ -9,7 +9,7 @@
 #      cache suites with CUDA visible (where `--device auto` picks CUDA; the whole default suite
 #      takes ~2.5 min, more than this budget, and its extract/pipeline parts run in CI);
 #   2. bench_train.py (paper-000 round-robin, tri, quad to early stop, XMediaNet scale),
-#      bench_train_host.py (ms/step of tiny heads: the host's floor per step, issue 12 item 4),
+#      bench_train_host.py (ms/step of tiny heads: the host's floor per step),
 #      bench_train_cvs.py (CVS/M-CVS/RVS ms/iter), bench_eao.py (paper size, bf16),
 #      bench_eval.py (every metric, both relevances), bench_extract.py (image pipeline/model
 #      for EfficientNet-Lite0 and a ResNet-50 at batch 64, audio and video figures), and

@@ -1,4 +1,4 @@
-"""benchmarks/gpu_check.sh, the one device command (issue 12 item 2), checked without a GPU: it
+"""benchmarks/gpu_check.sh, the one device command, checked without a GPU: it
 parses, its steps fit the 8 minutes, and every default step writes a log its summary reads."""
 
 import ast
