@@ -77,3 +77,26 @@ def test_files_outside_the_manifest_folder_need_allow_root(tmp_path):
     assert allowed.exit_code == 0 and "failed" not in allowed.output, allowed.output
     n = 3 * OWN_PER_CLASS  # the texts were taken by the refused run already: they name no file
     assert f"{n} of {n} audio files" in allowed.output and f"{n} of {n} images" in allowed.output, allowed.output
+
+
+def test_the_example_manifest_is_one_fetch_accepts(tmp_path):
+    """The README's example manifest (repeated on the docs page), with a photo and a sound where it
+    says they are: every row fetched, no problem reported."""
+    import re
+
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+    from readme_steps import README, ROOT
+
+    example = re.search(r"```csv\n(.*?)```", README.read_text(encoding="utf-8"), flags=re.S).group(1)
+    assert example in (ROOT / "docs" / "own-media.md").read_text(encoding="utf-8")
+    folder = tmp_path / "my-media"
+    (folder / "photos").mkdir(parents=True)
+    (folder / "sounds").mkdir()
+    Image.fromarray(np.full((32, 32, 3), 200, np.uint8)).save(folder / "photos" / "red-1.jpg")
+    sf.write(folder / "sounds" / "red-1.wav", np.zeros(8000, np.float32), 16000)
+    (folder / "manifest.csv").write_text(example, encoding="utf-8")
+    with users_folder(tmp_path):
+        result = CliRunner().invoke(main, ["fetch", "my-media/manifest.csv", "--out", "data/mine", "--no-progress"])
+    assert result.exit_code == 0 and "(ok 3)" in result.output, result.output

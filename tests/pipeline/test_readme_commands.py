@@ -78,7 +78,7 @@ def test_no_mmx_command_hides_in_an_untagged_block(page):
 
 
 def test_each_substitution_names_a_word_of_its_line():
-    """A placeholder that left its README line (renamed, removed) fails instead of silently not applying."""
+    """A placeholder that left its line (renamed, removed) fails instead of silently not applying."""
     stale = [(step.line, old) for step in STEPS for old in step.subs if old not in step.line]
     assert not stale, stale
 
@@ -91,7 +91,7 @@ def test_the_readme_has_the_commands_of_the_whole_path():
 @pytest.mark.parametrize("step", STEPS, ids=lambda s: s.line)
 def test_readme_command_runs(step, outcomes):
     got = outcomes[step.line]
-    shown = f"README: {step.line}\nran: mmx {shlex.join(got.argv)}\n{got.output[-3000:]}\n{got.error}"
+    shown = f"page: {step.line}\nran: mmx {shlex.join(got.argv)}\n{got.output[-3000:]}\n{got.error}"
     assert not got.error and got.exit_code == 0, shown
     for text in step.expect:
         assert text in got.output, f"{text!r} not in the output\n{shown}"
@@ -113,7 +113,7 @@ def test_each_readme_command_parses(line):
         cmd.make_context(name, list(rest), parent=ctx)
     except click.BadParameter as exc:
         if isinstance(getattr(exc.param, "type", None), (click.Path, click.File)) and "does not exist" in exc.format_message():
-            return  # a placeholder path ($RUN, gallery.npz): the README names a file the user will have
-        pytest.fail(f"README: {line!r}: {exc.format_message()}")
+            return  # a placeholder path ($RUN, gallery.npz): the page names a file the user will have
+        pytest.fail(f"page: {line!r}: {exc.format_message()}")
     except click.UsageError as exc:  # unknown option, bad choice, missing argument
-        pytest.fail(f"README: {line!r}: {exc.format_message()}")
+        pytest.fail(f"page: {line!r}: {exc.format_message()}")
