@@ -1,13 +1,16 @@
-"""The README's commands as a user runs them, in order, in one folder (issue 15 done-when).
+"""The commands of the README and of the docs/ pages as a user runs them, in order, in one folder.
 
-The README's shell blocks are read as a user copies them (comments dropped, ``\\``
+The shell blocks are read as a user copies them (comments dropped, ``\\``
 continuations joined, ``&&`` chains split). Each line is in exactly one table below:
 
 * ``STEPS``: run for real through the CLI (click's CliRunner, in-process), in the order a
   user would, in one temporary folder that is the user's working directory. A placeholder of
-  the README (``STORE``, ``$RUN``, ``msrvtt``, ...) is replaced by what the workspace holds
+  the pages (``STORE``, ``$RUN``, ``msrvtt``, ...) is replaced by what the workspace holds
   at that point (``{w...}``, a :class:`Workspace` attribute), and a few long commands get
-  smaller settings (``added``, appended to the README's words); nothing else changes.
+  smaller settings (``added``, appended to the pages' words); nothing else changes.
+* ``OWN_MEDIA``: the README's "your own media" walkthrough (its six commands, then the
+  docs page's next steps), run exactly as written in a folder of small generated media
+  (:func:`write_own_media`); test_own_data_walkthrough.py runs them.
 * ``SKIPPED``: cannot run offline, each with its reason (kept small and exact).
 * ``NOT_MMX``: shell lines that are not mmx commands (installing, variables).
 
@@ -39,7 +42,10 @@ from click.testing import CliRunner
 
 from mmx.pipeline.cli import main
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
+README = ROOT / "README.md"
+# The site's own pages; docs/notes/ holds research notes, which have no commands to run.
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,6 +126,27 @@ STEPS = [
 ]
 DEMO = STEPS[0]
 
+MINE = "runs/mine/"
+OWN_PER_CLASS = 8  # write_own_media's items per label and modality
+OWN_OK = f"{3 * OWN_PER_CLASS} ok, 0 failed"
+# The README's six commands, then docs/own-media.md's next steps, exactly as written.
+OWN_MEDIA = [
+    Step("mmx fetch my-media/manifest.csv --out data/mine", expect=(f"ok {9 * OWN_PER_CLASS})",),
+         creates=tuple("data/mine/" + f for f in ("manifest.fetched.csv", "fetch/status.csv", "fetch/report.md"))),
+    Step("mmx extract data/mine/manifest.fetched.csv --modality image --dataset mine", expect=(OWN_OK,)),
+    Step("mmx extract data/mine/manifest.fetched.csv --modality audio --dataset mine", expect=(OWN_OK,)),
+    Step("mmx extract data/mine/manifest.fetched.csv --modality text --dataset mine", expect=(OWN_OK,)),
+    Step("mmx train --strategy joint --dataset mine --name mine",
+         expect=("dataset mine in cache", "strategy joint", "items: train ", "per-epoch R@10"),
+         creates=tuple(MINE + f for f in ("config.yaml", "splits.json", "checkpoint.safetensors", "embeddings/test/*.npz"))),
+    Step("mmx eval runs/mine", expect=("Text → Image", "Audio → Image", "Mean"),
+         creates=tuple(MINE + "eval/eval-class." + ext for ext in ("md", "csv", "json"))),
+    Step('mmx search runs/mine --text "a red thing" --target image --manifest data/mine/manifest.fetched.csv',
+         expect=("(text: a red thing)\n    1  ", "photo-")),
+    Step("mmx train --strategy cvs --dataset mine --name mine-cvs", creates=("runs/mine-cvs/checkpoint.safetensors",)),
+    Step("mmx compare runs/mine runs/mine-cvs --out runs/compare-mine", creates=("runs/compare-mine/compare.md",)),
+]
+
 SKIPPED = {  # README line -> why it cannot run here
     "mmx extract MANIFEST --modality image --dataset mydataset --backbone resnet-50":
         "downloads microsoft/resnet-50 from the hub (tests are offline; its --weights twin runs)",
@@ -137,9 +164,9 @@ NOT_MMX = {  # README line -> what it is
 }
 
 
-def readme_lines() -> list[str]:
-    """The shell lines of the README's ``bash`` blocks, as a user copies them."""
-    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", README.read_text(), flags=re.S)
+def shell_lines(text: str) -> list[str]:
+    """The shell lines of the ``bash`` blocks of a Markdown text, as a user copies them."""
+    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, flags=re.S)
     lines = []
     for block in blocks:
         joined = re.sub(r"\s*\\\n\s*", " ", block)
@@ -147,6 +174,17 @@ def readme_lines() -> list[str]:
             line = re.sub(r"\s+#.*$", "", line).strip()
             lines += [part for part in re.split(r"\s*&&\s*", line) if part]
     return lines
+
+
+def readme_lines() -> list[str]:
+    """The shell lines of the README and the docs pages, page after page (a line may repeat)."""
+    return [line for page in PAGES for line in shell_lines(page.read_text(encoding="utf-8"))]
+
+
+def own_media_lines() -> list[str]:
+    """The shell lines of the README's "Your own media" section."""
+    section = re.search(r"^## Your own media\n(.*?)(?=^## |\Z)", README.read_text(encoding="utf-8"), flags=re.S | re.M)
+    return shell_lines(section.group(1)) if section else []
 
 
 # -- the workspace -----------------------------------------------------------------------
@@ -301,3 +339,41 @@ def write_lists(base_url: str, per_class: int = 3) -> None:
     lines["image"].append(f"flaky-{flaky['id']} {flaky['label']} {base_url}/flaky/{Path(flaky['uri']).name}")
     for modality, name in (("image", "images.txt"), ("audio", "audio.txt"), ("video", "videos.txt"), ("text", "texts.txt")):
         Path(name).write_text("\n".join(lines[modality]) + "\n", encoding="utf-8")
+
+
+# -- the user's own media, in a folder ----------------------------------------------------
+OWN_LABELS = ("red", "green", "blue")
+
+
+def write_own_media(folder: Path, absolute: bool = False) -> Path:
+    """A user's folder: photos and recordings of three labels and sentences about them, listed
+    in ``folder/manifest.csv`` (no split column) with paths relative to it, or absolute ones.
+    Returns the manifest."""
+    import numpy as np
+    import soundfile as sf
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for c, name in enumerate(OWN_LABELS):
+        for i in range(OWN_PER_CLASS):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[..., c] = 200
+            photo = folder / "photos" / f"{name}-{i}.jpg"
+            photo.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((img + rng.integers(0, 40, img.shape)).astype(np.uint8)).save(photo)
+            t = np.arange(16000) / 16000
+            sound = folder / "sounds" / f"{name}-{i}.wav"
+            sound.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(sound, (0.3 * np.sin(2 * np.pi * (300 + 400 * c + 10 * i) * t)).astype(np.float32), 16000)
+            uri = (lambda p: str(p.resolve())) if absolute else (lambda p: p.relative_to(folder).as_posix())
+            rows += [{"id": f"photo-{name}-{i}", "modality": "image", "uri": uri(photo), "text": "", "label": name},
+                     {"id": f"sound-{name}-{i}", "modality": "audio", "uri": uri(sound), "text": "", "label": name},
+                     {"id": f"text-{name}-{i}", "modality": "text", "uri": "", "text": f"a {name} thing, number {i}",
+                      "label": name}]
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["id", "modality", "uri", "text", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return manifest
