@@ -192,7 +192,7 @@ def _repair(s, problems: list) -> list:
 @cache.command("import")
 @cache_option("cache_root")
 @dataset_option()
-@click.option("--modality", required=True, type=click.Choice(NAMES), help="Which modality the features are of.")
+@click.option("--modality", required=True, help=f"Which modality the features are of: {', '.join(NAMES)}.")
 @click.option("--source", "sources", multiple=True, required=True, metavar="FILE[:SPLIT|:key=value,...]",
               help="A feature file (.npy, .npz, .h5, .mat v5/v7.3); repeat for several (concatenated in order). "
                    "Keys: split, features, labels, ids, groups, splits, labels_file.")
