@@ -51,7 +51,7 @@ def train_cmd(ctx, strategy, presets, modalities, cache, dataset, epochs, batch_
     Examples:
       mmx cache synthesize --preset small
       mmx train --strategy joint --modalities text,image,audio,video --dataset synthetic --epochs 2
-      mmx train --preset fuerer-quad --dataset synthetic --epochs 2 --name quad --set batch_size=16
+      mmx train --preset fuerer-quad --dataset synthetic --epochs 2 --set batch_size=16
     """
     from mmx.cache.paths import default_cache_root
     from mmx.train.config import resolve
