@@ -36,7 +36,7 @@ _common = [
     click.option("--k", "k", default="1,5,10", help="Recall cut-offs K, comma-separated."),
     click.option("--map-r", type=click.IntRange(min=1), default=50, help="R of mAP@R (paper 002 eq. 7)."),
     click.option("--missing-as-miss", is_flag=True,
-                 help="Count queries without any relevant item as misses [default: exclude them from the means]."),
+                 help="Count queries without any relevant item as misses (without it, they are left out of the means)."),
     device_option("Where the ranking runs: auto (CUDA when present), cpu, cuda or cuda:N."),
     threads_option(),
     quiet_option(),

@@ -80,7 +80,7 @@ def _list(ctx: click.Context, _param, value: bool) -> None:
 @threads_option()
 @click.option("--shard-size", default=256, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
-@allow_root_option("Folder local files may be read from, symlinks resolved (repeatable) [default: the manifest's folder].")
+@allow_root_option()
 @click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list,
               help="List the registered backbones and their options, and exit.")
 @click.option("--retry-failed", is_flag=True, help="Also re-extract the complete shards that hold failed items.")

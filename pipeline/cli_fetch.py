@@ -24,7 +24,8 @@ def parse_size(text: str) -> int:
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset folder: media/, fetch/ (journal, status, report) and manifest.fetched.csv.")
-@click.option("--modality", "modalities", default="", help="Only these modalities, e.g. image,video (default: all).")
+@click.option("--modality", "modalities", default="", show_default="every modality",
+              help="Only these modalities, comma-separated, e.g. image,video.")
 @click.option("--workers", default=32, show_default=True, type=click.IntRange(1, 1024), help="Concurrent downloads.")
 @click.option("--per-host", default=8, show_default=True, type=click.IntRange(1, 1024),
               help="Concurrent downloads per host.")
@@ -43,7 +44,7 @@ def parse_size(text: str) -> int:
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(1),
               help="Images with more pixels are refused as decompression bombs.")
 @click.option("--max-redirects", default=5, type=click.IntRange(0, 50), help="Most HTTP redirects followed per item.")
-@allow_root_option("Folder local files may be read from, symlinks resolved (repeatable) [default: the manifest's folder].")
+@allow_root_option()
 @click.option("--retry-failed", is_flag=True, help="Also retry items that failed with a transient kind.")
 @click.option("--all-failures", "retry_all", is_flag=True, help="With --retry-failed: retry every failed item.")
 @progress_option()

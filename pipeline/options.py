@@ -36,8 +36,10 @@ def progress_option():
                         help="Progress bars on stderr (--quiet hides them too).")
 
 
-def allow_root_option(help: str):
-    return click.option("--allow-root", "allowed_roots", multiple=True, type=click.Path(file_okay=False), help=help)
+def allow_root_option():
+    return click.option("--allow-root", "allowed_roots", multiple=True, type=click.Path(file_okay=False),
+                        show_default="the manifest's folder",
+                        help="Folder local files may be read from, symlinks resolved (repeatable).")
 
 
 def _set_quiet(ctx: click.Context, _param, value: bool) -> None:
