@@ -59,16 +59,27 @@ def _defaults() -> dict:
     return {m.value: n for m, n in DEFAULT_BACKBONE.items()}
 
 
-def _list(ctx: click.Context, _param, value: bool) -> None:
-    if value and not ctx.resilient_parsing:
-        _print_list()
-        ctx.exit()
+class _UnlessList:
+    """A required parameter that ``--list`` (eager, so parsed first) makes optional."""
+
+    def process_value(self, ctx: click.Context, value):
+        if ctx.params.get("list_") and self.value_is_missing(value):
+            return None
+        return super().process_value(ctx, value)
+
+
+class _Option(_UnlessList, click.Option):
+    pass
+
+
+class _Argument(_UnlessList, click.Argument):
+    pass
 
 
 @click.command("extract")
-@click.argument("manifest", type=click.Path(dir_okay=False))
-@click.option("--modality", required=True, type=click.Choice(NAMES), help="Which items of the manifest to extract.")
-@dataset_option(help="Dataset name to store the features under (the name mmx train takes).")
+@click.argument("manifest", cls=_Argument, type=click.Path(dir_okay=False))
+@click.option("--modality", cls=_Option, required=True, type=click.Choice(NAMES), help="Which items of the manifest to extract.")
+@dataset_option(help="Dataset name to store the features under (the name mmx train takes).", cls=_Option)
 @click.option("--backbone", type=click.Choice(list(BACKBONES)), show_default="the offline default of the modality",
               help="Registered backbone (see --list).")
 @click.option("--weights", help="Hub id or local directory for a hub backbone (overrides its default weights).")
@@ -81,15 +92,15 @@ def _list(ctx: click.Context, _param, value: bool) -> None:
 @click.option("--shard-size", default=256, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
 @allow_root_option()
-@click.option("--list", "list_", is_flag=True, is_eager=True, expose_value=False, callback=_list,
-              help="List the registered backbones and their options, and exit.")
+@click.option("--list", "list_", is_flag=True, is_eager=True,
+              help="List the registered backbones and their options, and exit (needs no other argument).")
 @click.option("--retry-failed", is_flag=True, help="Also re-extract the complete shards that hold failed items.")
 @progress_option()
 @quiet_option()
 @json_option("the extraction's summary")
 @click.pass_context
 def extract_command(ctx, manifest, modality, dataset, backbone, weights, settings, cache, device, batch_size, workers, threads,
-                    shard_size, dask_scheduler, allowed_roots, retry_failed, progress):
+                    shard_size, dask_scheduler, allowed_roots, list_, retry_failed, progress):
     """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
 
     Reruns skip shards already complete (with --retry-failed, not those holding failed
@@ -99,6 +110,9 @@ def extract_command(ctx, manifest, modality, dataset, backbone, weights, setting
     time: a second one on the same store stops with a message. Local files pass mmx fetch's
     checks first (allowed roots, format, decode probe).
     """
+    if list_:
+        _print_list()
+        return
     con = console(ctx)
     progress = progress and not con.quiet
     from mmx.cache.paths import default_cache_root

@@ -18,8 +18,9 @@ def cache_option(param: str = "cache"):
                         show_default="$MMX_CACHE, else ./.mmx-cache", help="Cache root folder.")
 
 
-def dataset_option(required: bool = True, help: str = "Dataset name in the cache: the name its features are stored under."):
-    return click.option("--dataset", required=required, help=help)
+def dataset_option(required: bool = True, help: str = "Dataset name in the cache: the name its features are stored under.",
+                   cls: type[click.Option] = click.Option):
+    return click.option("--dataset", cls=cls, required=required, help=help)
 
 
 def device_option(help: str = "Where the model runs: auto (CUDA when present), cpu, cuda or cuda:N."):
