@@ -15,7 +15,6 @@ from mmx.pipeline.cli_output import console
 from mmx.pipeline.options import cache_option, dataset_option, json_option, quiet_option
 
 
-
 def _root(cache: str | None):
     from mmx.cache.paths import default_cache_root
 

@@ -67,9 +67,10 @@ def _device(name: str):
 @json_option("the evaluation (as RUN/eval/eval-RELEVANCE.json)")
 @click.pass_context
 def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, threads, plots):
-    """Evaluate a run folder: Recall@K per pair and to Any, mAP@R, mAP, median rank.
+    """Evaluate the run folder RUN: Recall@K per pair and to Any, mAP@R, mAP, median rank.
 
-    Prints the pair table and writes Markdown, CSV and JSON into RUN/eval/.
+    RUN is the folder mmx train prints last (runs/joint after --name joint). Prints the pair
+    table and writes Markdown, CSV and JSON into RUN/eval/.
 
     \b
     Examples:
