@@ -17,7 +17,7 @@ from mmx import __version__
 
 class _Group(click.Group):
     """Turns the errors a user can cause into one clear line instead of a traceback, and shows
-        every warning of a command as one ``warning: ...`` line, once."""
+    every warning of a command as one ``warning: ...`` line, once."""
 
     def invoke(self, ctx: click.Context):
         try:
