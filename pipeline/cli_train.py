@@ -58,7 +58,7 @@ def train_cmd(ctx, strategy, presets, modalities, cache, dataset, epochs, batch_
     from mmx.train.loop import train
 
     con = console(ctx)
-    if not (dataset or resume or from_run or _dataset_elsewhere(presets, sets)):
+    if not (dataset or resume or from_run or add_modalities or _dataset_elsewhere(presets, sets)):
         raise click.UsageError("Missing option '--dataset': the dataset in the cache to train on "
                                "(see mmx cache ls; mmx cache synthesize writes one named synthetic)")
     overrides = {
