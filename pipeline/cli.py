@@ -43,8 +43,8 @@ def main() -> None:
     """mmx: multi-modal joint embeddings from a cached feature pipeline.
 
     \b
-    Stage one:  mmx fetch -> mmx extract --modality M   (features into a zarr cache)
-    Stage two:  mmx train --strategy S -> mmx eval RUN -> mmx compare RUN RUN
+    Stage one:  mmx fetch -> mmx extract --modality M --dataset D   (features into a zarr cache)
+    Stage two:  mmx train --dataset D --strategy S -> mmx eval RUN -> mmx compare RUN RUN
     """
 
 
