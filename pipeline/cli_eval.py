@@ -114,7 +114,7 @@ def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, thre
 
 
 def _check_run(path: str) -> None:
-    """A clear error for a folder that is not a run folder, such as the folder of runs that ``--out`` names."""
+    """A clear error for a folder of runs (what ``mmx train --out`` names) given where a run folder belongs."""
     from pathlib import Path
 
     p = Path(path)
@@ -124,7 +124,6 @@ def _check_run(path: str) -> None:
     if inner:
         raise click.BadParameter(f"{path} is a folder of runs, not a run folder; give one of them, e.g. {inner[-1]}",
                                  param_hint="RUN")
-    raise click.BadParameter(f"{path} is not a run folder of mmx train (no config.yaml)", param_hint="RUN")
 
 
 def write_plots(results: dict, run, out) -> list:

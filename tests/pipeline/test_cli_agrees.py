@@ -132,8 +132,8 @@ def test_quiet_demo_prints_its_summary_only(monkeypatch, tmp_path):
 
 
 def test_errors_still_show_with_quiet(tmp_path):
-    r = CliRunner().invoke(main, ["eval", str(tmp_path), "--quiet"])
-    assert r.exit_code == 2 and "not a run folder" in r.output
+    r = CliRunner().invoke(main, ["eval", str(tmp_path / "nope"), "--quiet"])
+    assert r.exit_code == 1 and "run folder not found" in r.output
 
 
 # -- --json ----------------------------------------------------------------------------------
