@@ -61,7 +61,7 @@ def test_a_training_run_never_imports_torchs_compiler(tmp_path):
     code = (
         "import sys\n"
         "from mmx.pipeline.cli import main\n"
-        f"args = ['train', '--modalities', 'text,image', '--cache', {str(tmp_path / 'c')!r}, '--epochs', '2',\n"
+        f"args = ['train', '--dataset', 'synthetic', '--modalities', 'text,image', '--cache', {str(tmp_path / 'c')!r}, '--epochs', '2',\n"
         f"        '--batch-size', '4', '--out', {str(tmp_path / 'runs')!r}, '--quiet']\n"
         "try:\n"
         "    main(args)\n"
