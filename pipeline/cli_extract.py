@@ -136,14 +136,14 @@ def extract_command(ctx, manifest, modality, dataset, backbone, weights, setting
     if summary["now_allowed"]:
         con.line(f"{summary['now_allowed']} shard(s) hold items refused as outside the allowed roots that "
                  "--allow-root now admits; extracting them again")
-    _print_failures(summary["errors"], con.line)
-    if summary["failed_skipped"]:
-        con.line(f"{summary['failed_skipped']} item(s) failed in an earlier run and were not retried; "
-                 "rerun with --retry-failed to try them again")
     con.summary(
         f"{summary['store']}: {summary['written']} shard(s) written{retried}, {summary['skipped']} already complete; "
         f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"
     )
+    _print_failures(summary["errors"], con.line)
+    if summary["failed_skipped"]:
+        con.line(f"{summary['failed_skipped']} item(s) failed in an earlier run and were not retried; "
+                 "rerun with --retry-failed to try them again")
     con.result(summary)
 
 

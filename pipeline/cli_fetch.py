@@ -80,9 +80,9 @@ def fetch_command(ctx, manifest, out_dir, modalities, workers, per_host, connect
     from mmx.extract.fetch.status import RECHECKED_KINDS
 
     summary = fetch_manifest(manifest, out_dir, cfg)
+    con.summary(summary_line(summary))
     for line in detail_lines(summary):
         con.line(line)
-    con.summary(summary_line(summary))
     con.result({"fetched": summary.fetched, "skipped": summary.skipped, "this_run": summary.this_run,
                 "totals": summary.totals, "report": summary.report, "status": summary.layout.status,
                 "manifest": summary.layout.manifest})

@@ -1,7 +1,7 @@
 """What a command prints: :class:`Console` (lines, warnings, the summary line, ``--json``).
 
-Every command ends with one summary line; ``--quiet`` prints only that line (errors still
-show), and ``--json`` prints the command's result as JSON on stdout, its text going to stderr.
+A command that reports prints one summary line; ``--quiet`` prints only that line (errors
+still show), and ``--json`` prints the command's result as JSON on stdout, its text going to stderr.
 :func:`showing_warnings` makes every :func:`warnings.warn` a single ``warning: ...`` line,
 each message once per command.
 """
