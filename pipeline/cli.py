@@ -10,15 +10,19 @@ import errno
 
 import click
 
+from mmx.pipeline.cli_output import console, showing_warnings
+
 from mmx import __version__
 
 
 class _Group(click.Group):
-    """Turns the errors a user can cause into one clear line instead of a traceback."""
+    """Turns the errors a user can cause into one clear line instead of a traceback, and shows
+    every warning of a command as one ``warning: ...`` line, once."""
 
     def invoke(self, ctx: click.Context):
         try:
-            return super().invoke(ctx)
+            with showing_warnings(console(ctx)):
+                return super().invoke(ctx)
         except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except (ValueError, FileNotFoundError, KeyError) as exc:
@@ -33,14 +37,14 @@ class _Group(click.Group):
             raise no_space(exc) from exc
 
 
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(__version__, prog_name="mmx")
 def main() -> None:
     """mmx: multi-modal joint embeddings from a cached feature pipeline.
 
     \b
-    Stage one:  mmx fetch -> mmx extract --modality M   (features into a zarr cache)
-    Stage two:  mmx train --strategy S -> mmx eval RUN -> mmx compare RUN RUN
+    Stage one:  mmx fetch -> mmx extract --modality M --dataset D   (features into a zarr cache)
+    Stage two:  mmx train --dataset D --strategy S -> mmx eval RUN -> mmx compare RUN RUN
     """
 
 

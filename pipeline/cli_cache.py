@@ -10,7 +10,9 @@ import json
 
 import click
 
-_CACHE_HELP = "Cache root (default: $MMX_CACHE or ./.mmx-cache)."
+from mmx.cache.modality import NAMES
+from mmx.pipeline.cli_output import console
+from mmx.pipeline.options import cache_option, dataset_option, json_option, quiet_option
 
 
 def _root(cache: str | None):
@@ -48,15 +50,22 @@ def cache() -> None:
 
 
 @cache.command("ls")
-@click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
-@click.option("--dataset", default=None, help="Only this dataset.")
+@cache_option("cache_root")
+@dataset_option(required=False, help="Only the stores of this dataset.")
 @click.option("--failed", is_flag=True, help="List the failed items instead: store, id and the extractor's message.")
+@json_option("each store's metadata (one JSON object a line)")
 def ls_cmd(cache_root, dataset, failed):
     """A table of the stores under the cache root (with --failed: of their failed items)."""
     from mmx.cache import list_stores
 
     root = _root(cache_root)
     stores = list_stores(root, dataset)
+    if console().json:
+        for s in stores:
+            info = s.info()
+            info["failed_items"] = len(info["failed_items"])
+            click.echo(json.dumps({"path": str(s.path), **info}, ensure_ascii=False, default=str))
+        return
     if not stores:
         click.echo(f"no feature stores under {root}" + (f" for dataset {dataset!r}" if dataset else ""))
         return
@@ -94,7 +103,8 @@ INFO_FAILURES = 50  # failed items shown by `mmx cache info`; `mmx cache ls --fa
 
 @cache.command("info")
 @click.argument("store")
-@click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
+@cache_option("cache_root")
+@json_option("the metadata")
 def info_cmd(store, cache_root):
     """Metadata of STORE (a store path, or DATASET/MODALITY[/BACKBONE] under the cache)."""
     s = _open(store, cache_root)
@@ -105,12 +115,29 @@ def info_cmd(store, cache_root):
     info["failed_items"] = dict(list(failures.items())[:INFO_FAILURES])
     if len(failures) > INFO_FAILURES:
         info["failed_items_not_shown"] = f"{len(failures) - INFO_FAILURES} more: mmx cache ls --failed"
-    click.echo(json.dumps(info, indent=2, ensure_ascii=False, default=str))
+    if console().json:
+        click.echo(json.dumps(info, indent=2, ensure_ascii=False, default=str))
+    else:
+        for line in _readable(info):
+            click.echo(line)
+
+
+def _readable(value, indent: str = "") -> list[str]:
+    """``key: value`` lines of a nested mapping; nested mappings indented under their key."""
+    lines = []
+    for key, v in value.items():
+        if isinstance(v, dict) and v:
+            lines += [f"{indent}{key}:"] + _readable(v, indent + "  ")
+        elif isinstance(v, (list, tuple)):
+            lines.append(f"{indent}{key}: {', '.join(map(str, v)) if v else '-'}")
+        else:
+            lines.append(f"{indent}{key}: {'-' if v in (None, {}, '') else v}")
+    return lines
 
 
 @cache.command("verify")
 @click.argument("store")
-@click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
+@cache_option("cache_root")
 @click.option("--allow-incomplete", is_flag=True, help="Exit 0 when the shards present are sound but some are not extracted yet.")
 @click.option("--repair", is_flag=True,
               help="Unmark the damaged shards, so that rerunning the extraction (or import) rewrites them.")
@@ -162,25 +189,25 @@ def _repair(s, problems: list) -> list:
 
 
 @cache.command("import")
-@click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
-@click.option("--dataset", required=True, help="Dataset name in the cache, e.g. xmedianet.")
-@click.option("--modality", required=True, help="text, image, audio or video.")
+@cache_option("cache_root")
+@dataset_option()
+@click.option("--modality", required=True, help=f"Which modality the features are of: {', '.join(NAMES)}.")
 @click.option("--source", "sources", multiple=True, required=True, metavar="FILE[:SPLIT|:key=value,...]",
               help="A feature file (.npy, .npz, .h5, .mat v5/v7.3); repeat for several (concatenated in order). "
                    "Keys: split, features, labels, ids, groups, splits, labels_file.")
 @click.option("--features-var", default=None, help="Default variable holding the features [N, D].")
 @click.option("--labels-var", default=None, help="Default variable holding labels (ints, strings or one-hot rows).")
-@click.option("--ids-var", default=None, help="Default variable holding item ids (default: <modality>-<index>).")
+@click.option("--ids-var", default=None, show_default="ids <modality>-<index>", help="Default variable holding item ids.")
 @click.option("--groups-var", default=None, help="Default variable holding groups (instance alignment).")
 @click.option("--split-var", default=None, help="Default variable holding split names (train/test/val).")
 @click.option("--split", type=click.Choice(["train", "test", "val"]), default=None, help="Split of every item.")
 @click.option("--labels-file", type=click.Path(dir_okay=False), default=None,
               help="Labels for a single source: .npy, or text with one label per line.")
-@click.option("--name", default=None, help="Backbone name suffix: imported:<NAME> (default: the first file's stem).")
+@click.option("--name", default=None, show_default="the first file's stem", help="Backbone name suffix: imported:<NAME>.")
 @click.option("--transpose", is_flag=True, help="Features are stored [D, N] (MATLAB v7.3 is handled without this).")
 @click.option("--onehot-base", type=int, default=0, show_default=True, help="Label of one-hot column 0.")
-@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", show_default=True)
-@click.option("--shard-size", type=int, default=1024, show_default=True)
+@click.option("--dtype", type=click.Choice(["float16", "float32"]), default="float16", help="Storage type of the features.")
+@click.option("--shard-size", type=click.IntRange(min=1), default=1024, help="Items per cache shard (unit of resume).")
 def import_cmd(cache_root, dataset, modality, sources, features_var, labels_var, ids_var, groups_var, split_var,
                split, labels_file, name, transpose, onehot_base, dtype, shard_size):
     """Import pre-extracted features (as XMedia/XMediaNet are distributed) as one store.
@@ -238,19 +265,28 @@ def _tokens(text: str | None):
 
 
 @cache.command("synthesize")
-@click.option("--cache", "cache_root", default=None, help=_CACHE_HELP)
-@click.option("--preset", type=click.Choice(["small", "xmedianet"]), default="small", show_default=True)
-@click.option("--dataset", default=None, help="Dataset name (default: synthetic).")
-@click.option("--classes", type=int, default=None)
+@cache_option("cache_root")
+@click.option("--preset", type=click.Choice(["small", "xmedianet"]), default="small",
+              help="Sizes: small (10 classes, 100-200 items per modality) or xmedianet (XMediaNet's).")
+@click.option("--dataset", show_default="synthetic", help="Dataset name to write.")
+@click.option("--classes", type=click.IntRange(min=1), default=None, show_default="the preset's", help="Number of classes.")
 @click.option("--items", default=None, metavar="M=N,...", help="Items per modality, e.g. text=200,image=200 (replaces the preset's).")
 @click.option("--dims", default=None, metavar="M=D,...", help="Feature dimension per modality, e.g. text=32.")
 @click.option("--tokens", default=None, metavar="MIN-MAX|none", help="Tokens per item, e.g. 2-6, or none (pooled only).")
-@click.option("--alignment", type=click.Choice(["class", "instance"]), default=None)
+@click.option("--alignment", type=click.Choice(["class", "instance"]), default=None, show_default="class",
+              help="class: items share labels; instance: items also form groups (one item per modality each).")
 @click.option("--missing", type=float, default=None, help="Instance alignment: fraction of groups lacking each non-text modality.")
 @click.option("--noise", type=float, default=None, help="Within-class spread of the latent (class spread is 1).")
-@click.option("--seed", type=int, default=None)
+@click.option("--seed", type=int, default=0, help="Seed of the features.")
+@quiet_option()
 def synthesize_cmd(cache_root, preset, dataset, classes, items, dims, tokens, alignment, missing, noise, seed):
-    """Write a synthetic, class-structured cache in the real schema (one store per modality)."""
+    """Write a synthetic, class-structured cache in the real schema (one store per modality).
+
+    \b
+    Examples:
+      mmx cache synthesize
+      mmx cache synthesize --dataset tiny --classes 4 --items text=40,image=40 --tokens none
+    """
     from mmx.cache.synthesize import PRESETS, SyntheticConfig, synthesize
 
     overrides: dict = {}
@@ -268,8 +304,10 @@ def synthesize_cmd(cache_root, preset, dataset, classes, items, dims, tokens, al
     cfg = SyntheticConfig.preset(preset, **overrides)
     root = _root(cache_root)
     stores = synthesize(root, cfg)
+    con = console()
     for mod, s in stores.items():
-        click.echo(f"{mod.value:6s} {s.n_items:6d} items x {s.dim}-d -> {s.path}")
+        con.line(f"{mod.value:6s} {s.n_items:6d} items x {s.dim}-d -> {s.path}")
+    con.summary(f"dataset {cfg.dataset}: {len(stores)} synthetic store(s) ({', '.join(m.value for m in stores)}) under {root}")
 
 
 COMMANDS = [cache]

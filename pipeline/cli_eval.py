@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import click
 
+from mmx.pipeline.cli_output import console
+from mmx.pipeline.options import device_option, json_option, quiet_option, threads_option
+
 RELEVANCE_CHOICES = ["class", "instance"]  # mirrors mmx.eval.metrics.RELEVANCES (kept import-free)
 
 
@@ -26,16 +29,17 @@ def _ks(value: str) -> tuple[int, ...]:
 
 
 _common = [
-    click.option("--split", "split", default=None, help="Comma-separated splits (default: test,train, those the run has)."),
-    click.option("--relevance", type=click.Choice(RELEVANCE_CHOICES), default=None,
-                 help="class (papers 000/002) or instance (paper 001); default: the run's alignment."),
-    click.option("--k", "k", default="1,5,10", show_default=True, help="Recall cut-offs K."),
-    click.option("--map-r", type=click.IntRange(min=1), default=50, show_default=True, help="R of mAP@R (paper 002 eq. 7)."),
+    click.option("--split", "split", default=None, show_default="test,train, those the run has",
+                 help="Comma-separated splits."),
+    click.option("--relevance", type=click.Choice(RELEVANCE_CHOICES), default=None, show_default="the run's alignment",
+                 help="class: same label is relevant (papers 000/002); instance: same group (paper 001)."),
+    click.option("--k", "k", default="1,5,10", help="Recall cut-offs K, comma-separated."),
+    click.option("--map-r", type=click.IntRange(min=1), default=50, help="R of mAP@R (paper 002 eq. 7)."),
     click.option("--missing-as-miss", is_flag=True,
-                 help="Count queries without any relevant item as misses (default: exclude them from the means)."),
-    click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu or cuda[:N]."),
-    click.option("--threads", type=click.IntRange(min=0), default=0,
-                 help="torch CPU threads [default: half the cores, 1 to 4; see mmx.cache.threads]."),
+                 help="Count queries without any relevant item as misses (without it, they are left out of the means)."),
+    device_option("Where the ranking runs: auto (CUDA when present), cpu, cuda or cuda:N."),
+    threads_option(),
+    quiet_option(),
 ]
 
 
@@ -60,14 +64,18 @@ def _device(name: str):
 @click.argument("run", type=click.Path(file_okay=False, path_type=str))
 @_with_common
 @click.option("--plots", is_flag=True, help="Also write PNGs: mAP and R@K heatmaps, training curves, 2-D projection.")
-def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, plots):
-    """Evaluate a run folder: Recall@K per pair and to Any, mAP@R, mAP, median rank.
+@json_option("the evaluation (as RUN/eval/eval-RELEVANCE.json)")
+@click.pass_context
+def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, threads, plots):
+    """Evaluate the run folder RUN: Recall@K per pair and to Any, mAP@R, mAP, median rank.
 
-    Prints the pair table and writes Markdown, CSV and JSON into RUN/eval/.
+    RUN is the folder mmx train prints last (runs/joint after --name joint). Prints the pair
+    table and writes Markdown, CSV and JSON into RUN/eval/.
 
     \b
-    Example:
-      mmx eval runs/20250101-120000-joint-tiav --split test,train --plots
+    Examples:
+      mmx eval runs/joint
+      mmx eval runs/joint --split test,train --relevance class --plots
     """
     from pathlib import Path
 
@@ -75,15 +83,17 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, 
     from mmx.eval.evaluate import evaluate_run
     from mmx.eval.tables import markdown, recall_table, write_reports
 
+    con = console(ctx)
+    _check_run(run)
     used = set_threads(threads)
     results = evaluate_run(run, _splits(split), relevance, _ks(k), map_r,
                            "miss" if missing_as_miss else "exclude", _device(device))
     results["threads"] = used  # recorded in the JSON report
     out = Path(run) / "eval"
     paths = write_reports(results, out, stem=f"eval-{results['relevance']}")
-    click.echo(f"relevance: {results['relevance']} ({results['relevance_source']})")
+    con.line(f"relevance: {results['relevance']} ({results['relevance_source']})")
     if results.get("note"):
-        click.echo(f"note: {results['note']}")
+        con.line(f"note: {results['note']}")
     ap = [f"mAP@{results['map_r']}", "mAP"]  # paper 002 eq. 7, and over the whole gallery
     recall_any = [f"R@{k}" for k in results["ks"]] + [f"xR@{k}" for k in results["ks"]]
     for section, title, metrics in (
@@ -93,11 +103,27 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, 
         ("pairs", f"{' and '.join(ap)}", ap), ("any", f"{' and '.join(ap)}, query -> Any", ap),
     ):
         header, rows = recall_table(results, section, metrics)
-        click.echo(f"\n{title}\n" + (markdown(header, rows) if rows else "(no data)"))
+        con.line(f"\n{title}\n" + (markdown(header, rows) if rows else "(no data)"))
     written = list(paths.values())
     if plots:
         written += write_plots(results, Path(run), out)
-    click.echo("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
+    con.line("\nwrote:\n" + "\n".join(f"  {p}" for p in written))
+    con.summary(f"evaluated {run} on {', '.join(results['splits']) or 'no split'} ({results['relevance']} relevance): "
+                f"{len(written)} file(s) in {out}")
+    con.result(results)
+
+
+def _check_run(path: str) -> None:
+    """A clear error for a folder of runs (what ``mmx train --out`` names) given where a run folder belongs."""
+    from pathlib import Path
+
+    p = Path(path)
+    if (p / "config.yaml").is_file() or (p / "embeddings").is_dir():
+        return
+    inner = sorted(str(c.parent) for c in p.glob("*/config.yaml"))
+    if inner:
+        raise click.BadParameter(f"{path} is a folder of runs, not a run folder; give one of them, e.g. {inner[-1]}",
+                                 param_hint="RUN")
 
 
 def write_plots(results: dict, run, out) -> list:
@@ -123,21 +149,28 @@ def write_plots(results: dict, run, out) -> list:
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
 @_with_common
-@click.option("--metric", "metrics", multiple=True, help="Metric columns (repeatable; default: R@K for every K).")
-@click.option("--out", default=None, help="Folder for compare.md/.csv/.json (default: print only).")
-def compare_cmd(runs, split, relevance, k, map_r, missing_as_miss, device, threads, metrics, out):
-    """Put runs side by side (same rows, one column group per run, differences to the first).
+@click.option("--metric", "metrics", multiple=True, show_default="R@K for every K",
+              help="Metric column, e.g. mAP or R@5 (repeatable).")
+@click.option("--out", default=None, show_default="print only", help="Folder for compare.md, compare.csv and compare.json.")
+@json_option("the comparison (as compare.json)")
+@click.pass_context
+def compare_cmd(ctx, runs, split, relevance, k, map_r, missing_as_miss, device, threads, metrics, out):
+    """Put RUNS (two or more run folders) side by side: same rows, one column group per run, differences to the first.
 
     \b
-    Example (paper 000's comparison):
-      mmx compare runs/round-robin runs/tri-modal runs/quad-modal --out runs/compare
+    Examples:
+      mmx compare runs/joint runs/quad
+      mmx compare runs/joint runs/quad --metric R@1 --metric mAP --out runs/compare
     """
     from mmx.cache.threads import set_threads
-    from mmx.eval.compare import compare_results, comparison_markdown, write_comparison
+    from mmx.eval.compare import compare_results, comparison_json, comparison_markdown, write_comparison
     from mmx.eval.evaluate import default_relevance, evaluate_run, metric_names, read_config
 
+    con = console(ctx)
     if len(runs) < 2:
         raise click.UsageError("compare needs at least two runs")
+    for run in runs:
+        _check_run(run)
     set_threads(threads)
     ks = _ks(k)
     known = metric_names(ks, map_r)
@@ -151,10 +184,13 @@ def compare_cmd(runs, split, relevance, k, map_r, missing_as_miss, device, threa
     results = [evaluate_run(r, _splits(split), relevance, ks, map_r, "miss" if missing_as_miss else "exclude",
                             _device(device)) for r in runs]
     comp = compare_results(results, list(metrics) or None, _splits(split))
-    click.echo(comparison_markdown(comp))
+    con.line(comparison_markdown(comp))
     if out:
         paths = write_comparison(comp, out)
-        click.echo("wrote:\n" + "\n".join(f"  {p}" for p in paths.values()))
+        con.line("wrote:\n" + "\n".join(f"  {p}" for p in paths.values()))
+    con.summary(f"compared {len(runs)} runs ({relevance} relevance)" + (f": tables in {out}" if out else ""))
+    if con.json:
+        click.echo(comparison_json(comp))
 
 
 COMMANDS = [eval_cmd, compare_cmd]

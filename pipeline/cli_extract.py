@@ -6,12 +6,13 @@ See :mod:`mmx.extract.runner` (shards, resume, workers) and :mod:`mmx.extract.di
 
 from __future__ import annotations
 
-import json
-
 import click
 
-from mmx.extract.backbones import BACKBONES, describe
 from mmx.cache.modality import NAMES
+from mmx.extract.backbones import BACKBONES, describe
+from mmx.pipeline.cli_output import console
+from mmx.pipeline.options import (allow_root_option, cache_option, dataset_option, device_option, json_option,
+                                  progress_option, quiet_option, threads_option)
 
 
 def _parse_set(values: tuple[str, ...]) -> dict:
@@ -58,27 +59,48 @@ def _defaults() -> dict:
     return {m.value: n for m, n in DEFAULT_BACKBONE.items()}
 
 
+class _UnlessList:
+    """A required parameter that ``--list`` (eager, so parsed first) makes optional."""
+
+    def process_value(self, ctx: click.Context, value):
+        if ctx.params.get("list_") and self.value_is_missing(value):
+            return None
+        return super().process_value(ctx, value)
+
+
+class _Option(_UnlessList, click.Option):
+    pass
+
+
+class _Argument(_UnlessList, click.Argument):
+    pass
+
+
 @click.command("extract")
-@click.argument("manifest", required=False, type=click.Path(dir_okay=False))
-@click.option("--modality", type=click.Choice(NAMES), help="Which items of the manifest to extract.")
-@click.option("--backbone", type=click.Choice(list(BACKBONES)), help="Registered backbone (default: the offline default of the modality).")
+@click.argument("manifest", cls=_Argument, type=click.Path(dir_okay=False))
+@click.option("--modality", cls=_Option, required=True, type=click.Choice(NAMES), help="Which items of the manifest to extract.")
+@dataset_option(help="Dataset name to store the features under (the name mmx train takes).", cls=_Option)
+@click.option("--backbone", type=click.Choice(list(BACKBONES)), show_default="the offline default of the modality",
+              help="Registered backbone (see --list).")
 @click.option("--weights", help="Hub id or local directory for a hub backbone (overrides its default weights).")
 @click.option("--set", "settings", multiple=True, metavar="KEY=VALUE", help="Backbone option, e.g. fps=2 (see --list).")
-@click.option("--cache", type=click.Path(file_okay=False), help="Cache root folder (default: $MMX_CACHE, else ./.mmx-cache).")
-@click.option("--dataset", help="Dataset name (the cache is keyed by it).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--batch-size", default=32, show_default=True, type=click.IntRange(min=1))
-@click.option("--workers", type=click.IntRange(min=0), help="Decoding worker processes [default: min(4, CPUs)].")
-@click.option("--threads", type=click.IntRange(min=0), default=0,
-              help="torch CPU threads of the model process [default: half the cores, 1 to 4; see mmx.cache.threads].")
-@click.option("--shard-size", default=256, show_default=True, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
+@cache_option()
+@device_option()
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Items per forward pass of the backbone.")
+@click.option("--workers", type=click.IntRange(min=0), show_default="min(4, CPUs)", help="Decoding worker processes.")
+@threads_option()
+@click.option("--shard-size", default=256, type=click.IntRange(min=1), help="Items per cache shard (unit of work and of resume).")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="Run shards as tasks on this dask.distributed scheduler.")
-@click.option("--allow-root", "allowed_roots", multiple=True, type=click.Path(file_okay=False),
-              help="Folder local files may be read from, symlinks resolved (repeatable; default: the manifest's folder).")
-@click.option("--list", "list_", is_flag=True, help="List the registered backbones and exit.")
+@allow_root_option()
+@click.option("--list", "list_", is_flag=True, is_eager=True,
+              help="List the registered backbones and their options, and exit (needs no other argument).")
 @click.option("--retry-failed", is_flag=True, help="Also re-extract the complete shards that hold failed items.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def extract_command(manifest, modality, backbone, weights, settings, cache, dataset, device, batch_size, workers, threads, shard_size, dask_scheduler, allowed_roots, list_, retry_failed, progress):
+@progress_option()
+@quiet_option()
+@json_option("the extraction's summary")
+@click.pass_context
+def extract_command(ctx, manifest, modality, dataset, backbone, weights, settings, cache, device, batch_size, workers, threads,
+                    shard_size, dask_scheduler, allowed_roots, list_, retry_failed, progress):
     """Extract features of one MODALITY of MANIFEST into a sharded zarr store under --cache.
 
     Reruns skip shards already complete (with --retry-failed, not those holding failed
@@ -91,9 +113,8 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     if list_:
         _print_list()
         return
-    missing = [f for f, v in (("MANIFEST", manifest), ("--modality", modality), ("--dataset", dataset)) if not v]
-    if missing:
-        raise click.UsageError(f"missing {', '.join(missing)} (or use --list)")
+    con = console(ctx)
+    progress = progress and not con.quiet
     from mmx.cache.paths import default_cache_root
     from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
@@ -108,34 +129,34 @@ def extract_command(manifest, modality, backbone, weights, settings, cache, data
     summary = extract(manifest, modality, cache, dataset, cfg)
     if summary["metadata_changed"]:
         what = ", ".join(f"{col} of {n} item(s)" for col, n in summary["metadata_changed"].items())
-        click.echo(f"manifest changed: updated {what} in the store (features reused, not re-extracted)")
+        con.line(f"manifest changed: updated {what} in the store (features reused, not re-extracted)")
     if summary["sources_changed"]:
-        click.echo(f"manifest changed: {summary['sources_changed']} shard(s) have items with another file or text; "
-                   "extracting them again")
+        con.line(f"manifest changed: {summary['sources_changed']} shard(s) have items with another file or text; "
+                 "extracting them again")
     retried = f" ({summary['retried']} retried for failed items)" if summary["retried"] else ""
     if summary["now_allowed"]:
-        click.echo(f"{summary['now_allowed']} shard(s) hold items refused as outside the allowed roots that "
-                   "--allow-root now admits; extracting them again")
-    click.echo(
+        con.line(f"{summary['now_allowed']} shard(s) hold items refused as outside the allowed roots that "
+                 "--allow-root now admits; extracting them again")
+    con.summary(
         f"{summary['store']}: {summary['written']} shard(s) written{retried}, {summary['skipped']} already complete; "
         f"{summary['ok']} ok, {summary['failed']} failed; {summary['items_per_s'] or 0:g} items/s on {summary['device']}"
     )
-    _print_failures(summary["errors"])
+    _print_failures(summary["errors"], con.line)
     if summary["failed_skipped"]:
-        click.echo(f"{summary['failed_skipped']} item(s) failed in an earlier run and were not retried; "
-                   "rerun with --retry-failed to try them again")
-    click.echo(json.dumps(summary), err=True)
+        con.line(f"{summary['failed_skipped']} item(s) failed in an earlier run and were not retried; "
+                 "rerun with --retry-failed to try them again")
+    con.result(summary)
 
 
 SHOWN_FAILURES = 20  # the rest: mmx cache ls --failed
 
 
-def _print_failures(errors: dict) -> None:
+def _print_failures(errors: dict, echo) -> None:
     """The failed ids and the extractor's message for each (the first few; all are in the store)."""
     for item, message in list(errors.items())[:SHOWN_FAILURES]:
-        click.echo(f"failed: {item}: {message}")
+        echo(f"failed: {item}: {message}")
     if len(errors) > SHOWN_FAILURES:
-        click.echo(f"... and {len(errors) - SHOWN_FAILURES} more failed item(s): mmx cache ls --failed")
+        echo(f"... and {len(errors) - SHOWN_FAILURES} more failed item(s): mmx cache ls --failed")
 
 
 COMMANDS: list = [extract_command]

@@ -6,6 +6,9 @@ import re
 
 import click
 
+from mmx.pipeline.cli_output import console
+from mmx.pipeline.options import allow_root_option, json_option, progress_option, quiet_option
+
 _UNITS = {"": 1, "B": 1, "K": 2**10, "KB": 2**10, "M": 2**20, "MB": 2**20, "G": 2**30, "GB": 2**30}
 
 
@@ -21,11 +24,12 @@ def parse_size(text: str) -> int:
 @click.argument("manifest", type=click.Path(dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Dataset folder: media/, fetch/ (journal, status, report) and manifest.fetched.csv.")
-@click.option("--modality", "modalities", default="", help="Only these modalities, e.g. image,video (default: all).")
+@click.option("--modality", "modalities", default="", show_default="every modality",
+              help="Only these modalities, comma-separated, e.g. image,video.")
 @click.option("--workers", default=32, show_default=True, type=click.IntRange(1, 1024), help="Concurrent downloads.")
 @click.option("--per-host", default=8, show_default=True, type=click.IntRange(1, 1024),
               help="Concurrent downloads per host.")
-@click.option("--connect-timeout", default=10.0, show_default=True, type=click.FloatRange(0.01))
+@click.option("--connect-timeout", default=10.0, type=click.FloatRange(0.01), help="Seconds to connect to a host.")
 @click.option("--read-timeout", default=30.0, show_default=True, type=click.FloatRange(0.01),
               help="Seconds without a byte before a download times out.")
 @click.option("--item-timeout", default=300.0, show_default=True, type=click.FloatRange(0.01),
@@ -39,13 +43,15 @@ def parse_size(text: str) -> int:
 @click.option("--max-size", default="512MB", show_default=True, help="Size cap per item.")
 @click.option("--max-pixels", default=89_478_485, show_default=True, type=click.IntRange(1),
               help="Images with more pixels are refused as decompression bombs.")
-@click.option("--max-redirects", default=5, show_default=True, type=click.IntRange(0, 50))
-@click.option("--allow-root", "allowed_roots", multiple=True, type=click.Path(file_okay=False),
-              help="Folder local paths may be read from (repeatable; default: the manifest's folder).")
+@click.option("--max-redirects", default=5, type=click.IntRange(0, 50), help="Most HTTP redirects followed per item.")
+@allow_root_option()
 @click.option("--retry-failed", is_flag=True, help="Also retry items that failed with a transient kind.")
 @click.option("--all-failures", "retry_all", is_flag=True, help="With --retry-failed: retry every failed item.")
-@click.option("--progress/--no-progress", default=True, show_default=True)
-def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_timeout, read_timeout, item_timeout,
+@progress_option()
+@quiet_option()
+@json_option("the fetch's totals and report")
+@click.pass_context
+def fetch_command(ctx, manifest, out_dir, modalities, workers, per_host, connect_timeout, read_timeout, item_timeout,
                   retries, backoff_base, max_retry_after, max_size, max_pixels, max_redirects, allowed_roots,
                   retry_failed, retry_all, progress):
     """Download (or link) the media of MANIFEST into a dataset folder, with a link-rot report.
@@ -58,6 +64,8 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
     status 1 when items were refused by this run's own options (forbidden_path), 0 otherwise
     (link rot included).
     """
+    con = console(ctx)
+    progress = progress and not con.quiet
     from mmx.extract.fetch import FetchConfig, fetch_manifest
     from mmx.cache.modality import Modality
 
@@ -72,17 +80,34 @@ def fetch_command(manifest, out_dir, modalities, workers, per_host, connect_time
     from mmx.extract.fetch.status import RECHECKED_KINDS
 
     summary = fetch_manifest(manifest, out_dir, cfg)
-    print_summary(summary, click.echo)
+    con.summary(summary_line(summary))
+    for line in detail_lines(summary):
+        con.line(line)
+    con.result({"fetched": summary.fetched, "skipped": summary.skipped, "this_run": summary.this_run,
+                "totals": summary.totals, "report": summary.report, "status": summary.layout.status,
+                "manifest": summary.layout.manifest})
     if any(kind in RECHECKED_KINDS for kind in summary.totals):
         raise click.exceptions.Exit(1)  # the user's own options refused items: not link rot, so not a success
 
 
 def print_summary(summary, echo) -> None:
     """What a fetch run did and obtained, its failures and where its files are (also used by ``mmx demo``)."""
+    echo(summary_line(summary))
+    for line in detail_lines(summary):
+        echo(line)
+
+
+def summary_line(summary) -> str:
+    ran = ", ".join(f"{k} {v}" for k, v in sorted(summary.this_run.items(), key=lambda kv: -kv[1])) or "nothing"
+    return f"fetched {summary.fetched} item(s) this run ({ran}); {summary.skipped} already done"
+
+
+def detail_lines(summary) -> list[str]:
+    """What was obtained, the failures, where the files are and what would fix the failures."""
     from mmx.extract.fetch.report import summary_lines
 
-    ran = ", ".join(f"{k} {v}" for k, v in sorted(summary.this_run.items(), key=lambda kv: -kv[1])) or "nothing"
-    echo(f"fetched {summary.fetched} item(s) this run ({ran}); {summary.skipped} already done")
+    lines = []
+    echo = lines.append
     echo("obtained: " + "; ".join(summary_lines(summary.report)))
     if summary.report["failures"]:
         echo("failures: " + ", ".join(f"{k} {v}" for k, v in summary.report["failures"].items()))
@@ -93,8 +118,7 @@ def print_summary(summary, echo) -> None:
              + (f" and {len(lost) - 10} more" if len(lost) > 10 else ""))
     layout = summary.layout
     echo(f"status: {layout.status}\nreport: {layout.meta / 'report.md'}\nmanifest: {layout.manifest}")
-    for line in failure_advice(summary.totals):
-        echo(line)
+    return lines + failure_advice(summary.totals)
 
 
 def failure_advice(totals: dict) -> list[str]:
@@ -138,7 +162,8 @@ def failure_advice(totals: dict) -> list[str]:
 @click.option("--text-columns", default="id,label,text", show_default=True,
               help="Fields of a text line in order; the last field takes the rest of the line.")
 @click.option("--sep", default="whitespace", show_default=True,
-              type=click.Choice(["whitespace", "tab", "comma", "space", "semicolon", "pipe"]))
+              type=click.Choice(["whitespace", "tab", "comma", "space", "semicolon", "pipe"]),
+              help="What separates the fields of a line.")
 @click.option("--id-prefix/--no-id-prefix", default=True, show_default=True,
               help="Prefix ids with their modality (lists usually number each modality from 1).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import click
 
+from mmx.pipeline.cli_output import console
+from mmx.pipeline.options import device_option, json_option
+
 
 def _queries(files: tuple[str, ...], texts: tuple[str, ...]) -> list[tuple[str, dict]]:
     """``[(modality, item)]`` for files (modality by extension) and inline texts, in the order given."""
@@ -54,14 +57,16 @@ def embed_all(space, queries: list[tuple[str, dict]]) -> dict:
 @click.option("--text", "texts", multiple=True, help="A text to embed (repeatable).")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Embed every item of a manifest (a gallery for 'mmx search --gallery').")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write emb, id, modality, label, uri to this .npz.")
-@click.option("--json", "as_json", is_flag=True, help="Print the embeddings as JSON lines.")
-@click.option("--device", default="cpu", show_default=True)
-def embed_cmd(run, inputs, texts, manifest, output, as_json, device):
-    """Embed files (image, audio, video) or --text into RUN's joint space.
+@json_option("each embedding (one JSON object a line)")
+@device_option()
+@click.pass_context
+def embed_cmd(ctx, run, inputs, texts, manifest, output, device):
+    """Embed INPUTS (image, audio, video files) and --text into RUN's joint space.
 
     \b
     The backbone and preprocessing are those of the stores RUN trained on (from their
     metadata), then RUN's model; the result is comparable with RUN's own embeddings.
+    Examples:
       mmx embed runs/RUN photo.png clip.mp4 --text "a spoken seven" --json
       mmx embed runs/RUN --manifest data/mine/manifest.fetched.csv -o gallery.npz
     """
@@ -72,14 +77,20 @@ def embed_cmd(run, inputs, texts, manifest, output, as_json, device):
     queries = (_manifest_items(manifest) if manifest else []) + (_queries(inputs, texts) if inputs or texts else [])
     if not queries:
         raise click.UsageError("nothing to embed: give files, --text or --manifest")
+    con = console(ctx)
     out = embed_all(open_space(run, device), queries)
     if output:
         from mmx.cache.atomic import atomic_path
 
         with atomic_path(output) as tmp:
             np.savez(tmp, **out)
-        click.echo(f"wrote {output}: {len(out['id'])} embeddings of {out['emb'].shape[1]} dimensions", err=as_json)
-    if as_json or not output:
+    elif not con.json:
+        for i in range(len(out["id"])):
+            con.line(f"{out['id'][i]}  {out['modality'][i]}  [{' '.join(f'{x:.3f}' for x in out['emb'][i][:4])} ...]")
+    dims = out["emb"].shape[1]
+    con.summary(f"wrote {output}: {len(out['id'])} embeddings of {dims} dimensions" if output else
+                f"{len(out['id'])} embeddings of {dims} dimensions (-o FILE writes them, --json prints them)")
+    if con.json:
         for i in range(len(out["id"])):
             click.echo(json.dumps({"id": out["id"][i], "modality": out["modality"][i], "embedding": [round(float(x), 6) for x in out["emb"][i]]}))
 
@@ -121,19 +132,23 @@ def _locations(manifest: str | None, ids) -> list[str]:
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @click.option("--text", "texts", multiple=True, help="Query text (repeatable).")
 @click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="Query file: image, audio or video (repeatable).")
-@click.option("--target", default="", help="Gallery modalities (or fused names such as audio+video), e.g. image,video (default: all).")
-@click.option("--k", default=10, show_default=True, type=click.IntRange(min=1))
-@click.option("--split", default="test", show_default=True, help="Which of RUN's embedded splits is the gallery.")
+@click.option("--target", default="", show_default="every modality",
+              help="Gallery modalities (or fused names such as audio+video), e.g. image,video.")
+@click.option("--k", default=10, type=click.IntRange(min=1), help="Hits per query.")
+@click.option("--split", default="test", help="Which of RUN's embedded splits is the gallery.")
 @click.option("--gallery", type=click.Path(dir_okay=False, exists=True), help="A gallery written by 'mmx embed --manifest ... -o' instead.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest whose uri column gives each gallery item's location.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per hit.")
-@click.option("--device", default="auto", show_default=True, help="Where the ranking runs: auto, cpu or cuda.")
-def search_cmd(run, texts, files, target, k, split, gallery, manifest, as_json, device):
+@json_option("each hit (one JSON object a line)")
+@device_option("Where the queries are embedded and ranked: auto (CUDA when present), cpu, cuda or cuda:N.")
+@click.pass_context
+def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, device):
     """Rank RUN's gallery for each query (--text / --file): rank, score, id, modality, label, location.
 
     \b
+    Examples:
       mmx search runs/RUN --text "a spoken seven" --target image,video --k 5
-      mmx search runs/RUN --file seven.wav --target image --manifest data/manifest.fetched.csv
+      mmx search runs/RUN --file seven.wav --target image --manifest data/mine/manifest.fetched.csv
+      mmx search runs/RUN --text seven --gallery gallery.npz
     """
     from mmx.eval.search import top_k
     from mmx.pipeline.embed import open_space
@@ -141,7 +156,8 @@ def search_cmd(run, texts, files, target, k, split, gallery, manifest, as_json, 
     queries = _queries(files, texts)
     targets = [t.strip() for t in target.split(",") if t.strip()] or None
     g = _gallery(run, split, targets, gallery)
-    space = open_space(run, "cpu")
+    as_json = console(ctx).json
+    space = open_space(run, device)
     q = embed_all(space, queries)
     scores, rows = top_k(q["emb"], g["emb"], k, device=None if device == "auto" else device)
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])

@@ -5,21 +5,7 @@ train (paper 000's round-robin, tri- and quad-modal settings, EAO and CVS) -> ev
 compare -> summary. Each stage calls the library functions the commands call, so what the
 demo shows is what ``mmx fetch/extract/train/eval/compare`` do on one's own manifest.
 
-Choices where the papers are silent:
-
-* every run stops early on the **val** split (the demo set has one; paper 000 Sec. III-D
-  stops on the test loss, but then the test split would choose the epoch) and is reported
-  on **test**;
-* batches hold the 10 digit classes once each (class-aligned, paper 000 Sec. III-A: a batch
-  cannot hold more distinct classes than there are), 20 items per modality for CVS (two per
-  class: its intra-modal triplets need pairs, paper 002 Sec. III-C);
-* EAO (paper 001) on its own modalities (text, video, audio) at CPU size: 128-d tokens,
-  4 heads, 256-d MLP and space, lr 1e-3 with the paper's x0.9 decay and term weights, with
-  class-aligned pseudo-groups (the set has no instance groups); CVS (paper 002) on all four
-  with its preset but a 256-d space and at most 10 epochs (one CVS epoch costs about five of
-  paper 000's on two cores);
-* a rerun reuses everything already done (fetch journal, complete cache shards, finished
-  runs with the same config) and says so; ``quick`` only lowers the epochs.
+The sizes and protocol the demo chose where the papers are silent: docs/notes/pipeline.md.
 """
 
 from __future__ import annotations

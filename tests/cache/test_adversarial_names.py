@@ -74,7 +74,7 @@ def cache(tmp_path_factory):
 ])
 def test_train_refuses_names_that_escape(cache, tmp_path, args, word):
     out = tmp_path / "runs"
-    r = CliRunner().invoke(main, ["train", "--cache", str(cache), "--modalities", "text,image", "--epochs", "1",
+    r = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--cache", str(cache), "--modalities", "text,image", "--epochs", "1",
                                   "--batch-size", "8", "--out", str(out), "--quiet", *args])
     _refused(r, word, "plain name")
     assert not (tmp_path / "outside").exists()

@@ -255,7 +255,7 @@ def test_adversarial_train_on_a_damaged_cache_is_one_line(tmp_path):
     assert CliRunner().invoke(main, ["cache", "synthesize", "--cache", str(cache)]).exit_code == 0
     (text,) = [s for s in store_mod.list_stores(cache) if s.modality == Modality.TEXT]
     _damage(text.path / "pooled" / "c" / "0" / "0", "flipped-data")
-    r = CliRunner().invoke(main, ["train", "--preset", "fuerer-tri", "--cache", str(cache), "--out", str(tmp_path / "runs"),
+    r = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--preset", "fuerer-tri", "--cache", str(cache), "--out", str(tmp_path / "runs"),
                                   "--epochs", "1", "--quiet"])
     assert r.exit_code == 1 and "Traceback" not in r.output
     (line,) = r.output.strip().splitlines()

@@ -83,12 +83,12 @@ def test_synthesize_bad_options(tmp_path, args, message):
 
 def test_info_by_path_and_by_name(cache):
     store = next(s for s in list_stores(cache) if s.modality.value == "image")
-    r = run("cache", "info", str(store.path))
+    r = run("cache", "info", str(store.path), "--json")
     assert r.exit_code == 0
     info = json.loads(r.output)
     assert (info["items"], info["ok"], info["backbone"]["dim"], info["incomplete_shards"]) == (30, 30, 6, [])
     assert info["splits"] == {"test": 5, "train": 25}
-    r = run("cache", "info", "synthetic/image", "--cache", str(cache))
+    r = run("cache", "info", "synthetic/image", "--cache", str(cache), "--json")
     assert json.loads(r.output)["key"] == store.key
     r = CliRunner().invoke(main, ["cache", "info", "synthetic/video", "--cache", str(cache)])
     assert r.exit_code == 1 and "no video features" in r.output
@@ -102,7 +102,7 @@ def test_verify_reports_incomplete_and_corrupt(cache):
     r = CliRunner().invoke(main, ["cache", "verify", str(store.path)])
     assert r.exit_code == 2 and "incomplete: 1/1 shard(s) not complete (40 item(s)): 0;" in r.output
     assert "ok:" not in r.output
-    assert json.loads(run("cache", "info", str(store.path)).output)["incomplete_shards"] == [0]
+    assert json.loads(run("cache", "info", str(store.path), "--json").output)["incomplete_shards"] == [0]
     r = CliRunner().invoke(main, ["cache", "verify", str(store.path), "--allow-incomplete"])
     assert r.exit_code == 0 and "incomplete: 1/1" in r.output and "ok:" in r.output
     # tampering: a complete shard whose token array is gone

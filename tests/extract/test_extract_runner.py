@@ -80,7 +80,7 @@ def test_cli_extracts_every_modality_with_failures_as_statuses(tmp_path, shared_
     r = runner.invoke(main, ["cache", "ls", "--failed", "--cache", str(cache)])
     assert r.exit_code == 0 and "d/image/efficientnet-lite0  i1  " in r.output and "empty file" in r.output
     assert "7 failed item(s) in 4 store(s)" in r.output
-    r = runner.invoke(main, ["cache", "info", str(img.path)])
+    r = runner.invoke(main, ["cache", "info", str(img.path), "--json"])
     assert '"i3": ' in r.output and "run 'mmx fetch' first" in r.output
     # log-mel in dB has an arbitrary scale, and the store says so (outside the key)
     assert stores["audio"].meta["scale"]["arbitrary"] and "dB" in stores["audio"].info()["scale"]["unit"]
@@ -100,7 +100,7 @@ def test_cli_errors_and_list(tmp_path):
     r = runner.invoke(main, ["extract", str(man), "--modality", "text", "--backbone", "logmel", "--cache", "c", "--dataset", "d"])
     assert r.exit_code != 0 and "extracts audio, not text" in r.output
     r = runner.invoke(main, ["extract", str(man), "--modality", "text"])
-    assert r.exit_code != 0 and "missing --dataset" in r.output and "--cache" not in r.output
+    assert r.exit_code != 0 and "Missing option '--dataset'" in r.output and "--cache" not in r.output
     import torch
 
     if not torch.cuda.is_available():

@@ -39,9 +39,9 @@ def test_train_reports_unknown_names_clearly(tmp_path):
     r = CliRunner()
     res = r.invoke(main, ["train", "--strategy", "nope"])
     assert res.exit_code == 2 and "nope" in res.output
-    res = r.invoke(main, ["train", "--modalities", "text,smell", "--cache", str(tmp_path)])
+    res = r.invoke(main, ["train", "--modalities", "text,smell", "--cache", str(tmp_path), "--dataset", "synthetic"])
     assert res.exit_code == 1 and "unknown modality 'smell'" in res.output and "Traceback" not in res.output
     res = r.invoke(main, ["train", "--cache", str(tmp_path), "--dataset", "absent", "--modalities", "text,image"])
     assert res.exit_code == 1 and "no text features of dataset 'absent'" in res.output
-    res = r.invoke(main, ["train", "--preset", "no-such-preset"])
+    res = r.invoke(main, ["train", "--preset", "no-such-preset", "--dataset", "synthetic"])
     assert res.exit_code == 1 and "unknown preset" in res.output

@@ -1,4 +1,4 @@
-"""Messages a first run meets (issue 15 item 9): why instance relevance prints n/a, what --set accepts,
+"""Messages a first run meets: why instance relevance prints n/a, what --set accepts,
 the hub offline path."""
 
 import pytest

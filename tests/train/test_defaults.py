@@ -50,7 +50,7 @@ def test_strategy_named_by_a_later_layer_decides_the_defaults():
 
 @pytest.mark.parametrize("preset", ["rvs", "mcvs", "cvs"])
 def test_presets_train_on_a_two_modality_dataset_without_modalities(two_modalities, tmp_path, preset):
-    res = CliRunner().invoke(main, ["train", "--preset", preset, "--cache", str(two_modalities), "--out", str(tmp_path),
+    res = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--preset", preset, "--cache", str(two_modalities), "--out", str(tmp_path),
                                     "--epochs", "1", "--batch-size", "16", "--set", "embed_dim=16"])
     assert res.exit_code == 0, res.output
     assert "modalities: text, image (all the dataset has" in res.output
@@ -70,6 +70,6 @@ def test_the_papers_order_options_keep_only_the_modalities_present():
 
 
 def test_a_missing_modality_names_the_flag(two_modalities, tmp_path):
-    res = CliRunner().invoke(main, ["train", "--cache", str(two_modalities), "--out", str(tmp_path), "--modalities", "text,audio"])
+    res = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--cache", str(two_modalities), "--out", str(tmp_path), "--modalities", "text,audio"])
     assert res.exit_code != 0
     assert "leave audio out of --modalities" in res.output and "has: text, image" in res.output

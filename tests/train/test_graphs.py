@@ -257,7 +257,7 @@ def test_cuda_graphs_on_a_cpu_trains_eagerly_and_says_so(class_cache, tmp_path):
 
     from mmx.pipeline.cli import main
 
-    res = CliRunner().invoke(main, ["train", "--strategy", "joint", "--cache", str(class_cache), "--modalities", "text,image",
+    res = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--strategy", "joint", "--cache", str(class_cache), "--modalities", "text,image",
                                     "--epochs", "1", "--batch-size", "5", "--out", str(tmp_path), "--device", "cpu",
                                     "--cuda-graphs"])
     assert res.exit_code == 0, res.output

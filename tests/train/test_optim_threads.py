@@ -61,7 +61,7 @@ def test_a_training_run_never_imports_torchs_compiler(tmp_path):
     code = (
         "import sys\n"
         "from mmx.pipeline.cli import main\n"
-        f"args = ['train', '--modalities', 'text,image', '--cache', {str(tmp_path / 'c')!r}, '--epochs', '2',\n"
+        f"args = ['train', '--dataset', 'synthetic', '--modalities', 'text,image', '--cache', {str(tmp_path / 'c')!r}, '--epochs', '2',\n"
         f"        '--batch-size', '4', '--out', {str(tmp_path / 'runs')!r}, '--quiet']\n"
         "try:\n"
         "    main(args)\n"
@@ -101,7 +101,7 @@ def test_train_records_the_threads_it_used(tmp_path):
     before = torch.get_num_threads()
     try:
         for given, expected in (("1", 1), (None, default_threads())):
-            args = ["train", "--modalities", "text,image", "--cache", str(tmp_path / "c"), "--epochs", "1",
+            args = ["train", "--dataset", "synthetic", "--modalities", "text,image", "--cache", str(tmp_path / "c"), "--epochs", "1",
                     "--batch-size", "4", "--out", str(tmp_path / "runs"), "--quiet"] + (["--threads", given] if given else [])
             res = CliRunner().invoke(main, args)
             assert res.exit_code == 0, res.output

@@ -53,7 +53,7 @@ def synthetic(tmp_path_factory):
     (["--epochs", "0"], "--epochs"),
 ])
 def test_cli_refuses_nonpositive_sizes_up_front(synthetic, tmp_path, args, fix):
-    r = CliRunner().invoke(main, ["train", "--cache", str(synthetic), "--modalities", "text,image",
+    r = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--cache", str(synthetic), "--modalities", "text,image",
                                   "--out", str(tmp_path / "runs"), *args])
     assert r.exit_code == 2 and fix in r.output and "Traceback" not in r.output
     assert not (tmp_path / "runs").exists()  # refused before anything was written
@@ -66,7 +66,7 @@ def test_cli_refuses_nonpositive_sizes_up_front(synthetic, tmp_path, args, fix):
     ("lr=-1", ["lr=-1", "positive"]),
 ])
 def test_bad_set_values_are_one_line_naming_the_fix(synthetic, tmp_path, setting, words):
-    r = CliRunner().invoke(main, ["train", "--cache", str(synthetic), "--modalities", "text,image",
+    r = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--cache", str(synthetic), "--modalities", "text,image",
                                   "--out", str(tmp_path / "runs"), "--set", setting])
     assert r.exit_code == 1, r.output
     assert all(w in r.output for w in words), r.output

@@ -123,7 +123,7 @@ def test_resume_refuses_a_folder_without_state(tmp_path, class_cache):
 
 def test_cli_presets_and_resume(class_cache, tmp_path):
     runner = CliRunner()
-    args = ["train", "--preset", "fuerer-tri", "--cache", str(class_cache), "--out", str(tmp_path), "--epochs", "1",
+    args = ["train", "--dataset", "synthetic", "--preset", "fuerer-tri", "--cache", str(class_cache), "--out", str(tmp_path), "--epochs", "1",
             "--batch-size", "16", "--set", "embed_dim=16", "--quiet"]
     res = runner.invoke(main, args)
     assert res.exit_code == 0, res.output
