@@ -173,7 +173,7 @@ def resolve(presets: list[str] = (), overrides: dict | None = None, sets: list[s
 
     The strategy is the one the layers above name last (``joint`` when none does); its
     ``paper_settings`` (train/strategies) sit under every preset, so a preset
-    only names a variant and ``mmx train --strategy rvs`` alone is paper 004's RVS.
+    only names a variant and ``--strategy rvs`` with no other setting is paper 004's RVS.
     """
     layers = [load_yaml(p)[::-1] for p in presets]
     if overrides:
