@@ -4,8 +4,8 @@ Trains ``joint`` on a real class-aligned cache (default: the digits cache, 10 cl
 images, spoken digits, sentences) for the same fixed number of epochs (``keep: last``, so
 nothing is selected on any split) in three settings, over several seeds:
 
-* ``pair/10``: paper 000's loss at the batch mmx used to draw with 10 classes
-  (one item per class, whatever ``--batch-size`` said);
+* ``pair/10``: paper 000's loss with one item per class and 10 classes per batch
+  (whatever ``--batch-size`` says);
 * ``pair/128``: paper 000's loss with the batch honoured (P x K, same-class items
   are negatives);
 * ``class/128``: ``options.positives=class`` (multi-positive InfoNCE).

@@ -1,7 +1,7 @@
 """The media files the tests decode, fetch and extract, generated (PIL, soundfile, PyAV) so tests carry them.
 
-Tests used to read real files from ``../shared/media``, which a fresh clone does not have,
-so a user's run skipped what CI ran. These files keep those files' paths and formats (size,
+A fresh clone has no ``../shared/media``, and a test that read it would skip for a user while
+CI ran it. These files mirror those files' paths and formats (size,
 sample rate, channels, duration, codec) so the tests' expectations hold; their content is
 synthetic (gradients and shapes, tones and noise, moving squares). Only one check needs real
 content, the ImageNet class of a real dog photo: it is marked ``shared_files`` (opt-in).

@@ -195,7 +195,7 @@ AUDIO_GROWTH_BUDGET_MIB = 48
 
 
 def test_audio_bomb_decodes_in_bounded_memory(tmp_path):
-    """60 s of 192 kHz 8-channel FLAC used to be read whole as float32 (369 MiB) before the mix-down."""
+    """60 s of 192 kHz 8-channel FLAC is mixed down as it streams, not read whole as float32 (369 MiB) first."""
     bomb = write_audio_bomb(tmp_path / "bomb.flac", seconds=60)
     assert bomb.stat().st_size < 200_000
     tests = str(Path(__file__).resolve().parents[1])

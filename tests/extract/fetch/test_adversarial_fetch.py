@@ -40,7 +40,7 @@ def _journal(root):
 
 
 def test_ids_that_cleaned_to_one_stem_keep_their_own_files(tmp_path):
-    """'a b' used to be stored as a_b-7dbde93504.jpg, the very name of the id 'a_b-7dbde93504'."""
+    """'a b' must not be stored as a_b-7dbde93504.jpg, the very name of the id 'a_b-7dbde93504'."""
     unsafe, lookalike = "a b", "a_b-" + hashlib.sha1(b"a b").hexdigest()[:10]
     assert lookalike == "a_b-7dbde93504"
     assert safe_stem(unsafe) != safe_stem(lookalike)
