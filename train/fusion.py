@@ -5,7 +5,8 @@ shared by all modalities over the tokens of any subset (3.2.3), and per-modality
 projections fused by eq. 1 (3.2.4). Where the paper is silent the reference code decides,
 each difference a constructor argument (``final_norm``, ``init``, ``max_positions``); the
 ablations of Tables 4-6 are ``fusion``, ``cls_token`` and ``shared_projection``.
-'encoders`` (such as :class:`mmx.train.audio_encoder.DavenetEncoder`) are trained with it.
+Modules in ``encoders`` (such as :class:`mmx.train.audio_encoder.DavenetEncoder`, Sec. 4.1's
+trainable audio CNN) turn a modality's inputs into its tokens and are trained with the model.
 :meth:`EverythingAtOnce.embed_subsets` computes every subset of a training step in one pass
 over shared work. Readings and how the shared pass works: docs/notes/train.md.
 """

@@ -159,3 +159,17 @@ def test_resume_keeps_the_encoder_and_ends_bit_identical(cache, tmp_path, monkey
     resumed = loop.train(cfg(cache, tmp_path / "b", epochs=3, patience=3), resume=part)
     again = checkpoint.load(resumed / checkpoint.LAST)["model"]
     assert set(again) == set(weights) and all(torch.equal(weights[k], again[k]) for k in weights)
+
+
+def test_options_are_checked_and_a_store_without_a_rate_is_not_shifted(cache, tmp_path):
+    check = get_strategy("eao").check
+    problems = check(cfg(cache, tmp_path, options={**DAVENET, "audio_encoder": "vggish", "audio_dim": 0, "audio_shift_seconds": -1}))
+    assert len(problems) == 3 and all("options.audio_" in p for p in problems)
+    assert any("needs audio" in p for p in check(cfg(cache, tmp_path, modalities=["text", "video"])))
+    data = load_train_data(str(cache), "synthetic", Modality.parse_list(MODS), ["train"], tokens=True)
+    data.meta[Modality.AUDIO] = {**data.meta[Modality.AUDIO], "backbone": {**data.meta[Modality.AUDIO]["backbone"], "token_rate": None}}
+    with pytest.warns(UserWarning, match="not shifted"):
+        strategy = get_strategy("eao")(cfg(cache, tmp_path), data, torch.device("cpu"))
+    assert strategy.audio_shift == 0
+    data.meta[Modality.AUDIO]["backbone"]["token_rate"] = "2 per second"
+    assert get_strategy("eao")(cfg(cache, tmp_path), data, torch.device("cpu")).audio_shift == 8  # 4 s (the default) x 2/s

@@ -1,9 +1,12 @@
 """Everything at Once (Shvetsova et al., paper 001): fusion transformer + combinatorial loss.
 
 The model is :class:`mmx.train.fusion.EverythingAtOnce`; the loss is
-:func:`mmx.train.losses.combinatorial_loss` over the terms of ``options.terms`` (``eao``: eq. 3 over
-the combinations up to a triplet, Sec. 3.2.3, which is eq. 2 for three modalities;
-``single-pair``; ``pairwise``; ``all``: eq. 3; or a list such as ``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``.
+:func:`mmx.train.losses.combinatorial_loss` over the terms of ``options.terms`` (``eao``:
+eq. 3 over the combinations up to a triplet, Sec. 3.2.3, which is eq. 2 for three
+modalities; ``single-pair``; ``pairwise``; ``all``: eq. 3; or a list such as
+``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``.
+``options.audio_encoder: davenet`` trains an audio CNN with the model and
+``audio_shift_seconds`` shifts the audio in training (Sec. 4.1, :mod:`mmx.train.audio_encoder`).
 :data:`EAO_OPTIONS` are the options (small defaults), :data:`EAO_PAPER_SETTINGS` the paper's
 settings (Sec. 4.1 and its reference code). Readings, groups and pseudo-groups: docs/notes/train.md.
 """
