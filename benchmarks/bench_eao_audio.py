@@ -9,6 +9,7 @@ report) with class relevance: R@10 and mAP per pair, the audio pairs' means, wal
 
     python benchmarks/bench_eao_audio.py --cache DIR/cache [--seeds 0 1 2] [--threads 1]
         [--variants frozen davenet-128 davenet-256] [--modalities text video audio]
+        [--step-times N]   # only the median step time of each variant, interleaved
 """
 
 from __future__ import annotations
@@ -61,6 +62,40 @@ def run_one(cache: Path, out: Path, variant: str, seed: int, modalities: list, t
             "val": summary(res, "val"), "test": summary(res, "test")}
 
 
+def step_times(cache: Path, variants: list, modalities: list, steps: int, threads: int) -> dict:
+    """Median seconds of one training step (forward of every subset, loss, backward, Adam) per
+    variant on the same batches, the variants interleaved step by step so that the machine's
+    load falls on all alike."""
+    import torch
+
+    from mmx.cache.modality import Modality
+    from mmx.pipeline.demo.run import RUNS
+    from mmx.train.data import load_train_data
+    from mmx.train.strategies import get_strategy
+
+    spec = next(r for r in RUNS if r.name == "eao")
+    base = spec.config(cache, Path("unused"), False, 0)
+    data = load_train_data(str(cache), "digits", Modality.parse_list(modalities), ["train"], tokens=True)
+    setups = {}
+    for v in variants:
+        cfg = dataclasses.replace(base, modalities=list(modalities), threads=threads, options={**base.options, **VARIANTS[v]})
+        strategy = get_strategy("eao")(cfg, data, torch.device("cpu"))
+        torch.manual_seed(0)
+        model = strategy.build_model().train()
+        batches = list(strategy.batches(data.splits["train"], 1, train=True))
+        setups[v] = (strategy, model, torch.optim.Adam(model.parameters(), 1e-3), batches)
+    times = {v: [] for v in variants}
+    for i in range(steps + 2):
+        for v, (strategy, model, opt, batches) in setups.items():
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            strategy.step(model, batches[i % len(batches)])["loss"].backward()
+            opt.step()
+            if i >= 2:  # the first steps allocate
+                times[v].append(time.perf_counter() - t0)
+    return {v: float(np.median(t)) for v, t in times.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", required=True)
@@ -70,10 +105,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=15)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="")
+    ap.add_argument("--step-times", type=int, default=0, help="only time this many training steps per variant")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.step_times:
+        for v, t in step_times(Path(args.cache), args.variants, args.modalities, args.step_times, args.threads).items():
+            print(f"{v}: {t * 1e3:.1f} ms per step (median of {args.step_times})")
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for variant in args.variants:
