@@ -5,6 +5,8 @@ shared by all modalities over the tokens of any subset (3.2.3), and per-modality
 projections fused by eq. 1 (3.2.4). Where the paper is silent the reference code decides,
 each difference a constructor argument (``final_norm``, ``init``, ``max_positions``); the
 ablations of Tables 4-6 are ``fusion``, ``cls_token`` and ``shared_projection``.
+Modules in ``encoders`` (such as :class:`mmx.train.audio_encoder.DavenetEncoder`, Sec. 4.1's
+trainable audio CNN) turn a modality's inputs into its tokens and are trained with the model.
 :meth:`EverythingAtOnce.embed_subsets` computes every subset of a training step in one pass
 over shared work. Readings and how the shared pass works: docs/notes/train.md.
 """
@@ -267,6 +269,7 @@ class EverythingAtOnce(nn.Module):
         max_positions: int = 0,
         final_norm: bool = False,
         init: str = "vit",
+        encoders: dict | None = None,
     ):
         super().__init__()
         if fusion not in ("shared", "separate", "none"):
@@ -274,6 +277,9 @@ class EverythingAtOnce(nn.Module):
         if init not in ("vit", "torch"):
             raise ValueError(f"init must be vit or torch, not {init!r}")
         self.modalities = [str(m) for m in dims]
+        # trainable encoders run on a modality's padded inputs before its token projection;
+        # ``dims`` then holds their output width
+        self.encoders = nn.ModuleDict({str(m): e for m, e in (encoders or {}).items()})
         self.fusion, self.use_cls, self.heads = fusion, cls_token, heads
         self.token_proj = nn.ModuleDict(
             {str(m): nn.Sequential(GatedLinear(d, token_dim), nn.LayerNorm(token_dim, eps=EPS)) for m, d in dims.items()}
@@ -326,6 +332,8 @@ class EverythingAtOnce(nn.Module):
             r_h, c_h = np.nonzero(valid_h & pres_h[:, None])
             absent_h = np.flatnonzero(~pres_h)
             r, c = to_device(r_h, x.device), to_device(c_h, x.device)
+            if m in self.encoders:
+                x = self.encoders[m](x, valid & pres[:, None])  # (B, T, D_enc)
             tok = self.token_proj[m](x[r, c])  # (n_m, token_dim): real tokens only
             fill = self.empty.to(tok.dtype).expand(len(absent_h), -1)
             if self.pos is not None:

@@ -84,10 +84,59 @@ def test_term_sets_and_weights():
     assert weights[("text", "|", "video")] == 1.0 and sum(w == 0.1 for w in weights.values()) == 5
     four = ["text", "image", "audio", "video"]
     assert len(build_terms(four, "pairwise", {}, 0.1)) == 6
-    assert len(build_terms(four, "eao", {}, 0.1)) == 6 + 4 * 3  # single-single and single-vs-pair
+    assert len(build_terms(four, "single-pair", {}, 0.1)) == 6 + 4 * 3  # single-single and single-vs-pair
     assert len(build_terms(four, "all", {}, 0.1)) == 25  # + pair-pair (3) and single-vs-triple (4)
     custom = build_terms(four, ["text-audio+video", "image-text"], {}, 0.5)
     assert [(tuple(map(str, x)), tuple(map(str, y))) for x, y, _ in custom] == [(("text",), ("audio", "video")), (("image",), ("text",))]
+
+
+def _names(terms):
+    return sorted("-".join("+".join(map(str, side)) for side in (x, y)) for x, y, _ in terms)
+
+
+def test_eao_terms_go_up_to_triplets_as_hand_written():
+    """Sec. 3.2.3: combinations "up to a triplet" for four modalities, each pair of disjoint ones a
+    term of eq. 3; for two and three modalities the paper's own lists (eq. 2)."""
+    assert _names(build_terms(["audio", "text"], "eao", {}, 0.1)) == ["text-audio"]
+    assert _names(build_terms(MODS, "eao", {}, 0.1)) == sorted([
+        "text-audio", "text-video", "audio-video", "text-audio+video", "audio-text+video", "video-text+audio"])
+    four = ["video", "audio", "image", "text"]  # any order in, the shared order out
+    hand = [
+        "text-image", "text-audio", "text-video", "image-audio", "image-video", "audio-video",  # single-single
+        "text-image+audio", "text-image+video", "text-audio+video", "image-text+audio", "image-text+video",
+        "image-audio+video", "audio-text+image", "audio-text+video", "audio-image+video", "video-text+image",
+        "video-text+audio", "video-image+audio",  # single-pair
+        "text-image+audio+video", "image-text+audio+video", "audio-text+image+video", "video-text+image+audio",  # single-triple
+        "text+image-audio+video", "text+audio-image+video", "text+video-image+audio",  # pair-pair
+    ]
+    assert _names(build_terms(four, "eao", {}, 0.1)) == sorted(hand)
+    assert _names(build_terms(four, "single-pair", {}, 0.1)) == sorted(hand[:18])
+
+
+def test_four_modality_loss_hand_computed_on_a_tiny_batch():
+    """The eao loss over four modalities (25 terms, triples and pair-pairs included), term by term."""
+    from mmx.train.strategies.eao import canonical
+
+    four = ["text", "image", "audio", "video"]
+    terms = build_terms(four, "eao", {"text-video": 1.0, "audio-text+image+video": 0.5}, 0.1)
+    subsets = {s for x, y, _ in terms for s in (x, y)}
+    assert len(subsets) == 4 + 6 + 4
+    g = torch.Generator().manual_seed(3)
+    embs = {s: torch.randn(3, 4, generator=g) for s in subsets}
+    present = {s: np.ones(3, bool) for s in subsets}
+    out = combinatorial_loss(embs, present, terms, tau=0.1)
+    t, i, a, v = (canonical([m]) for m in four)
+    tiv, ai = canonical(["text", "image", "video"]), canonical(["audio", "image"])
+    tv = canonical(["text", "video"])
+    assert float(out["loss/audio-text+image+video"]) == pytest.approx(
+        nce(embs[a], embs[tiv], 0.1) + nce(embs[tiv], embs[a], 0.1), rel=1e-4)
+    assert float(out["loss/text+video-image+audio"]) == pytest.approx(
+        nce(embs[tv], embs[ai], 0.1) + nce(embs[ai], embs[tv], 0.1), rel=1e-4)
+    total = sum(w * (nce(embs[x], embs[y], 0.1) + nce(embs[y], embs[x], 0.1)) for x, y, w in terms)
+    weight = 1.0 + 0.5 + 0.1 * 23
+    assert sorted(w for _, _, w in terms)[-2:] == [0.5, 1.0]
+    assert float(out["loss"]) == pytest.approx(total / weight, rel=1e-4)
+    assert len([k for k in out if k.startswith("loss/")]) == 25
 
 
 def _model(**kw):

@@ -1,9 +1,12 @@
 """Everything at Once (Shvetsova et al., paper 001): fusion transformer + combinatorial loss.
 
 The model is :class:`mmx.train.fusion.EverythingAtOnce`; the loss is
-:func:`mmx.train.losses.combinatorial_loss` over the terms of ``options.terms`` (``eao``: eq. 2
-generalised to any number of modalities; ``pairwise``; ``all``: eq. 3; or a list such as
+:func:`mmx.train.losses.combinatorial_loss` over the terms of ``options.terms`` (``eao``:
+eq. 3 over the combinations up to a triplet, Sec. 3.2.3, which is eq. 2 for three
+modalities; ``single-pair``; ``pairwise``; ``all``: eq. 3; or a list such as
 ``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``.
+``options.audio_encoder: davenet`` trains an audio CNN with the model and
+``audio_shift_seconds`` shifts the audio in training (Sec. 4.1, :mod:`mmx.train.audio_encoder`).
 :data:`EAO_OPTIONS` are the options (small defaults), :data:`EAO_PAPER_SETTINGS` the paper's
 settings (Sec. 4.1 and its reference code). Readings, groups and pseudo-groups: docs/notes/train.md.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import warnings
 
 import numpy as np
 import torch
@@ -19,6 +23,7 @@ from torch import nn
 
 from mmx.cache.modality import Modality
 from mmx.eval.metrics import LATE
+from mmx.train.audio_encoder import AUDIO_ENCODERS, DavenetEncoder, shift_tokens, tokens_per_second
 from mmx.train.fusion import EverythingAtOnce
 from mmx.train.losses import combinatorial_loss
 from mmx.train.samplers import group_table, make_sampler, to_device
@@ -39,6 +44,9 @@ EAO_OPTIONS = {
     "max_tokens": 0,  # 0: no limit; else keep the first max_tokens tokens of an item
     "final_norm": False,  # the reference builds a final LayerNorm and never applies it
     "init": "vit",  # vit: truncated normal as the reference | torch: PyTorch's default
+    "audio_encoder": "none",  # none: the cached audio tokens as they are | davenet: a CNN trained with the model (Sec. 4.1)
+    "audio_dim": 256,  # davenet's channels and output width (paper: 4096)
+    "audio_shift_seconds": 4.0,  # training only: audio read from a random offset of up to this many seconds (Sec. 4.1)
 }
 ORDER = list(Modality)
 
@@ -77,14 +85,16 @@ def build_terms(modalities: list, spec, weights: dict, default_weight: float) ->
             raise ValueError(f"loss terms name modalities not in play: {', '.join(outside)}")
     elif spec == "pairwise":
         pairs = list(itertools.combinations(singles, 2))
-    elif spec == "eao":
+    elif spec == "single-pair":
         pairs = list(itertools.combinations(singles, 2))
         pairs += [((m,), p) for m in mods for p in itertools.combinations([o for o in mods if o != m], 2)]
-    elif spec == "all":
-        subsets = [canonical(c) for r in range(1, len(mods)) for c in itertools.combinations(mods, r)]
+    elif spec in ("eao", "all"):
+        # eq. 3: every two disjoint subsets; eao takes the subsets "up to a triplet" (Sec. 3.2.3)
+        largest = len(mods) - 1 if spec == "all" else min(3, len(mods) - 1)
+        subsets = [canonical(c) for r in range(1, largest + 1) for c in itertools.combinations(mods, r)]
         pairs = [(x, y) for x, y in itertools.combinations(subsets, 2) if not set(x) & set(y)]
     else:
-        raise ValueError(f"options.terms must be eao, pairwise, all or a list of X-Y terms, not {spec!r}")
+        raise ValueError(f"options.terms must be eao, single-pair, pairwise, all or a list of X-Y terms, not {spec!r}")
     lookup = {}
     for key, w in (weights or {}).items():
         x, y = parse_term(str(key))
@@ -115,6 +125,7 @@ class EverythingAtOnceStrategy(Strategy):
         self.subsets = sorted({s for x, y, _ in self.terms for s in (x, y)}, key=lambda s: (len(s), [ORDER.index(m) for m in s]))
         self._groups: dict = {}
         self._token_counts: dict = {}
+        self.audio_shift = self._audio_shift()
 
     @classmethod
     def check(cls, cfg) -> list[str]:
@@ -135,6 +146,15 @@ class EverythingAtOnceStrategy(Strategy):
             problems.append("eao: options.cls_token needs a transformer (fusion shared or separate)")
         if not isinstance(opts["max_tokens"], int) or opts["max_tokens"] < 0:
             problems.append(f"eao: options.max_tokens must be a non-negative integer, got {opts['max_tokens']!r}")
+        if opts["audio_encoder"] not in AUDIO_ENCODERS:
+            problems.append(f"eao: options.audio_encoder must be one of {', '.join(AUDIO_ENCODERS)}, not {opts['audio_encoder']!r}")
+        elif opts["audio_encoder"] != "none" and cfg.modalities and Modality.AUDIO not in Modality.parse_list(cfg.modalities):
+            problems.append(f"eao: options.audio_encoder {opts['audio_encoder']} needs audio among the modalities")
+        if not isinstance(opts["audio_dim"], int) or isinstance(opts["audio_dim"], bool) or opts["audio_dim"] < 1:
+            problems.append(f"eao: options.audio_dim must be a positive integer, got {opts['audio_dim']!r}")
+        shift = opts["audio_shift_seconds"]
+        if not isinstance(shift, (int, float)) or isinstance(shift, bool) or not 0 <= shift < float("inf"):
+            problems.append(f"eao: options.audio_shift_seconds must be a non-negative number of seconds, got {shift!r}")
         if not isinstance(opts["weights"], dict):
             problems.append("eao: options.weights must be a mapping of X-Y terms to weights")
         try:
@@ -150,12 +170,30 @@ class EverythingAtOnceStrategy(Strategy):
         if o["positional"]:
             lengths = [int((f.offsets[1:] - f.offsets[:-1]).max()) for s in self.data.splits.values() for f in s.features.values() if len(f)]
             max_positions = min(max(lengths), o["max_tokens"]) if o["max_tokens"] else max(lengths)
+        dims = {m.value: self.data.dims[m] for m in self.modalities}
+        encoders = {}
+        if o["audio_encoder"] == "davenet" and Modality.AUDIO in self.modalities:
+            encoders[Modality.AUDIO.value] = DavenetEncoder(dims[Modality.AUDIO.value], o["audio_dim"])
+            dims[Modality.AUDIO.value] = o["audio_dim"]
         return EverythingAtOnce(
-            {m.value: self.data.dims[m] for m in self.modalities},
+            dims, encoders=encoders,
             token_dim=o["token_dim"], embed_dim=self.cfg.embed_dim, depth=o["depth"], heads=o["heads"],
             mlp_dim=o["mlp_dim"], dropout=self.cfg.dropout, fusion=o["fusion"], cls_token=o["cls_token"],
             shared_projection=o["shared_projection"], max_positions=max_positions, final_norm=o["final_norm"], init=o["init"],
         )
+
+    def _audio_shift(self) -> int:
+        """The largest training shift of the audio in tokens: ``audio_shift_seconds`` at the
+        token rate the audio store records; 0 where it records none (imported features)."""
+        seconds = float(self.opt["audio_shift_seconds"])
+        if Modality.AUDIO not in self.modalities or not seconds:
+            return 0
+        rate = tokens_per_second(self.data.meta.get(Modality.AUDIO, {}).get("backbone", {}).get("token_rate"))
+        if rate is None:
+            warnings.warn("eao: the audio store records no token rate in time, so its tokens are not shifted "
+                          "(options.audio_shift_seconds applies to extracted audio)", stacklevel=2)
+            return 0
+        return int(seconds * rate + 1e-9)
 
     def _lengths(self, split, m: Modality) -> np.ndarray:
         """Tokens per item of modality ``m`` of ``split``, kept on the host (read once per split)."""
@@ -165,33 +203,39 @@ class EverythingAtOnceStrategy(Strategy):
             self._token_counts[key] = np.diff(offsets)
         return self._token_counts[key]
 
-    def _padded(self, split, m: Modality, rows: torch.Tensor, host: np.ndarray):
+    def _padded(self, split, m: Modality, rows: torch.Tensor, host: np.ndarray, rng: np.random.Generator | None = None):
         """Item rows -> tokens (B, T, D), valid (B, T), present (B,), and the two masks on the host.
 
         ``rows``: the rows on the device, absent ones as any valid row; ``host``: the same on the
-        host, -1 = absent. Lengths and presence come from the host, so neither the padded width
+        host, -1 = absent. With ``rng`` (training) the audio of a row is read from a random
+        offset (Sec. 4.1's shifts), cyclically within the item, before any ``max_tokens`` cut.
+        Lengths and presence come from the host, so neither the padded width
         ``T`` nor the fusion model's choice of real tokens waits for the device (see
         :meth:`EverythingAtOnce.tokenize`).
         """
         f = split.features[m]
-        length = np.where(host >= 0, self._lengths(split, m)[np.maximum(host, 0)], 0)
-        if self.opt["max_tokens"]:
-            length = np.minimum(length, self.opt["max_tokens"])
+        full = np.where(host >= 0, self._lengths(split, m)[np.maximum(host, 0)], 0)
+        length = np.minimum(full, self.opt["max_tokens"]) if self.opt["max_tokens"] else full
         t = int(length.max()) if len(host) else 0
         ar = torch.arange(t, device=rows.device)
         valid = ar[None, :] < to_device(length, rows.device)[:, None]  # (B, T)
-        idx = (f.offsets[rows][:, None] + ar[None, :]).clamp(max=max(len(f.tokens) - 1, 0))
+        pos = ar[None, :]
+        if rng is not None and m == Modality.AUDIO and self.audio_shift:
+            shift = shift_tokens(full, self.audio_shift, rng)
+            pos = (pos + to_device(shift, rows.device)[:, None]) % to_device(np.maximum(full, 1), rows.device)[:, None]
+        idx = (f.offsets[rows][:, None] + pos).clamp(max=max(len(f.tokens) - 1, 0))
         x = f.tokens[idx] * valid[..., None]  # (B, T, D_m), padding zeroed
         host_masks = (np.arange(t)[None, :] < length[:, None], length > 0)
         return x, valid, to_device(host_masks[1], rows.device), host_masks
 
-    def _inputs(self, split, host: dict, rows: dict | None = None) -> dict:
-        """Batch inputs per modality name; ``rows`` (device views of ``host``) are copied when not given."""
+    def _inputs(self, split, host: dict, rows: dict | None = None, rng: np.random.Generator | None = None) -> dict:
+        """Batch inputs per modality name; ``rows`` (device views of ``host``) are copied when not
+        given; ``rng`` draws the training shifts of the audio."""
         out = {}
         for m, h in host.items():
             h = np.asarray(h)
             r = rows[m] if rows is not None else to_device(np.maximum(h, 0), split.features[m].offsets.device)
-            out[m.value] = self._padded(split, m, r, h)
+            out[m.value] = self._padded(split, m, r, h, rng)
         return out
 
     def batches(self, split, epoch, train):
@@ -199,8 +243,10 @@ class EverythingAtOnceStrategy(Strategy):
         if train:
             self.composition = sampler.composition
         device = split.features[self.modalities[0]].offsets.device
+        # its own stream, seeded by the epoch, so a resumed run draws the same shifts
+        rng = np.random.default_rng([self.batch_seed(epoch, train), 1]) if train and self.audio_shift else None
         for host, rows in sampler.plan().on_device(device):
-            yield self._inputs(split, host, rows)
+            yield self._inputs(split, host, rows, rng)
 
     def step(self, model, batch):
         names = {s: tuple(m.value for m in s) for s in self.subsets}
