@@ -134,7 +134,7 @@ def _locations(manifest: str | None, ids) -> list[str]:
 @click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="Query file: image, audio or video (repeatable).")
 @click.option("--target", default="", show_default="every modality",
               help="Gallery modalities (or fused names such as audio+video), e.g. image,video.")
-@click.option("--k", default=10, type=click.IntRange(min=1), help="Hits per query.")
+@click.option("--top", "k", default=10, type=click.IntRange(min=1), help="Hits per query (eval's --k are recall cut-offs).")
 @click.option("--split", default="test", help="Which of RUN's embedded splits is the gallery.")
 @click.option("--gallery", type=click.Path(dir_okay=False, exists=True), help="A gallery written by 'mmx embed --manifest ... -o' instead.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest whose uri column gives each gallery item's location.")
@@ -146,7 +146,7 @@ def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, devi
 
     \b
     Examples:
-      mmx search runs/RUN --text "a spoken seven" --target image,video --k 5
+      mmx search runs/RUN --text "a spoken seven" --target image,video --top 5
       mmx search runs/RUN --file seven.wav --target image --manifest data/mine/manifest.fetched.csv
       mmx search runs/RUN --text seven --gallery gallery.npz
     """

@@ -73,7 +73,7 @@ RUN_FOLDER = tuple("{w.runs[quad]}" + f for f in ("config.yaml", "normalizer.jso
 STEPS = [
     Step("mmx demo",                                              added="--quick --per-class 1 --no-progress",
          expect=("not_found", "Summary")),
-    Step('mmx search $RUN --text "a spoken seven" --target image,video --k 5 --manifest $M', DEMO_RUN_M,
+    Step('mmx search $RUN --text "a spoken seven" --target image,video --top 5 --manifest $M', DEMO_RUN_M,
          expect=("image",)),
     Step("mmx search $RUN --file mmx-demo/data/media/audio/wav-7-lucas-0.wav --target image --manifest $M", DEMO_RUN_M),
     Step('mmx embed $RUN mmx-demo/data/media/image/*.png --text "die Ziffer sieben" -o new.npz', DEMO_RUN,

@@ -134,7 +134,7 @@ def test_search_finds_the_item_itself_first(demo):
     for modality, ext in (("image", "png"), ("audio", "wav"), ("video", "mp4")):
         row = next(r for r in fetched.values() if r["modality"] == modality and r["split"] == "test")
         res = CliRunner().invoke(main, ["search", str(run), "--file", str(out / "data" / row["uri"]), "--target", modality,
-                                        "--k", "3", "--json", "--manifest", str(out / "data/manifest.fetched.csv")])
+                                        "--top", "3", "--json", "--manifest", str(out / "data/manifest.fetched.csv")])
         assert res.exit_code == 0, res.output
         hits = [json.loads(line) for line in res.output.splitlines() if line.startswith("{")]
         assert len(hits) == 3 and hits[0]["id"] == row["id"] and hits[0]["score"] > 0.999, hits
