@@ -72,6 +72,7 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, 
     from pathlib import Path
 
     from mmx.cache.threads import set_threads
+    from mmx.eval import runs
     from mmx.eval.evaluate import evaluate_run
     from mmx.eval.tables import markdown, recall_table, write_reports
 
@@ -79,7 +80,7 @@ def eval_cmd(run, split, relevance, k, map_r, missing_as_miss, device, threads, 
     results = evaluate_run(run, _splits(split), relevance, _ks(k), map_r,
                            "miss" if missing_as_miss else "exclude", _device(device))
     results["threads"] = used  # recorded in the JSON report
-    out = Path(run) / "eval"
+    out = runs.output_dir(run, "eval")  # refuses a planted symlink RUN/eval -> elsewhere
     paths = write_reports(results, out, stem=f"eval-{results['relevance']}")
     click.echo(f"relevance: {results['relevance']} ({results['relevance_source']})")
     if results.get("note"):

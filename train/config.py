@@ -130,17 +130,31 @@ def check_values(cfg: TrainConfig) -> list[str]:
 
 def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
     """``cfg`` with ``values`` applied; unknown keys raise, naming ``source``."""
-    unknown = sorted(set(values) - set(FIELDS))
+    unknown = sorted(str(k) for k in set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     data = cfg.to_dict()
     for k, v in values.items():
         v = _coerce(k, v)
+        _check_type(k, v, source)
         if k == "options" and isinstance(v, dict):
             data["options"] = {**data["options"], **v}
         else:
             data[k] = v
     return TrainConfig(**data)
+
+
+def _check_type(name: str, value: Any, source: str) -> None:
+    """A value of the field's type (an int where a float is expected is fine), else one line naming ``source``."""
+    default = getattr(TrainConfig(), name)
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+          else isinstance(value, kind) and not isinstance(value, bool) if kind is int
+          else isinstance(value, kind))
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{source}: {name}: expected {kind.__name__}, got {type(value).__name__} {shown}")
 
 
 def preset_names() -> list[str]:
@@ -154,14 +168,16 @@ def load_yaml(path_or_preset: str) -> tuple[dict, str]:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise FileNotFoundError(f"config file not found: {p}")
-        text, source = p.read_text(), str(p)
+        from mmx.cache import files
+
+        data, source = files.read_yaml(p, what="config file") or {}, str(p)
     else:
         names = preset_names()
         if path_or_preset not in names:
             raise ValueError(f"unknown preset {path_or_preset!r}; known: {', '.join(names) or 'none'}")
         text = (resources.files("mmx.train.presets") / f"{path_or_preset}.yaml").read_text()
         source = f"preset {path_or_preset}"
-    data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of config keys")
     return data, source
@@ -206,9 +222,18 @@ def paper_settings(name: str) -> dict:
 def save(cfg: TrainConfig, path: Path) -> None:
     from mmx.cache.atomic import atomic_write_bytes
 
-    atomic_write_bytes(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # config.yaml is read back by a loader that refuses aliases
+            return True
+
+    atomic_write_bytes(Path(path), yaml.dump(cfg.to_dict(), Dumper=Dumper, sort_keys=False).encode())
 
 
 def load(path: Path) -> TrainConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A run's ``config.yaml``: a bounded regular file, safe YAML without aliases or tags, known keys only."""
+    from mmx.cache import files
+
+    data = files.read_yaml(path, what="config file") or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return merge(TrainConfig(), data, str(path))
