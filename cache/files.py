@@ -137,8 +137,9 @@ def parse_yaml(text: str, source: str) -> Any:
     """YAML with the strict loader; every failure is one line naming ``source``."""
     import yaml
 
-    loader = _strict_loader()(text)
+    loader = None
     try:
+        loader = _strict_loader()(text)  # its reader already refuses control characters
         return loader.get_single_data()
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
@@ -148,7 +149,8 @@ def parse_yaml(text: str, source: str) -> Any:
     except RecursionError:
         raise UnsafeFileError(f"{source}: not valid YAML (nested too deeply)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_yaml(path: str | os.PathLike, cap: int = MAX_TEXT, what: str = "YAML file") -> Any:

@@ -64,6 +64,11 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _shown(value: Any) -> str:
+    """``value`` as typed when it is printable text, else its repr (an error stays one line)."""
+    return value if isinstance(value, str) and value.isprintable() and value.strip() == value and value else repr(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Values from YAML or ``--set key=value`` into the field's type."""
     default = TrainConfig().__getattribute__(name)
@@ -79,12 +84,14 @@ def _coerce(name: str, value: Any) -> Any:
                 return kind(value)
             except ValueError:
                 example = "20" if kind is int else "0.001"
-                raise ValueError(f"{name}={value}: {name} expects {'an integer' if kind is int else 'a number'}, "
+                raise ValueError(f"{name}={_shown(value)}: {name} expects {'an integer' if kind is int else 'a number'}, "
                                  f"e.g. --set {name}={example}") from None
         if isinstance(default, list):
             return [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(default, dict):
-            parsed = yaml.safe_load(value)
+            from mmx.cache.files import parse_yaml
+
+            parsed = parse_yaml(value, name)
             if not isinstance(parsed, dict):
                 raise ValueError(f"{name}: expected a mapping, got {value!r}")
             return parsed
@@ -130,12 +137,15 @@ def check_values(cfg: TrainConfig) -> list[str]:
 
 def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
     """``cfg`` with ``values`` applied; unknown keys raise, naming ``source``."""
-    unknown = sorted(str(k) for k in set(values) - set(FIELDS))
+    unknown = sorted(_shown(k) for k in set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     data = cfg.to_dict()
     for k, v in values.items():
-        v = _coerce(k, v)
+        try:
+            v = _coerce(k, v)
+        except ValueError as exc:
+            raise ValueError(str(exc) if source in ("--set", "command line") else f"{source}: {exc}") from None
         _check_type(k, v, source)
         if k == "options" and isinstance(v, dict):
             data["options"] = {**data["options"], **v}

@@ -181,7 +181,7 @@ def extend(base: Normalizer, train_split) -> Normalizer:
 def load(run: str | Path) -> Normalizer:
     """The normaliser a run was trained with (``none`` for runs from before normalisation existed)."""
     path = Path(run) / FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link is a damaged run, not an old one
         if (Path(run) / "config.yaml").exists():
             return Normalizer("none")
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")

@@ -90,10 +90,9 @@ def test_a_fifo_or_device_in_the_run_is_refused_at_once(run, planted, command, k
 
 def alias_bomb(levels: int) -> str:
     """The billion-laughs YAML: ``levels`` anchors each holding ten aliases of the one before (10**levels leaves)."""
-    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines = ["options:", '  a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for i in range(1, levels + 1):
-        lines.append(f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
-    lines.append(f"modalities: *a{levels}")
+        lines.append(f"  a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]")
     return "\n".join(lines) + "\n"
 
 
