@@ -223,6 +223,8 @@ def check_finite(name: str, array, source: str, chunk: int = 1 << 16) -> None:
     a = np.asarray(array)
     if not np.issubdtype(a.dtype, np.floating) and not np.issubdtype(a.dtype, np.complexfloating):
         return
+    if a.size == 0:
+        return
     rows = a.reshape(len(a), -1) if a.ndim else a.reshape(1, 1)
     for start in range(0, len(rows), chunk):
         block = rows[start : start + chunk]
