@@ -42,18 +42,19 @@ def watched(args: list[str], limit_mib: float, timeout: float) -> tuple[str, flo
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             env=env, text=True)
     outcome = None
-    while proc.poll() is None:
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)  # reaps the child itself, keeping its rusage
+        if pid:
+            break
         try:
             with open(f"/proc/{proc.pid}/status") as f:
                 rss = next(int(x.split()[1]) for x in f if x.startswith("VmRSS:")) / 1024
         except (OSError, StopIteration):
             rss = 0
-        if rss > limit_mib or time.perf_counter() - started > timeout:
+        if outcome is None and (rss > limit_mib or time.perf_counter() - started > timeout):
             outcome = f"killed (over {limit_mib:.0f} MiB)" if rss > limit_mib else f"killed (over {timeout:.0f} s)"
             proc.kill()
-            break
         time.sleep(0.05)
-    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     out = proc.stdout.read().strip().splitlines()
     if outcome is None:
@@ -69,7 +70,7 @@ def make_run(root: Path) -> Path:
     synthesize(root / "cache", SyntheticConfig(classes=8, items={"text": 400, "image": 400},
                                                dims={"text": 64, "image": 64}, tokens=None, noise=0.5))
     cfg = TrainConfig(cache=str(root / "cache"), out=str(root / "runs"), modalities=["text", "image"], epochs=2,
-                      batch_size=16, embed_dim=256, normalize="standardize", name="intact")
+                      batch_size=16, embed_dim=256, normalize="standardize", name="trained")
     return train(cfg)
 
 

@@ -146,10 +146,10 @@ def search_cmd(run, texts, files, target, k, split, gallery, manifest, as_json, 
     targets = [t.strip() for t in target.split(",") if t.strip()] or None
     g = _gallery(run, split, targets, gallery)
     space = open_space(run, "cpu")
-    q = embed_all(space, queries)
-    if g["emb"].shape[1] != q["emb"].shape[1]:
+    if g["emb"].shape[1] != space.cfg.embed_dim:
         raise ValueError(f"{gallery or run}: gallery rows have {g['emb'].shape[1]} dimensions, {run}'s space "
-                         f"{q['emb'].shape[1]}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
+                         f"{space.cfg.embed_dim}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
+    q = embed_all(space, queries)
     scores, rows = top_k(q["emb"], g["emb"], k, device=None if device == "auto" else device)
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])
     for qi in range(len(queries)):

@@ -104,7 +104,8 @@ def test_the_824_byte_alias_bomb_is_small():
 def test_a_config_of_yaml_aliases_is_refused(run, command):
     """A few hundred bytes of aliases expand to 10**levels items; the run's config is refused, not expanded
     (4 levels here keeps the test cheap where the refusal is missing)."""
-    (run / "config.yaml").write_text(alias_bomb(4))
+    kept = [x for x in (run / "config.yaml").read_text().splitlines() if not x.startswith("options:")]
+    (run / "config.yaml").write_text("\n".join(kept) + "\n" + alias_bomb(4))
     line = one_line_error(invoke("eval", run) if command == "eval" else resume(run))
     assert "config.yaml" in line and "alias" in line
 
@@ -355,3 +356,29 @@ def test_a_nan_gallery_is_refused(run, tmp_path):
              label=arrays["label"], uri=np.array([""] * len(arrays["id"])))
     line = one_line_error(invoke("search", run, "--gallery", gallery, "--text", "x"))
     assert "gallery.npz" in line and "non-finite" in line
+
+
+# -- vague errors and tracebacks of the same files ---------------------------------------------------
+
+
+def test_normaliser_statistics_of_another_length_name_the_file(run):
+    obj = json.loads((run / normalize.FILE).read_text())
+    for name in ("mean", "std"):
+        obj["stats"]["text"]["pooled"][name] = obj["stats"]["text"]["pooled"][name][:-1]
+    (run / normalize.FILE).write_text(json.dumps(obj))
+    line = one_line_error(invoke("embed", run, "--text", "seven"))
+    assert "normalizer.json" in line and "dimensions" in line
+
+
+def test_deeply_nested_json_is_one_line(run):
+    (run / normalize.FILE).write_text("[" * 200000)
+    line = one_line_error(invoke("embed", run, "--text", "seven"))
+    assert "normalizer.json" in line and "not valid JSON" in line
+
+
+def test_a_gallery_of_another_dimension_is_refused_before_embedding(run, tmp_path):
+    gallery = tmp_path / "gallery.npz"
+    np.savez(gallery, emb=np.ones((3, 5), np.float32), id=np.array(list("abc")), modality=np.array(["image"] * 3),
+             label=np.array(list("xyz")), uri=np.array([""] * 3))
+    line = one_line_error(invoke("search", run, "--gallery", gallery, "--text", "x"))
+    assert "gallery.npz" in line and "5 dimensions" in line
