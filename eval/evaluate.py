@@ -35,15 +35,12 @@ def metric_names(ks: Iterable[int], map_r: int) -> list[str]:
 
 def read_config(run: Path) -> dict:
     """The run's ``config.yaml`` as a dict; ``{}`` when absent or empty."""
-    import yaml
+    from mmx.cache import files
 
     path = Path(run) / "config.yaml"
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return {}
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({exc})") from None
+    data = files.read_yaml(path, what="config file") or {}
     return data if isinstance(data, dict) else {}
 
 

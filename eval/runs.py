@@ -21,18 +21,28 @@ reading a run folder cannot run code (train/checkpoint.py); a pickled ``checkpoi
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mmx.cache import files
 from mmx.cache.atomic import atomic_path, atomic_write_bytes
 from mmx.cache.names import check_name
 
 EMBEDDINGS = "embeddings"
+WRITER_LOCK = ".writer.lock"
+
+
+class RunLockedError(ValueError):
+    """Another process is writing the run folder (training or resuming it)."""
 
 
 def new_run_dir(root: str | os.PathLike, name_parts: list[str]) -> Path:
@@ -62,7 +72,7 @@ def named_run_dir(root: str | os.PathLike, name: str) -> Path:
         raise ValueError(f"--name {name!r}: {problem}; use a plain folder name")
     path = Path(root) / name
     if path.exists() and any(path.iterdir()):
-        raise ValueError(f"{path} already holds a run; pick another --name, or continue it with --resume {path}")
+        raise ValueError(f"{path} already holds a run; pick another --name, or continue it with: mmx train --resume {path}")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -72,15 +82,101 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(obj, default=str) + "\n")
+    """Append one line; a failed write (a full disk) is cut back so the file ends on a whole line.
+
+    The file is opened without following a symlink, so a planted link cannot take the line elsewhere.
+    """
+    line = (json.dumps(obj, default=str) + "\n").encode()
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise files.UnsafeFileError(f"{path}: a symbolic link (to {os.readlink(path)}); mmx appends only to the "
+                                    "run's own file and will not follow it: remove the link") from None
+    try:
+        end = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, line)
+            if written != len(line):
+                raise OSError(28, "No space left on device (short write)", str(path))
+        except OSError as exc:
+            os.ftruncate(fd, end)
+            if exc.filename is None:
+                exc.filename = str(path)
+            raise
+    finally:
+        os.close(fd)
 
 
-def read_jsonl(path: Path) -> list[dict]:
+def read_jsonl(path: Path, cap: int = files.MAX_JSONL) -> list[dict]:
+    """The records of an append-only JSON-lines file, ``[]`` when absent.
+
+    A last line without its newline that is not a whole JSON object was torn by a crash or a
+    full disk: it is left out (a resume rewrites the file without it). Any other bad line is
+    refused with its number.
+    """
     path = Path(path)
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    data = files.read_bytes(path, cap, "JSON-lines file")
+    lines = data.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends on a newline
+    out = []
+    for n, line in enumerate(lines, 1):
+        if line.strip():
+            out.append(_record(line, f"{path}, line {n}"))
+    if tail.strip():
+        try:
+            out.append(_record(tail, f"{path}, line {len(lines) + 1}"))
+        except ValueError:
+            pass  # torn
+    return out
+
+
+def _record(line: bytes, source: str) -> dict:
+    obj = files.parse_json(line, source)
+    if not isinstance(obj, dict):
+        raise files.UnsafeFileError(f"{source}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def read_json(path: Path) -> Any:
+    """A run folder's JSON file (metrics.json, splits.json), bounded; errors name the file."""
+    return files.read_json(path)
+
+
+@contextlib.contextmanager
+def writer_lock(run: Path, command: str = "mmx train"):
+    """One writing process per run folder: a second ``mmx train --resume`` of it stops at once.
+
+    An advisory ``flock`` on ``RUN/.writer.lock`` (opened without following links), released by
+    the kernel when the holder exits however it dies, so a killed run never leaves it held.
+    """
+    path = Path(run) / WRITER_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise files.UnsafeFileError(f"{path}: a symbolic link; mmx will not follow it: remove the link") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+            raise RunLockedError(f"{run} is being written by another process ({holder}); wait for it to end or stop "
+                                 f"it, then continue with: mmx train --resume {run} (lock: {path})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def output_dir(run: str | os.PathLike, *parts: str) -> Path:
+    """``RUN/parts...`` created for writing, refused when a part is a symlink (:func:`mmx.cache.files.inside`)."""
+    return files.inside(run, *parts)
 
 
 def save_embeddings(run: Path, split: str, name: str, emb, labels, groups, ids) -> Path:
@@ -88,8 +184,7 @@ def save_embeddings(run: Path, split: str, name: str, emb, labels, groups, ids) 
     check_name(split, "split name")
     check_name(name, "embedding name")
     emb = np.asarray(emb.detach().cpu() if hasattr(emb, "detach") else emb, dtype=np.float32)
-    out = Path(run) / EMBEDDINGS / split
-    out.mkdir(parents=True, exist_ok=True)
+    out = files.inside(run, EMBEDDINGS, split)
     path = out / f"{name}.npz"
     with atomic_path(path) as tmp:
         np.savez(
@@ -111,9 +206,27 @@ def load_embeddings(run: str | os.PathLike, split: str) -> dict[str, dict[str, n
     for p in sorted(d.glob("*.npz")):
         if p.name.startswith("."):
             continue
-        with np.load(p, allow_pickle=False) as z:
-            out[p.stem] = {k: z[k] for k in z.files}
+        out[p.stem] = check_gallery(files.load_npz(p, what="embeddings file"), str(p))
     return out
+
+
+def check_gallery(arrays: dict, source: str, fields: tuple[str, ...] = ("label", "group", "id")) -> dict:
+    """``arrays`` once ``emb`` is a finite 2-D float array and each of ``fields`` a 1-D array of one
+    entry per row; else one line naming ``source``."""
+    missing = [k for k in ("emb", *fields) if k not in arrays]
+    if missing:
+        raise files.UnsafeFileError(f"{source}: no {', '.join(missing)} array(s) (it has {', '.join(arrays) or 'none'}); "
+                                    "not an embeddings file mmx wrote")
+    emb = arrays["emb"]
+    if emb.ndim != 2 or not np.issubdtype(emb.dtype, np.floating) or emb.shape[1] == 0:
+        raise files.UnsafeFileError(f"{source}: emb is {emb.dtype} of shape {emb.shape}; expected rows of floats (N, d)")
+    for k in fields:
+        if arrays[k].shape != (len(emb),):
+            raise files.UnsafeFileError(f"{source}: {k} has shape {arrays[k].shape}, expected ({len(emb)},): one per row of emb")
+        if arrays[k].dtype.kind not in "US":
+            raise files.UnsafeFileError(f"{source}: {k} is {arrays[k].dtype}, expected strings")
+    files.check_finite("emb", emb, source)
+    return arrays
 
 
 def splits_of(run: str | os.PathLike) -> list[str]:

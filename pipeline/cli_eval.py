@@ -80,6 +80,7 @@ def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, thre
     from pathlib import Path
 
     from mmx.cache.threads import set_threads
+    from mmx.eval import runs
     from mmx.eval.evaluate import evaluate_run
     from mmx.eval.tables import markdown, recall_table, write_reports
 
@@ -89,7 +90,7 @@ def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, thre
     results = evaluate_run(run, _splits(split), relevance, _ks(k), map_r,
                            "miss" if missing_as_miss else "exclude", _device(device))
     results["threads"] = used  # recorded in the JSON report
-    out = Path(run) / "eval"
+    out = runs.output_dir(run, "eval")  # refuses a planted symlink RUN/eval -> elsewhere
     paths = write_reports(results, out, stem=f"eval-{results['relevance']}")
     con.line(f"relevance: {results['relevance']} ({results['relevance_source']})")
     if results.get("note"):

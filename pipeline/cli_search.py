@@ -45,6 +45,10 @@ def embed_all(space, queries: list[tuple[str, dict]]) -> dict:
     for modality in dict.fromkeys(m for m, _ in queries):
         rows = [i for i, (m, _) in enumerate(queries) if m == modality]
         emb[rows] = embed_items(space, Modality.parse(modality), [queries[i][1] for i in rows])
+    bad = [queries[i][1]["id"] for i in np.flatnonzero(~np.isfinite(emb).all(1))]
+    if bad:
+        raise ValueError(f"{space.run}: the embeddings of {', '.join(bad[:5])} are not finite (NaN or inf); "
+                         "nothing meaningful can be written or searched with them")
     return {"emb": emb, "id": np.array([q["id"] for _, q in queries], dtype=str),
             "modality": np.array([m for m, _ in queries], dtype=str),
             "label": np.array([str(q.get("label") or "") for _, q in queries], dtype=str),
@@ -99,11 +103,11 @@ def _gallery(run: str, split: str, targets: list[str] | None, gallery: str | Non
     """Rows to rank: a file written by ``mmx embed -o``, or RUN's embeddings of ``split`` (names in ``targets``)."""
     import numpy as np
 
-    from mmx.eval.runs import load_embeddings
+    from mmx.cache.files import load_npz
+    from mmx.eval.runs import check_gallery, load_embeddings
 
     if gallery:
-        with np.load(gallery, allow_pickle=False) as z:
-            g = {k: z[k] for k in z.files}
+        g = check_gallery(load_npz(gallery), gallery, ("id", "modality", "label", "uri"))
         keep = np.isin(g["modality"], targets) if targets else np.ones(len(g["id"]), bool)
         return {k: v[keep] for k, v in g.items()}
     embs = load_embeddings(run, split)
@@ -158,6 +162,9 @@ def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, devi
     g = _gallery(run, split, targets, gallery)
     as_json = console(ctx).json
     space = open_space(run, device)
+    if g["emb"].shape[1] != space.cfg.embed_dim:
+        raise ValueError(f"{gallery or run}: gallery rows have {g['emb'].shape[1]} dimensions, {run}'s space "
+                         f"{space.cfg.embed_dim}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
     q = embed_all(space, queries)
     scores, rows = top_k(q["emb"], g["emb"], k, device=None if device == "auto" else device)
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])

@@ -19,11 +19,13 @@ from typing import Any
 
 import torch
 
+from mmx.cache import files
 from mmx.cache.atomic import atomic_write_bytes
 
 FORMAT = "mmx-checkpoint/1"
 LAST, BEST = "last.safetensors", "checkpoint.safetensors"
 _PICKLED = {LAST: "last.pt", BEST: "checkpoint.pt"}  # what mmx before the safe format wrote
+MAX_BYTES = 64 << 30  # a checkpoint larger than this is not one mmx wrote (EAO's 432M parameters + Adam: ~5 GiB)
 
 
 class CheckpointError(ValueError):
@@ -63,6 +65,7 @@ def load(path: Path) -> dict:
     from safetensors import safe_open
 
     fix = "the file is damaged or not an mmx checkpoint; use an intact copy or train again"
+    files.check_regular(path, "checkpoint", MAX_BYTES)  # a FIFO would block safetensors' open, a device never end
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
@@ -72,9 +75,16 @@ def load(path: Path) -> dict:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an {FORMAT} file (format {meta.get('format')!r}); {fix}")
     try:
-        return _decode(json.loads(meta["state"]), tensors)
-    except (KeyError, TypeError, ValueError) as exc:
+        state = _decode(json.loads(meta["state"]), tensors)
+    except (KeyError, TypeError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: inconsistent checkpoint ({_first_line(exc)}); {fix}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: its state is a {type(state).__name__}, not a mapping; {fix}")
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise CheckpointError(f"{path}: tensor {key.lstrip('/')} holds {int((~torch.isfinite(t)).sum())} non-finite value(s) "
+                                  f"(NaN or inf); {fix}")
+    return state
 
 
 def rng_state(cuda=torch.cuda) -> dict[str, Any]:
@@ -199,10 +209,35 @@ def resume_progress(run: Path, stages: list) -> tuple[Progress, dict]:
     return progress, state
 
 
+def load_weights(model, weights: Any, path: Path) -> None:
+    """``weights`` into ``model`` when each tensor has the model's name, shape and dtype: a
+    checkpoint of another model or precision is refused, naming ``path``, never cast or padded."""
+    own = model.state_dict()
+    if not isinstance(weights, dict):
+        raise CheckpointError(f"{path}: holds no weights (a {type(weights).__name__}); use an intact copy or train again")
+    problems = []
+    for key, t in own.items():
+        w = weights.get(key)
+        if not isinstance(w, torch.Tensor):
+            problems.append(f"no tensor {key}")
+        elif w.shape != t.shape:
+            problems.append(f"{key} has shape {tuple(w.shape)} where the model has {tuple(t.shape)}")
+        elif w.dtype != t.dtype:
+            problems.append(f"{key} is {w.dtype} where the model is {t.dtype}")
+    extra = sorted(set(weights) - set(own))
+    if extra:
+        problems.append(f"tensors the model lacks: {', '.join(map(str, extra[:3]))}" + (" ..." if len(extra) > 3 else ""))
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise CheckpointError(f"{path}: the weights do not fit this run's model: {'; '.join(problems[:3])}{more}; "
+                              "was it written by another run or config? use the run's own checkpoint or train again")
+    model.load_state_dict(weights)
+
+
 def restore(state: dict, path: Path, model, opt, sched) -> None:
     """Weights, optimiser, schedule and RNG from a loaded ``last.safetensors`` (``path`` names it in errors)."""
+    load_weights(model, state.get("model"), path)
     try:
-        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         restore_rng(state["rng"])

@@ -64,6 +64,11 @@ class TrainConfig:
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _shown(value: Any) -> str:
+    """``value`` as typed when it is printable text, else its repr (an error stays one line)."""
+    return value if isinstance(value, str) and value.isprintable() and value.strip() == value and value else repr(value)
+
+
 def _coerce(name: str, value: Any) -> Any:
     """Values from YAML or ``--set key=value`` into the field's type."""
     default = TrainConfig().__getattribute__(name)
@@ -79,12 +84,14 @@ def _coerce(name: str, value: Any) -> Any:
                 return kind(value)
             except ValueError:
                 example = "20" if kind is int else "0.001"
-                raise ValueError(f"{name}={value}: {name} expects {'an integer' if kind is int else 'a number'}, "
+                raise ValueError(f"{name}={_shown(value)}: {name} expects {'an integer' if kind is int else 'a number'}, "
                                  f"e.g. --set {name}={example}") from None
         if isinstance(default, list):
             return [v.strip() for v in value.split(",") if v.strip()]
         if isinstance(default, dict):
-            parsed = yaml.safe_load(value)
+            from mmx.cache.files import parse_yaml
+
+            parsed = parse_yaml(value, name)
             if not isinstance(parsed, dict):
                 raise ValueError(f"{name}: expected a mapping, got {value!r}")
             return parsed
@@ -130,17 +137,34 @@ def check_values(cfg: TrainConfig) -> list[str]:
 
 def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
     """``cfg`` with ``values`` applied; unknown keys raise, naming ``source``."""
-    unknown = sorted(set(values) - set(FIELDS))
+    unknown = sorted(_shown(k) for k in set(values) - set(FIELDS))
     if unknown:
         raise ValueError(f"{source}: unknown config key(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     data = cfg.to_dict()
     for k, v in values.items():
-        v = _coerce(k, v)
+        try:
+            v = _coerce(k, v)
+        except ValueError as exc:
+            raise ValueError(str(exc) if source in ("--set", "command line") else f"{source}: {exc}") from None
+        _check_type(k, v, source)
         if k == "options" and isinstance(v, dict):
             data["options"] = {**data["options"], **v}
         else:
             data[k] = v
     return TrainConfig(**data)
+
+
+def _check_type(name: str, value: Any, source: str) -> None:
+    """A value of the field's type (an int where a float is expected is fine), else one line naming ``source``."""
+    default = getattr(TrainConfig(), name)
+    kind = type(default)
+    ok = (isinstance(value, bool) if kind is bool
+          else isinstance(value, (int, float)) and not isinstance(value, bool) if kind is float
+          else isinstance(value, kind) and not isinstance(value, bool) if kind is int
+          else isinstance(value, kind))
+    if not ok:
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"{source}: {name}: expected {kind.__name__}, got {type(value).__name__} {shown}")
 
 
 def preset_names() -> list[str]:
@@ -154,14 +178,16 @@ def load_yaml(path_or_preset: str) -> tuple[dict, str]:
     if p.suffix in (".yaml", ".yml") or p.exists():
         if not p.exists():
             raise FileNotFoundError(f"config file not found: {p}")
-        text, source = p.read_text(), str(p)
+        from mmx.cache import files
+
+        data, source = files.read_yaml(p, what="config file") or {}, str(p)
     else:
         names = preset_names()
         if path_or_preset not in names:
             raise ValueError(f"unknown preset {path_or_preset!r}; known: {', '.join(names) or 'none'}")
         text = (resources.files("mmx.train.presets") / f"{path_or_preset}.yaml").read_text()
         source = f"preset {path_or_preset}"
-    data = yaml.safe_load(text) or {}
+        data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{source}: expected a mapping of config keys")
     return data, source
@@ -206,9 +232,18 @@ def paper_settings(name: str) -> dict:
 def save(cfg: TrainConfig, path: Path) -> None:
     from mmx.cache.atomic import atomic_write_bytes
 
-    atomic_write_bytes(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # config.yaml is read back by a loader that refuses aliases
+            return True
+
+    atomic_write_bytes(Path(path), yaml.dump(cfg.to_dict(), Dumper=Dumper, sort_keys=False).encode())
 
 
 def load(path: Path) -> TrainConfig:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    """A run's ``config.yaml``: a bounded regular file, safe YAML without aliases or tags, known keys only."""
+    from mmx.cache import files
+
+    data = files.read_yaml(path, what="config file") or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
     return merge(TrainConfig(), data, str(path))

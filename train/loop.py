@@ -11,7 +11,9 @@ embed every loaded split for ``mmx eval``. Everything before the first step is
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import math
 import time
 from pathlib import Path
@@ -42,17 +44,24 @@ def train(
     the user should know before trusting the run (:mod:`mmx.train.checks`, feature scales);
     by default it goes through :func:`warnings.warn`.
     """
-    with deterministic_kernels(cfg.deterministic):
+    with deterministic_kernels(cfg.deterministic), contextlib.ExitStack() as hold:
         say = caution_channel(warn)
         prep = prepare(cfg, log, say, data, resume)
-        run = open_run_folder(prep, resume)
+        run = open_run_folder(prep, resume, hold)  # hold: one writer per run folder until the end
         runner = Runner(prep.cfg, prep.strategy, prep.model, prep.data.splits["train"], prep.data.splits[prep.cfg.holdout],
                         run, prep.device, log)
         started = time.perf_counter()
-        progress, state = _start(runner, prep.stages, resume)
-        _announce(prep, runner, log, say, resumed=resume is not None)
-        progress = _run_stages(runner, prep.stages, progress, state)
-        _finish(prep, runner, progress, time.perf_counter() - started)
+        try:
+            progress, state = _start(runner, prep.stages, resume)
+            _announce(prep, runner, log, say, resumed=resume is not None)
+            progress = _run_stages(runner, prep.stages, progress, state)
+            _finish(prep, runner, progress, time.perf_counter() - started)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # the same command would start another run; this one continues from its last epoch
+            raise ValueError(f"no space left on the device while writing {exc.filename or run}; free some space, "
+                             f"then continue this run with: mmx train --resume {run}") from None
     log(f"run folder: {run}  (best epoch {progress.best_epoch}; {progress.stop_reason})")
     return run
 

@@ -10,7 +10,6 @@ Why standardisation is the default: docs/notes/train.md.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,9 @@ class Normalizer:
         if key not in self.stats or kind not in self.stats[key]:
             raise KeyError(f"normaliser: no {kind} statistics for modality {key!r} (fitted on: {', '.join(self.stats) or 'none'})")
         s = self.stats[key][kind]
+        if x.shape[-1] != len(s["mean"]):
+            raise ValueError(f"{FILE}: {key} {kind} statistics have {len(s['mean'])} dimensions, the features "
+                             f"{x.shape[-1]}; the run was trained on another store: use its own cache or retrain")
         if isinstance(x, np.ndarray):
             return ((x - s["mean"]) / s["std"]).astype(np.float32)
         import torch
@@ -87,10 +89,18 @@ class Normalizer:
 
     @classmethod
     def from_json(cls, obj: dict, source: str = "normalizer.json") -> "Normalizer":
+        """The normaliser ``obj`` describes, once every statistic is a finite vector (std > 0) of one
+        length per modality and kind; else one line naming ``source``."""
         if not isinstance(obj, dict) or obj.get("format") != _FORMAT or obj.get("mode") not in MODES:
             raise ValueError(f"{source}: not a normaliser this mmx can read (format {_FORMAT}, mode one of {', '.join(MODES)})")
-        stats = {m: {k: {n: np.asarray(a, np.float32) for n, a in s.items()} for k, s in kinds.items()}
-                 for m, kinds in obj.get("stats", {}).items()}
+        raw = obj.get("stats", {})
+        if not isinstance(raw, dict):
+            raise ValueError(f"{source}: stats must map each modality to its statistics; retrain the run or restore the file")
+        stats = {}
+        for m, kinds in raw.items():
+            if not isinstance(kinds, dict) or set(kinds) - {"pooled", "tokens"}:
+                raise ValueError(f"{source}: stats of {m!r} must map 'pooled' and/or 'tokens' to a mean and a std")
+            stats[m] = {k: _checked_stats(s, f"{source}: {m}/{k}") for k, s in kinds.items()}
         return cls(obj["mode"], stats)
 
     def save(self, run: str | Path) -> Path:
@@ -99,6 +109,29 @@ class Normalizer:
         path = Path(run) / FILE
         write_json(path, self.to_json())
         return path
+
+
+def _checked_stats(s: Any, where: str) -> dict:
+    """``{"mean", "std"}`` as float32 vectors of one length, finite, std > 0: a NaN, Inf or zero
+    statistic would turn every feature it touches into NaN or Inf, and every embedding with it."""
+    if not isinstance(s, dict) or set(s) != {"mean", "std"}:
+        raise ValueError(f"{where}: expected exactly a mean and a std")
+    out = {}
+    for n in ("mean", "std"):
+        a = s[n]
+        if not isinstance(a, list) or not a or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a):
+            raise ValueError(f"{where}: {n} must be a non-empty list of numbers")
+        with np.errstate(over="ignore"):
+            out[n] = np.asarray(a, np.float32)
+        if not np.isfinite(out[n]).all():
+            raise ValueError(f"{where}: {n} holds non-finite values (NaN or inf) at dimension {int(np.argmax(~np.isfinite(out[n])))}; "
+                             "embeddings through it would be NaN: retrain the run or restore the file")
+    if len(out["mean"]) != len(out["std"]):
+        raise ValueError(f"{where}: mean has {len(out['mean'])} dimensions, std {len(out['std'])}")
+    if not (out["std"] > 0).all():
+        raise ValueError(f"{where}: std is zero or negative at dimension {int(np.argmax(~(out['std'] > 0)))}; "
+                         "dividing by it gives inf or NaN: retrain the run or restore the file")
+    return out
 
 
 def _moments(x) -> dict:
@@ -148,15 +181,13 @@ def extend(base: Normalizer, train_split) -> Normalizer:
 def load(run: str | Path) -> Normalizer:
     """The normaliser a run was trained with (``none`` for runs from before normalisation existed)."""
     path = Path(run) / FILE
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():  # a dangling link is a damaged run, not an old one
         if (Path(run) / "config.yaml").exists():
             return Normalizer("none")
         raise FileNotFoundError(f"{run}: not a run folder (no config.yaml)")
-    try:
-        obj = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); retrain the run or restore the file") from None
-    return Normalizer.from_json(obj, str(path))
+    from mmx.cache import files
+
+    return Normalizer.from_json(files.read_json(path, what="normaliser"), str(path))
 
 
 def resolve(mode: str, strategy_cls) -> str:

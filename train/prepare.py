@@ -223,15 +223,19 @@ def prepare(cfg: TrainConfig, log=lambda s: None, warn=None, data: TrainData | N
     return Prepared(cfg, data, norm, strategy, model, strategy.stages(), device, cautions)
 
 
-def open_run_folder(prep: Prepared, resume: str | Path | None) -> Path:
+def open_run_folder(prep: Prepared, resume: str | Path | None, hold=None) -> Path:
     """The run folder (a new one named by ``cfg.name`` or by date and settings, or the resumed
-    one) with ``config.yaml``, ``splits.json`` and ``normalizer.json`` written in it."""
+    one) with ``config.yaml``, ``splits.json`` and ``normalizer.json`` written in it. ``hold``: a
+    :class:`contextlib.ExitStack` that keeps the folder's writer lock (:func:`runs.writer_lock`)
+    from before the first write until it closes."""
     cfg = prep.cfg
     if resume is None:
         run = (runs.named_run_dir(cfg.out, cfg.name) if cfg.name
                else runs.new_run_dir(cfg.out, [cfg.strategy, "-".join(m[0] for m in cfg.modalities)]))
     else:
         run = Path(resume)
+    if hold is not None:
+        hold.enter_context(runs.writer_lock(run, "mmx train" + (f" --resume {run}" if resume is not None else "")))
     config_mod.save(cfg, run / "config.yaml")  # before the first step
     if resume is None:
         write_splits(run / "splits.json", prep.data)
@@ -260,7 +264,7 @@ def open_trained(run: str | Path, device: str = "cpu") -> Prepared:
     last stage it trained."""
     run = Path(run)
     for need in ("config.yaml", checkpoint.BEST):
-        if not (run / need).is_file():
+        if not (run / need).exists():  # a FIFO or device there is refused by name when read
             raise FileNotFoundError(f"{run}: no {need}; is this a finished run folder of 'mmx train'?")
     cfg, strategy_cls = validate(config_mod.load(run / "config.yaml"))
     dev = resolve_device(device)
@@ -270,6 +274,6 @@ def open_trained(run: str | Path, device: str = "cpu") -> Prepared:
     model = strategy.build_model().to(dev)
     stages = strategy.stages()
     strategy.begin_stage(model, stages[-1])
-    model.load_state_dict(checkpoint.load(run / checkpoint.BEST)["model"])
+    checkpoint.load_weights(model, checkpoint.load(run / checkpoint.BEST).get("model"), run / checkpoint.BEST)
     model.eval()
     return Prepared(cfg, data, norm, strategy, model, stages, dev)
