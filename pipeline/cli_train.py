@@ -27,8 +27,9 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
 @click.option("--cuda-graphs", is_flag=True, default=None, help="Replay training steps from CUDA graphs (on CUDA; every strategy but eao; see mmx.train.graphs).")
+@click.option("--force", is_flag=True, help="Train even when the run is estimated not to fit this machine's memory (or, on a CPU, its time budget); without it such a run stops before loading anything, naming a setting that fits.")
 @click.option("--quiet", is_flag=True, help="No per-epoch lines.")
-def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, threads, out, name, stores, sets, resume, from_run, add_modalities, cuda_graphs, quiet):
+def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, seed, device, threads, out, name, stores, sets, resume, from_run, add_modalities, cuda_graphs, force, quiet):
     """Train projection heads / fusion model from the in-memory cache.
 
     \b
@@ -67,7 +68,7 @@ def train_cmd(strategy, presets, modalities, cache, dataset, epochs, batch_size,
     if not cfg.cache:
         cfg.cache = str(default_cache_root())
     run = train(cfg, log=(lambda s: None) if quiet else click.echo, resume=resume,
-                warn=lambda s: click.echo(f"warning: {s}", err=True))
+                warn=lambda s: click.echo(f"warning: {s}", err=True), force=force)
     click.echo(str(run))
 
 
