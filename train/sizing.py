@@ -50,9 +50,9 @@ class Shapes:
 
 @dataclasses.dataclass
 class Footprint:
-    """A strategy's size at one batch: parameters, bytes of a training step's activations
-    (forward saved for backward, plus the largest transient), bytes of a no-grad step and of an
-    embedding chunk, and the FLOPs and memory traffic of one training step."""
+    """A strategy's size at one batch: parameters, resident bytes of a training step's
+    activations (what its forward keeps for backward), of a no-grad step and of an embedding
+    chunk, and the FLOPs and bytes kept of one training step."""
 
     params: int
     train_bytes: float
@@ -149,7 +149,7 @@ def shapes_from_cache(cfg, tokens: bool) -> Shapes:
         grouped &= bool(len(groups)) and bool((groups != "").all())
         train, hold = _train_and_holdout(split, cfg.holdout, cfg.val_fraction, cfg.test_fraction)
         if tokens and store.has_tokens:
-            length = np.asarray(store._read("token_length"), np.int64)[ok]
+            length = store.token_lengths()[ok]
         else:
             length = np.ones(len(split), np.int64)
         name = m.value
@@ -324,8 +324,9 @@ def estimate(cfg, strategy_cls, shapes: Shapes, device, threads: int = 1) -> Est
         step_s = run_s = 0.0  # a GPU's time is its own; only its memory is checked
     data = sum((shapes.token_rows[m] + shapes.items[m]) * shapes.dims[m] * 4.0 for m in shapes.dims)
     amp = 0.75 if dev == "cuda" and cfg.amp else 1.0  # bf16 autocast halves matmul outputs, not the fp32 rest
+    saving = 24.0 * fp.params if dev == "cpu" else 0.0  # checkpoint copies go to host memory, not the device's
     return Estimate(cfg.strategy, dev, threads, batch, steps, cfg.epochs, fp.params, data, 16.0 * fp.params,
-                    fp.train_bytes * amp, held.eval_bytes * amp, 24.0 * fp.params, step_s, run_s)
+                    fp.train_bytes * amp, held.eval_bytes * amp, saving, step_s, run_s)
 
 
 def available_bytes(device) -> float:
