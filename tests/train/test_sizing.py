@@ -62,11 +62,16 @@ def test_estimates_grow_with_the_batch_and_the_batch_is_clipped_to_the_split():
     small, large = (sizing.estimate(resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"], "batch_size": b}), EAO,
                                     shapes(train_units=4000), "cpu") for b in (128, 1024))
     assert large.train_bytes > 4 * small.train_bytes and large.step_seconds > 4 * small.step_seconds
-    clipped = sizing.estimate(cfg, EAO, shapes(train_units=240), "cpu")
+    one = resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"], "min_steps": 0})
+    clipped = sizing.estimate(one, EAO, shapes(train_units=240), "cpu")
     assert (clipped.batch, clipped.steps_per_epoch) == (240, 1)  # 2240 asked for, 240 rows in the split
+    assert sizing.estimate(cfg, EAO, shapes(train_units=240), "cpu").steps_per_epoch == 10  # eao-cpu's min_steps
     stepped = sizing.estimate(resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"], "min_steps": 25}), EAO,
                               shapes(train_units=240), "cpu")
     assert stepped.steps_per_epoch == 25 and stepped.run_seconds > 10 * clipped.run_seconds / 2
+    # whole passes: 1000 rows at batch 240 are 5 steps a pass, so min_steps 12 gives 3 passes
+    assert sizing.estimate(resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"], "min_steps": 12,
+                                                 "batch_size": 240}), EAO, shapes(train_units=1000), "cpu").steps_per_epoch == 15
 
 
 def test_paper_size_on_a_cpu_is_refused_naming_the_cpu_preset():
@@ -155,7 +160,7 @@ def test_the_batch_never_exceeds_the_train_split(token_cache, tmp_path):
     assert len(rows["text"]) == 240 and len(np.unique(rows["text"])) == 240  # each text item once, none repeated
     said = []
     cfg = resolve(["eao-cpu"], {"cache": str(token_cache), "dataset": "synthetic", "out": str(tmp_path), "device": "cpu",
-                                "epochs": 1, "embed_dim": 32}, ["options.token_dim=32"])
+                                "epochs": 1, "embed_dim": 32, "min_steps": 0}, ["options.token_dim=32"])
     run = train(cfg, warn=said.append)
     assert any("batch_size 2240 is more than the train split holds" in w and "--set min_steps=N" in w for w in said)
     line = read_jsonl(run / "metrics.jsonl")[1]
