@@ -46,8 +46,7 @@ class ClassAlignedSampler:
         self.n_max = max(int(np.isin(c, self.classes).sum()) for m, c in cls.items() if not size_by or m in size_by)
         # a batch never holds more rows than the largest modality has items: beyond that it would
         # only repeat items, each repeat a false negative of itself
-        self.asked = max(1, batch_size)
-        self.batch_size = min(self.asked, self.n_max)
+        self.batch_size = min(max(1, batch_size), self.n_max)
         self.n_classes = max(1, min(len(self.classes), self.batch_size // max(1, per_class)))
         base, extra = divmod(self.batch_size, self.n_classes)
         self.counts = np.array([base + 1] * extra + [base] * (self.n_classes - extra))  # items of the i-th class drawn

@@ -3,7 +3,8 @@
 The model is :class:`mmx.train.fusion.EverythingAtOnce`; the loss is
 :func:`mmx.train.losses.combinatorial_loss` over the terms of ``options.terms`` (``eao``: eq. 2
 generalised to any number of modalities; ``pairwise``; ``all``: eq. 3; or a list such as
-``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``.
+``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``;
+``options.positives: class`` (class-aligned data) makes same-class rows positives in every term.
 :data:`EAO_OPTIONS` are the options (small defaults), :data:`EAO_PAPER_SETTINGS` the paper's
 settings (Sec. 4.1 and its reference code). Readings, groups and pseudo-groups: docs/notes/train.md.
 """
