@@ -3,8 +3,8 @@
 :func:`validate` checks a config before anything loads and reports every problem at once;
 :func:`check_data` does the same for the loaded data (alignment, :func:`checks.learnability`).
 :func:`prepare` goes config -> validated config -> size (:func:`size_up`, before anything
-loads) -> data (loaded, checked, normalised) -> strategy -> model -> stages, and :func:`open_run_folder` writes what a run folder holds before
-the first step. :func:`open_trained` takes a finished run folder back along the same path to
+loads) -> data (loaded, checked, normalised) -> strategy -> model -> stages, and
+:func:`open_run_folder` writes what a run folder holds before the first step. :func:`open_trained` takes a finished run folder back along the same path to
 its strategy and model with the kept weights (``mmx embed``, ``mmx search``).
 """
 
