@@ -4,8 +4,9 @@
 :func:`check_data` does the same for the loaded data (alignment, :func:`checks.learnability`).
 :func:`prepare` goes config -> validated config -> size (:func:`size_up`, before anything
 loads) -> data (loaded, checked, normalised) -> strategy -> model -> stages, and
-:func:`open_run_folder` writes what a run folder holds before the first step. :func:`open_trained` takes a finished run folder back along the same path to
-its strategy and model with the kept weights (``mmx embed``, ``mmx search``).
+:func:`open_run_folder` writes what a run folder holds before the first step.
+:func:`open_trained` takes a finished run folder back along the same path to its strategy and
+model with the kept weights (``mmx embed``, ``mmx search``).
 """
 
 from __future__ import annotations
