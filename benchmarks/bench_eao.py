@@ -5,8 +5,8 @@ Default: the paper's size (paper 001 Sec. 4.1: token space 4096, one block of 64
 4096, joint space 6144, batch 224, text 300-d word vectors, video 4096-d, audio 4096-d after
 DAVEnet; 2-4 tokens per item). On a CPU that is about a minute per step: pass a smaller
 ``--batch`` and say so. With ``--device cuda`` it also reports the fraction of the GPU's bf16
-peak reached (``--peak-tflops``, default 989: H100/H200 dense bf16) and runs under bf16
-autocast unless ``--fp32``.
+peak reached (``--peak-tflops``, default 989: H100/H200 dense bf16), runs under bf16
+autocast unless ``--fp32``, and reports its peak memory beside train/sizing.py's estimate.
 
     python benchmarks/bench_eao.py [--device cpu|cuda] [--batch 224] [--token-dim 4096]
         [--heads 64] [--embed-dim 6144] [--steps 5] [--threads 1]
@@ -131,12 +131,35 @@ def main() -> None:
     model = mmx_model(PAPER_DIMS, a.token_dim, a.heads, a.embed_dim, device)
     opt = torch.optim.Adam(model.parameters(), lr=5e-5)
     batch, terms = make_batch(PAPER_DIMS, a.batch, (2, 4), device), eao_terms()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     sec = time_steps(lambda: mmx_step(model, opt, batch, terms, autocast), a.steps, device)
     flops = step_flops(a.token_dim, a.embed_dim, PAPER_DIMS, 3.0, a.batch)
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else f'{a.threads} thread(s)'}), "
           f"{'bf16 autocast' if bf16 else 'fp32'}; token {a.token_dim}, heads {a.heads}, joint {a.embed_dim}, batch {a.batch}")
     print(f"{sec * 1000:.1f} ms/step, {a.batch / sec:.2f} samples/s, {flops / sec / 1e9:.1f} GFLOP/s (matmuls)", end="")
     print(f", {flops / sec / 1e12 / a.peak_tflops:.3f} of a {a.peak_tflops:g} TFLOP/s peak" if device.type == "cuda" else "")
+    est = sized(a, device, not bf16)
+    gib = 2**30
+    said = f"sizing estimate (train/sizing.py): {est.state_bytes / gib:.2f} GiB model state + {est.train_bytes / gib:.2f} GiB train step"
+    if device.type == "cuda":
+        print(f"peak memory: {torch.cuda.max_memory_allocated(device) / gib:.2f} GiB allocated, "
+              f"{torch.cuda.max_memory_reserved(device) / gib:.2f} GiB reserved; {said}")
+    else:
+        print(said)
+
+
+def sized(a, device, fp32: bool):
+    """train/sizing.py's estimate of this benchmark's model and batch (2-4 tokens: 3 on average)."""
+    from mmx.train import sizing
+    from mmx.train.config import resolve
+    from mmx.train.strategies import get_strategy
+
+    cfg = resolve(["eao"], {"modalities": list(MODS), "batch_size": a.batch, "embed_dim": a.embed_dim, "amp": not fp32},
+                  [f"options.token_dim={a.token_dim}", f"options.heads={a.heads}", f"options.mlp_dim={a.token_dim}"])
+    shapes = sizing.Shapes(dims=dict(PAPER_DIMS), tokens_mean={m: 3.0 for m in MODS}, tokens_max={m: 4 for m in MODS},
+                           items={m: 0 for m in MODS}, token_rows={m: 0 for m in MODS}, train_units=a.batch, holdout_units=a.batch)
+    return sizing.estimate(cfg, get_strategy("eao"), shapes, device.type, a.threads)
 
 
 if __name__ == "__main__":

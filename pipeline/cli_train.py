@@ -40,11 +40,12 @@ from mmx.train.strategies import STRATEGIES
 @click.option("--from", "from_run", default=None, metavar="RUN", help="Extend the trained run RUN with --add-modality: its weights are loaded and frozen, only the new parts train (mcvs, rvs, joint).")
 @click.option("--add-modality", "add_modalities", multiple=True, metavar="MODALITY", help="With --from: a modality to add; repeatable.")
 @click.option("--cuda-graphs", is_flag=True, default=None, help="Replay training steps from CUDA graphs (on CUDA; every strategy but eao; see mmx.train.graphs).")
+@click.option("--force", is_flag=True, help="Train even when the run is estimated not to fit this machine's memory (or, on a CPU, its time budget); without it such a run stops before loading anything, naming a setting that fits.")
 @quiet_option()
 @json_option("the run folder and its best epoch's metrics")
 @click.pass_context
 def train_cmd(ctx, strategy, presets, modalities, cache, dataset, epochs, batch_size, lr, patience, seed, device, threads,
-              out, name, stores, sets, resume, from_run, add_modalities, cuda_graphs):
+              out, name, stores, sets, resume, from_run, add_modalities, cuda_graphs, force):
     """Train projection heads / fusion model on a dataset's cached features; prints the run folder last.
 
     \b
@@ -89,7 +90,7 @@ def train_cmd(ctx, strategy, presets, modalities, cache, dataset, epochs, batch_
         cfg = resolve(list(presets), overrides, list(sets))
     if not cfg.cache:
         cfg.cache = str(default_cache_root())
-    run = train(cfg, log=con.line, resume=resume, warn=con.warn)
+    run = train(cfg, log=con.line, resume=resume, warn=con.warn, force=force)
     con.summary(str(run))
     con.result({"run": str(run), **_best(run)})
 

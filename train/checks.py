@@ -53,6 +53,8 @@ def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
         warn.append(
             "every class has one item per modality in the train split, so labels act as item ids (pairs): "
             "nothing generalises across items of a class. If that is not meant, check the label column")
+    if clipped := clipped_batch(cfg, data):
+        warn.append(clipped)
     hold = data.splits[cfg.holdout]
     if small := small_holdout(cfg, hold):
         warn.append(small)
@@ -73,6 +75,27 @@ def small_holdout(cfg: TrainConfig, hold) -> str | None:
     said = f"{chance[0]:.2f}" if len(chance) == 1 else f"{chance[0]:.2f} to {chance[-1]:.2f}"
     return (f"the {cfg.holdout} split has only {', '.join(f'{n} {m}' for m, n in small)} item(s): chance Recall@10 is "
             f"{said}, so its figures and early stopping mean little (give it {SMALL_HOLDOUT}+ items per modality)")
+
+
+def clipped_batch(cfg: TrainConfig, data) -> str | None:
+    """A caution when ``batch_size`` asks for more rows than the train split holds: the samplers
+    draw at most that many (a larger batch would only repeat items, each repeat a false negative
+    of itself), so an epoch is one step unless ``min_steps`` asks for more."""
+    train = data.splits["train"]
+    mods = train.modalities
+    if cfg.alignment == "instance":
+        from mmx.train.samplers import group_table
+
+        _, first, _ = group_table({m: train.features[m].groups for m in mods})
+        rows, what = int((np.stack([first[m] >= 0 for m in mods]).sum(0) >= min(2, len(mods))).sum()), "groups"
+    else:
+        rows, what = max(len(train.features[m]) for m in mods), "items of its largest modality"
+    if cfg.batch_size <= rows:
+        return None
+    steps = f"min_steps {cfg.min_steps} sets the steps per epoch" if cfg.min_steps > 1 else \
+        "so an epoch is one step; --set min_steps=N gives it N"
+    return (f"batch_size {cfg.batch_size} is more than the train split holds ({rows} {what}): each step draws {rows}, "
+            f"{steps}")
 
 
 def effective_batch(cfg: TrainConfig, data) -> str:
@@ -112,35 +135,3 @@ def header(cfg: TrainConfig, data, device: torch.device, n_stages: int) -> list[
             f"a fixed {cfg.epochs} epochs, the last kept" if cfg.keep == "last" else
             f"up to {cfg.epochs} epochs, stop after {cfg.patience} without a better {cfg.holdout} {cfg.monitor}"),
     ]
-
-
-# Above this many parameters a CPU run gets a size warning before its first step (the eao
-# preset has ~10^8; every CPU-sized setting mmx ships has under 10^7).
-CPU_PARAMS_WARN = 20_000_000
-CPU_FLOPS_PER_THREAD = 20e9  # a rough sustained fp32 rate, for the time estimate only
-
-
-def cpu_size_warning(cfg: TrainConfig, model, data, device: torch.device) -> str | None:
-    """A warning with estimates when a large model is about to train on the CPU, else None.
-
-    Memory: weights, gradients and AdamW's two moments (16 bytes per parameter), plus the
-    loaded features. Checkpoints: the best weights (4 bytes per parameter) and ``last``
-    (weights and optimiser state, 12). Time: 6 FLOPs per parameter and token (forward and
-    backward) at a rough 20 GFLOP/s per thread, an order of magnitude, not a promise.
-    """
-    if device.type != "cpu":
-        return None
-    params = sum(p.numel() for p in model.parameters())
-    if params < CPU_PARAMS_WARN:
-        return None
-    train = data.splits["train"]
-    tokens = sum(int(f.offsets[-1]) if f.offsets is not None else len(f) for f in train.features.values())
-    features = sum(f.pooled.numel() * 4 + (f.tokens.numel() * 4 if f.tokens is not None else 0)
-                   for split in data.splits.values() for f in split.features.values())
-    gib = 2 ** 30
-    seconds = 6 * params * tokens / (CPU_FLOPS_PER_THREAD * torch.get_num_threads())
-    preset = " (for eao: --preset eao-cpu)" if cfg.strategy == "eao" else ""
-    return (f"a {params / 1e6:.0f}M-parameter model on the CPU: expect about {(16 * params + features) / gib:.1f} GiB "
-            f"of memory, checkpoints of {4 * params / gib:.2f} GiB (best) and {12 * params / gib:.2f} GiB (last), "
-            f"and roughly {seconds / 60:.0f} min per epoch ({tokens} train tokens, {torch.get_num_threads()} thread(s)). "
-            f"This setting is sized for a GPU; shrink it{preset} or pass --device cuda")

@@ -35,6 +35,9 @@ class TrainConfig:
     normalize: str = "auto"
     epochs: int = 200
     patience: int = 5  # epochs in a row without a better held-out signal before stopping
+    # optimiser steps an epoch has at least: a pass over the train split with fewer steps is
+    # followed by fresh passes until the epoch has them (0: one pass; docs/training.md)
+    min_steps: int = 0
     # relative tolerance: a held-out signal counts as better only when it beats best by min_delta * |best|
     min_delta: float = 0.0
     batch_size: int = 128  # classes per batch (class-aligned) or groups per batch (instance-aligned)
@@ -106,6 +109,7 @@ _LOWER_BOUNDS = (
     ("batch_size", 1, "classes or groups per batch"),
     ("patience", 1, "epochs without improvement before stopping"),
     ("embed_dim", 1, "joint-space size"),
+    ("min_steps", 0, "optimiser steps per epoch at least"),
 )
 
 

@@ -37,16 +37,18 @@ def train(
     data=None,
     resume: str | Path | None = None,
     warn: Callable[[str], None] | None = None,
+    force: bool = False,
 ) -> Path:
     """Train ``cfg`` and return its run folder; ``resume``: a run folder to continue (its ``last.safetensors``).
 
     ``data``: features already loaded (else the cache's). ``warn`` receives, once each, what
     the user should know before trusting the run (:mod:`mmx.train.checks`, feature scales);
-    by default it goes through :func:`warnings.warn`.
+    by default it goes through :func:`warnings.warn`. ``force``: train a run sized past the
+    machine (:func:`mmx.train.prepare.size_up` refuses it otherwise).
     """
     with deterministic_kernels(cfg.deterministic), contextlib.ExitStack() as hold:
         say = caution_channel(warn)
-        prep = prepare(cfg, log, say, data, resume)
+        prep = prepare(cfg, log, say, data, resume, force)
         run = open_run_folder(prep, resume, hold)  # hold: one writer per run folder until the end
         runner = Runner(prep.cfg, prep.strategy, prep.model, prep.data.splits["train"], prep.data.splits[prep.cfg.holdout],
                         run, prep.device, log)
@@ -86,8 +88,7 @@ def _announce(prep: Prepared, runner: Runner, log, say, resumed: bool) -> None:
         log(line)
     if cfg.cuda_graphs:
         log(graphs.reason_not(cfg, prep.strategy, prep.device) or "cuda_graphs: steps of a fixed shape are replayed from CUDA graphs")
-    big = checks.cpu_size_warning(cfg, prep.model, data, prep.device)
-    for line in [] if resumed else prep.cautions + [big] * bool(big):
+    for line in [] if resumed else prep.cautions:
         say(line)
 
 
@@ -199,12 +200,20 @@ class Runner:
         return parts.means(self.cfg.holdout)
 
     def train_epoch(self, epoch: int, opt) -> dict[str, float]:
+        """One epoch: a pass over the train split, followed by more passes (each its own seeded
+        draw) while the epoch has fewer than ``min_steps`` steps, so that a small split still
+        gives a schedule in epochs its steps."""
         self.model.train()
         parts = PartMeans()
         step = self.graphed_steps(opt) if self.graphed else (lambda batch: self.train_step(batch, opt))
-        for batch in self.strategy.batches(self.train_split, epoch, train=True):
-            parts.add(step(batch))
-        return parts.means("train")
+        steps, passes = 0, 0
+        while passes == 0 or 0 < steps < self.cfg.min_steps:
+            # pass k of epoch e draws as epoch e + k * epochs: never an epoch's own draw
+            for batch in self.strategy.batches(self.train_split, epoch + passes * self.cfg.epochs, train=True):
+                parts.add(step(batch))
+                steps += 1
+            passes += 1
+        return {**parts.means("train"), "steps": steps}
 
     def graphed_steps(self, opt) -> "graphs.StepGraphs":
         """The run's graphed steps, kept from pass to pass (a capture costs a device sync and a

@@ -3,7 +3,8 @@
 ``info_nce`` / ``pairwise_info_nce``: Fürer et al. (paper 000) eq. 1-2.
 ``combinatorial_loss``: Everything at Once (paper 001) eq. 2-4, as the reference code
 computes it: each term is the sum of both directions, and only rows where every modality
-of both subsets is present take part (absent rows are neither positives nor negatives).
+of both subsets is present take part (absent rows are neither positives nor negatives);
+optionally with same-class rows as positives, as ``pairwise_info_nce``'s ``classes``.
 """
 
 from __future__ import annotations
@@ -164,7 +165,7 @@ def term_name(x: tuple, y: tuple) -> str:
 
 
 def combinatorial_loss(
-    embs: dict, present: dict, terms: list, tau: float = 0.05
+    embs: dict, present: dict, terms: list, tau: float = 0.05, classes: torch.Tensor | None = None
 ) -> dict[str, torch.Tensor]:
     """Paper 001 eq. 3: ``L = sum_(X,Y) lambda_XY (NCE(X->Y) + NCE(Y->X)) / sum_(X,Y) lambda_XY``.
 
@@ -179,6 +180,11 @@ def combinatorial_loss(
     ``terms``: ``(X, Y, weight)`` with ``X``, ``Y`` disjoint subsets. A term with no row in
     common is skipped (it would be a loss over an empty batch). ``loss/<X>-<Y>`` parts are
     the unweighted terms, so runs with different weights stay comparable.
+
+    ``classes`` (optional, (B,), the class of each batch row: class-aligned rows share it across
+    modalities): every same-class row of the other side is a positive of a row
+    (:func:`class_nce_both_ways`) instead of its own row only; with one class per row this is
+    the pair loss.
     """
     total, weight, parts = None, 0.0, {}
     for x, y, w in terms:
@@ -188,7 +194,11 @@ def combinatorial_loss(
         if rows is None:
             continue
         a, b = (F.normalize(e.float(), dim=-1) for e in rows)
-        term = sum(nce_both_ways(a, b, tau))
+        if classes is None:
+            term = sum(nce_both_ways(a, b, tau))
+        else:
+            cx, cy = _both(classes, classes, present[x], present[y])
+            term = sum(class_nce_both_ways(a, b, cx, cy, tau))
         parts[f"loss/{term_name(x, y)}"] = term
         total = w * term if total is None else total + w * term
         weight += w

@@ -2,10 +2,11 @@
 
 :func:`validate` checks a config before anything loads and reports every problem at once;
 :func:`check_data` does the same for the loaded data (alignment, :func:`checks.learnability`).
-:func:`prepare` goes config -> validated config -> data (loaded, checked, normalised) ->
-strategy -> model -> stages, and :func:`open_run_folder` writes what a run folder holds before
-the first step. :func:`open_trained` takes a finished run folder back along the same path to
-its strategy and model with the kept weights (``mmx embed``, ``mmx search``).
+:func:`prepare` goes config -> validated config -> size (:func:`size_up`, before anything
+loads) -> data (loaded, checked, normalised) -> strategy -> model -> stages, and
+:func:`open_run_folder` writes what a run folder holds before the first step.
+:func:`open_trained` takes a finished run folder back along the same path to its strategy and
+model with the kept weights (``mmx embed``, ``mmx search``).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from mmx.cache.modality import Modality
 from mmx.cache.names import name_problem
 from mmx.cache.threads import set_threads
 from mmx.eval import runs
-from mmx.train import checkpoint, checks, normalize
+from mmx.train import checkpoint, checks, normalize, sizing
 from mmx.train import config as config_mod
 from mmx.train.config import TrainConfig
 from mmx.train.data import Holdout, TrainData, dataset_modalities, load_train_data
@@ -195,14 +196,37 @@ def fit_normalizer(cfg: TrainConfig, data: TrainData, resume) -> normalize.Norma
     return normalize.fit(cfg.normalize, data.splits["train"])
 
 
+def size_up(cfg: TrainConfig, strategy_cls, device, data: TrainData | None, log, say, force: bool = False):
+    """The run's size from its config and the stores' metadata, said before anything loads;
+    raises one line naming what fits when it will not fit the machine (train/sizing.py), unless
+    ``force``. Returns the estimate (None for strategies that do not size themselves)."""
+    if getattr(strategy_cls, "footprint", None) is None:
+        return None
+    try:
+        shapes = (sizing.shapes_from_data(cfg, data) if data is not None
+                  else sizing.shapes_from_cache(cfg, strategy_cls.needs_tokens))
+    except (FileNotFoundError, ValueError, KeyError):
+        return None  # loading the data says what is missing, with its fix
+    est = sizing.estimate(cfg, strategy_cls, shapes, device, cfg.threads)
+    log(f"size: {est.summary()}")
+    problem = sizing.refusal(cfg, strategy_cls, shapes, device, cfg.threads, sizing.available_bytes(device))
+    if problem and not force:
+        raise ValueError(problem)
+    if problem:
+        say(f"--force: {problem}")
+    return est
+
+
 def prepare(cfg: TrainConfig, log=lambda s: None, warn=None, data: TrainData | None = None,
-            resume: str | Path | None = None) -> Prepared:
+            resume: str | Path | None = None, force: bool = False) -> Prepared:
     """Everything before the first step of a run (see the module docstring). ``warn``: a
-    :func:`caution_channel`; ``data``: features already loaded (else the cache's)."""
+    :func:`caution_channel`; ``data``: features already loaded (else the cache's); ``force``:
+    train even where the run is sized past the machine (:func:`size_up`)."""
     say = warn or caution_channel(None)
     cfg, strategy_cls = validate(complete(cfg, data, log), resume)
     cfg = dataclasses.replace(cfg, threads=set_threads(cfg.threads))
     device = resolve_device(cfg.device)
+    size_up(cfg, strategy_cls, device, data, log, say, force)
     seed_everything(cfg.seed)
     if data is None:
         data = load_data(cfg, strategy_cls, device)

@@ -42,12 +42,14 @@ class ClassAlignedSampler:
         if not common:
             raise ValueError("no class has items in every modality in play; class-aligned batches are impossible")
         self.classes = np.array(sorted(common))
-        self.batch_size = max(1, batch_size)
+        # items of classes some modality lacks are never drawn, so they do not count for the epoch
+        self.n_max = max(int(np.isin(c, self.classes).sum()) for m, c in cls.items() if not size_by or m in size_by)
+        # a batch never holds more rows than the largest modality has items: beyond that it would
+        # only repeat items, each repeat a false negative of itself
+        self.batch_size = min(max(1, batch_size), self.n_max)
         self.n_classes = max(1, min(len(self.classes), self.batch_size // max(1, per_class)))
         base, extra = divmod(self.batch_size, self.n_classes)
         self.counts = np.array([base + 1] * extra + [base] * (self.n_classes - extra))  # items of the i-th class drawn
-        # items of classes some modality lacks are never drawn, so they do not count for the epoch
-        self.n_max = max(int(np.isin(c, self.classes).sum()) for m, c in cls.items() if not size_by or m in size_by)
         self.rng = np.random.default_rng(seed)
         # per modality: its items of the drawable classes sorted by class, and each class's segment
         self._members = {m: _segments(np.searchsorted(self.classes, c), np.isin(c, self.classes), len(self.classes))

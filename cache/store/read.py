@@ -92,6 +92,15 @@ class StoreReader(StoreLayout):
             self._columns[name] = cached
         return cached
 
+    def token_lengths(self) -> np.ndarray:
+        """Tokens per item, all rows (0 for items of incomplete shards), read without the tokens:
+        what sizing a run before loading needs."""
+        out = np.zeros(self.n_items, np.int64)
+        if self.has_tokens:
+            for s, e, shards in self._complete_ranges():
+                out[s:e] = np.asarray(self._read("token_length", slice(s, e), shards), np.int64)
+        return out
+
     def shard_sources(self, k: int) -> str | None:
         """The ``sources`` digest shard ``k`` was written with (None: incomplete, or not recorded)."""
         marker = self.shard_marker(k)

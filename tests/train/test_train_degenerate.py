@@ -101,13 +101,13 @@ def test_a_sound_cache_trains_without_warnings(synthetic, tmp_path):
 
 def test_run_header_epoch_totals_and_quick_recall_note(synthetic, tmp_path):
     lines = []
-    train(_cfg(synthetic, tmp_path, dataset="synthetic", epochs=2, patience=5, batch_size=100), log=lines.append)
+    train(_cfg(synthetic, tmp_path, dataset="synthetic", epochs=2, patience=5, batch_size=40), log=lines.append)
     text = "\n".join(lines)
     assert "dataset synthetic (SYNTHETIC features" in text
     assert "strategy joint, modalities text,image" in text
     assert "device cpu" in text and "torch thread(s)" in text
     assert "items: train text " in text and "; val text " in text and "; test text " in text, text
-    assert "batch: 100 items per modality per step (6 classes x 16-17 items)" in text
+    assert "batch: 40 items per modality per step (6 classes x 6-7 items)" in text
     assert "up to 2 epochs, stop after 5 without a better val loss" in text
     assert "epoch   1/2" in text and "epoch   2/2" in text
     assert "per-epoch R@10" in text and "mmx eval RUN" in text

@@ -284,6 +284,7 @@ def test_eao_presets_resolve_and_pass_checks():
             "eao-cls-token", "eao-positional"} <= set(names)
     for name in names:
         cfg = resolve([name])
+        cfg.modalities = cfg.modalities or ["text", "video", "audio"]  # eao-cpu: every modality the dataset has
         assert get_strategy(cfg.strategy).check(cfg) == [], name
     base = resolve(["eao"])
     assert (base.lr, base.lr_decay, base.tau, base.epochs, base.options["weights"]) == (5e-5, 0.9, 0.05, 15, {"text-video": 1.0})

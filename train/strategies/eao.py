@@ -7,6 +7,7 @@ modalities; ``single-pair``; ``pairwise``; ``all``: eq. 3; or a list such as
 ``[text-video, text-audio+video]``), weighted by ``options.weights`` and ``default_weight``.
 ``options.audio_encoder: davenet`` trains an audio CNN with the model and
 ``audio_shift_seconds`` shifts the audio in training (Sec. 4.1, :mod:`mmx.train.audio_encoder`).
+``options.positives: class`` (class-aligned data) makes same-class rows positives in every term.
 :data:`EAO_OPTIONS` are the options (small defaults), :data:`EAO_PAPER_SETTINGS` the paper's
 settings (Sec. 4.1 and its reference code). Readings, groups and pseudo-groups: docs/notes/train.md.
 """
@@ -47,8 +48,12 @@ EAO_OPTIONS = {
     "audio_encoder": "none",  # none: the cached audio tokens as they are | davenet: a CNN trained with the model (Sec. 4.1)
     "audio_dim": 256,  # davenet's channels and output width (paper: 4096)
     "audio_shift_seconds": 4.0,  # training only: audio read from a random offset of up to this many seconds (Sec. 4.1)
+    # pair: a row's own row is its one positive (the paper's eq. 4); class: on class-aligned data
+    # every same-class row of the batch is a positive too (Khosla et al. 2020, as joint's option)
+    "positives": "pair",
 }
 ORDER = list(Modality)
+CLASSES = "classes"  # the batch key of each row's class (options.positives: class); never a modality name
 
 
 @dataclasses.dataclass
@@ -118,9 +123,12 @@ class EverythingAtOnceStrategy(Strategy):
     needs_tokens = True
     alignment = "any"
     options = EAO_OPTIONS
+    cpu_preset = "eao-cpu"  # what a refused CPU run is pointed to (train/sizing.py)
 
     def __init__(self, cfg, data, device):
         super().__init__(cfg, data, device)
+        if self.opt["positives"] == "class" and cfg.alignment != "class":
+            raise ValueError(f"eao: options.positives=class needs class-aligned data; this run is {cfg.alignment}-aligned")
         self.terms = build_terms(self.modalities, self.opt["terms"], self.opt["weights"], self.opt["default_weight"])
         self.subsets = sorted({s for x, y, _ in self.terms for s in (x, y)}, key=lambda s: (len(s), [ORDER.index(m) for m in s]))
         self._groups: dict = {}
@@ -157,11 +165,25 @@ class EverythingAtOnceStrategy(Strategy):
             problems.append(f"eao: options.audio_shift_seconds must be a non-negative number of seconds, got {shift!r}")
         if not isinstance(opts["weights"], dict):
             problems.append("eao: options.weights must be a mapping of X-Y terms to weights")
+        if opts["positives"] not in ("pair", "class"):
+            problems.append(f"eao: options.positives must be pair (paper 001) or class (all same-class rows), not {opts['positives']!r}")
+        elif opts["positives"] == "class" and cfg.alignment == "instance":
+            problems.append("eao: options.positives=class needs class-aligned data (alignment: class), not instance-aligned groups")
         try:
             build_terms(cfg.modalities, opts["terms"], opts["weights"] if isinstance(opts["weights"], dict) else {}, opts["default_weight"])
         except ValueError as exc:
             problems.append(f"eao: {exc}")
         return problems
+
+    @classmethod
+    def footprint(cls, cfg, shapes, batch: int, device: str = "cpu"):
+        """Parameters, activations and FLOPs of a step at ``batch`` rows on ``device`` (train/sizing.py)."""
+        from mmx.train.sizing import fusion_footprint
+
+        o = {**cls.option_defaults(), **cfg.options}
+        terms = build_terms(cfg.modalities, o["terms"], o["weights"], o["default_weight"])
+        subsets = list(dict.fromkeys(tuple(m.value for m in s) for x, y, _ in terms for s in (x, y)))
+        return fusion_footprint(cfg, o, shapes, batch, subsets, len(terms), device)
 
     # -- model ----------------------------------------------------------------------------
     def build_model(self) -> nn.Module:
@@ -245,15 +267,19 @@ class EverythingAtOnceStrategy(Strategy):
         device = split.features[self.modalities[0]].offsets.device
         # its own stream, seeded by the epoch, so a resumed run draws the same shifts
         rng = np.random.default_rng([self.batch_seed(epoch, train), 1]) if train and self.audio_shift else None
+        first = self.modalities[0]
         for host, rows in sampler.plan().on_device(device):
-            yield self._inputs(split, host, rows, rng)
+            batch = self._inputs(split, host, rows, rng)
+            if self.opt["positives"] == "class":  # class-aligned rows: every modality's item of a row has its class
+                batch[CLASSES] = split.classes[first].index_select(0, rows[first])  # (B,)
+            yield batch
 
     def step(self, model, batch):
         names = {s: tuple(m.value for m in s) for s in self.subsets}
         fused = model.embed_subsets(batch, list(names.values()))  # every subset in one pass
         embs = {s: fused[n] for s, n in names.items()}  # each (B, embed_dim)
         present = {s: np.all([batch[m][3][1] for m in n], 0) for s, n in names.items()}  # host masks: no wait
-        return combinatorial_loss(embs, present, self.terms, self.cfg.tau)
+        return combinatorial_loss(embs, present, self.terms, self.cfg.tau, batch.get(CLASSES))
 
     # -- embeddings for eval ----------------------------------------------------------------
     def _group_rows(self, split) -> tuple:
