@@ -35,6 +35,7 @@ import numpy as np
 
 from mmx.cache import files
 from mmx.cache.atomic import atomic_path, atomic_write_bytes
+from mmx.cache.store.locks import held_by_this_process
 from mmx.cache.names import check_name
 
 EMBEDDINGS = "embeddings"
@@ -169,7 +170,8 @@ def writer_lock(run: Path, command: str = "mmx train"):
                                  f"it, then continue with: mmx train --resume {run} (lock: {path})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
-        yield
+        with held_by_this_process(fd):  # a forked child never keeps the run locked
+            yield
     finally:
         os.close(fd)
 

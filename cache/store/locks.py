@@ -1,7 +1,8 @@
 """The two locks of a store: one writing process per store, and one writer per item shard.
 
 Both are advisory ``flock`` locks on files inside the store; the kernel releases them when the
-holder exits, however it dies, so a killed writer never leaves a store locked.
+holder exits, however it dies, so a killed writer never leaves a store locked. A forked child
+(a decoding worker) closes its copies of the held lock files at once (:func:`held_by_this_process`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,33 @@ from mmx.cache.store.errors import StoreLockedError
 from mmx.cache.store.layout import MARKERS
 
 WRITER_LOCK = ".writer.lock"
+
+# An flock belongs to the open file, which fork shares with the child: a decoding worker that
+# outlives a killed parent would keep the store locked. Children close their copies on fork
+# (closing, unlike unlocking, leaves the parent's lock in place).
+_HELD: set[int] = set()
+
+
+def _close_held_in_child() -> None:
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_held_in_child)
+
+
+@contextlib.contextmanager
+def held_by_this_process(fd: int):
+    """Mark ``fd`` (a file holding an ``flock``) as this process's alone: a forked child closes it."""
+    _HELD.add(fd)
+    try:
+        yield
+    finally:
+        _HELD.discard(fd)
 
 
 @contextlib.contextmanager
@@ -39,7 +67,8 @@ def hold_writer_lock(store: Path, command: str = "a writer"):
                 f"then rerun: the shards it finished are kept (lock: {path})") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
-        yield
+        with held_by_this_process(fd):
+            yield
     finally:
         os.close(fd)  # releases the lock
 
@@ -50,6 +79,7 @@ def hold_shard_lock(store: Path, k: int):
     fd = os.open(store / MARKERS / f"{k:06d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
+        with held_by_this_process(fd):
+            yield
     finally:
         os.close(fd)
