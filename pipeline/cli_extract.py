@@ -146,6 +146,10 @@ def extract_command(ctx, manifest, modality, dataset, backbone, weights, setting
         con.line(f"{summary['failed_skipped']} item(s) failed in an earlier run and were not retried; "
                  "rerun with --retry-failed to try them again")
     con.result(summary)
+    if summary["failed"] and not summary["ok"]:  # nothing usable was written this run
+        con.warn(f"every one of the {summary['failed']} item(s) extracted this run failed (see the failures above); "
+                 "the store holds no features of them")
+        raise click.exceptions.Exit(1)
 
 
 SHOWN_FAILURES = 20  # the rest: mmx cache ls --failed

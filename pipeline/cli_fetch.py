@@ -88,6 +88,10 @@ def fetch_command(ctx, manifest, out_dir, modalities, workers, per_host, connect
                 "manifest": summary.layout.manifest})
     if any(kind in RECHECKED_KINDS for kind in summary.totals):
         raise click.exceptions.Exit(1)  # the user's own options refused items: not link rot, so not a success
+    failed = sum(n for kind, n in summary.totals.items() if kind not in ("ok", "pending"))
+    if failed and not summary.totals.get("ok"):
+        con.warn(f"every one of the manifest's {failed} item(s) failed: nothing was obtained (see the failures above)")
+        raise click.exceptions.Exit(1)
 
 
 def print_summary(summary, echo) -> None:
