@@ -57,7 +57,7 @@ def test_each_warning_prints_once_on_one_line_without_its_source(monkeypatch, tm
     """A caution raised through warnings.warn, the run log and the warn callback, twice each: one line."""
     import mmx.train.loop as loop
 
-    def training(cfg, log, resume=None, warn=None):
+    def training(cfg, log, resume=None, warn=None, force=False):
         log("training tiny")
         for _ in range(2):
             warnings.warn("feature scale: text is 40x image", UserWarning, stacklevel=2)
