@@ -7,6 +7,7 @@ heavy libraries are imported inside the commands.
 from __future__ import annotations
 
 import errno
+import os
 
 import click
 
@@ -16,8 +17,9 @@ from mmx import __version__
 
 
 class _Group(click.Group):
-    """Turns the errors a user can cause into one clear line instead of a traceback, and shows
-    every warning of a command as one ``warning: ...`` line, once."""
+    """Turns the errors a user can cause into one clear line instead of a traceback (exit 1), and
+    any other exception into one line naming the file that keeps its traceback (exit 3; with
+    ``MMX_DEBUG=1`` it propagates); shows every warning of a command as one ``warning: ...`` line, once."""
 
     def invoke(self, ctx: click.Context):
         try:
@@ -30,11 +32,15 @@ class _Group(click.Group):
 
             raise user_error(exc) from exc
         except OSError as exc:
-            from mmx.pipeline.errors import no_space
+            from mmx.pipeline.errors import no_space, os_error
 
-            if exc.errno != errno.ENOSPC:
+            raise (no_space(exc) if exc.errno == errno.ENOSPC else os_error(exc)) from exc
+        except Exception as exc:  # a bug: one line, and the traceback kept in a file for the report
+            from mmx.pipeline.errors import internal_error
+
+            if os.environ.get("MMX_DEBUG"):
                 raise
-            raise no_space(exc) from exc
+            raise internal_error(exc) from exc
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
