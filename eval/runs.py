@@ -24,10 +24,8 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
-import fcntl
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,7 @@ import numpy as np
 
 from mmx.cache import files
 from mmx.cache.atomic import atomic_path, atomic_write_bytes
-from mmx.cache.store.locks import held_by_this_process
+from mmx.cache.store.locks import hold_exclusive
 from mmx.cache.names import check_name
 
 EMBEDDINGS = "embeddings"
@@ -161,16 +159,11 @@ def writer_lock(run: Path, command: str = "mmx train"):
         if exc.errno != errno.ELOOP:
             raise
         raise files.UnsafeFileError(f"{path}: a symbolic link; mmx will not follow it: remove the link") from None
+    busy = lambda holder: RunLockedError(  # noqa: E731
+        f"{run} is being written by another process ({holder}); wait for it to end or stop "
+        f"it, then continue with: mmx train --resume {run} (lock: {path})")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
-            raise RunLockedError(f"{run} is being written by another process ({holder}); wait for it to end or stop "
-                                 f"it, then continue with: mmx train --resume {run} (lock: {path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
-        with held_by_this_process(fd):  # a forked child never keeps the run locked
+        with hold_exclusive(fd, command, busy):  # a forked child never keeps the run locked
             yield
     finally:
         os.close(fd)

@@ -92,7 +92,8 @@ def train_cmd(ctx, strategy, presets, modalities, cache, dataset, epochs, batch_
         cfg.cache = str(default_cache_root())
     run = train(cfg, log=con.line, resume=resume, warn=con.warn, force=force)
     con.summary(str(run))
-    con.result({"run": str(run), **_best(run)})
+    if con.json:
+        con.result({"run": str(run), **_best(run)})
 
 
 def _dataset_elsewhere(presets: tuple[str, ...], sets: tuple[str, ...]) -> bool:
@@ -105,11 +106,12 @@ def _dataset_elsewhere(presets: tuple[str, ...], sets: tuple[str, ...]) -> bool:
 
 
 def _best(run) -> dict:
-    import json
     from pathlib import Path
 
+    from mmx.eval.runs import read_json
+
     path = Path(run) / "metrics.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    return read_json(path) if path.is_file() else {}
 
 
 def _parse_stores(values: tuple[str, ...]) -> dict:

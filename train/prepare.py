@@ -200,7 +200,7 @@ def size_up(cfg: TrainConfig, strategy_cls, device, data: TrainData | None, log,
     """The run's size from its config and the stores' metadata, said before anything loads;
     raises one line naming what fits when it will not fit the machine (train/sizing.py), unless
     ``force``. Returns the estimate (None for strategies that do not size themselves)."""
-    if getattr(strategy_cls, "footprint", None) is None:
+    if strategy_cls.footprint is None:
         return None
     try:
         shapes = (sizing.shapes_from_data(cfg, data) if data is not None
@@ -209,7 +209,7 @@ def size_up(cfg: TrainConfig, strategy_cls, device, data: TrainData | None, log,
         return None  # loading the data says what is missing, with its fix
     est = sizing.estimate(cfg, strategy_cls, shapes, device, cfg.threads)
     log(f"size: {est.summary()}")
-    problem = sizing.refusal(cfg, strategy_cls, shapes, device, cfg.threads, sizing.available_bytes(device))
+    problem = sizing.refusal(cfg, strategy_cls, shapes, device, cfg.threads, sizing.available_bytes(device), est)
     if problem and not force:
         raise ValueError(problem)
     if problem:

@@ -302,7 +302,7 @@ def fusion_footprint(cfg, opts: dict, shapes: Shapes, batch: int, subsets: list,
 # -- the run --------------------------------------------------------------------------------------
 def estimate(cfg, strategy_cls, shapes: Shapes, device, threads: int = 1) -> Estimate | None:
     """The run of ``cfg`` on ``device``; None when the strategy does not size itself."""
-    footprint = getattr(strategy_cls, "footprint", None)
+    footprint = strategy_cls.footprint
     if footprint is None:
         return None
     batch = max(1, min(cfg.batch_size, shapes.train_units or cfg.batch_size))
@@ -362,10 +362,12 @@ def fits(est: Estimate, capacity: float) -> bool:
     return est.peak_bytes <= MEMORY_HEADROOM * capacity and (est.device != "cpu" or est.run_seconds <= CPU_BUDGET_S)
 
 
-def refusal(cfg, strategy_cls, shapes: Shapes, device, threads: int, capacity: float) -> str | None:
+def refusal(cfg, strategy_cls, shapes: Shapes, device, threads: int, capacity: float,
+            est: Estimate | None = None) -> str | None:
     """One line when ``cfg`` will not fit ``capacity`` bytes (or, on a CPU, the time budget),
-    naming what fits; None when it fits or the strategy does not size itself."""
-    est = estimate(cfg, strategy_cls, shapes, device, threads)
+    naming what fits; None when it fits or the strategy does not size itself. ``est``: the
+    run's :func:`estimate`, when the caller has it."""
+    est = est or estimate(cfg, strategy_cls, shapes, device, threads)
     if est is None or fits(est, capacity):
         return None
     why = []
@@ -409,7 +411,7 @@ def suggestion(cfg, strategy_cls, shapes: Shapes, device, threads: int, capacity
     from mmx.train import config as config_mod
 
     bases = [("", cfg)]
-    preset = getattr(strategy_cls, "cpu_preset", "")
+    preset = strategy_cls.cpu_preset
     if preset and str(getattr(device, "type", device)) == "cpu":
         kept = {k: getattr(cfg, k) for k in KEPT}
         bases.insert(0, (f"--preset {preset}", config_mod.resolve([preset], kept)))

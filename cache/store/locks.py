@@ -12,6 +12,7 @@ import fcntl
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 from mmx.cache.store.errors import StoreLockedError
 from mmx.cache.store.layout import MARKERS
@@ -47,6 +48,22 @@ def held_by_this_process(fd: int):
 
 
 @contextlib.contextmanager
+def hold_exclusive(fd: int, command: str, busy: Callable[[str], Exception]):
+    """An exclusive ``flock`` on the open lock file ``fd``, taken without waiting: when another
+    process holds it, ``busy(holder)`` is raised, ``holder`` being what that process recorded
+    (its command, pid and start). Records this process's ``command`` in the file while held."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
+        raise busy(holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
+    with held_by_this_process(fd):
+        yield
+
+
+@contextlib.contextmanager
 def hold_writer_lock(store: Path, command: str = "a writer"):
     """Hold the writer lock of the store at ``store``: one writing process (e.g. ``mmx extract``) per store.
 
@@ -57,17 +74,11 @@ def hold_writer_lock(store: Path, command: str = "a writer"):
     """
     path = store / WRITER_LOCK
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    busy = lambda holder: StoreLockedError(  # noqa: E731
+        f"{store} is being written by another process ({holder}); wait for it to end or stop it, "
+        f"then rerun: the shards it finished are kept (lock: {path})")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown process"
-            raise StoreLockedError(
-                f"{store} is being written by another process ({holder}); wait for it to end or stop it, "
-                f"then rerun: the shards it finished are kept (lock: {path})") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{command}, pid {os.getpid()}, since {time.strftime('%Y-%m-%dT%H:%M:%S%z')}".encode(), 0)
-        with held_by_this_process(fd):
+        with hold_exclusive(fd, command, busy):
             yield
     finally:
         os.close(fd)  # releases the lock

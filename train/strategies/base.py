@@ -41,6 +41,10 @@ class Strategy:
     # whether a step's work is fixed by its batch's tensor shapes alone, so that `cuda_graphs`
     # can replay it (train/graphs.py); batches holding host arrays still run eagerly
     graphable: bool = False
+    # sizing before anything loads (train/sizing.py): a classmethod ``footprint(cfg, shapes,
+    # batch, device)`` returning a sizing.Footprint, or None when the strategy does not size itself
+    footprint = None
+    cpu_preset: str = ""  # the preset a run refused on a CPU is pointed to
 
     def __init__(self, cfg: TrainConfig, data: TrainData, device: torch.device):
         self.cfg, self.data, self.device = cfg, data, device
