@@ -9,6 +9,10 @@ Layout::
         checkpoint.safetensors              best weights (what --from and each stage's end load)
         last.safetensors                    weights, optimiser, schedule, RNG and progress after
                                             the last epoch (what --resume continues from)
+        normalizer.json                     the feature statistics applied before the model
+        space.json                          the model's shape and each modality's store record
+                                            (backbone, preprocessing, dtype), so the run
+                                            rebuilds and embeds new media without its cache
         embeddings/<split>/<name>.npz       emb [N, d] float32, label [N], group [N], id [N]
 
 ``<name>`` is a modality (``text``) or, for models that fuse, a ``+``-joined subset
@@ -38,6 +42,9 @@ from mmx.cache.names import check_name
 
 EMBEDDINGS = "embeddings"
 WRITER_LOCK = ".writer.lock"
+SPACE, SPACE_FORMAT = "space.json", "mmx-space/1"
+MAX_DIM = 1 << 20  # features wider than this are not a backbone's
+MAX_TOKENS = 1 << 22  # tokens of one item: past it, a damaged record
 
 
 class RunLockedError(ValueError):
@@ -227,3 +234,63 @@ def check_gallery(arrays: dict, source: str, fields: tuple[str, ...] = ("label",
 def splits_of(run: str | os.PathLike) -> list[str]:
     d = Path(run) / EMBEDDINGS
     return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
+
+
+# -- the model's shape -----------------------------------------------------------------------
+
+
+def write_space(run: str | os.PathLike, record: dict) -> Path:
+    """``RUN/space.json``: what rebuilding the model and embedding new media need (see
+    :func:`read_space`), written before the first step."""
+    path = Path(run) / SPACE
+    write_json(path, {"format": SPACE_FORMAT, **record})
+    return path
+
+
+def read_space(run: str | os.PathLike) -> dict | None:
+    """The record :func:`write_space` wrote, checked; None for a run from before it existed.
+
+    ``{"dataset", "class_names": [str], "modalities": {m: {"dim", "max_tokens", "one_token",
+    "store": the store's metadata (backbone, preprocessing, dtype, tokens, key), or None for
+    features given in memory}}}``. Anything else (a wrong type, a size out of range, a foreign
+    format) is one line naming the file.
+    """
+    from mmx.cache.modality import Modality
+
+    path = Path(run) / SPACE
+    if not path.exists() and not path.is_symlink():
+        return None
+    obj = files.read_json(path, what="space record")
+    bad = lambda why: files.UnsafeFileError(f"{path}: {why}; not a space record this mmx wrote: "  # noqa: E731
+                                            "export or train the run again")
+    if not isinstance(obj, dict) or obj.get("format") != SPACE_FORMAT:
+        raise bad(f"format {obj.get('format') if isinstance(obj, dict) else type(obj).__name__!r}, expected {SPACE_FORMAT}")
+    names, mods = obj.get("class_names"), obj.get("modalities")
+    if not isinstance(obj.get("dataset"), str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise bad("dataset must be a string and class_names a list of strings")
+    if not isinstance(mods, dict) or not mods:
+        raise bad("modalities must map each modality to its record")
+    for m, rec in mods.items():
+        try:
+            Modality.parse(m)
+        except ValueError as exc:
+            raise bad(str(exc)) from None
+        if not isinstance(rec, dict):
+            raise bad(f"{m}: a {type(rec).__name__}, not a record")
+        for key, top in (("dim", MAX_DIM), ("max_tokens", MAX_TOKENS)):
+            v = rec.get(key)
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= top:
+                raise bad(f"{m}: {key} must be an integer from 1 to {top}, not {v!r}")
+        store = rec.get("store")
+        if not isinstance(rec.get("one_token"), bool) or not isinstance(store, (dict, type(None))):
+            raise bad(f"{m}: one_token must be true or false and store a mapping (or null: features from no store)")
+        if store is None:
+            continue
+        backbone = store.get("backbone")
+        if not isinstance(backbone, dict) or not isinstance(backbone.get("name"), str) or backbone.get("dim") != rec["dim"]:
+            raise bad(f"{m}: store.backbone must name the backbone and record dim {rec['dim']}")
+        if not isinstance(store.get("preprocessing"), dict) or store.get("dtype") not in ("float16", "float32"):
+            raise bad(f"{m}: store.preprocessing must be a mapping and store.dtype float16 or float32")
+        if not isinstance(store.get("tokens"), bool):
+            raise bad(f"{m}: store.tokens must be true or false")
+    return obj

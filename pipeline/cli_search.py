@@ -34,8 +34,9 @@ def _manifest_items(path: str) -> list[tuple[str, dict]]:
     return [(m.value, {**it, "uri": it["uri"]}) for m in manifest.modalities for it in manifest_items(manifest, m)]
 
 
-def embed_all(space, queries: list[tuple[str, dict]]) -> dict:
-    """Embeddings of ``queries`` in their given order: ``{"emb", "id", "modality", "label", "uri"}``."""
+def embed_all(space, queries: list[tuple[str, dict]], on_items=None) -> dict:
+    """Embeddings of ``queries`` in their given order: ``{"emb", "id", "modality", "label", "uri"}``.
+    ``on_items(n)``: called as each batch of ``n`` items is embedded (a progress bar)."""
     import numpy as np
 
     from mmx.cache.modality import Modality
@@ -44,7 +45,7 @@ def embed_all(space, queries: list[tuple[str, dict]]) -> dict:
     emb = np.zeros((len(queries), space.cfg.embed_dim), np.float32)
     for modality in dict.fromkeys(m for m, _ in queries):
         rows = [i for i, (m, _) in enumerate(queries) if m == modality]
-        emb[rows] = embed_items(space, Modality.parse(modality), [queries[i][1] for i in rows])
+        emb[rows] = embed_items(space, Modality.parse(modality), [queries[i][1] for i in rows], on_items=on_items)
     bad = [queries[i][1]["id"] for i in np.flatnonzero(~np.isfinite(emb).all(1))]
     if bad:
         raise ValueError(f"{space.run}: the embeddings of {', '.join(bad[:5])} are not finite (NaN or inf); "
@@ -73,6 +74,7 @@ def embed_cmd(ctx, run, inputs, texts, manifest, output, device):
     Examples:
       mmx embed runs/RUN photo.png clip.mp4 --text "a spoken seven" --json
       mmx embed runs/RUN --manifest data/mine/manifest.fetched.csv -o gallery.npz
+      mmx embed runs/RUN --text "a spoken seven" -o seven.npz
     """
     import numpy as np
 
@@ -82,7 +84,15 @@ def embed_cmd(ctx, run, inputs, texts, manifest, output, device):
     if not queries:
         raise click.UsageError("nothing to embed: give files, --text or --manifest")
     con = console(ctx)
-    out = embed_all(open_space(run, device), queries)
+    space = open_space(run, device, con.warn)
+    counts = {m: sum(1 for q, _ in queries if q == m) for m in dict.fromkeys(m for m, _ in queries)}
+    con.line(f"embedding {len(queries)} item(s) ({', '.join(f'{m} {n}' for m, n in counts.items())}) on {space.device}")
+    bar = _progress_bar(con, len(queries))
+    try:
+        out = embed_all(space, queries, on_items=bar.update if bar is not None else None)
+    finally:
+        if bar is not None:
+            bar.close()
     if output:
         from mmx.cache.atomic import atomic_path
 
@@ -97,6 +107,15 @@ def embed_cmd(ctx, run, inputs, texts, manifest, output, device):
     if con.json:
         for i in range(len(out["id"])):
             click.echo(json.dumps({"id": out["id"][i], "modality": out["modality"][i], "embedding": [round(float(x), 6) for x in out["emb"][i]]}))
+
+
+def _progress_bar(con, total: int):
+    """A tqdm bar on stderr counting embedded items (none with --quiet or for a single item)."""
+    if con.quiet or total < 2:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="item", file=click.get_text_stream("stderr"), desc="embed")
 
 
 def _gallery(run: str, split: str, targets: list[str] | None, gallery: str | None) -> dict:
@@ -136,6 +155,10 @@ def _locations(manifest: str | None, ids) -> list[str]:
 @click.argument("run", type=click.Path(file_okay=False, exists=True))
 @click.option("--text", "texts", multiple=True, help="Query text (repeatable).")
 @click.option("--file", "files", multiple=True, type=click.Path(dir_okay=False), help="Query file: image, audio or video (repeatable).")
+@click.option("--like", "likes", multiple=True, metavar="ID",
+              help="Query by a gallery item: its id, or MODALITY:ID (repeatable); the item is left out of its hits.")
+@click.option("--vector", type=click.Path(dir_okay=False, exists=True),
+              help="Query by vectors in the joint space: a .npy of one (d,) or several (Q, d) rows, or the emb rows of an 'mmx embed -o' file.")
 @click.option("--target", default="", show_default="every modality",
               help="Gallery modalities (or fused names such as audio+video), e.g. image,video.")
 @click.option("--top", "k", default=10, type=click.IntRange(min=1), help="Hits per query (eval's --k are recall cut-offs).")
@@ -145,30 +168,36 @@ def _locations(manifest: str | None, ids) -> list[str]:
 @json_option("each hit (one JSON object a line)")
 @device_option("Where the queries are embedded and ranked: auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.pass_context
-def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, device):
-    """Rank RUN's gallery for each query (--text / --file): rank, score, id, modality, label, location.
+def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery, manifest, device):
+    """Rank RUN's gallery for each query (--text / --file / --like / --vector): rank, score, id, modality, label, location.
 
     \b
+    --like and --vector need no backbone: they work for every run, also one trained on
+    features imported with 'mmx cache import'.
     Examples:
       mmx search runs/RUN --text "a spoken seven" --target image,video --top 5
       mmx search runs/RUN --file seven.wav --target image --manifest data/mine/manifest.fetched.csv
       mmx search runs/RUN --text seven --gallery gallery.npz
+      mmx search runs/RUN --like wav-7-lucas-0 --target image
+      mmx search runs/RUN --vector seven.npz --target image --top 3
     """
-    from mmx.eval.search import top_k
     from mmx.pipeline.embed import open_space
+    from mmx.pipeline.queries import rank
 
-    queries = _queries(files, texts)
+    if not (texts or files or likes or vector):
+        raise click.UsageError("nothing to search for: give --text, --file, --like or --vector")
     targets = [t.strip() for t in target.split(",") if t.strip()] or None
     g = _gallery(run, split, targets, gallery)
-    as_json = console(ctx).json
-    space = open_space(run, device)
+    con = console(ctx)
+    as_json = con.json
+    space = open_space(run, device, con.warn)
     if g["emb"].shape[1] != space.cfg.embed_dim:
         raise ValueError(f"{gallery or run}: gallery rows have {g['emb'].shape[1]} dimensions, {run}'s space "
                          f"{space.cfg.embed_dim}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
-    q = embed_all(space, queries)
-    scores, rows = top_k(q["emb"], g["emb"], k, device=None if device == "auto" else device)
+    q, own = _search_queries(space, run, split, gallery, g, texts, files, likes, vector)
+    scores, rows = rank(q["emb"], g["emb"], k, own, device=None if device == "auto" else device)
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])
-    for qi in range(len(queries)):
+    for qi in range(len(q["id"])):
         if not as_json:
             click.echo(f"query {q['id'][qi]} ({q['modality'][qi]}: {q['uri'][qi]})")
         for r in range(rows.shape[1]):
@@ -177,6 +206,35 @@ def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, devi
                    "modality": g["modality"][row], "label": g["label"][row], "location": where[qi * rows.shape[1] + r]}
             click.echo(json.dumps(hit) if as_json else
                        f"  {hit['rank']:3d}  {hit['score']:.4f}  {hit['id']}  {hit['modality']}  {hit['label'] or '-'}  {hit['location'] or '-'}")
+
+
+def _search_queries(space, run, split, gallery, g, texts, files, likes, vector) -> tuple[dict, list]:
+    """The queries of ``mmx search`` in the order files, texts, --like items, --vector rows, as
+    :func:`embed_all` gives them, and per query the row of ``g`` it came from (None: not a gallery item)."""
+    import numpy as np
+
+    from mmx.pipeline.queries import like, read_vectors
+
+    parts, own = [], []
+    if texts or files:
+        parts.append(embed_all(space, _queries(files, texts)))
+        own += [None] * len(parts[-1]["id"])
+    if likes:
+        whole = _gallery(run, split, None, gallery)  # --like looks in the whole gallery, whatever --target keeps
+        rows = like(whole, list(likes))
+        parts.append({"emb": whole["emb"][rows].astype(np.float32), "id": whole["id"][rows],
+                      "modality": whole["modality"][rows], "label": whole["label"][rows],
+                      "uri": np.array([f"like {w}" for w in likes], dtype=str)})
+        for r in rows:
+            hit = np.flatnonzero((g["id"] == whole["id"][r]) & (g["modality"] == whole["modality"][r]))
+            own.append(int(hit[0]) if len(hit) else None)
+    if vector:
+        v = read_vectors(vector, space.cfg.embed_dim)
+        parts.append({"emb": v, "id": np.array([f"vector-{i + 1}" for i in range(len(v))], dtype=str),
+                      "modality": np.array(["vector"] * len(v), dtype=str), "label": np.array([""] * len(v), dtype=str),
+                      "uri": np.array([f"{vector}[{i}]" for i in range(len(v))], dtype=str)})
+        own += [None] * len(v)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}, own
 
 
 COMMANDS = [embed_cmd, search_cmd]

@@ -51,22 +51,44 @@ class Space:
         return out[modality.value].float().cpu().numpy()
 
 
-def open_space(run: str | Path, device: str = "cpu") -> Space:
-    """Load run ``run``: its config, the cache it trained on, its model with the kept weights."""
+def open_space(run: str | Path, device: str = "cpu", log=lambda s: None) -> Space:
+    """Load run ``run`` (a run folder or an exported bundle): its config, its model with the kept
+    weights, the store records it trained on. ``log`` hears when an older run needs its cache."""
     from mmx.train.prepare import open_trained
 
-    prep = open_trained(run, device)
+    prep = open_trained(run, device, log)
     return Space(Path(run), prep.cfg, prep.strategy, prep.model, prep.data, prep.device, prep.norm)
 
 
-def store_for(space: Space, modality: Modality):
-    """The store the run trained ``modality`` on (found as training found it)."""
-    from mmx.cache import find_store
+@dataclasses.dataclass
+class RecordedStore:
+    """What embedding reads of the store a run trained a modality on: its metadata, as the run recorded it."""
 
+    path: str  # where the record is, for messages
+    modality: Modality
+    meta: dict
+
+    @property
+    def has_tokens(self) -> bool:
+        return bool(self.meta["tokens"])
+
+
+def store_for(space: Space, modality: Modality) -> RecordedStore:
+    """The record of the store the run trained ``modality`` on (no cache read)."""
     if modality not in space.modalities:
         raise ValueError(f"{space.run}: the run has no {modality.value} (it embeds {', '.join(space.cfg.modalities)})")
-    cfg = space.cfg
-    return find_store(cfg.cache, cfg.dataset, modality, cfg.backbones.get(modality.value), cfg.stores.get(modality.value))
+    meta = space.data.meta.get(modality) or {}
+    if "backbone" not in meta or "preprocessing" not in meta:
+        raise ValueError(f"{space.run}: the run records no store for {modality.value} (trained on features given in "
+                         "memory), so new media cannot be embedded; query it with --like ID or --vector FILE")
+    return RecordedStore(f"{space.run} ({modality.value} store {str(meta.get('key', ''))[:12]})", modality, meta)
+
+
+def embeddable(meta: dict) -> bool:
+    """Whether mmx can rebuild the backbone a store records (a registered one, not imported features)."""
+    from mmx.extract.backbones import BACKBONES
+
+    return isinstance(meta.get("backbone"), dict) and meta["backbone"].get("name") in BACKBONES
 
 
 def encoder_for(store, device: str = "cpu"):
@@ -74,6 +96,10 @@ def encoder_for(store, device: str = "cpu"):
     from mmx.extract.backbones import build_encoder, get_backbone
 
     backbone, prep = store.meta["backbone"], store.meta["preprocessing"]
+    if not embeddable(store.meta):
+        raise ValueError(f"{store.path}: its {store.modality.value} features came from outside mmx (backbone "
+                         f"{backbone.get('name')!r}), so mmx cannot embed new media for it; query by a gallery item "
+                         "(--like ID) or by a vector (--vector FILE)")
     info = get_backbone(backbone["name"])
     weights = None if info.weights.startswith(("package:", "none")) else backbone.get("weights")
     # the settable options; the rest of the record (e.g. the resampler) follows from them and is checked below
@@ -86,31 +112,57 @@ def encoder_for(store, device: str = "cpu"):
     return encoder
 
 
-def backbone_features(encoder, store, items: list[dict], batch_size: int = 16):
+class _Collected:
+    """Where :func:`mmx.extract.shards.extract_shards` hands a finished shard: kept in memory, not written."""
+
+    has_tokens = True  # keep every item's tokens; the run's store record decides what is used
+
+    def __init__(self):
+        self.shards: dict[int, tuple] = {}
+
+    def write_shard(self, k, pooled, status, tokens=None, errors=None, sources=None) -> None:
+        self.shards[k] = (pooled, status, tokens, errors or {})
+
+
+def backbone_features(encoder, store, items: list[dict], batch_size: int = 32, workers: int | None = None,
+                      on_items=None):
     """LoadedFeatures of ``items`` (dicts with id, uri or text) as the store would hold them.
 
-    Decoding errors name the item; features are rounded to the store's dtype (float16).
+    The items go through extraction's own loop (:func:`mmx.extract.shards.extract_shards`):
+    ``workers`` decoding processes (default: extraction's, none for a single batch), the
+    same batches, checks of each local file and one batch in flight on the device; features
+    are rounded to the store's dtype (float16). ``on_items(n)`` is called after each batch.
+    An item that cannot be read is one error naming it.
     """
+    import os
+
     import torch
 
     from mmx.cache.store import LoadedFeatures
+    from mmx.extract.decode import DEFAULT_MAX_PIXELS
+    from mmx.extract.runner import default_workers
+    from mmx.extract.shards import LocalGate, extract_shards
     from mmx.train.data import pooled_as_tokens
 
     dtype = np.dtype(store.meta["dtype"])
-    tokens, pooled = [], []
-    for start in range(0, len(items), batch_size):
-        chunk = items[start : start + batch_size]
-        samples = []
-        for it in chunk:
-            try:
-                samples.append(encoder.prep.prepare(it))
-            except Exception as exc:  # one clear line naming the input
-                raise ValueError(f"{it.get('uri') or it['id']}: cannot read it as {store.modality.value} ({exc})") from None
-        with torch.inference_mode():
-            outs = encoder.forward(encoder.prep.collate(samples), batch_size)
-        for t, p in outs:
-            tokens.append(np.asarray(t, np.float32).reshape(-1, encoder.dim).astype(dtype).astype(np.float32))
-            pooled.append(np.asarray(p, np.float32).astype(dtype).astype(np.float32))
+    if workers is None:
+        workers = 0 if len(items) <= max(1, encoder.items_per_batch(batch_size)) else default_workers(str(encoder.device))
+    # the files named are the ones to read: each may sit anywhere, and gets extraction's checks
+    roots = tuple(sorted({os.path.dirname(os.path.realpath(it["uri"])) for it in items if it.get("uri")}))
+    gate = LocalGate(store.modality.value, roots,
+                     int(store.meta.get("preprocessing", {}).get("max_pixels", DEFAULT_MAX_PIXELS)),
+                     probe=store.modality is not Modality.IMAGE)
+    out = _Collected()
+    if items:
+        extract_shards(encoder, out, {0: items}, batch_size, workers, on_items=on_items, gate=gate)
+    pooled, status, tokens, errors = out.shards.get(0, (np.zeros((0, encoder.dim), np.float32), [], [], {}))
+    if errors:
+        first = next(it for it in items if it["id"] in errors)
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        raise ValueError(f"{first.get('uri') or first['id']}: cannot read it as {store.modality.value} "
+                         f"({errors[first['id']]}){more}")
+    pooled = np.asarray(pooled, np.float32).astype(dtype).astype(np.float32)
+    tokens = [np.asarray(t, np.float32).astype(dtype).astype(np.float32) for t in tokens]
     lengths = np.array([len(t) for t in tokens], np.int64)
     n = len(items)
     feats = LoadedFeatures(
@@ -118,7 +170,7 @@ def backbone_features(encoder, store, items: list[dict], batch_size: int = 16):
         ids=np.array([it["id"] for it in items], dtype=object),
         labels=np.array([str(it.get("label") or "") for it in items], dtype=object),
         groups=np.array([""] * n, dtype=object), splits=np.array(["query"] * n, dtype=object),
-        pooled=torch.as_tensor(np.stack(pooled) if pooled else np.zeros((0, encoder.dim), np.float32)),
+        pooled=torch.as_tensor(pooled),
         tokens=torch.as_tensor(np.concatenate(tokens) if tokens else np.zeros((0, encoder.dim), np.float32)),
         offsets=torch.as_tensor(np.concatenate([[0], np.cumsum(lengths)])),
         meta=store.meta,
@@ -144,13 +196,16 @@ _EXTENSIONS = {
 }
 
 
-def embed_items(space: Space, modality: Modality, items: list[dict], device: str | None = None) -> np.ndarray:
+def embed_items(space: Space, modality: Modality, items: list[dict], device: str | None = None,
+                on_items=None, workers: int | None = None) -> np.ndarray:
     """``(N, d)`` embeddings of items of one modality (``{"id", "uri"}`` or ``{"id", "text"}``).
 
     The backbone runs on ``device``, by default the space's (``mmx embed --device``), with
-    extraction's precision there (bf16 autocast on CUDA)."""
+    extraction's precision there (bf16 autocast on CUDA) and its decoding ``workers``
+    (:func:`backbone_features`); ``on_items(n)`` hears each batch's item count."""
     store = store_for(space, modality)
-    features = backbone_features(encoder_for(store, str(space.device) if device is None else device), store, items)
+    encoder = encoder_for(store, str(space.device) if device is None else device)
+    features = backbone_features(encoder, store, items, workers=workers, on_items=on_items)
     features = dataclasses.replace(features, pooled=features.pooled.to(space.device), tokens=features.tokens.to(space.device),
                                    offsets=features.offsets.to(space.device))
     return space.embed_features(modality, features)

@@ -5,8 +5,11 @@
 :func:`prepare` goes config -> validated config -> size (:func:`size_up`, before anything
 loads) -> data (loaded, checked, normalised) -> strategy -> model -> stages, and
 :func:`open_run_folder` writes what a run folder holds before the first step.
-:func:`open_trained` takes a finished run folder back along the same path to its strategy and
-model with the kept weights (``mmx embed``, ``mmx search``).
+:func:`open_trained` takes a finished run folder (or an exported bundle) back along the same
+path to its strategy and model with the kept weights (``mmx embed``, ``mmx search``), from the
+run folder alone: :func:`space_record` writes the model's shape there at training time and
+:func:`recorded_data` rebuilds from it a one-item stand-in of the data (no cache read). Runs
+from before that record open through their training cache.
 """
 
 from __future__ import annotations
@@ -264,7 +267,53 @@ def open_run_folder(prep: Prepared, resume: str | Path | None, hold=None) -> Pat
     if resume is None:
         write_splits(run / "splits.json", prep.data)
     prep.norm.save(run)  # what mmx embed applies before the model (normalize.load)
+    runs.write_space(run, space_record(cfg, prep.data))  # what rebuilds the model without the cache
     return run
+
+
+def space_record(cfg: TrainConfig, data: TrainData) -> dict:
+    """The model's shape and each modality's store record (:func:`mmx.eval.runs.read_space`):
+    dimensions, class names, the longest token sequence of any split (a strategy may size its
+    positions by it), whether a pooled store was viewed as one-token sequences, and the store's
+    metadata (backbone identity and options, preprocessing, dtype), from which ``mmx embed``
+    rebuilds the backbone. ``store`` is None for features given in memory with no store record."""
+    mods = {}
+    for m in Modality.parse_list(cfg.modalities):
+        lengths = [int((f.offsets[1:] - f.offsets[:-1]).max()) for s in data.splits.values()
+                   for mm, f in s.features.items() if mm == m and len(f) and f.offsets is not None]
+        meta = data.meta.get(m) or {}
+        store = dict(meta) if all(k in meta for k in ("backbone", "preprocessing", "dtype", "tokens")) else None
+        mods[m.value] = {"dim": int(data.dims[m]), "max_tokens": max(lengths, default=1),
+                         "one_token": m in data.pooled_as_tokens, "store": store}
+    return {"dataset": cfg.dataset, "class_names": [str(c) for c in data.class_names], "modalities": mods}
+
+
+def recorded_data(record: dict, tokens: bool, device) -> TrainData:
+    """A stand-in for the data a run trained on, from its :func:`space_record`: one all-zero item
+    per modality, in split ``train``, as long in tokens as the longest the run saw (``tokens``:
+    the strategy reads sequences), with the recorded dimensions, class names and store metadata.
+    Building a strategy and its model reads no more than that; embedding selects none of its rows."""
+    import numpy as np
+    import torch
+
+    from mmx.cache import LoadedFeatures
+    from mmx.train.data import SplitData
+
+    features, classes, dims, meta = {}, {}, {}, {}
+    for name, rec in record["modalities"].items():
+        m, d, t = Modality.parse(name), rec["dim"], rec["max_tokens"]
+        one = lambda value: np.array([value], dtype=object)  # noqa: E731
+        features[m] = LoadedFeatures(
+            modality=m, ids=one("shape"), labels=one(""), groups=one(""), splits=one("train"),
+            pooled=torch.zeros((1, d), device=device),
+            tokens=torch.zeros((t, d), device=device) if tokens else None,
+            offsets=torch.tensor([0, t], device=device) if tokens else None,
+            meta=dict(rec["store"] or {}))
+        classes[m] = torch.full((1,), -1, dtype=torch.long, device=device)
+        dims[m], meta[m] = d, dict(rec["store"] or {})
+    split = SplitData(features, classes, {m: np.full(1, -1, np.int64) for m in features})
+    return TrainData(splits={"train": split}, class_names=list(record["class_names"]), dims=dims, meta=meta,
+                     pooled_as_tokens=[Modality.parse(n) for n, r in record["modalities"].items() if r["one_token"] and tokens])
 
 
 def write_splits(path: Path, data) -> None:
@@ -282,10 +331,12 @@ def describe_split(how: dict) -> str:
     return f"{how['source']}, seeded ({how['seed']}), {how['fraction']:.0%} of each class ({how['stratified']})"
 
 
-def open_trained(run: str | Path, device: str = "cpu") -> Prepared:
-    """A finished run folder ready to embed: its config, the data it trained on (normalised with
-    its own statistics), its strategy, and its model in eval mode with the kept weights, in the
-    last stage it trained."""
+def open_trained(run: str | Path, device: str = "cpu", log: Callable[[str], None] = lambda s: None) -> Prepared:
+    """A finished run folder (or exported bundle) ready to embed: its config, a stand-in of its
+    data (:func:`recorded_data`; the training cache for a run without ``space.json``, said
+    through ``log``), its own normalisation, its strategy, and its model in eval mode with the
+    kept weights, in the last stage it trained. ``Prepared.data.meta`` holds each modality's
+    store record."""
     run = Path(run)
     for need in ("config.yaml", checkpoint.BEST):
         if not (run / need).exists():  # a FIFO or device there is refused by name when read
@@ -293,7 +344,17 @@ def open_trained(run: str | Path, device: str = "cpu") -> Prepared:
     cfg, strategy_cls = validate(config_mod.load(run / "config.yaml"))
     dev = resolve_device(device)
     norm = normalize.load(run)
-    data = norm.apply_data(load_data(cfg, strategy_cls, dev, keys=False))
+    record = runs.read_space(run)
+    if record is not None:
+        recorded = sorted(record["modalities"])
+        if recorded != sorted(cfg.modalities):
+            raise ValueError(f"{run / runs.SPACE}: records {', '.join(recorded)} where config.yaml trains "
+                             f"{', '.join(cfg.modalities)}; restore the run's own files")
+        data = norm.apply_data(recorded_data(record, strategy_cls.needs_tokens, dev))
+    else:
+        log(f"{run}: no {runs.SPACE} (trained by an older mmx), so its model is rebuilt from the training cache "
+            f"{cfg.cache}; 'mmx export {run} OUT' writes a bundle that needs no cache")
+        data = norm.apply_data(load_data(cfg, strategy_cls, dev, keys=False))
     strategy = strategy_cls(cfg, data, dev)
     model = strategy.build_model().to(dev)
     stages = strategy.stages()

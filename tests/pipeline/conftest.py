@@ -21,3 +21,11 @@ def readme_demo(tmp_path_factory):
         mp.setattr(demo_run, "run_demo", recording)
         outcome = run_step(DEMO, Workspace(root))
     return root, outcome, returned.get("result")
+
+
+@pytest.fixture(scope="session")
+def trained_space(tmp_path_factory):
+    """Two runs (joint, eao) trained on a small real-media cache (trained_space.py), built once per session."""
+    from trained_space import build
+
+    return build(tmp_path_factory.mktemp("space"))
