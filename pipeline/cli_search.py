@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from mmx.pipeline.cli_output import console
-from mmx.pipeline.options import device_option, json_option
+from mmx.pipeline.options import device_option, json_option, quiet_option
 
 
 def _queries(files: tuple[str, ...], texts: tuple[str, ...]) -> list[tuple[str, dict]]:
@@ -63,6 +63,7 @@ def embed_all(space, queries: list[tuple[str, dict]], on_items=None) -> dict:
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Embed every item of a manifest (a gallery for 'mmx search --gallery').")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write emb, id, modality, label, uri to this .npz.")
 @json_option("each embedding (one JSON object a line)")
+@quiet_option()
 @device_option()
 @click.pass_context
 def embed_cmd(ctx, run, inputs, texts, manifest, output, device):

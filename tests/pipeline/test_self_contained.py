@@ -120,3 +120,35 @@ def test_a_record_that_is_a_fifo_is_refused_at_once(trained_space, tmp_path):
     os.mkfifo(run / runs.SPACE)
     res = CliRunner().invoke(main, ["embed", str(run), "--text", "x"])
     assert res.exit_code == 1 and "FIFO" in res.output, res.output
+
+
+def test_embed_says_what_it_embeds_and_shows_progress(trained_space, tmp_path):
+    rows = [r for r in trained_space.rows().values() if r["modality"] == "image"][:3]
+    files = [trained_space.item(r)["uri"] for r in rows]
+    run = str(trained_space.runs["joint"])
+    with trained_space.without_cache():
+        res = CliRunner().invoke(main, ["embed", run, *files, "--text", "sieben", "-o", str(tmp_path / "e.npz")])
+        assert res.exit_code == 0, res.output
+        assert "embedding 4 item(s) (image 3, text 1) on cpu" in res.output and "embed: 100%" in res.stderr
+        quiet = CliRunner().invoke(main, ["embed", run, *files, "--quiet", "-o", str(tmp_path / "q.npz")])
+    assert quiet.exit_code == 0 and "embed:" not in quiet.stderr and "embedding 3" not in quiet.output, quiet.output
+
+
+def test_decoding_workers_give_the_same_features(trained_space):
+    from mmx.pipeline.embed import backbone_features, encoder_for, open_space, store_for
+
+    space = open_space(trained_space.runs["joint"])
+    store = store_for(space, Modality.AUDIO)
+    items = [trained_space.item(r) for r in trained_space.rows().values() if r["modality"] == "audio"][:6]
+    encoder = encoder_for(store)
+    alone = backbone_features(encoder, store, items, batch_size=2, workers=0)
+    workers = backbone_features(encoder, store, items, batch_size=2, workers=2)
+    assert np.array_equal(alone.pooled.numpy(), workers.pooled.numpy()) and len(alone) == 6
+
+
+def test_a_file_that_is_not_what_its_name_says_is_one_line_naming_it(trained_space, tmp_path):
+    fake = tmp_path / "photo.png"
+    fake.write_text("not an image at all\n")
+    with trained_space.without_cache():
+        res = CliRunner().invoke(main, ["embed", str(trained_space.runs["joint"]), str(fake)])
+    assert res.exit_code == 1 and str(fake) in res.output and "cannot read it as image" in res.output, res.output
