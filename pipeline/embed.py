@@ -104,7 +104,12 @@ def encoder_for(store, device: str = "cpu"):
     weights = None if info.weights.startswith(("package:", "none")) else backbone.get("weights")
     # the settable options; the rest of the record (e.g. the resampler) follows from them and is checked below
     options = {k: v for k, v in prep.items() if k in info.defaults}
-    encoder = build_encoder(backbone["name"], options, weights).to(device)
+    try:
+        encoder = build_encoder(backbone["name"], options, weights).to(device)
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:  # options of a damaged or foreign record
+        text = str(exc).strip().splitlines()
+        raise ValueError(f"{store.path}: cannot rebuild backbone {backbone['name']!r} from the options recorded "
+                         f"({text[0] if text else type(exc).__name__}); use the run's own files or re-extract and retrain") from None
     if encoder.meta() != backbone or encoder.preprocessing() != prep:
         raise ValueError(f"{store.path}: the backbone rebuilt from the store's metadata differs from it "
                          f"({encoder.meta()} / {encoder.preprocessing()} vs {backbone} / {prep}); "

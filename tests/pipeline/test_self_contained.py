@@ -152,3 +152,56 @@ def test_a_file_that_is_not_what_its_name_says_is_one_line_naming_it(trained_spa
     with trained_space.without_cache():
         res = CliRunner().invoke(main, ["embed", str(trained_space.runs["joint"]), str(fake)])
     assert res.exit_code == 1 and str(fake) in res.output and "cannot read it as image" in res.output, res.output
+
+
+def _json_values():
+    from hypothesis import strategies as st
+
+    leaves = st.none() | st.booleans() | st.integers(-5, 1 << 23) | st.floats(allow_nan=True) | st.text(max_size=8)
+    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+                        max_leaves=20)
+
+
+def test_any_json_in_the_record_loads_or_is_refused_in_one_line(trained_space, tmp_path_factory):
+    """Random JSON (and random mutations of a real record) in space.json: a record or one line, never a traceback."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    real = json.loads((trained_space.runs["joint"] / runs.SPACE).read_text())
+    folder = tmp_path_factory.mktemp("records")
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.one_of(_json_values(), st.builds(lambda key, m, v: _mutated(real, key, m, v),
+                                               st.sampled_from(["dim", "max_tokens", "one_token", "store", "format"]),
+                                               st.sampled_from(sorted(real["modalities"])), _json_values())))
+    def check(obj):
+        (folder / runs.SPACE).write_text(json.dumps(obj))
+        try:
+            record = runs.read_space(folder)
+        except ValueError as exc:
+            assert len(str(exc).splitlines()) == 1 and str(folder / runs.SPACE) in str(exc)
+        else:
+            assert isinstance(record, dict) and record["format"] == runs.SPACE_FORMAT
+
+    check()
+
+
+def _mutated(real: dict, key: str, modality: str, value) -> dict:
+    out = json.loads(json.dumps(real))
+    if key == "format":
+        out["format"] = value
+    else:
+        out["modalities"][modality][key] = value
+    return out
+
+
+def test_backbone_options_that_cannot_be_built_are_one_line(trained_space, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(trained_space.runs["joint"], run)
+    record = json.loads((run / runs.SPACE).read_text())
+    record["modalities"]["text"]["store"]["preprocessing"]["max_length"] = "long"
+    (run / runs.SPACE).write_text(json.dumps(record))
+    res = CliRunner().invoke(main, ["embed", str(run), "--text", "x"])
+    errors = [line for line in res.output.splitlines() if line.startswith("Error:")]
+    assert res.exit_code == 1 and len(errors) == 1 and "backbone 'minilm-l6'" in errors[0], res.output
+    assert "Traceback" not in res.output
