@@ -144,6 +144,10 @@ def main() -> None:
         (root / "space.json").rename(run / "space.json")
         with open(manifest, newline="") as f:
             rows = list(csv.DictReader(f))
+        print(f"threads {args.threads}, decoding workers {workers}, per class {args.per_class}", flush=True)
+        print(f"open the run: {open_record:.2f}s from its folder, {open_cache:.2f}s through the training cache", flush=True)
+        print("| modality | items | extract items/s | embed before items/s | embed now items/s | before/extract | now/extract | max abs diff |")
+        print("|---|---|---|---|---|---|---|---|", flush=True)
         for m in mods:
             items = [{"id": r["id"], "uri": str((manifest.parent / r["uri"]).resolve()), "text": ""} for r in rows if r["modality"] == m]
             best_before = best_now = float("inf")
@@ -157,13 +161,10 @@ def main() -> None:
             rates[m]["embed before"] = len(items) / best_before
             rates[m]["embed now"] = len(items) / best_now
             rates[m]["max |now - before|"] = float(np.abs(now - before).max())
-        print(f"threads {args.threads}, decoding workers {workers}, per class {args.per_class}")
-        print(f"open the run: {open_record:.2f}s from its folder, {open_cache:.2f}s through the training cache")
-        print("| modality | items | extract items/s | embed before items/s | embed now items/s | before/extract | now/extract | max abs diff |")
-        print("|---|---|---|---|---|---|---|---|")
-        for m, r in rates.items():
+            r = rates[m]
             print(f"| {m} | {r['items']} | {r['extract']:.1f} | {r['embed before']:.1f} | {r['embed now']:.1f} | "
-                  f"{r['embed before'] / r['extract']:.2f} | {r['embed now'] / r['extract']:.2f} | {r['max |now - before|']:.1e} |")
+                  f"{r['embed before'] / r['extract']:.2f} | {r['embed now'] / r['extract']:.2f} | {r['max |now - before|']:.1e} |",
+                  flush=True)
         print(f"load after: {subprocess.run(['uptime'], capture_output=True, text=True).stdout.strip()}")
     finally:
         shutil.rmtree(root, ignore_errors=True)
