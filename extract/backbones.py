@@ -143,8 +143,8 @@ def _entries() -> list[BackboneInfo]:
 
 # Named by the papers, in none of transformers, torchvision or torchaudio: what to use instead.
 UNAVAILABLE = {
-    "MoViNet": ("000 (video)", "s3d (Kinetics-400, torchvision), videomae or xclip-vision (transformers)"),
-    "DAVEnet": ("001 (audio, trained with the model)", "vggish, wav2vec2, hubert or whisper-encoder"),
+    "MoViNet": ("000, video", "s3d (Kinetics-400, torchvision), videomae or xclip-vision (transformers)"),
+    "DAVEnet": ("001, audio, trained with the model", "vggish, wav2vec2, hubert or whisper-encoder"),
 }
 
 

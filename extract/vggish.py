@@ -63,7 +63,7 @@ class VGGishAudio(RowEncoder):
 
         bundle, model_class, impl = import_vggish()
         given = options.get("weights")
-        if given:
+        if given and given != info.weights:
             path = Path(str(given)).expanduser()
             if not path.is_file():
                 raise FileNotFoundError(f"VGGish weights not found: {path} (give a state-dict file, or no --weights for the bundle's)")

@@ -5,8 +5,9 @@ reads the file once in the main process (:func:`load_word_vectors`; ``limit`` ke
 words, which such files list by frequency); the decoding workers only split texts into words
 (``\\w+`` after NFC). Tokens: one per word found in the file, in text order; a word absent as
 written is tried in lower case (``lowercase_fallback``), then skipped. ``pooled`` is the mean of
-the tokens, zeros for a text with no word found. The file's sha256, not its path, is in the cache
-key. Why a parser of its own: docs/notes/extract.md.
+the tokens, zeros for a text with no word found. The cache key holds the file's sha256 (and its
+absolute path, from which a run's store rebuilds the encoder). Why a parser of its own:
+docs/notes/extract.md.
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ class WordVectors(Encoder):
         given = options.get("path") or options.get("weights")
         if not given:
             raise ValueError("backbone 'word-vectors' needs a word vector file: --set path=FILE (or --weights FILE)")
-        path = Path(str(given)).expanduser()
+        path = self.path = Path(str(given)).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"word vector file not found: {path}")
         if options["format"] not in FORMATS:
@@ -146,7 +147,7 @@ class WordVectors(Encoder):
         self.prep = WordsPreparer()
 
     def meta(self) -> dict:
-        return {**super().meta(), "weights": f"sha256:{self.sha256}"}
+        return {**super().meta(), "weights": str(self.path)}
 
     def preprocessing(self) -> dict:
         pre = {k: v for k, v in super().preprocessing().items() if k != "path"}

@@ -44,7 +44,7 @@ def _print_list() -> None:
                + ", ".join(f"{r['name']}={r['space']}" for r in rows if r["space"] != "-"))
     click.echo("Papers: 000 Fürer et al., 001 Everything at Once, 002/004 CVS/M-CVS/RVS (docs/notes/extract.md).")
     for name, (papers, closest) in UNAVAILABLE.items():
-        click.echo(f"Not available: {name} (paper {papers}) is in none of transformers, torchvision, torchaudio; "
+        click.echo(f"Not available: {name} (paper {papers}): in none of transformers, torchvision, torchaudio; "
                    f"closest: {closest}.")
 
 

@@ -166,6 +166,20 @@ def test_the_cache_key_changes_with_its_preprocessing(name, built, tmp_path_fact
         assert other.preprocessing() != encoder.preprocessing() and _key(other, modality) != base
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_rebuilt_from_its_store_record(name, built):
+    """What a trained run does to embed a new query (``mmx search``): the backbone rebuilt from the
+    store's record (its metadata and preprocessing) is the same backbone."""
+    from mmx.pipeline.embed import encoder_for
+
+    encoder = built(name)
+
+    class Store:
+        meta = {"backbone": encoder.meta(), "preprocessing": encoder.preprocessing()}
+        path = "store"
+    assert encoder_for(Store).meta() == encoder.meta()
+
+
 @pytest.mark.parametrize("name", ["whisper-encoder", "wav2vec2", "hubert"])
 def test_speech_tokens_follow_token_seconds_across_chunks(name, tmp_path_factory, shared_media):
     """Half-second tokens double the count; 1 s chunks (Whisper's tiny window is 2 s) stitch the
