@@ -309,3 +309,10 @@ def test_cuda_agrees_with_the_cpu(name, tmp_path_factory, shared_media):
     assert tg.shape == tc.shape
     for a, b in ((tc, tg), (pc, pg)):
         assert np.linalg.norm(a - b) <= 0.05 * np.linalg.norm(a) + 1e-4, (name, np.linalg.norm(a - b), np.linalg.norm(a))
+
+
+def test_the_key_does_not_depend_on_the_image_processors_backend(built):
+    """transformers picks a Pil or a torchvision class for one processor by what is installed:
+    the key records the processor's family, so installing the torchvision extra keeps the keys."""
+    assert built("resnet-152").preprocessing()["processor"] == "ConvNextImageProcessor"
+    assert built("clip-image").preprocessing()["processor"] == "CLIPImageProcessor"
