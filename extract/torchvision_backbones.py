@@ -116,7 +116,7 @@ class S3DVideo(RowEncoder):
 
     def __init__(self, info, options):
         super().__init__(info, options)
-        tv = import_torchvision()
+        import_torchvision()
         from torchvision.models import video
 
         member, file, transforms_of = resolve_weights(info, options)
@@ -129,7 +129,6 @@ class S3DVideo(RowEncoder):
                                         size=s["resize_size"], mean=s["mean"], std=s["std"],
                                         max_pixels=decode.DEFAULT_MAX_PIXELS, draft=False)
         self.dim = 1024
-        del tv
 
     def token_rate(self) -> str:
         return f"{1 / self.options['window_seconds']:g} per second"
