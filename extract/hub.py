@@ -10,6 +10,8 @@ store). Why these models: docs/notes/extract.md.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from mmx.extract import decode
@@ -73,7 +75,10 @@ def image_settings(weights: str, default_size: int = 224) -> dict:
     side = size.get("height") or size.get("shortest_edge") or default_size
     mean = list(getattr(proc, "image_mean", None) or decode.IMAGENET_MEAN)
     std = list(getattr(proc, "image_std", None) or decode.IMAGENET_STD)
-    return {"image_size": int(side), "mean": [float(m) for m in mean], "std": [float(s) for s in std], "processor": type(proc).__name__}
+    # the processor's family, not its backend: transformers picks a Pil, torchvision or fast class by
+    # what is installed, and installing torchvision must not change the cache key
+    family = re.sub(r"(Pil|Fast)$", "", type(proc).__name__)
+    return {"image_size": int(side), "mean": [float(m) for m in mean], "std": [float(s) for s in std], "processor": family}
 
 
 class _HubImageBase(RowEncoder):

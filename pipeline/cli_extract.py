@@ -29,7 +29,7 @@ def _parse_set(values: tuple[str, ...]) -> dict:
 
 def _print_list() -> None:
     rows = describe()
-    cols = ["name", "modality", "dim", "tokens", "input", "normalisation", "weights", "offline"]
+    cols = ["name", "modality", "dim", "tokens", "input", "normalisation", "weights", "offline", "papers"]
     widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
     click.echo("  ".join(c.upper().ljust(widths[c]) for c in cols))
     for r in rows:
@@ -38,7 +38,14 @@ def _print_list() -> None:
     for name, options in _options().items():
         click.echo(f"  {name}: " + (", ".join(f"{k}={v}" for k, v in options.items()) or "none"))
     click.echo("\nDefaults per modality: " + ", ".join(f"{m}={n}" for m, n in _defaults().items()))
-    click.echo("MoViNet and VGGish (paper 000) are not in transformers; use videomae / xclip-vision / ast / clap-audio.")
+    from mmx.extract.backbones import UNAVAILABLE
+
+    click.echo("Joint spaces (towers built from the same weights share one space): "
+               + ", ".join(f"{r['name']}={r['space']}" for r in rows if r["space"] != "-"))
+    click.echo("Papers: 000 Fürer et al., 001 Everything at Once, 002/004 CVS/M-CVS/RVS (docs/notes/extract.md).")
+    for name, (papers, closest) in UNAVAILABLE.items():
+        click.echo(f"Not available: {name} (paper {papers}): in none of transformers, torchvision, torchaudio; "
+                   f"closest: {closest}.")
 
 
 def _options() -> dict:

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cuda_launch import launch_behind_another
+from tiny_backbones import TINY_OF
 
 from mmx.extract.backbones import BACKBONES, DEFAULT_BACKBONE, build_encoder, get_backbone, resolve_options
 from mmx.cache.modality import Modality
@@ -70,7 +71,7 @@ def _extract_one(encoder, item):
         return encoder.forward(encoder.prep.collate([sample]), 4)[0]
 
 
-@pytest.mark.parametrize("name", list(BACKBONES))
+@pytest.mark.parametrize("name", [n for n in BACKBONES if n not in TINY_OF])  # the others: test_backbones_named.py
 def test_every_backbone_extracts_real_media(name, tiny_hub, shared_media):
     info = BACKBONES[name]
     options = {"vocabulary": ["a", "climb", "ladder", "parakeet", "to"]} if name == "bow" else {}
@@ -206,7 +207,9 @@ def test_default_image_backbone_sees_a_dog(real_media):
 
 def test_registry_metadata_and_defaults():
     for b in BACKBONES.values():
-        assert b.modality in Modality and b.token_rate and b.weights and b.input and b.normalisation
+        assert b.modality in Modality and b.token_rate and b.weights and b.input and b.normalisation and b.papers
+    assert set(TINY_OF) | {"resnet-50", "bert-small", "ast", "clap-audio", "videomae", "xclip-vision"} | {
+        b.name for b in BACKBONES.values() if b.offline} == set(BACKBONES)  # every backbone has its tiny test
     assert set(DEFAULT_BACKBONE) == set(Modality)
     assert all(BACKBONES[n].offline for n in DEFAULT_BACKBONE.values())
 
