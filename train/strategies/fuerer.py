@@ -38,6 +38,8 @@ class JointStrategy(Strategy):
     # same-class item of the other modality, Khosla et al. 2020; class-aligned data only)
     options = {"positives": "pair"}
     graphable = True  # heads and InfoNCE of fixed-shape batches (rows with absent modalities run eagerly)
+    # the held-out figures can be computed over a subset of the modalities (one head per modality)
+    monitor_subset = True
 
     @classmethod
     def check(cls, cfg) -> list[str]:
