@@ -10,6 +10,12 @@ rule. The rule is chosen on val; test only reports what the choice costs.
     OMP_NUM_THREADS=1 python benchmarks/bench_defaults.py record --cache C --dataset digits \\
         --runs quad,tri,roundrobin --seeds 0,1,2 --epochs 40 --out study.jsonl [--set batch_size=10]
     python benchmarks/bench_defaults.py report study.jsonl [--markdown]
+    OMP_NUM_THREADS=1 python benchmarks/bench_defaults.py ordering --cache C --dataset digits --seeds 0,1,2 --out order.jsonl
+
+``ordering`` trains quad, tri and round-robin with the shipped defaults (val chooses the kept
+epoch) and compares them on test over the pairs all three have (text, image, audio): mean R@10
+and mAP over those pairs, mean and sd over seeds, and each paired difference (same seed) with
+its sd, saying whether it exceeds two standard errors of the paired differences.
 
 Report columns, per run, setting and rule (means over seeds): epochs run, minutes, kept (the
 rule's best val epoch), test mAP / R@10 at the kept epoch, and at the trajectory's best val
@@ -188,6 +194,69 @@ def report(args) -> None:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
 
 
+def ordering(args) -> None:
+    """Train each of ``--runs`` with the defaults per seed; one JSON line per run into ``--out``;
+    then the table over every line of ``--out`` (runs recorded by parallel invocations included)."""
+    import tempfile
+
+    import numpy as np
+    import torch
+
+    from mmx.eval.evaluate import evaluate_run
+    from mmx.train.config import resolve
+    from mmx.train.loop import train
+
+    torch.set_num_threads(1)
+    common = {"text", "image", "audio"}
+    seeds = [int(s) for s in args.seeds.split(",")]
+    with tempfile.TemporaryDirectory() as out:
+        for name in [r for r in args.runs.split(",") if r]:
+            for seed in seeds:
+                cfg = resolve([RUNS[name][0]], overrides={"dataset": args.dataset, "cache": args.cache, "out": out, "seed": seed,
+                                                          "device": "cpu", "threads": 1}, sets=args.set or [])
+                t0 = time.perf_counter()
+                run = train(cfg, warn=lambda *a: None)
+                seconds = time.perf_counter() - t0
+                ev = evaluate_run(run, ["test"], "class")["splits"]["test"]["pairs"]
+                rows = [r for r in ev if r["query"] in common and r["target"] in common]
+                metrics = json.loads((run / "metrics.json").read_text())
+                line = {"dataset": args.dataset, "run": name, "seed": seed, "sets": args.set or [], "seconds": seconds,
+                        "best_epoch": metrics["best_epoch"], "stop_reason": metrics["stop_reason"], "load": os.getloadavg()[0],
+                        **{m: float(np.mean([r[m] for r in rows])) for m in ("R@10", "mAP")}}
+                fd = os.open(args.out, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(fd, (json.dumps(line) + "\n").encode())
+                finally:
+                    os.close(fd)
+                print(f"{name} seed {seed}: best epoch {line['best_epoch']} ({line['stop_reason']}), {seconds:.0f}s, "
+                      f"text/image/audio pairs: R@10 {line['R@10']:.3f} mAP {line['mAP']:.3f}", flush=True)
+    lines = [json.loads(x) for x in open(args.out) if x.strip()]
+    res = {(x["run"], x["seed"]): x for x in lines if x["dataset"] == args.dataset}
+    names = [n for n in ("quad", "tri", "roundrobin") if any(k[0] == n for k in res)]
+    seeds = sorted({k[1] for k in res})
+    print("\n| strategy | seeds | best epoch | seconds | mean R@10 (sd) | mean mAP (sd) |\n|---|---:|---:|---:|---:|---:|")
+    for name in names:
+        got = [res[(name, s)] for s in seeds if (name, s) in res]
+        cells = []
+        for m in ("R@10", "mAP"):
+            v = [g[m] for g in got]
+            cells.append(f"{statistics.mean(v):.3f} ({statistics.stdev(v) if len(v) > 1 else 0:.3f})")
+        print(f"| {name} | {len(got)} | {statistics.mean(g['best_epoch'] for g in got):.1f} | "
+              f"{statistics.mean(g['seconds'] for g in got):.0f} | " + " | ".join(cells) + " |")
+    print("\n| difference (paired by seed) | R@10: mean (sd) | mAP: mean (sd) | beyond noise (both |mean| > 2 sd / sqrt(n)) |\n|---|---:|---:|---|")
+    for a, b in (("quad", "tri"), ("tri", "roundrobin"), ("quad", "roundrobin")):
+        both = [s for s in seeds if (a, s) in res and (b, s) in res]
+        if len(both) < 2:
+            continue
+        cells, beyond = [], []
+        for m in ("R@10", "mAP"):
+            d = [res[(a, s)][m] - res[(b, s)][m] for s in both]
+            sd = statistics.stdev(d)
+            cells.append(f"{statistics.mean(d):+.3f} ({sd:.3f})")
+            beyond.append(abs(statistics.mean(d)) > 2 * sd / math.sqrt(len(d)))
+        print(f"| {a} - {b} | " + " | ".join(cells) + f" | {'yes' if all(beyond) else 'no'} |")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -203,8 +272,15 @@ def main(argv=None) -> None:
     rep = sub.add_parser("report")
     rep.add_argument("files", nargs="+")
     rep.add_argument("--markdown", action="store_true")
+    order = sub.add_parser("ordering")
+    order.add_argument("--cache", required=True)
+    order.add_argument("--dataset", required=True)
+    order.add_argument("--seeds", default="0,1,2")
+    order.add_argument("--runs", default="quad,tri,roundrobin", help="empty: only the table of --out")
+    order.add_argument("--out", required=True, help="JSON lines, appended")
+    order.add_argument("--set", action="append", help="key=value, as mmx train --set")
     args = parser.parse_args(argv)
-    record(args) if args.cmd == "record" else report(args)
+    {"record": record, "report": report, "ordering": ordering}[args.cmd](args)
 
 
 if __name__ == "__main__":

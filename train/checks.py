@@ -160,9 +160,10 @@ def effective_batch(cfg: TrainConfig, data) -> str:
         if cfg.alignment == "instance":
             sampler = InstanceAlignedSampler({m: train.features[m].groups for m in train.modalities}, cfg.batch_size)
             return f"{sampler.composition['batch/groups']} groups per step"
-        per_class = {**get_strategy(cfg.strategy).option_defaults(), **cfg.options}.get("per_class", 1)  # CVS: 2
+        opts = {**get_strategy(cfg.strategy).option_defaults(), **cfg.options}
+        per_class = opts.get("per_class", 1)  # CVS: 2
         sampler = ClassAlignedSampler({m: train.host_classes(m) for m in train.modalities}, cfg.batch_size,
-                                      per_class=int(per_class))
+                                      per_class=int(per_class), max_per_class=int(opts.get("items_per_class", 0)))
     except ValueError as exc:  # the strategy says it better when it builds its batches
         return f"not drawable over all modalities at once ({exc})"
     c = sampler.composition
