@@ -88,3 +88,11 @@ def test_the_demo_trains_the_defaults_or_says_why_it_changes_each_setting(tmp_pa
         assert ("epochs", resolve([spec.preset]).epochs, spec.quick_epochs) in [c[:3] for c in spec.changes(quick, quick=True)]
     fuerer = [s for s in RUNS if s.preset.startswith("fuerer")]
     assert fuerer and all(not s.changes(s.config(tmp_path, tmp_path, False, 0), False) for s in fuerer)
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "true"])
+def test_items_per_class_must_be_a_whole_number(value):
+    cfg = resolve(overrides={"strategy": "joint"}, sets=[f"options.items_per_class={value}"])
+    assert any("options.items_per_class must be a whole number" in p for p in get_strategy("joint").check(cfg))
+    ok = resolve(overrides={"strategy": "joint", "modalities": ["text", "image"]}, sets=["options.items_per_class=1"])
+    assert get_strategy("joint").check(ok) == []
