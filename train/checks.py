@@ -16,7 +16,8 @@ import torch
 from mmx.train.config import TrainConfig
 
 # A held-out gallery below this many items per modality gets a warning: chance Recall@10 is
-# then above 10 / SMALL_HOLDOUT = 0.2, too high for the figure (or early stopping) to mean much.
+# then at least 10 / SMALL_HOLDOUT = 0.2 (far more with class relevance over a few classes:
+# :func:`chance_recall`), too high for the figure (or early stopping) to mean much.
 SMALL_HOLDOUT = 50
 PLURAL = {"class": "classes", "group": "groups"}
 
@@ -65,16 +66,67 @@ def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
     return refuse, warn
 
 
+def hit_chance(n: int, relevant: int, k: int) -> float:
+    """Probability that a uniformly random ranking of ``n`` gallery items puts at least one of
+    ``relevant`` items in its top ``k``: ``1 - C(n - r, k) / C(n, k)`` (Recall@K as a hit rate)."""
+    if relevant <= 0 or n <= 0:
+        return 0.0
+    if k >= n:
+        return 1.0
+    miss = 1.0
+    for i in range(k):  # k draws without replacement, each missing the relevant items
+        if n - relevant - i <= 0:
+            return 1.0
+        miss *= (n - relevant - i) / (n - i)
+    return 1.0 - miss
+
+
+def chance_recall(query_keys, gallery_keys, k: int) -> float | None:
+    """Expected Recall@K (hit rate) of a random ranking, averaged over the queries as the
+    evaluation averages them: a query's relevant items are the gallery items with its key
+    (its class, or its group for instance relevance); queries with none are left out (as
+    ``mmx.eval.metrics.summarise`` does by default); None when no query has one."""
+    from collections import Counter
+
+    gallery = Counter(str(x) for x in gallery_keys)
+    n = sum(gallery.values())
+    total, counted = 0.0, 0
+    for key, queries in Counter(str(x) for x in query_keys).items():
+        r = gallery.get(key, 0)
+        if r and key not in ("", "-1"):
+            total += queries * hit_chance(n, r, k)
+            counted += queries
+    return total / counted if counted else None
+
+
+def holdout_chance(cfg: TrainConfig, hold, k: int = 10) -> list[float]:
+    """Chance Recall@K of every cross-modal pair of ``hold`` (modalities with items), for the
+    relevance the run is trained with: class labels, or groups when instance-aligned."""
+    keys, _ = _units(hold, hold.modalities, cfg.alignment)
+    by = dict(zip(hold.modalities, keys))
+    out = []
+    for q in hold.modalities:
+        for g in hold.modalities:
+            if q != g and len(by[q]) and len(by[g]):
+                c = chance_recall(by[q], by[g], k)
+                if c is not None:
+                    out.append(c)
+    return out
+
+
 def small_holdout(cfg: TrainConfig, hold) -> str | None:
     """One caution naming every modality of the held-out split with fewer than
-    :data:`SMALL_HOLDOUT` items, or None."""
-    small = [(m.value, len(hold.features[m])) for m in hold.modalities if len(hold.features[m]) < SMALL_HOLDOUT]
+    :data:`SMALL_HOLDOUT` items, with the chance Recall@10 of its pairs for the relevance in
+    use (class relevance on a few classes makes chance high whatever the size), or None."""
+    small = [(m.value, len(hold.features[m])) for m in hold.modalities if 0 < len(hold.features[m]) < SMALL_HOLDOUT]
     if not small:
         return None
-    chance = sorted({min(1.0, 10 / n) if n else 1.0 for _, n in small})
-    said = f"{chance[0]:.2f}" if len(chance) == 1 else f"{chance[0]:.2f} to {chance[-1]:.2f}"
+    chance = sorted(holdout_chance(cfg, hold)) or [1.0]
+    said = f"{chance[0]:.2f}" if chance[-1] - chance[0] < 0.005 else f"{chance[0]:.2f} to {chance[-1]:.2f}"
+    relevance = "group" if cfg.alignment == "instance" else "class"
     return (f"the {cfg.holdout} split has only {', '.join(f'{n} {m}' for m, n in small)} item(s): chance Recall@10 is "
-            f"{said}, so its figures and early stopping mean little (give it {SMALL_HOLDOUT}+ items per modality)")
+            f"{said} ({relevance} relevance, a random ranking), so its figures and early stopping mean little "
+            f"(give it {SMALL_HOLDOUT}+ items per modality)")
 
 
 def clipped_batch(cfg: TrainConfig, data) -> str | None:
@@ -108,9 +160,10 @@ def effective_batch(cfg: TrainConfig, data) -> str:
         if cfg.alignment == "instance":
             sampler = InstanceAlignedSampler({m: train.features[m].groups for m in train.modalities}, cfg.batch_size)
             return f"{sampler.composition['batch/groups']} groups per step"
-        per_class = {**get_strategy(cfg.strategy).option_defaults(), **cfg.options}.get("per_class", 1)  # CVS: 2
+        opts = {**get_strategy(cfg.strategy).option_defaults(), **cfg.options}
+        per_class = opts.get("per_class", 1)  # CVS: 2
         sampler = ClassAlignedSampler({m: train.host_classes(m) for m in train.modalities}, cfg.batch_size,
-                                      per_class=int(per_class))
+                                      per_class=int(per_class), max_per_class=int(opts.get("items_per_class", 0)))
     except ValueError as exc:  # the strategy says it better when it builds its batches
         return f"not drawable over all modalities at once ({exc})"
     c = sampler.composition

@@ -3,7 +3,8 @@
 :func:`load_train_data` gives a :class:`TrainData` (one :class:`SplitData` per split). The
 held-out split follows :class:`Holdout`: the store's ``val`` items, else a seeded stratified
 slice of ``train`` (and of a store with no split at all, a test slice too), recorded in the
-run's ``splits.json``. Why these slices: docs/notes/train.md.
+run's ``splits.json``; a modality the slice leaves without val items (at most one train item
+per class) is listed in ``split_info["val"]["left_out"]`` and left out of the monitor. Why these slices: docs/notes/train.md.
 """
 
 from __future__ import annotations
@@ -195,14 +196,23 @@ def load_train_data(
     for m, whole in wholes.items():
         for s in splits:
             loaded[s][m] = whole.select(np.flatnonzero(names[m] == s))
+    derived = split_info.get("val", {}).get("source") == "train slice"
     for s in splits:
         for m, f in loaded[s].items():
-            if len(f) == 0:
+            if len(f) == 0 and s == "val" and derived:
+                # a modality with at most one train item per class has none to spare for val:
+                # it trains, and the monitor watches the other modalities (train/monitor.py)
+                split_info["val"].setdefault("left_out", []).append(m.value)
+            elif len(f) == 0:
                 problems.append(f"{m.value}: no items in split {s!r} (ok items of complete shards)")
             elif need_labels and any(str(x) == "" for x in f.labels):
                 problems.append(f"{m.value}/{s}: {sum(str(x) == '' for x in f.labels)} item(s) have no label; class-aligned training needs labels")
             elif need_groups and any(str(x) == "" for x in f.groups):
                 problems.append(f"{m.value}/{s}: items without a group; instance-aligned training needs groups")
+    left = split_info.get("val", {}).get("left_out", [])
+    if left and len(loaded["val"]) - len(left) < 2:
+        problems.append(f"no val items could be derived for {', '.join(left)}: each of its classes has at most one train item, "
+                        "so fewer than two modalities are left to watch; add items, or watch the test split with --set holdout=test")
     if problems:
         raise ValueError("cannot train on this cache:\n  " + "\n  ".join(problems))
 

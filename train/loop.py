@@ -25,7 +25,7 @@ from mmx.eval import runs
 from mmx.train import checkpoint, checks, graphs
 from mmx.train.checkpoint import Progress
 from mmx.train.config import TrainConfig
-from mmx.train.monitor import QUICK_ROWS, improved, parse_monitor, quick_recall, quick_recall_note, signal_name, signal_value
+from mmx.train.monitor import QUICK_ROWS, improved, parse_monitor, quick_recall, quick_recall_note, signal_name, signal_value, watched
 from mmx.train.optim import make_optimiser
 from mmx.train.prepare import Prepared, caution_channel, open_run_folder, prepare
 from mmx.train.runtime import autocast_for, deterministic_kernels
@@ -51,7 +51,7 @@ def train(
         prep = prepare(cfg, log, say, data, resume, force)
         run = open_run_folder(prep, resume, hold)  # hold: one writer per run folder until the end
         runner = Runner(prep.cfg, prep.strategy, prep.model, prep.data.splits["train"], prep.data.splits[prep.cfg.holdout],
-                        run, prep.device, log)
+                        run, prep.device, log, watch=watched(prep.cfg, prep.strategy, prep.data, prep.device, log))
         started = time.perf_counter()
         try:
             progress, state = _start(runner, prep.stages, resume)
@@ -64,6 +64,8 @@ def train(
             # the same command would start another run; this one continues from its last epoch
             raise ValueError(f"no space left on the device while writing {exc.filename or run}; free some space, "
                              f"then continue this run with: mmx train --resume {run}") from None
+    for line in prep.strategy.report(runs.read_jsonl(run / "metrics.jsonl")):
+        log(line)
     log(f"run folder: {run}  (best epoch {progress.best_epoch}; {progress.stop_reason})")
     return run
 
@@ -71,7 +73,7 @@ def train(
 def _start(runner: Runner, stages: list, resume) -> tuple[Progress, dict | None]:
     """A new run's first record (epoch 0: the untrained model), or a resumed run's progress and state."""
     if resume is None:
-        untrained = quick_recall(runner.strategy, runner.model, runner.hold)
+        untrained = quick_recall(runner.watch, runner.model, runner.hold)
         progress = Progress(untrained=untrained)
         runner.append(progress, {"epoch": 0, **runner.held_out_loss(0), **untrained})
         return progress, None
@@ -132,7 +134,7 @@ def _finish(prep: Prepared, runner: Runner, progress: Progress, seconds: float) 
         "stop_reason": progress.stop_reason,
         "seconds": seconds,
         "untrained": progress.untrained,
-        "final": quick_recall(strategy, model, runner.hold),
+        "final": quick_recall(runner.watch, model, runner.hold),
         "device": str(prep.device),
     })
 
@@ -180,8 +182,10 @@ class Runner:
     """The epochs of a run, one stage at a time: train steps, held-out loss, quick recall,
     early stopping, checkpoints; ``append`` counts the ``metrics.jsonl`` lines for resume."""
 
-    def __init__(self, cfg, strategy, model, train_split, hold_split, run: Path, device, log):
+    def __init__(self, cfg, strategy, model, train_split, hold_split, run: Path, device, log, watch=None):
         self.cfg, self.strategy, self.model, self.run, self.device, self.log = cfg, strategy, model, run, device, log
+        # the held-out loss and recall: the strategy, or its view without modalities the held-out split lacks
+        self.watch = watch or strategy
         self.train_split, self.hold = train_split, hold_split
         self.autocast = autocast_for(cfg, device)
         self.graphed = graphs.reason_not(cfg, strategy, device) is None and cfg.cuda_graphs
@@ -195,7 +199,7 @@ class Runner:
         self.model.eval()
         parts = PartMeans()
         with torch.no_grad(), self.autocast():
-            for out, n in self.strategy.held_out(self.model, self.hold, epoch):
+            for out, n in self.watch.held_out(self.model, self.hold, epoch):
                 parts.add(out, n)
         return parts.means(self.cfg.holdout)
 
@@ -248,7 +252,7 @@ class Runner:
         if key is None:
             return record[f"loss_{cfg.holdout}"], {}
         ks = (int(key.rsplit("@", 1)[1]),) if key.startswith("recall/") else (1, 5, 10)
-        res = quick_recall(self.strategy, self.model, self.hold, ks=ks, map_r=map_r or 50)
+        res = quick_recall(self.watch, self.model, self.hold, ks=ks, map_r=map_r or 50)
         value = res.get(key, float("nan"))
         return (-value if math.isfinite(value) else math.inf), {f"{cfg.holdout}/{cfg.monitor}": value}
 
@@ -259,7 +263,7 @@ class Runner:
         record.update(self.strategy.composition)
         sched.step()
         record.update(self.held_out_loss(epoch))
-        record.update(quick_recall(self.strategy, self.model, self.hold, cap=QUICK_ROWS))
+        record.update(quick_recall(self.watch, self.model, self.hold, cap=QUICK_ROWS))
         score, extra = self.score(record)
         record.update(extra)
         record["seconds"] = time.perf_counter() - t0

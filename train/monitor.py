@@ -3,11 +3,14 @@
 ``cfg.monitor`` is ``loss`` (the held-out loss) or a retrieval mean over the split's
 query->target pairs (``R@K``, ``mAP@R`` of paper 002 eq. 7, ``mAP``; :mod:`mmx.eval.metrics`):
 :func:`parse_monitor` names its field in ``metrics.jsonl``; :func:`improved` is the relative
-early-stopping test; :func:`quick_recall` is the cheap per-epoch Recall@K.
+early-stopping test; :func:`quick_recall` is the cheap per-epoch Recall@K;
+:func:`watched` is the strategy the held-out figures are computed by (the run's own, or a view
+of it without the modalities the held-out split has no items of).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 
@@ -102,3 +105,22 @@ def signal_name(cfg: TrainConfig) -> str:
 def signal_value(cfg: TrainConfig, score: float) -> float:
     """The monitored value from its score (scores are lower-is-better: metrics are negated)."""
     return score if cfg.monitor == "loss" or not math.isfinite(score) else -score
+
+
+def watched(cfg: TrainConfig, strategy, data, device, log=lambda s: None):
+    """The strategy whose held-out loss and recall the run watches: ``strategy`` itself, or,
+    when the derived val split has no items of some modality (``split_info["val"]["left_out"]``),
+    a second instance of its class over the other modalities, sharing the model (a modality's
+    head is the same module whichever pairs are scored). Says once which modalities it leaves out."""
+    left = data.split_info.get(cfg.holdout, {}).get("left_out") or []
+    if not left:
+        return strategy
+    kept = [m for m in cfg.modalities if m not in left]
+    if not getattr(strategy, "monitor_subset", False):
+        raise ValueError(f"no val items could be derived for {', '.join(left)} (at most one train item per class), and "
+                         f"strategy {cfg.strategy!r} cannot watch a subset of its modalities; add items, or watch the "
+                         "test split with --set holdout=test")
+    log(f"{', '.join(left)}: no val items (each class has at most one train item, none to spare), so the monitor "
+        f"leaves {'it' if len(left) == 1 else 'them'} out and watches {', '.join(kept)}; "
+        f"{', '.join(left)} still train{'s' if len(left) == 1 else ''}")
+    return type(strategy)(dataclasses.replace(cfg, modalities=kept), data, device)

@@ -32,8 +32,11 @@ class ClassAlignedSampler:
     """
 
     def __init__(self, classes: dict, batch_size: int, seed: int = 0, per_class: int = 1,
-                 allowed=None, size_by=None):
-        """``classes``: modality -> int array (N_m,) of class indices (-1 = unlabelled, ignored)."""
+                 allowed=None, size_by=None, max_per_class: int = 0):
+        """``classes``: modality -> int array (N_m,) of class indices (-1 = unlabelled, ignored).
+        ``max_per_class`` > 0 caps the items of one class in a batch (the batch shrinks to
+        ``classes x max_per_class`` when fewer classes than ``batch_size`` exist): with one
+        positive per row (paper 000's InfoNCE), a second item of a class is a false negative."""
         self.modalities = list(classes)
         cls = {m: np.asarray(c) for m, c in classes.items()}
         common = set.intersection(*(set(np.unique(c).tolist()) for c in cls.values())) - {-1}
@@ -47,6 +50,8 @@ class ClassAlignedSampler:
         # a batch never holds more rows than the largest modality has items: beyond that it would
         # only repeat items, each repeat a false negative of itself
         self.batch_size = min(max(1, batch_size), self.n_max)
+        if max_per_class > 0:
+            self.batch_size = min(self.batch_size, len(self.classes) * max(max_per_class, per_class))
         self.n_classes = max(1, min(len(self.classes), self.batch_size // max(1, per_class)))
         base, extra = divmod(self.batch_size, self.n_classes)
         self.counts = np.array([base + 1] * extra + [base] * (self.n_classes - extra))  # items of the i-th class drawn
@@ -217,10 +222,12 @@ class InstanceAlignedSampler:
             yield epoch.batch(b), epoch.keys[b]
 
 
-def make_sampler(split, modalities: list, alignment: str, batch_size: int, seed: int):
-    """The sampler the data needs: class-aligned or instance-aligned over ``modalities`` of ``split``."""
+def make_sampler(split, modalities: list, alignment: str, batch_size: int, seed: int, max_per_class: int = 0):
+    """The sampler the data needs: class-aligned or instance-aligned over ``modalities`` of ``split``
+    (``max_per_class``: see :class:`ClassAlignedSampler`)."""
     if alignment == "class":
-        return ClassAlignedSampler({m: split.host_classes(m) for m in modalities}, batch_size, seed)
+        return ClassAlignedSampler({m: split.host_classes(m) for m in modalities}, batch_size, seed,
+                                   max_per_class=max_per_class)
     if alignment == "instance":
         return InstanceAlignedSampler({m: split.features[m].groups for m in modalities}, batch_size, seed)
     raise ValueError(f"alignment must be 'class' or 'instance', not {alignment!r}")

@@ -29,8 +29,10 @@ def test_rvs_without_a_preset_is_the_papers_setting():
 
 
 @pytest.mark.parametrize("strategy, expected", [
-    ("joint", {"embed_dim": 256, "tau": 0.05, "monitor": "loss", "keep": "best"}),
-    ("roundrobin", {"embed_dim": 256, "tau": 0.05, "monitor": "loss", "keep": "best"}),
+    # paper 000's space and temperature; the stopping rule and steps per epoch chosen on real data
+    ("joint", {"embed_dim": 256, "tau": 0.05, "monitor": "mAP", "keep": "best", "patience": 10, "min_delta": 0.0,
+               "min_steps": 20, "epochs": 60}),
+    ("roundrobin", {"embed_dim": 256, "tau": 0.05, "monitor": "mAP", "keep": "best", "patience": 10, "min_delta": 0.0}),
     ("cvs", {"embed_dim": 512, "epochs": 50, "keep": "last"}),
     ("mcvs", {"embed_dim": 512, "epochs": 50, "keep": "last"}),
     ("stagewise", {"embed_dim": 512, "epochs": 50, "keep": "last"}),
@@ -73,3 +75,24 @@ def test_a_missing_modality_names_the_flag(two_modalities, tmp_path):
     res = CliRunner().invoke(main, ["train", "--dataset", "synthetic", "--cache", str(two_modalities), "--out", str(tmp_path), "--modalities", "text,audio"])
     assert res.exit_code != 0
     assert "leave audio out of --modalities" in res.output and "has: text, image" in res.output
+
+
+def test_the_demo_trains_the_defaults_or_says_why_it_changes_each_setting(tmp_path):
+    from mmx.pipeline.demo.run import RUNS
+
+    for spec in RUNS:
+        cfg = spec.config(tmp_path / "cache", tmp_path / "runs", quick=False, seed=0)
+        for key, default, value, why in spec.changes(cfg, quick=False):
+            assert why, f"{spec.name}: the demo changes {key} ({default} -> {value}) without saying why"
+        quick = spec.config(tmp_path / "cache", tmp_path / "runs", quick=True, seed=0)
+        assert ("epochs", resolve([spec.preset]).epochs, spec.quick_epochs) in [c[:3] for c in spec.changes(quick, quick=True)]
+    fuerer = [s for s in RUNS if s.preset.startswith("fuerer")]
+    assert fuerer and all(not s.changes(s.config(tmp_path, tmp_path, False, 0), False) for s in fuerer)
+
+
+@pytest.mark.parametrize("value", ["-1", "1.5", "true"])
+def test_items_per_class_must_be_a_whole_number(value):
+    cfg = resolve(overrides={"strategy": "joint"}, sets=[f"options.items_per_class={value}"])
+    assert any("options.items_per_class must be a whole number" in p for p in get_strategy("joint").check(cfg))
+    ok = resolve(overrides={"strategy": "joint", "modalities": ["text", "image"]}, sets=["options.items_per_class=1"])
+    assert get_strategy("joint").check(ok) == []

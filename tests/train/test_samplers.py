@@ -137,3 +137,15 @@ def test_a_pass_on_the_device_is_one_copy_with_absent_rows_readable():
     assert got[0][1]["text"].untyped_storage().data_ptr() == got[1][1]["text"].untyped_storage().data_ptr()
     limited = list(ClassAlignedSampler({"text": np.arange(40) % 4, "image": np.arange(40) % 4}, 8, seed=0).plan().on_device("cpu", 2))
     assert len(limited) == 2
+
+
+def test_max_per_class_keeps_one_item_of_a_class_per_batch():
+    classes = {"text": np.arange(240) % 10, "image": np.arange(240) % 10}
+    s = ClassAlignedSampler(classes, batch_size=128, seed=0, max_per_class=1)
+    assert s.composition == {"batch/items": 10, "batch/classes": 10, "batch/per_class_min": 1, "batch/per_class_max": 1}
+    assert len(s) == 24  # the epoch still covers the largest modality once
+    for rows, chosen in s:
+        for m, r in rows.items():
+            assert sorted(classes[m][r].tolist()) == list(range(10))
+    # many classes: the cap does not bind, batch_size does
+    assert ClassAlignedSampler({"a": np.arange(400) % 200}, batch_size=128, max_per_class=1).composition["batch/items"] == 128

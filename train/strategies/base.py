@@ -41,6 +41,9 @@ class Strategy:
     # whether a step's work is fixed by its batch's tensor shapes alone, so that `cuda_graphs`
     # can replay it (train/graphs.py); batches holding host arrays still run eagerly
     graphable: bool = False
+    # whether an instance over a subset of the modalities computes the held-out figures of a model
+    # built for all of them (a modality without held-out items is then left out of the monitor)
+    monitor_subset: bool = False
     # sizing before anything loads (train/sizing.py): a classmethod ``footprint(cfg, shapes,
     # batch, device)`` returning a sizing.Footprint, or None when the strategy does not size itself
     footprint = None
@@ -91,6 +94,11 @@ class Strategy:
     def end_stage(self, model: nn.Module, stage) -> dict:
         """Extra fields of the stage's line in ``metrics.jsonl``, once its kept weights are loaded."""
         return {}
+
+    def report(self, records: list[dict]) -> list[str]:
+        """Lines the run prints at its end from its ``metrics.jsonl`` records (stage-wise
+        learning: its per-stage table); none by default."""
+        return []
 
     def batch_seed(self, epoch: int, train: bool) -> int:
         """The sampler seed of an epoch's batches: a new draw per training epoch, and one fixed
