@@ -123,7 +123,7 @@ def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
           f"(x{best['probed'] / best['cuda']:.2f})", flush=True)
 
 
-def _generated_media(tmp: Path, rng) -> list[dict]:
+def _generated_media(tmp: Path, rng, n_audio: int = 20, n_videos: int = 4) -> list[dict]:
     """10 s WAVs and 10 s MP4s (8 fps, 320x240) for machines without ../shared/media."""
     from fractions import Fraction
 
@@ -132,12 +132,12 @@ def _generated_media(tmp: Path, rng) -> list[dict]:
 
     rows = []
     t = np.arange(16000 * 10) / 16000
-    for i in range(20):
+    for i in range(n_audio):
         wave = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.05 * rng.standard_normal(len(t))
         sf.write(tmp / f"a{i}.wav", wave.astype(np.float32), 16000)
         rows.append(dict(id=f"a{i}", modality="audio", uri=str(tmp / f"a{i}.wav"), text=""))
     yy, xx = np.mgrid[0:240, 0:320]
-    for i in range(4):
+    for i in range(n_videos):
         with av.open(str(tmp / f"v{i}.mp4"), "w") as c:
             s = c.add_stream("mpeg4", rate=8)
             s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
@@ -204,7 +204,7 @@ def main() -> None:
                 shutil.copy(vids[i % len(vids)], tmp / f"v{i}.mp4")
                 rows.append(dict(id=f"v{i}", modality="video", uri=str(tmp / f"v{i}.mp4"), text=""))
         else:
-            rows += _generated_media(tmp, rng)
+            rows += _generated_media(tmp, rng, args.audio, args.videos)
         man = _manifest(tmp, rows)
         import pandas as pd
 
