@@ -11,17 +11,23 @@ in a temporary folder; where ../shared/media is absent (a GPU machine), generate
 (``resnet-50 --weights DIR``, random weights from its config, mmx.extract.random_weights),
 pipeline vs model-only. Each pipeline figure is given twice: over the whole run, and after its
 first shard (worker start-up and the first batch's CUDA warm-up excluded, as they are from the
-model-only figure). For image backbones, what one decoding worker spends per item, resizing
+model-only figure); shards are a quarter of the items (at most two batches), so every modality
+has several. Each modality runs ``--reps`` times, pipeline and model-only interleaved, and the
+medians are printed, with the machine load before and after; torch's threads are pinned
+(``--threads``, default 1, in both). For audio (logmel: its features are computed while preparing) the model-only figure includes
+the preparing, in one process. For image backbones, what one decoding worker spends per item, resizing
 itself (the CPU path) or leaving the resize to the device (the CUDA path). Where a packaged weights file is absent, EfficientNet-Lite0 runs
 with random weights too (said in the output). ``--workers 0`` means one decoding worker per
 usable core but one.
 
-    python benchmarks/bench_extract.py [--images 256] [--batch-size 32] [--workers 2] [--device auto] [--resnet50]
+    python benchmarks/bench_extract.py [--images 128] [--texts 256] [--audio 40] [--videos 8] [--batch-size 32]
+        [--workers 2] [--threads 1] [--reps 3] [--device auto] [--resnet50]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import tempfile
 import time
@@ -40,35 +46,50 @@ def _manifest(folder: Path, rows: list[dict]) -> Path:
     return path
 
 
-def _model_only(backbone: str, items: list[dict], batch_size: int, device: str, options=None, weights=None) -> float:
-    """items/s of encoder.forward alone on pre-decoded, pre-collated batches."""
+def _model_only(backbone: str, items: list[dict], batch_size: int, device: str, options=None, weights=None,
+                with_prep: bool = False) -> float:
+    """items/s of encoder.forward alone on pre-decoded, pre-collated batches. ``with_prep``: the
+    preparing timed too, in this process (a signal backbone such as logmel computes its features
+    while preparing and its forward is a copy, so there the work is the preparing)."""
     import torch
 
     from mmx.extract.backbones import build_encoder
 
     enc = build_encoder(backbone, options or {}, weights).to(device)
     per = enc.items_per_batch(batch_size)
+    t = time.perf_counter()
     batches = [enc.prep.collate([enc.prep.prepare(it) for it in items[s : s + per]]) for s in range(0, len(items), per)]
+    prep_s = time.perf_counter() - t if with_prep else 0.0
     with torch.inference_mode():
         enc.forward(batches[0], batch_size)  # warm-up
         t = time.perf_counter()
         for b in batches:
             enc.forward(dict(b) if isinstance(b, dict) else b, batch_size)
-        return len(items) / (time.perf_counter() - t)
+        return len(items) / (time.perf_counter() - t + prep_s)
 
 
 def _pipeline(man: Path, modality: str, cache: Path, batch_size: int, workers: int, device: str, options=None,
-              backbone=None, weights=None) -> tuple[float, float]:
+              backbone=None, weights=None, shard_size: int = 64, threads: int = 1) -> tuple[float, float]:
     """items/s of the whole run, and after its first shard (worker start-up and the first
     batch's CUDA warm-up excluded, as the model-only figure excludes its warm-up)."""
+    from mmx.extract import shards
     from mmx.extract.config import ExtractConfig
     from mmx.extract.runner import extract
 
-    marks = []
+    marks, write = [], shards._write_shard
+
+    def timed_write(store, k, outs, items, dim):  # when each shard is on disk, on the writer thread
+        summary = write(store, k, outs, items, dim)
+        marks.append((time.perf_counter(), summary["items"]))
+        return summary
+
     cfg = ExtractConfig(backbone=backbone, options=options, weights=weights, device=device, batch_size=batch_size,
-                        workers=workers, shard_size=max(batch_size * 4, 64))
-    s = extract(str(man), modality, str(cache), "bench", cfg,
-                on_shard=lambda k, summary: marks.append((time.perf_counter(), summary["items"])))
+                        workers=workers, shard_size=shard_size, threads=threads)
+    shards._write_shard = timed_write
+    try:
+        s = extract(str(man), modality, str(cache), "bench", cfg)
+    finally:
+        shards._write_shard = write
     steady = sum(n for _, n in marks[1:]) / (marks[-1][0] - marks[0][0]) if len(marks) > 1 else float("nan")
     return s["items"] / s["seconds"], steady
 
@@ -102,7 +123,7 @@ def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
           f"(x{best['probed'] / best['cuda']:.2f})", flush=True)
 
 
-def _generated_media(tmp: Path, rng) -> list[dict]:
+def _generated_media(tmp: Path, rng, n_audio: int = 20, n_videos: int = 4) -> list[dict]:
     """10 s WAVs and 10 s MP4s (8 fps, 320x240) for machines without ../shared/media."""
     from fractions import Fraction
 
@@ -111,12 +132,12 @@ def _generated_media(tmp: Path, rng) -> list[dict]:
 
     rows = []
     t = np.arange(16000 * 10) / 16000
-    for i in range(20):
+    for i in range(n_audio):
         wave = 0.3 * np.sin(2 * np.pi * (200 + 40 * i) * t) + 0.05 * rng.standard_normal(len(t))
         sf.write(tmp / f"a{i}.wav", wave.astype(np.float32), 16000)
         rows.append(dict(id=f"a{i}", modality="audio", uri=str(tmp / f"a{i}.wav"), text=""))
     yy, xx = np.mgrid[0:240, 0:320]
-    for i in range(4):
+    for i in range(n_videos):
         with av.open(str(tmp / f"v{i}.mp4"), "w") as c:
             s = c.add_stream("mpeg4", rate=8)
             s.width, s.height, s.pix_fmt = 320, 240, "yuv420p"
@@ -136,6 +157,11 @@ def _generated_media(tmp: Path, rng) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=128)
+    ap.add_argument("--texts", type=int, default=256)
+    ap.add_argument("--audio", type=int, default=40)
+    ap.add_argument("--videos", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads, in the pipeline and the model-only run")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each modality (medians printed)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=2, help="decoding workers (0: one per usable core but one)")
     ap.add_argument("--device", default="auto")
@@ -145,8 +171,10 @@ def main() -> None:
     from PIL import Image
 
     from mmx.cache.device import resolve_device
-    from mmx.cache.threads import usable_cores
+    from mmx.cache.threads import set_threads, usable_cores
     from mmx.extract import random_weights
+
+    set_threads(args.threads)
 
     device = str(resolve_device(args.device))  # a string, as ExtractConfig.device and the printed figures take it
     workers = args.workers or max(1, usable_cores() - 1)
@@ -165,23 +193,24 @@ def main() -> None:
             Image.fromarray(im).save(p, quality=90)
             rows.append(dict(id=p.stem, modality="image", uri=str(p), text=""))
         texts = ["A dog.", "A car", "Training a parakeet to climb up a ladder.", "A lion climbing a tree to catch a monkey."]
-        rows += [dict(id=f"t{i}", modality="text", uri="", text=f"{texts[i % 4]} ({i})") for i in range(128)]
+        rows += [dict(id=f"t{i}", modality="text", uri="", text=f"{texts[i % 4]} ({i})") for i in range(args.texts)]
         if MEDIA.exists():
             wavs = sorted((MEDIA / "imagebind").glob("*.wav")) + sorted((MEDIA / "languagebind/audio").glob("*.wav"))
             vids = sorted((MEDIA / "languagebind/video").glob("*.mp4"))
-            for i in range(20):
+            for i in range(args.audio):
                 shutil.copy(wavs[i % len(wavs)], tmp / f"a{i}.wav")
                 rows.append(dict(id=f"a{i}", modality="audio", uri=str(tmp / f"a{i}.wav"), text=""))
-            for i in range(4):
+            for i in range(args.videos):
                 shutil.copy(vids[i % len(vids)], tmp / f"v{i}.mp4")
                 rows.append(dict(id=f"v{i}", modality="video", uri=str(tmp / f"v{i}.mp4"), text=""))
         else:
-            rows += _generated_media(tmp, rng)
+            rows += _generated_media(tmp, rng, args.audio, args.videos)
         man = _manifest(tmp, rows)
         import pandas as pd
 
         frame = pd.read_csv(man, dtype=str, keep_default_na=False)
-        print(f"device={device} batch={args.batch_size} workers={workers}")
+        print(f"device={device} batch={args.batch_size} workers={workers} threads={args.threads} reps={args.reps} "
+              f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'backbone':28s} {'items':>6s} {'pipeline it/s':>14s} {'model-only it/s':>16s} {'ratio':>6s}")
         cases = [(m, b) for m, b in (("image", "efficientnet-lite0"), ("text", "minilm-l6"), ("audio", "logmel"),
                                      ("video", "frames-efficientnet-lite0")) if m in args.only.split(",")]
@@ -196,19 +225,23 @@ def main() -> None:
                 continue
             weights = str(random_weights.save_resnet50(tmp / "resnet50")) if backbone == "resnet-50" else None
             items = [dict(id=r.id, uri=r.uri, text=r.text) for r in sub.itertuples()]
-            # images (the target figure) are measured twice, interleaved, best of each: the
-            # shared machine's load varies more between runs than the two paths differ
-            pipe = steady = model = float("nan")
-            for rep in range(2 if modality == "image" else 1):
+            # pipeline and model-only interleaved, medians: the shared machine's load varies more
+            # between runs than the two paths differ
+            shard = max(1, min(2 * args.batch_size, len(items) // 4))
+            pipes, steadies, models = [], [], []
+            for rep in range(args.reps):
                 p, st = _pipeline(man, modality, tmp / f"cache-{backbone}-{rep}", args.batch_size, workers, device,
-                                  backbone=backbone, weights=weights)
-                m = _model_only(backbone, items, args.batch_size, device, weights=weights) if modality != "audio" else float("nan")
-                pipe, steady = np.nanmax([pipe, p]), np.nanmax([steady, st])
-                model = np.nanmax([model, m]) if m == m else model
+                                  backbone=backbone, weights=weights, shard_size=shard, threads=args.threads)
+                pipes.append(p)
+                steadies.append(st)
+                models.append(_model_only(backbone, items, args.batch_size, device, weights=weights,
+                                          with_prep=modality == "audio"))
+            pipe, steady, model = (float(np.median(x)) for x in (pipes, steadies, models))
             print(f"{backbone:28s} {len(items):6d} {pipe:14.1f} {model:16.1f} {pipe / model:6.2f}   "
                   f"after the first shard: {steady:.1f} items/s, x{steady / model:.2f}", flush=True)
             if modality == "image":
                 _worker_cost(backbone, items[:64], weights)
+        print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         stand_in.__exit__(None, None, None)
         shutil.rmtree(tmp, ignore_errors=True)

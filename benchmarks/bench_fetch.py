@@ -10,6 +10,13 @@ A server process on 127.0.0.1 serves small JPEGs, 15% of them broken in assorted
 its peak resident memory (ru_maxrss), so the figures of 10 000 and 50 000 items can be
 compared; the last line gives the growth of the peak per extra item. Baseline in the same run: a plain sequential ``httpx.Client`` loop over the first
 1 000 items with no validation, journal or retries.
+
+The peer (``--peer-items N``, 0 skips it): img2dataset, installed by this script into a
+temporary venv (never a dependency of mmx), fetches the same N URLs from the same server beside
+``mmx fetch`` (the command, same thread count), interleaved over ``--rounds`` rounds, each command
+timed whole (start-up included) and the medians and ratios printed: against img2dataset's
+default (decode, resize to 256, re-encode) and its no-decode mode (``--resize_mode no
+--skip_reencode True``).
 """
 
 from __future__ import annotations
@@ -101,10 +108,77 @@ def baseline(base: str, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
+def peer_python(tmp: str) -> str | None:
+    if os.environ.get("MMX_BENCH_PEER"):  # an img2dataset already installed (a temporary venv kept between runs)
+        return os.environ["MMX_BENCH_PEER"]
+    """A temporary venv with img2dataset; None, with a line saying why, when it cannot be made."""
+    env = os.path.join(tmp, "peer-venv")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", env], check=True, capture_output=True)
+        subprocess.run([os.path.join(env, "bin", "python"), "-m", "pip", "install", "-q", "img2dataset"],
+                       check=True, capture_output=True, timeout=900)
+        return os.path.join(env, "bin", "img2dataset")
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"img2dataset: could not be installed ({type(exc).__name__}); the peer comparison is skipped")
+        return None
+
+
+def compare_with_peer(peer: str, base: str, n: int, threads: int, rounds: int, tmp: Path) -> None:
+    """mmx fetch and img2dataset (two modes) on the same n URLs, interleaved; medians of whole-command wall time."""
+    import statistics
+
+    import pandas as pd
+
+    from mmx.extract.manifest import write_manifest
+
+    urls = [f"{base}/i{i}.jpg" for i in range(n)]
+    (tmp / "urls.txt").write_text("\n".join(urls) + "\n")
+    manifest = write_manifest(pd.DataFrame({"id": [f"i{i}" for i in range(n)], "modality": "image", "uri": urls,
+                                            "label": ""}), tmp / "peer-manifest.csv")
+    mmx = [sys.executable, "-m", "mmx.pipeline.cli", "fetch", str(manifest), "--workers", str(threads),
+           "--per-host", str(threads), "--retries", "2", "--backoff-base", "0.01", "--max-retry-after", "1",
+           "--no-progress", "--quiet"]
+    i2d = [peer, "--url_list", str(tmp / "urls.txt"), "--input_format", "txt", "--output_format", "files",
+           "--processes_count", "1", "--thread_count", str(threads), "--retries", "2", "--enable_wandb", "False"]
+    runs = {"mmx": lambda out: mmx + ["--out", out],
+            "img2dataset (decode, resize 256)": lambda out: i2d + ["--output_folder", out],
+            "img2dataset (no decode)": lambda out: i2d + ["--output_folder", out, "--resize_mode", "no",
+                                                          "--skip_reencode", "True"]}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    times = {name: [] for name in runs}
+    inner = {name: [] for name in runs}  # past start-up: the downloads themselves
+    for r in range(rounds):
+        for k, (name, cmd) in enumerate(runs.items()):
+            out = tmp / f"peer-{r}-{k}"
+            t0 = time.perf_counter()
+            subprocess.run(cmd(str(out)), check=True, capture_output=True, env=env)
+            times[name].append(time.perf_counter() - t0)
+            inner[name].append(_inner_seconds(out, name == "mmx"))
+    med = {name: statistics.median(t) for name, t in times.items()}
+    med_in = {name: statistics.median(t) for name, t in inner.items()}
+    print(f"peer comparison, {n} URLs, {threads} threads, medians of {rounds} interleaved rounds; whole commands, "
+          "then past start-up (mmx: first to last journal record, 1 s resolution; img2dataset: its stats' duration):")
+    for name in runs:
+        ratio = "" if name == "mmx" else f"  mmx x{med[name] / med['mmx']:.2f}, past start-up x{med_in[name] / med_in['mmx']:.2f}"
+        print(f"  {name:34s} {n / med[name]:7.0f} items/s ({med[name]:.1f} s), past start-up {n / med_in[name]:.0f} items/s{ratio}")
+
+
+def _inner_seconds(out: Path, mmx: bool) -> float:
+    """Seconds from the first to the last download: the journal's record times (mmx), or img2dataset's own figure."""
+    from datetime import datetime
+
+    if mmx:
+        stamps = [datetime.fromisoformat(json.loads(line)["time"]) for line in (out / "fetch" / "journal.jsonl").open()]
+        return max(1.0, (max(stamps) - min(stamps)).total_seconds() + 1.0)
+    return sum(json.loads(p.read_text())["duration"] for p in out.glob("*_stats.json"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,50000")
     ap.add_argument("--workers", type=int, default=16)
+    ap.add_argument("--peer-items", type=int, default=3000, help="URLs for the img2dataset comparison (0: skip it)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the peer comparison")
     ap.add_argument("--serve", help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -127,11 +201,15 @@ def main() -> None:
                     raise SystemExit("the benchmark server did not start")
                 time.sleep(0.05)
             base = f"http://127.0.0.1:{port_file.read_text()}"
-            print(f"machine: {os.cpu_count()} CPU cores; server in its own process on {base}")
+            print(f"machine: {os.cpu_count()} CPU cores, load {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
+                  f"server in its own process on {base}")
+            peer = peer_python(tmp) if args.peer_items else None
+            if peer:
+                compare_with_peer(peer, base, args.peer_items, args.workers, args.rounds, Path(tmp))
             base_rate = baseline(base, 1000)
             print(f"baseline (sequential httpx.Client, no validation, 1000 items): {base_rate:.0f} items/s")
             peaks = {}
-            for n in [int(s) for s in args.sizes.split(",")]:
+            for n in [int(s) for s in args.sizes.split(",") if s]:
                 frame = pd.DataFrame({"id": [f"i{i}" for i in range(n)], "modality": "image",
                                       "uri": [f"{base}/i{i}.jpg" for i in range(n)],
                                       "label": [f"c{i % 200}" for i in range(n)]})
@@ -148,6 +226,7 @@ def main() -> None:
                 (small, lo), (big, hi) = min(peaks.items()), max(peaks.items())
                 print(f"peak RSS {big} vs {small} items: {hi - lo:+.1f} MiB, "
                       f"{(hi - lo) * 2**20 / (big - small):+.0f} bytes per extra item")
+            print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         finally:
             server.kill()
             server.wait()

@@ -44,6 +44,12 @@ class _Writer:
             self._finish_oldest()
         self.pending.append((k, self.pool.submit(fn, *args)))
 
+    def poll(self) -> None:
+        """Report the shards written by now, oldest first (so ``done`` runs when a shard is on disk,
+        not when a later one queues behind it)."""
+        while self.pending and self.pending[0][1].done():
+            self._finish_oldest()
+
     def _finish_oldest(self) -> None:
         k, future = self.pending.pop(0)
         self.done(k, future.result())  # re-raises a write error here
@@ -192,6 +198,7 @@ def extract_shards(
             except Exception as exc:  # e.g. an input the model cannot take
                 for j in batch["ok"]:
                     results[j] = Failure(f"model: {_message(exc)}")
+        writer.poll()
         if on_items:
             on_items(len(batch["index"]))
         for k in {owner[j] for j in batch["index"]}:

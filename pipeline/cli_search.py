@@ -61,7 +61,7 @@ def embed_all(space, queries: list[tuple[str, dict]], on_items=None) -> dict:
 @click.argument("inputs", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--text", "texts", multiple=True, help="A text to embed (repeatable).")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Embed every item of a manifest (a gallery for 'mmx search --gallery').")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write emb, id, modality, label, uri to this .npz.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write emb (rows of unit length), id, modality, label, uri to this .npz.")
 @json_option("each embedding (one JSON object a line)")
 @quiet_option()
 @device_option()
@@ -77,8 +77,6 @@ def embed_cmd(ctx, run, inputs, texts, manifest, output, device):
       mmx embed runs/RUN --manifest data/mine/manifest.fetched.csv -o gallery.npz
       mmx embed runs/RUN --text "a spoken seven" -o seven.npz
     """
-    import numpy as np
-
     from mmx.pipeline.embed import open_space
 
     queries = (_manifest_items(manifest) if manifest else []) + (_queries(inputs, texts) if inputs or texts else [])
@@ -95,10 +93,9 @@ def embed_cmd(ctx, run, inputs, texts, manifest, output, device):
         if bar is not None:
             bar.close()
     if output:
-        from mmx.cache.atomic import atomic_path
+        from mmx.pipeline.embed import save_gallery
 
-        with atomic_path(output) as tmp:
-            np.savez(tmp, **out)
+        save_gallery(output, out)
     elif not con.json:
         for i in range(len(out["id"])):
             con.line(f"{out['id'][i]}  {out['modality'][i]}  [{' '.join(f'{x:.3f}' for x in out['emb'][i][:4])} ...]")
@@ -125,17 +122,20 @@ def _gallery(run: str, split: str, targets: list[str] | None, gallery: str | Non
 
     from mmx.cache.files import load_npz
     from mmx.eval.runs import check_gallery, load_embeddings
+    from mmx.eval.search import UNIT_NORM_KEY, unit_rows
 
     if gallery:
         g = check_gallery(load_npz(gallery), gallery, ("id", "modality", "label", "uri"))
+        unit = bool(g.pop(UNIT_NORM_KEY, False))
         keep = np.isin(g["modality"], targets) if targets else np.ones(len(g["id"]), bool)
-        return {k: v[keep] for k, v in g.items()}
+        g = {k: v[keep] for k, v in g.items()}  # a copy of emb, so it may be scaled in place below
+        return g if unit else {**g, "emb": unit_rows(g["emb"])}
     embs = load_embeddings(run, split)
     names = targets or [n for n in embs if not n.endswith(".late")]
     missing = [n for n in names if n not in embs]
     if missing:
         raise ValueError(f"{run}: no {split} embeddings named {', '.join(missing)}; it has {', '.join(embs)}")
-    return {"emb": np.concatenate([embs[n]["emb"] for n in names]),
+    return {"emb": unit_rows(np.concatenate([embs[n]["emb"] for n in names])),  # a new array: scaled in place
             "id": np.concatenate([embs[n]["id"] for n in names]),
             "modality": np.concatenate([[n] * len(embs[n]["id"]) for n in names]).astype(str),
             "label": np.concatenate([embs[n]["label"] for n in names]),
@@ -196,7 +196,7 @@ def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery,
         raise ValueError(f"{gallery or run}: gallery rows have {g['emb'].shape[1]} dimensions, {run}'s space "
                          f"{space.cfg.embed_dim}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
     q, own = _search_queries(space, run, split, gallery, g, texts, files, likes, vector)
-    scores, rows = rank(q["emb"], g["emb"], k, own, device=None if device == "auto" else device)
+    scores, rows = rank(q["emb"], g["emb"], k, own, device=None if device == "auto" else device, unit_norm=True)  # _gallery scaled it
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])
     for qi in range(len(q["id"])):
         if not as_json:

@@ -5,6 +5,7 @@ training takes: its config, data, normalisation, strategy and kept weights); a q
 the way the run's items went: the store's backbone and preprocessing rebuilt from its
 metadata (:func:`encoder_for`), the store's precision, the run's normalisation, and the
 strategy's own ``embed`` (:meth:`Space.embed_features`), so it is comparable with the gallery.
+:func:`save_gallery` writes ``mmx embed -o``'s file: rows of unit length, flagged as such.
 """
 
 from __future__ import annotations
@@ -214,3 +215,14 @@ def embed_items(space: Space, modality: Modality, items: list[dict], device: str
     features = dataclasses.replace(features, pooled=features.pooled.to(space.device), tokens=features.tokens.to(space.device),
                                    offsets=features.offsets.to(space.device))
     return space.embed_features(modality, features)
+
+
+def save_gallery(path: str | Path, arrays: dict) -> None:
+    """Write ``arrays`` (``emb`` and its columns) to the ``.npz`` ``path``, atomically, with ``emb``'s
+    rows scaled to unit length and the flag :data:`~mmx.eval.search.UNIT_NORM_KEY` set: search ranks
+    by cosine, so it reads such a gallery as it is and scales it never again."""
+    from mmx.cache.atomic import atomic_path
+    from mmx.eval.search import UNIT_NORM_KEY, unit_rows
+
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **{**arrays, "emb": unit_rows(np.array(arrays["emb"], np.float32)), UNIT_NORM_KEY: np.bool_(True)})

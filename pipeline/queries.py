@@ -78,13 +78,14 @@ def like(gallery: dict, wanted: list[str]) -> np.ndarray:
     return np.asarray(rows, np.int64)
 
 
-def rank(queries: np.ndarray, gallery: np.ndarray, k: int, own: list[int | None], device=None) -> tuple[np.ndarray, np.ndarray]:
+def rank(queries: np.ndarray, gallery: np.ndarray, k: int, own: list[int | None], device=None,
+         unit_norm: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(scores, rows)`` of the ``k`` best gallery rows per query (cosine, exact), leaving out
     row ``own[q]`` of query ``q`` (the ``--like`` item itself: it would always come first)."""
     from mmx.eval.search import top_k
 
     extra = int(any(o is not None for o in own))
-    scores, rows = top_k(queries, gallery, k + extra, device=device)
+    scores, rows = top_k(queries, gallery, k + extra, device=device, unit_norm=unit_norm)
     if not extra:
         return scores, rows
     keep = min(k, len(gallery) - extra) if len(gallery) > extra else 0

@@ -206,6 +206,9 @@ async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg
     loop = asyncio.get_running_loop()
     timeout = httpx.Timeout(cfg.read_timeout, connect=cfg.connect_timeout, pool=None)
     limits = httpx.Limits(max_connections=4, max_keepalive_connections=4)
+    # one TLS context for every worker's client: building one loads the CA bundle (tens of ms
+    # each, 8% of a 3000-item run's CPU when each of 16 clients built its own)
+    tls = httpx.create_ssl_context()
 
     def planned_items():
         """The items to fetch, walking the manifest again one chunk at a time."""
@@ -244,7 +247,7 @@ async def _engine(stream, plan: list, todo: int, layout: FetchLayout, roots, cfg
     async def worker_with_client(journal: Journal) -> None:
         # One small pool per worker: httpcore scans every connection of a pool on each request,
         # so a shared pool of ``workers`` connections costs O(workers) per item.
-        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False,
+        async with httpx.AsyncClient(timeout=timeout, limits=limits, follow_redirects=False, verify=tls,
                                      headers={"user-agent": cfg.user_agent, "accept-encoding": ACCEPT_ENCODING}) as client:
             await worker(client, journal)
 

@@ -73,3 +73,21 @@ def test_default_workers_use_the_cores_on_cuda(monkeypatch):
     assert runner.default_workers("cpu") == 4
     monkeypatch.setattr("mmx.cache.threads.usable_cores", lambda: 1)
     assert runner.default_workers("cuda") == 1 and runner.default_workers("cpu") == 1
+
+
+def test_a_shard_is_reported_once_written_not_when_a_later_one_queues(tmp_path, monkeypatch):
+    """on_shard follows the writes (benchmarks time shards by it): with room for every shard in
+    the writer's queue, the first is still reported long before the last batch."""
+    monkeypatch.setattr(shards, "WRITES_IN_FLIGHT", 100)
+    collate, seen, at_report = shards._Collate.__call__, [0], []
+
+    def slow_batch(self, pairs):  # a slow model: the writer has long finished shard 0 when batch 3 is made
+        seen[0] += len(pairs)
+        time.sleep(0.2)
+        return collate(self, pairs)
+
+    monkeypatch.setattr(shards._Collate, "__call__", slow_batch)
+    s = runner.extract(str(_text_manifest(tmp_path)), "text", str(tmp_path / "c"), "d", BOW,
+                       on_shard=lambda k, summary: at_report.append((k, seen[0])))
+    assert s["written"] == 10 and [k for k, _ in at_report] == list(range(10))
+    assert at_report[0][1] < 40, at_report  # reported during the run, not at its close

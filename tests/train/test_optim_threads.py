@@ -109,3 +109,26 @@ def test_train_records_the_threads_it_used(tmp_path):
             assert yaml.safe_load(open(f"{run}/config.yaml"))["threads"] == expected
     finally:
         torch.set_num_threads(before)
+
+
+def test_set_threads_keeps_freed_memory_so_batches_reuse_their_pages():
+    """After set_threads, a freed 64 MiB block is reused by the next one of its size: the second
+    allocation touches no new pages (a fresh mmap per block would fault on every page again)."""
+    import ctypes
+    import resource
+
+    import torch
+
+    from mmx.cache import threads
+
+    threads.set_threads(1)
+    if not threads.keep_freed_memory():
+        pytest.skip("malloc is not glibc's")
+    assert ctypes.CDLL(None).mallopt  # glibc
+    first = torch.ones(16 << 20)  # 64 MiB, every page written
+    del first
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = torch.ones(16 << 20)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    assert float(second[-1]) == 1.0
+    assert faults < 1000, f"{faults} page faults for a block freed just before (16384 pages if mapped anew)"
