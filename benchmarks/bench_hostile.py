@@ -7,8 +7,9 @@
 The video, text and manifest inputs: a 1920x1080 H.264 clip of ``--video-seconds`` flat frames
 at 1 fps (small on disk, every frame sampled by the default video backbone); an H.264 clip of
 three 10000x10000 frames; a text file of ``--text-mib`` MiB (default text backbone); a CSV
-manifest whose one row is ``--manifest-mib`` MiB long (``mmx fetch``). Baselines: a 64x48 clip,
-a one-line text file, a one-row manifest.
+manifest whose one row is ``--manifest-mib`` MiB long (``mmx fetch``). Baselines: a 64x48 clip of
+two frames, a 320x240 clip of as many frames as the 1080p one (what the backbone's batches of
+frames cost whatever their source size), a one-line text file, a one-row manifest.
 
 Each command runs as the real CLI in a fresh child process; its peak resident memory is the
 child's ``ru_maxrss`` (``os.wait4``). Baselines in the same run: the same command on a
@@ -131,12 +132,14 @@ def media_figures(tmp: Path, video_seconds: int, text_mib: int, manifest_mib: in
     if "video" in only:
         # encoded in a child: a child's ru_maxrss starts from its parent's resident set at fork,
         # so this process must stay small for the figures of the mmx children to mean anything
-        for name, frames, w, h in (("small", 2, 64, 48), ("long", video_seconds, 1920, 1080), ("huge", 3, 10000, 10000)):
+        for name, frames, w, h in (("small", 2, 64, 48), ("long_small", video_seconds, 320, 240),
+                                   ("long", video_seconds, 1920, 1080), ("huge", 3, 10000, 10000)):
             subprocess.run([sys.executable, __file__, "--write-video", str(tmp / f"{name}.mp4"), str(frames), str(w), str(h)],
                            check=True)
         out["video_long_kb"] = round((tmp / "long.mp4").stat().st_size / 1024, 1)
         out["video_huge_kb"] = round((tmp / "huge.mp4").stat().st_size / 1024, 1)
-        for name, file in (("video_baseline", "small.mp4"), ("video_long", "long.mp4"), ("video_huge", "huge.mp4")):
+        for name, file in (("video_baseline", "small.mp4"), ("video_long_320x240", "long_small.mp4"),
+                           ("video_long", "long.mp4"), ("video_huge", "huge.mp4")):
             out[f"{name}_mib"], text = extract_one(tmp, name, "video", {"uri": file}, ok_exit=False)
             out[f"{name}_result"] = text.strip().splitlines()[0][:200] if text.strip() else ""
     if "text" in only:
