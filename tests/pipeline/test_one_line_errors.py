@@ -102,3 +102,24 @@ def test_a_key_error_written_as_a_sentence_is_kept():
 
     assert user_error(KeyError("unknown backbone 'x'; known: a, b")).message == "unknown backbone 'x'; known: a, b"
     assert "no 'model' entry" in user_error(KeyError("model")).message
+
+
+def test_a_read_only_cache_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Root ignores file modes, so the read-only file system is stood in for where the store is created."""
+    import pandas as pd
+
+    import mmx.cache.store.feature_store as feature_store
+    from make_media import random_jpegs  # tests/make_media.py
+
+    random_jpegs(tmp_path, 1)
+    pd.DataFrame([dict(id="a", modality="image", uri="im000.jpg")]).to_csv(tmp_path / "m.csv", index=False)
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path.parent))
+
+    monkeypatch.setattr(feature_store, "build_store", read_only)
+    r = CliRunner().invoke(main, ["extract", str(tmp_path / "m.csv"), "--modality", "image", "--cache",
+                                  str(tmp_path / "cache"), "--dataset", "d", "--workers", "0", "--no-progress"])
+    lines = _lines(r)
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert str(tmp_path / "cache") in lines[0] and "read-only" in lines[0] and "--cache" in lines[0], lines[0]
