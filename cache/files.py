@@ -7,7 +7,7 @@ aliases and explicit tags), :func:`load_npz` (no pickles, a decompressed-size ca
 the zip directory and each array's header before anything is inflated). Errors are
 :class:`UnsafeFileError` (a ``ValueError``) whose one line names the file.
 :func:`inside` creates folders under a root and refuses symlinked components, so a planted link
-cannot send a write elsewhere. Caps and why: docs/guarantees.md.
+cannot send a write elsewhere; :func:`refuse_links` checks the same without creating anything. Caps and why: docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -249,6 +249,22 @@ def inside(root: str | os.PathLike, *parts: str) -> Path:
     return path
 
 
+def refuse_links(root: str | os.PathLike, path: str | os.PathLike, option: str = "") -> Path:
+    """``path`` once no part of it below ``root`` (``path`` itself included) is a symbolic link;
+    else :class:`UnsafeFileError` naming the link, its target and the folder mmx writes in.
+    Nothing is created. ``option`` names the option that chose ``root`` (for the message)."""
+    root, path = Path(root), Path(path)
+    rel = path.relative_to(root)
+    at = root
+    for part in rel.parts:
+        at = at / part
+        if at.is_symlink():
+            chosen = f" (chosen by {option})" if option else ""
+            raise UnsafeFileError(f"{at}: a symbolic link (to {os.readlink(at)}); mmx writes only inside {root}{chosen} "
+                                  "and will not follow it: remove the link, or point mmx at the real folder")
+    return path
+
+
 def _human(n: int) -> str:
     for unit, size in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1024)):
         if n >= size:
@@ -257,4 +273,4 @@ def _human(n: int) -> str:
 
 
 __all__ = ["UnsafeFileError", "open_regular", "check_regular", "read_bytes", "read_text", "read_json", "parse_json",
-           "read_yaml", "parse_yaml", "load_npz", "check_finite", "inside"]
+           "read_yaml", "parse_yaml", "load_npz", "check_finite", "inside", "refuse_links"]

@@ -46,22 +46,41 @@ def _check_file(path: str | os.PathLike) -> Path:
 
 
 # -- text -----------------------------------------------------------------------------
+# The characters of a text item that are ever read: 128 characters for each of the 512 word
+# pieces of the longest text backbone (BERT-small; MiniLM reads 256), where English averages
+# 4-5, so the tokenizer's truncation, not this cap, decides what is embedded. A text file is
+# read up to 4 bytes per character of it and no further; an inline text is cut to it before
+# any normalising or tokenising.
+TEXT_MAX_CHARS = 65_536
+
+
 def normalise_text(text: str) -> str:
-    """NFC-normalised, stripped text; raises on text that is empty after that."""
-    text = unicodedata.normalize("NFC", str(text)).strip()
+    """The first :data:`TEXT_MAX_CHARS` characters, NFC-normalised and stripped; raises on text
+    that is empty after that."""
+    text = unicodedata.normalize("NFC", str(text)[:TEXT_MAX_CHARS]).strip()
     if not text:
         raise DecodeError("empty text")
     return text
 
 
 def read_text(path: str | os.PathLike) -> str:
-    """A text file's content (UTF-8, BOM tolerated), NFC-normalised."""
+    """A text file's first :data:`TEXT_MAX_CHARS` characters (UTF-8, BOM tolerated), NFC-normalised.
+
+    At most ``4 * TEXT_MAX_CHARS`` bytes (and a BOM) are read, whatever the file's size.
+    """
+    import codecs
+
     p = _check_file(path)
+    limit = 4 * TEXT_MAX_CHARS + 3
+    with open(p, "rb") as f:
+        raw = f.read(limit + 1)
+    whole = len(raw) <= limit
     try:
-        raw = p.read_text(encoding="utf-8-sig")
+        # a file cut here may end inside a character: the incremental decoder keeps that tail back
+        text = codecs.getincrementaldecoder("utf-8-sig")().decode(raw[:limit], final=whole)
     except UnicodeDecodeError as exc:
         raise DecodeError(f"not UTF-8 text: {p} ({exc.reason} at byte {exc.start})") from exc
-    return normalise_text(raw)
+    return normalise_text(text)
 
 
 # -- images ---------------------------------------------------------------------------
@@ -234,11 +253,19 @@ def _pyav_blocks(p: Path):
 
 
 # -- video ----------------------------------------------------------------------------
-def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | None = None) -> list:
+def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | None = None, *,
+                        max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None,
+                        max_side: int | None = None) -> list:
     """RGB ``PIL.Image`` frames sampled at ``fps`` from the stream's timestamps.
 
     The first frame at or after each target time ``k / fps`` (relative to the stream's
     first timestamp) is kept. A clip shorter than ``1 / fps`` still gives its first frame.
+
+    Bounded cost: a stream whose frames have more than ``max_pixels`` pixels is refused from
+    its header, before a frame is decoded (``decompression_bomb``, as for an image), and so is
+    any frame past that size; with ``size``, a kept frame wider or taller than ``max_side``
+    (default ``size``) is resized to ``size x size`` (bilinear, as :func:`image_to_uint8`)
+    as soon as it is decoded, so only small frames are held, however long or large the video.
     """
     import av
 
@@ -255,11 +282,13 @@ def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | N
             kinds = sorted({s.type for s in container.streams}) or ["none"]
             raise DecodeError(f"no video stream in {p} (streams: {', '.join(kinds)})")
         stream = container.streams.video[0]
+        _check_frame_pixels(p, stream.codec_context.width, stream.codec_context.height, max_pixels)
         stream.thread_type = "AUTO"
         tb = float(stream.time_base) if stream.time_base else None
         t0, k = None, 0
         try:
             for frame in container.decode(stream):
+                _check_frame_pixels(p, frame.width, frame.height, max_pixels)
                 if frame.pts is not None and tb is not None:
                     t = frame.pts * tb
                 elif frame.time is not None:
@@ -270,7 +299,7 @@ def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | N
                 if t0 is None:
                     t0 = t
                 if t - t0 + 1e-6 >= k / fps:
-                    image = frame.to_image()
+                    image = _small(frame.to_image(), size, max_side)
                     # a gap in a variable-frame-rate stream covers several targets: repeat
                     # the frame (nearest neighbour) so tokens stay one per 1/fps seconds
                     while t - t0 + 1e-6 >= k / fps and (max_frames is None or len(frames) < max_frames):
@@ -284,3 +313,21 @@ def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | N
     if not frames:
         raise DecodeError(f"no decodable video frames in {p}")
     return frames
+
+
+def _check_frame_pixels(p: Path, width: int, height: int, max_pixels: int) -> None:
+    if width and height and width * height > max_pixels:
+        raise DecodeError(f"video frames of {width}x{height} pixels exceed the limit of {max_pixels} "
+                          f"(decompression bomb?): {p}", "decompression_bomb")
+
+
+def _small(im: Any, size: int | None, max_side: int | None) -> Any:
+    """``im`` resized to ``size x size`` when a side is over ``max_side`` (default ``size``); else itself."""
+    if size is None:
+        return im
+    from PIL import Image
+
+    limit = max_side or size
+    if max(im.size) > limit and im.size != (size, size):
+        return im.resize((size, size), Image.BILINEAR)
+    return im

@@ -4,8 +4,10 @@
 runs the single-process loop (:func:`mmx.extract.shards.extract_shards`) on its shard, so the
 store comes out bitwise as a one-process run writes it (same device kind and, on the CPU, the
 same number of torch threads). Each worker process loads a backbone once
-(:func:`worker_encoder`); dask does the scheduling and retries. Running it on several GPU
-nodes: docs/notes/extract.md.
+(:func:`worker_encoder`); dask does the scheduling and retries. The store's writer lock is
+held by the submitting process alone (workers are processes of their own, never forked from it):
+a killed ``mmx extract`` frees it at once, and tasks it left running take turns with a rerun
+through the shard locks. Running it on several GPU nodes: docs/notes/extract.md.
 """
 
 from __future__ import annotations

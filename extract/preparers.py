@@ -54,7 +54,8 @@ class FramesPreparer(ImagePreparer):
 
     def prepare(self, item: dict) -> np.ndarray:
         max_frames = max(1, int(self.max_seconds * self.fps)) if self.max_seconds else None
-        return self.pixels(decode.sample_video_frames(local_path(item), self.fps, max_frames))  # (F, 3, ., .) uint8
+        return self.pixels(decode.sample_video_frames(local_path(item), self.fps, max_frames, max_pixels=self.max_pixels,
+                                                      size=self.size, max_side=2 * self.size if self.on_device else self.size))
 
 
 class TextPreparer(Preparer):

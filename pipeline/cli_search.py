@@ -20,6 +20,12 @@ def _queries(files: tuple[str, ...], texts: tuple[str, ...]) -> list[tuple[str, 
         if not Path(path).is_file():
             raise FileNotFoundError(f"{path}: no such file")
         out.append((modality_of_file(path).value, {"id": Path(path).stem, "uri": str(Path(path).resolve()), "text": ""}))
+    from mmx.extract.decode import TEXT_MAX_CHARS
+
+    for i, t in enumerate(texts):
+        if len(t) > TEXT_MAX_CHARS:  # refused before anything is normalised or tokenised
+            raise ValueError(f"--text query {i + 1} has {len(t):,} characters; at most {TEXT_MAX_CHARS:,} "
+                             "are read from a text, so shorten it")
     out += [("text", {"id": f"text-{i + 1}", "uri": "", "text": t}) for i, t in enumerate(texts)]
     if not out:
         raise click.UsageError("nothing to embed: give files, --text or --manifest")

@@ -32,7 +32,40 @@ def user_error(exc: BaseException) -> click.ClickException:
     msg = str(exc)
     if isinstance(exc, KeyError) and len(exc.args) == 1:
         msg = str(exc.args[0])
+        if _bare_key(exc.args[0]):  # a lookup that failed deep down: say what was missing, and where
+            where = _file_of(exc)
+            msg = (f"{where + ': ' if where else ''}no {msg!r} entry where mmx expected one: it is damaged or was not "
+                   "written by this version of mmx; use an intact copy or write it again")
     return click.ClickException(msg)
+
+
+_PATH_NAMES = ("path", "source", "file", "filename", "run", "store", "gallery", "manifest", "root")
+
+
+def _bare_key(key) -> bool:
+    """A key as a lookup raises it (``KeyError('model')``), not a sentence a message was written as."""
+    return isinstance(key, str) and 0 < len(key) <= 64 and not any(c.isspace() for c in key)
+
+
+def _file_of(exc: BaseException) -> str:
+    """The existing file or folder the failing code was reading, from the innermost frame that
+    names one (a local such as ``path`` or ``run``, or ``self.path``); '' when none does."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        scopes = [frame.f_locals]
+        owner = frame.f_locals.get("self")
+        if hasattr(owner, "__dict__"):
+            scopes.append(vars(owner))
+        for scope in scopes:
+            for name in _PATH_NAMES:
+                value = scope.get(name)
+                if isinstance(value, (str, os.PathLike)) and value and os.path.exists(value):
+                    return str(value)
+    return ""
 
 
 def no_space(exc: OSError) -> click.ClickException:

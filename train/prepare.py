@@ -341,7 +341,11 @@ def open_trained(run: str | Path, device: str = "cpu", log: Callable[[str], None
     for need in ("config.yaml", checkpoint.BEST):
         if not (run / need).exists():  # a FIFO or device there is refused by name when read
             raise FileNotFoundError(f"{run}: no {need}; is this a finished run folder of 'mmx train'?")
-    cfg, strategy_cls = validate(config_mod.load(run / "config.yaml"))
+    loaded = config_mod.load(run / "config.yaml")
+    try:
+        cfg, strategy_cls = validate(loaded)
+    except ValueError as exc:  # the run's own file no longer makes a valid run: one line naming it
+        raise ValueError(f"{run / 'config.yaml'}: {'; '.join(x.strip() for x in str(exc).splitlines()[1:])}") from None
     dev = resolve_device(device)
     norm = normalize.load(run)
     record = runs.read_space(run)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from mmx.cache.files import refuse_links
 from mmx.cache.store.errors import CacheKeyMismatch
 from mmx.cache.store.integrity import StoreIntegrity
 from mmx.cache.store.layout import DEFAULT_CHUNK_ROWS, DEFAULT_SHARD_SIZE, StoreSpec, ids_digest, spec_diff, store_path
@@ -49,7 +50,7 @@ def create_store(
     ``{"unit", "arbitrary", ...}``) is recorded in the attributes, also into an existing store
     that lacks it (it does not change the features, so it is not part of the key).
     """
-    path = Path(root_or_path) if exact_path else store_path(root_or_path, spec)
+    path = Path(root_or_path) if exact_path else refuse_links(root_or_path, store_path(root_or_path, spec), "--cache")
     if spec.items != ids_digest(ids):
         raise ValueError("spec.items does not match the ids given; build it with ids_digest(ids)")
     if path.exists():

@@ -72,8 +72,13 @@ def hold_writer_lock(store: Path, command: str = "a writer"):
     lock file keeps the holder's command and pid for that message, and stays when released
     (deleting a lock file races with the next locker).
     """
+    from mmx.cache.files import UnsafeFileError
+
     path = store / WRITER_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    if store.is_symlink():  # every write of an extraction or import happens under this lock
+        raise UnsafeFileError(f"{store}: a symbolic link (to {os.readlink(store)}); mmx writes a store only in "
+                              "its own folder and will not follow it: remove the link")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     busy = lambda holder: StoreLockedError(  # noqa: E731
         f"{store} is being written by another process ({holder}); wait for it to end or stop it, "
         f"then rerun: the shards it finished are kept (lock: {path})")
@@ -87,7 +92,7 @@ def hold_writer_lock(store: Path, command: str = "a writer"):
 @contextlib.contextmanager
 def hold_shard_lock(store: Path, k: int):
     """Two writers of item shard ``k`` take turns (e.g. two processes writing directly)."""
-    fd = os.open(store / MARKERS / f"{k:06d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(store / MARKERS / f"{k:06d}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         with held_by_this_process(fd):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -35,6 +36,25 @@ def is_url(uri: str) -> bool:
     return bool(re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]*://", uri))
 
 
+# files of a dataset folder that mmx fetch opens for writing by name (the rest are written to a
+# temporary and renamed, which replaces a link instead of following it)
+_WRITTEN_BY_NAME = ("fetch/.lock", "fetch/journal.jsonl", "fetch/.status.csv.tmp", "fetch/.status.parquet.tmp",
+                    ".manifest.fetched.csv.tmp")
+
+
+def check_dataset_folder(root: Path) -> None:
+    """Refuse a dataset folder where a planted symbolic link would take a write elsewhere: the
+    folders ``fetch/``, ``media/`` and ``media/<modality>/``, or a file fetch opens by name.
+    Checked before anything is written; one line naming the link and its target."""
+    from mmx.cache.files import refuse_links
+
+    for sub in ("fetch", "media", *_WRITTEN_BY_NAME):
+        refuse_links(root, root / sub, "--out")
+    if (root / "media").is_dir():
+        for folder in (root / "media").iterdir():
+            refuse_links(root, folder, "--out")
+
+
 def sweep_partial_files(media: Path) -> int:
     """Delete ``.part`` files left by a killed run; they never count as media."""
     removed = 0
@@ -47,6 +67,8 @@ def sweep_partial_files(media: Path) -> int:
 
 def place_file(tmp: str, folder: Path, stem: str, extension: str) -> Path:
     """Rename a validated temp file into place, dropping an older copy with another extension."""
+    if folder.is_symlink():  # planted while fetching: the temporary is inside, and stays there
+        raise OSError(errno.ELOOP, "a symbolic link where mmx keeps media; remove it", str(folder))
     final = folder / f"{stem}.{extension}"
     os.replace(tmp, final)
     for ext in _MEDIA_EXTENSIONS:

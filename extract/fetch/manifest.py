@@ -14,7 +14,8 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from mmx.extract.manifest import COLUMNS, ManifestError, normalise_frame, validate_frame
+from mmx.extract.manifest import (COLUMNS, ManifestError, cell_problems, check_parquet, longest_row, lower_columns,
+                                  normalise_frame, table_format, validate_frame)
 
 CHUNK_ROWS = 2048  # a few MB of Python strings per chunk in flight; parsing overhead stays small
 MAX_LISTED_PROBLEMS = 10_000  # a manifest broken on every row must not fill memory with messages
@@ -30,15 +31,13 @@ def id_hashes(ids) -> "np.ndarray":  # noqa: F821
     return pd.util.hash_array(np.asarray(ids, dtype=object), categorize=False)
 
 
-def _format(path: Path) -> str:
-    suffix = "".join(path.suffixes[-2:]).lower() if path.suffix == ".gz" else path.suffix.lower()
-    if suffix in (".csv", ".csv.gz", ".tsv"):
-        return "tsv" if suffix == ".tsv" else "csv"
-    if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
-        return "jsonl"
-    if suffix in (".parquet", ".pq"):
-        return "parquet"
-    raise ManifestError(path, [f"unknown manifest format {path.suffix!r}; use .csv, .jsonl or .parquet"])
+_format = table_format
+CHUNK_BYTES = 64 << 20  # rows per chunk shrink below CHUNK_ROWS when the longest row asks for it
+
+
+def chunk_rows_for(longest: int, chunk_rows: int) -> int:
+    """At most ``chunk_rows`` rows, and at most :data:`CHUNK_BYTES` of the longest row's size."""
+    return max(1, min(chunk_rows, CHUNK_BYTES // max(1, longest)))
 
 
 def _raw_chunks(path: Path, chunk_rows: int) -> Iterator["pd.DataFrame"]:  # noqa: F821
@@ -48,10 +47,10 @@ def _raw_chunks(path: Path, chunk_rows: int) -> Iterator["pd.DataFrame"]:  # noq
     kind = _format(path)
     if kind in ("csv", "tsv"):
         with pd.read_csv(path, dtype=str, keep_default_na=False, sep="\t" if kind == "tsv" else ",",
-                         chunksize=chunk_rows) as reader:
+                         chunksize=chunk_rows, encoding="utf-8-sig") as reader:
             yield from reader
     elif kind == "jsonl":
-        with pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows) as reader:
+        with pd.read_json(path, lines=True, dtype=False, chunksize=chunk_rows, encoding="utf-8-sig") as reader:
             for chunk in reader:
                 yield chunk.astype(object)
     else:
@@ -102,9 +101,8 @@ def _stamp(path: Path) -> tuple:
     return st.st_size, st.st_mtime_ns
 
 
-def _normalise(raw):
-    raw.columns = [str(c).strip().lower() for c in raw.columns]
-    return normalise_frame(raw)
+def _normalise(raw, path=""):
+    return normalise_frame(lower_columns(raw, path))
 
 
 def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
@@ -119,22 +117,28 @@ def scan_manifest(path, chunk_rows: int | None = None) -> ManifestStream:
     if not path.exists():
         raise ManifestError(path, ["file not found"])
     stamp = _stamp(path)
-    fixed_schema = _format(path) != "jsonl"  # every chunk of a CSV/Parquet file has all columns
+    kind = _format(path)
+    fixed_schema = kind != "jsonl"  # every chunk of a CSV/Parquet file has all columns
     problems: list[tuple[int, str]] = []
     unlisted = 0
     hashes, seen_columns = [], []
     rows = 0
     try:
+        if kind == "parquet":
+            check_parquet(path)
+        else:
+            chunk_rows = chunk_rows_for(longest_row(path, kind), chunk_rows)
         for raw in _raw_chunks(path, chunk_rows):
             if len(raw) == 0:
                 continue
-            raw.columns = [str(c).strip().lower() for c in raw.columns]
+            shape = cell_problems(raw)
+            lower_columns(raw, path)
             seen_columns += [c for c in raw.columns if c not in seen_columns]
             if fixed_schema and ({"id", "modality"} - set(raw.columns)
                                  or not {"uri", "text"} & set(raw.columns)):
                 raise ManifestError(path, validate_frame(raw))
             frame = normalise_frame(raw)
-            for message in validate_frame(frame):
+            for message in shape + validate_frame(frame):
                 if _DUPLICATE.match(message):
                     continue  # duplicates are found across chunks below, once
                 match = _ROW.match(message)

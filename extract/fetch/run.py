@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mmx.extract.fetch.config import FetchConfig, FetchLayout, allowed_roots_key
-from mmx.extract.fetch.files import is_url, link_or_copy, place_file, safe_stem, sweep_partial_files
+from mmx.extract.fetch.files import (check_dataset_folder, is_url, link_or_copy, place_file, safe_stem,
+                                    sweep_partial_files)
 from mmx.extract.fetch.status import NO_SPACE, OK, Journal, needs_fetch
 
 
@@ -102,6 +103,7 @@ def run_fetch(manifest_path, out_dir, cfg: FetchConfig) -> FetchSummary:
     layout.root.mkdir(parents=True, exist_ok=True)
     if stream.case_collisions and ignores_case(layout.root):
         raise ManifestError(stream.path, [f"{m} (the file system of {layout.root} ignores case)" for m in stream.case_collisions])
+    check_dataset_folder(layout.root)  # no planted link takes a write out of the dataset folder
     lock = _lock(layout)
     try:
         swept = sweep_partial_files(layout.media)

@@ -123,7 +123,8 @@ def local_source(uri: str, resolved: str, roots: list[Path]) -> tuple[Path | Non
     raw = unquote(urlsplit(uri).path) if uri.lower().startswith("file://") else resolved
     real = Path(os.path.realpath(raw))
     if not any(real == root or root in real.parents for root in roots):
-        return None, "forbidden_path", f"{raw!r} is outside the allowed roots ({', '.join(map(str, roots))})"
+        return None, "forbidden_path", (f"{raw!r}{'' if str(real) == raw else f', which resolves to {str(real)!r},'} is outside "
+                                        f"the allowed roots ({', '.join(map(str, roots))}); --allow-root admits another folder")
     if not real.is_file():
         return None, "not_found", f"local file {raw!r} does not exist or is not a file"
     if real.stat().st_size == 0:
@@ -186,7 +187,7 @@ def probe(path: str, modality: str, fmt: str, *, max_pixels: int) -> tuple[str, 
             problem = _mp4_boxes_problem(path)
             if problem:
                 return "undecodable", problem
-        return _probe_av(path, modality)
+        return _probe_av(path, modality, max_pixels)
     except Exception as exc:  # every decoder error means the same thing here
         return "undecodable", f"{type(exc).__name__}: {exc}"
 
@@ -270,13 +271,16 @@ def _mp4_boxes_problem(path: str) -> str | None:
     return None
 
 
-def _probe_av(path: str, modality: str) -> tuple[str, str] | None:
+def _probe_av(path: str, modality: str, max_pixels: int) -> tuple[str, str] | None:
     import av
 
     with av.open(path, metadata_errors="ignore") as container:
         streams = container.streams.video if modality == "video" else container.streams.audio
         if not streams:
             return "undecodable", f"container has no {modality} stream"
+        w, h = (streams[0].codec_context.width, streams[0].codec_context.height) if modality == "video" else (0, 0)
+        if w * h > max_pixels:  # the image cap, from the stream's header, before a frame is decoded
+            return "decompression_bomb", f"video frames of {w}x{h} pixels exceed the cap of {max_pixels}"
         for frame in container.decode(streams[0]):
             return None
     return "undecodable", f"no {modality} frame could be decoded"

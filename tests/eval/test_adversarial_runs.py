@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -382,3 +383,35 @@ def test_a_gallery_of_another_dimension_is_refused_before_embedding(run, tmp_pat
              label=np.array(list("xyz")), uri=np.array([""] * 3))
     line = one_line_error(invoke("search", run, "--gallery", gallery, "--text", "x"))
     assert "gallery.npz" in line and "5 dimensions" in line
+
+
+def test_weights_of_another_shape_name_the_file(run):
+    rewrite_checkpoint(run / checkpoint.BEST, lambda m: m.update({k: t[..., :-1].clone() for k, t in m.items()
+                                                                  if t.is_floating_point() and t.ndim == 2}))
+    line = one_line_error(invoke("embed", run, "--text", "seven"))
+    assert "checkpoint.safetensors" in line, line
+
+
+def test_a_checkpoint_without_its_model_names_the_entry_and_the_file(run):
+    state = checkpoint.load(run / checkpoint.BEST)
+    del state["model"]
+    checkpoint.save(run / checkpoint.BEST, state)
+    line = one_line_error(invoke("embed", run, "--text", "seven"))
+    assert "checkpoint.safetensors" in line and "holds no weights" in line, line
+
+
+@pytest.mark.parametrize("value", ["-3", "0", "abc", "1e400", "[1, 2]"])
+def test_a_bad_embed_dim_in_the_config_names_the_file_and_the_value(run, value):
+    text = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text("\n".join(f"embed_dim: {value}" if x.startswith("embed_dim:") else x
+                                               for x in text.splitlines()) + "\n")
+    line = one_line_error(invoke("embed", run, "--text", "seven"))  # eval reads embeddings only: no model, no embed_dim
+    assert "config.yaml" in line and "embed_dim" in line, line
+
+
+def test_out_naming_a_file_is_one_line(trained, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    cache = Path(trained).parents[1] / "cache"
+    line = one_line_error(invoke("train", "--cache", cache, "--dataset", "synthetic", "--modalities", "text,image",
+                                 "--epochs", 1, "--out", tmp_path / "afile", "--quiet"))
+    assert "afile" in line, line

@@ -197,3 +197,50 @@ def test_adversarial_retry_failed_reextracts_failed_items(tmp_path):
     assert np.array_equal(after, np.asarray(clean._group["pooled"][:]))
     assert STATUS_FAILED not in status
     assert "already complete" in _extract(man, cache, "--retry-failed").output  # nothing left to retry
+
+
+_DASK_EXTRACT = textwrap.dedent("""
+    import sys
+    from mmx.pipeline.cli import main
+    sys.argv = ["mmx", "extract", sys.argv[1], "--modality", "image", "--cache", sys.argv[2], "--dataset", "d",
+                "--shard-size", "2", "--no-progress", "--set", "image_size=64", "--dask-scheduler", sys.argv[3]]
+    main()
+""")
+
+
+@pytest.mark.slow
+def test_adversarial_a_killed_distributed_extraction_leaves_no_lock(tmp_path):
+    """``mmx extract --dask-scheduler`` SIGKILLed while its tasks run on dask worker processes: the
+    writer lock was its own (the workers never hold or inherit it), so a rerun at once is not
+    refused, and it finishes the store with every item extracted."""
+    from distributed import LocalCluster
+
+    from mmx.cache.store.locks import WRITER_LOCK
+
+    man = _manifest(tmp_path, random_jpegs(tmp_path / "img", 40))
+    cache = tmp_path / "cache"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        proc = subprocess.Popen([sys.executable, "-c", _DASK_EXTRACT, str(man), str(cache), cluster.scheduler_address],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=dict(os.environ))
+        try:
+            for _ in range(1200):  # until a shard is done: tasks are running on the workers
+                stores = list_stores(cache) if cache.exists() else []
+                if stores and stores[0].complete_shards():
+                    break
+                assert proc.poll() is None, proc.stdout.read().decode()[-2000:]
+                import time
+
+                time.sleep(0.1)
+            (store,) = list_stores(cache)
+            assert "mmx extract, pid" in (store.path / WRITER_LOCK).read_text()
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        assert len(store.complete_shards()) < store.n_shards  # killed mid-way
+        r = CliRunner().invoke(main, ["extract", str(man), "--modality", "image", "--cache", str(cache), "--dataset",
+                                      "d", "--shard-size", "2", "--no-progress", "--set", "image_size=64",
+                                      "--dask-scheduler", cluster.scheduler_address])
+    assert r.exit_code == 0 and "being written by another process" not in r.output, r.output
+    (store,) = list_stores(cache)
+    assert len(store.complete_shards()) == store.n_shards
+    assert (np.asarray(store._group["status"][:]) == STATUS_OK).all()

@@ -85,3 +85,52 @@ def test_modality_parsing():
         Modality.parse("smell")
     with pytest.raises(ValueError, match="twice"):
         Modality.parse_list("text,text")
+
+
+# -- what a manifest means when its cells are not plain strings ---------------------------------
+def test_whole_float_labels_read_as_integers(tmp_path):
+    """A Parquet or JSON integer column with a gap arrives as floats: label 1.0 is class "1", as in a CSV."""
+    frame = pd.DataFrame({"id": ["a", "b", "c"], "modality": "text", "text": ["x", "y", "z"],
+                          "label": [1.0, float("nan"), 2.5]})
+    frame.to_parquet(tmp_path / "m.parquet")
+    assert read_manifest(tmp_path / "m.parquet").frame["label"].tolist() == ["1", "", "2.5"]
+    (tmp_path / "m.jsonl").write_text('{"id":"a","modality":"text","text":"x","label":0.0}\n'
+                                      '{"id":"b","modality":"text","text":"y","label":null}\n')
+    assert read_manifest(tmp_path / "m.jsonl").frame["label"].tolist() == ["0", ""]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_list_valued_cell_is_refused_naming_row_and_column(tmp_path, suffix):
+    rows = [{"id": "a", "modality": "text", "text": "fine"}, {"id": "b", "modality": "text", "text": ["nested", "list"]}]
+    path = tmp_path / f"m{suffix}"
+    if suffix == ".jsonl":
+        path.write_text("\n".join(json.dumps(r) for r in rows))
+    else:
+        pd.DataFrame({"id": ["a", "b"], "modality": "text", "text": [["fine"], ["nested", "list"]]}).to_parquet(path)
+    from mmx.extract.fetch.manifest import scan_manifest
+
+    for reader in (read_manifest, scan_manifest):
+        with pytest.raises(ManifestError) as err:
+            reader(path)
+        assert any(p.startswith("row 2: column 'text' holds a ") and "not a string: ['nested', 'list']" in p
+                   for p in err.value.problems), err.value.problems
+
+
+def test_labels_in_another_unicode_normal_form_are_one_class(tmp_path):
+    nfd, nfc = "cafe\u0301", "caf\u00e9"
+    pd.DataFrame({"id": ["a", "b"], "modality": "text", "text": ["x", "y"], "label": [nfd, nfc],
+                  "group": [nfd, nfc]}).to_csv(tmp_path / "m.csv", index=False)
+    frame = read_manifest(tmp_path / "m.csv").frame
+    assert frame["label"].tolist() == [nfc, nfc] and frame["group"].tolist() == [nfc, nfc]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_a_byte_order_mark_is_accepted_in_csv_and_jsonl_alike(tmp_path, suffix):
+    path = tmp_path / f"m{suffix}"
+    body = ("id,modality,text\na,text,hello\n" if suffix == ".csv"
+            else '{"id": "a", "modality": "text", "text": "hello"}\n')
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    from mmx.extract.fetch.manifest import scan_manifest
+
+    assert read_manifest(path).frame[["id", "text"]].values.tolist() == [["a", "hello"]]
+    assert scan_manifest(path).rows == 1

@@ -75,3 +75,51 @@ def test_a_name_too_long_for_the_file_system_is_one_line(tmp_path):
     assert "Traceback" not in r.output and len(_lines(r)) == 1, r.output
     assert "too long" in r.output.lower() or "name" in r.output.lower()
     assert not Path(tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("entry", ["modality", "backbone"])
+def test_a_missing_entry_names_itself_and_the_store(tmp_path, entry):
+    """A store whose metadata lacks an entry: the entry and the store, not a bare ``Error: modality``."""
+    import json
+
+    from mmx.cache.store import list_stores
+    from mmx.cache.synthesize import SyntheticConfig, synthesize
+
+    synthesize(tmp_path / "cache", SyntheticConfig(classes=2, items={"text": 8}, dims={"text": 4}, tokens=None))
+    (store,) = list_stores(tmp_path / "cache")
+    meta = store.path / "zarr.json"
+    doc = json.loads(meta.read_text())
+    del doc["attributes"]["mmx"][entry]
+    meta.write_text(json.dumps(doc))
+    r = CliRunner().invoke(main, ["cache", "ls", "--cache", str(tmp_path / "cache")])
+    lines = _lines(r)
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert lines[0].startswith(f"Error: {store.path}: no '{entry}' entry where mmx expected one"), lines[0]
+
+
+def test_a_key_error_written_as_a_sentence_is_kept():
+    from mmx.pipeline.errors import user_error
+
+    assert user_error(KeyError("unknown backbone 'x'; known: a, b")).message == "unknown backbone 'x'; known: a, b"
+    assert "no 'model' entry" in user_error(KeyError("model")).message
+
+
+def test_a_read_only_cache_is_one_line_naming_it(tmp_path, monkeypatch):
+    """Root ignores file modes, so the read-only file system is stood in for where the store is created."""
+    import pandas as pd
+
+    import mmx.cache.store.feature_store as feature_store
+    from make_media import random_jpegs  # tests/make_media.py
+
+    random_jpegs(tmp_path, 1)
+    pd.DataFrame([dict(id="a", modality="image", uri="im000.jpg")]).to_csv(tmp_path / "m.csv", index=False)
+
+    def read_only(path, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(path.parent))
+
+    monkeypatch.setattr(feature_store, "build_store", read_only)
+    r = CliRunner().invoke(main, ["extract", str(tmp_path / "m.csv"), "--modality", "image", "--cache",
+                                  str(tmp_path / "cache"), "--dataset", "d", "--workers", "0", "--no-progress"])
+    lines = _lines(r)
+    assert r.exit_code == 1 and len(lines) == 1, r.output
+    assert str(tmp_path / "cache") in lines[0] and "read-only" in lines[0] and "--cache" in lines[0], lines[0]
