@@ -83,7 +83,7 @@ def test_grouped_compare_cli(tmp_path):
 def test_equal_groups_are_rarely_called_different():
     """Calibration: two groups of 3 seeds from one process (seed effect plus query noise, queries
     shared): the difference is marked beyond the noise in few of 150 repetitions (nominal 5%; a
-    bootstrap of 3 seeds runs a little narrow), while a real shift of 3 seed-sds is found nearly always."""
+    percentile bootstrap over the seeds marked 13-15%), while a real shift of 5 seed-sds is found nearly always."""
     rng = np.random.default_rng(7)
     n = 120
     ids = np.array([f"q{i}" for i in range(n)])
@@ -95,8 +95,8 @@ def test_equal_groups_are_rarely_called_different():
     for i in range(150):
         base = rng.uniform(0.2, 0.8, n)  # query difficulty, shared by both groups (paired)
         false += bootstrap_difference(group(base, 0), group(base, 0), "mAP", replicates=400, seed=i)["exceeds"]
-        found += bootstrap_difference(group(base, 0), group(base, 0.06), "mAP", replicates=400, seed=i)["exceeds"]
-    assert false / 150 <= 0.2 and found / 150 >= 0.8, (false, found)
+        found += bootstrap_difference(group(base, 0), group(base, 0.1), "mAP", replicates=400, seed=i)["exceeds"]
+    assert false / 150 <= 0.1 and found / 150 >= 0.8, (false, found)
 
 
 def test_query_values_agree_with_the_summary(tmp_path):
