@@ -100,7 +100,7 @@ def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, thre
     for section, title, metrics in (
         ("pairs", "Recall at K", None),
         ("any", "Recall at K, query -> Any (R@K: hit-rate, any modality; xR@K: hits of another modality "
-                "only, paper 000 Tables II/IV/VI)", recall_any),
+                "only, consistent with paper 000 Tables II/IV/VI)", recall_any),
         ("pairs", f"{' and '.join(ap)}", ap), ("any", f"{' and '.join(ap)}, query -> Any", ap),
     ):
         header, rows = recall_table(results, section, metrics)
