@@ -332,7 +332,11 @@ def _check_folder(spec: SweepSpec, folder: Path) -> None:
             raise ValueError(f"{folder} holds a sweep with another {', '.join(clash)}; give a new --out folder "
                              "(or the same settings to continue that sweep)")
         asked["space"] = {**(before.get("space") or {}), **asked["space"]}
-    atomic_write_bytes(path, yaml.safe_dump(asked, sort_keys=False).encode())
+    class Dumper(yaml.SafeDumper):
+        def ignore_aliases(self, data):  # read back by a loader that refuses aliases (spaces share range dicts)
+            return True
+
+    atomic_write_bytes(path, yaml.dump(asked, Dumper=Dumper, sort_keys=False).encode())
 
 
 def sweep(spec: SweepSpec, log: Callable[[str], None] = print) -> dict:

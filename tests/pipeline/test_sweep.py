@@ -186,6 +186,18 @@ def test_parallel_jobs_and_a_dask_cluster_run_the_trials(tmp_path, cache, space)
     assert any("mmx-sweep" in k for k in ran)
 
 
+def test_the_sweep_record_reads_back_with_default_spaces(tmp_path):
+    """Default spaces share range dicts between strategies: the record must still read back (no YAML aliases)."""
+    from mmx.train.sweep import SweepSpec, _check_folder
+
+    spec = SweepSpec(folder=str(tmp_path), strategies=["joint", "roundrobin", "cvs", "mcvs"], dataset="synthetic")
+    _check_folder(spec, tmp_path)
+    _check_folder(spec, tmp_path)  # a rerun reads the record
+    spec.objective = "R@1"
+    with pytest.raises(ValueError, match="another objective"):
+        _check_folder(spec, tmp_path)
+
+
 def test_search_spaces_and_bad_input(tmp_path, cache, space):
     import yaml
 
