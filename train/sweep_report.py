@@ -44,7 +44,8 @@ def build_report(spec, chosen: dict, runs: dict, failed: list[str], log: Callabl
     names = [s for s in chosen if s in per_query]
     for other in names[1:]:
         for m in REPORTED:
-            ci = bootstrap_difference(per_query[names[0]], per_query[other], m, seed=spec.seed)
+            pairs = [k for k in per_query[names[0]][0] if k[1] != "any"]  # as the pairs_mean figures
+            ci = bootstrap_difference(per_query[names[0]], per_query[other], m, rows=pairs, seed=spec.seed)
             report["differences"].append({"a": names[0], "b": other, "metric": m, **ci})
     write_report(report, folder)
     log(report_markdown(report))
