@@ -13,7 +13,8 @@ Results layout (JSON-ready)::
                                        "any": [row, ...], "any_mean": row}}}
 
 with ``row = {"query", "target", "queries", "evaluated", "no_relevant", "R@1", ..., "xR@1", ...,
-"mAP@50", "mAP", "MedR", "MeanR"}`` (``xR@K``: the cross-modal recall of paper 000's -> Any
+"mAP@50", "mAP", "MedR", "MeanR", "chance": {metric: value}}`` (``chance``: the expectation of a
+random ranking for the relevance in use, :mod:`mmx.eval.chance`; no MedR) (``xR@K``: the cross-modal recall of paper 000's -> Any
 tables, equal to ``R@K`` for a pair; see ``mmx.eval.metrics``) (``None`` where no query counts). A ``*_mean`` row is the mean of
 the rows that have a value, as paper 000's "Mean" row; ``rows`` says how many.
 """
@@ -24,6 +25,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable
 
+from mmx.eval.chance import chance_levels
 from mmx.eval.metrics import NO_RELEVANT, RELEVANCES, name_order, retrieval_metrics
 
 DEFAULT_SPLITS = ("test", "train")
@@ -86,16 +88,24 @@ def evaluate_split(
     sizes = {n: int(len(data[n]["emb"])) for n in sorted(data, key=name_order)}
     out = {}
     for rel, by_key in res.items():
-        pairs = [{"query": q, "target": t, **row} for (q, t), row in by_key.items() if t != "any"]
-        anys = [{"query": q, "target": "any", **row} for (q, t), row in by_key.items() if t == "any"]
+        chance = chance_levels(data, rel, ks, map_r, no_relevant)
+        pairs = [{"query": q, "target": t, **row, "chance": chance.get((q, t), {})} for (q, t), row in by_key.items() if t != "any"]
+        anys = [{"query": q, "target": "any", **row, "chance": chance.get((q, t), {})} for (q, t), row in by_key.items() if t == "any"]
         out[rel] = {
             "sizes": sizes,
             "pairs": pairs,
-            "pairs_mean": mean_row(pairs, names),
+            "pairs_mean": _with_chance(mean_row(pairs, names), pairs, names),
             "any": anys,
-            "any_mean": mean_row(anys, names),
+            "any_mean": _with_chance(mean_row(anys, names), anys, names),
         }
     return out
+
+
+def _with_chance(mean: dict, rows: list[dict], names: list[str]) -> dict:
+    """A Mean row with the mean of its rows' chance levels (over the rows that have a value)."""
+    mean["chance"] = {k: v for k, v in mean_row([r.get("chance", {}) for r in rows], names).items()
+                      if k in names}
+    return mean
 
 
 def evaluate_run(

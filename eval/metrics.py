@@ -215,7 +215,7 @@ def expected_hits(above, tied, tied_rel, k: int) -> np.ndarray:
 def summarise(per_query: Mapping[str, np.ndarray], ks=(1, 5, 10), map_r: int = 50, no_relevant: str = "exclude") -> dict:
     """Means over queries of one gallery: ``R@K``, ``xR@K``, ``mAP@R``, ``mAP``, ``MedR``, ``MeanR``.
 
-    ``xR@K`` (the cross-modal recall that reproduces paper 000's -> Any tables) equals ``R@K``
+    ``xR@K`` (the cross-modal recall, consistent with paper 000's -> Any tables) equals ``R@K``
     for a pair; for ``-> Any`` it counts only hits of another modality (docs/notes/eval.md).
     Metrics are ``None`` when no query counts (empty split, no relevant item anywhere).
     """

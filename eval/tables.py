@@ -3,7 +3,7 @@
 * Pair table in the layout of paper 000 Tables I, III, V: one row per ``Query -> Target`` and a
   Mean row; columns test R@1/5/10, then train R@1/5/10.
 * ``-> Any`` tables in the layout of paper 000 Tables II, IV, VI: by hit-rate (``R@K``) and by
-  cross-modal recall (``xR@K``, the definition that reproduces those tables).
+  cross-modal recall (``xR@K``, the reading consistent with those tables; not proven to reproduce them).
 * mAP matrix (query rows x retrieval columns, the diagonal not evaluated, an Avg line) as paper
   002 Tables III-IV and thesis 004 Table 8, for mAP@R and for the full ranking.
 * Median / mean rank per pair (paper 001).
@@ -62,29 +62,52 @@ def _lookup(results: dict, split: str, section: str, key: tuple[str, str]) -> di
     return None
 
 
-def _metric_rows(results: dict, section: str, splits: list[str], metrics: list[str]) -> list[list[str]]:
-    """One row per ``Q -> T`` of ``section``: the metrics of each split, side by side."""
+def chance_cell(row: dict | None, metrics: list[str]) -> str:
+    """A row's chance levels of ``metrics``, slash-separated in their order (``n/a`` without any)."""
+    chance = (row or {}).get("chance") or {}
+    values = [chance.get(m) for m in metrics if m not in ("MedR",)]
+    if not values or all(v is None for v in values):
+        return NA
+    return "/".join(fmt(v, m) for v, m in zip(values, [m for m in metrics if m != "MedR"]))
+
+
+def chance_header(metrics: list[str]) -> str:
+    return "chance " + "/".join(m for m in metrics if m != "MedR")
+
+
+def _metric_rows(results: dict, section: str, splits: list[str], metrics: list[str],
+                 chance: bool = False) -> list[list[str]]:
+    """One row per ``Q -> T`` of ``section``: the metrics of each split, side by side, then (with
+    ``chance``) each split's chance levels of those metrics."""
     rows = []
     for key in _row_keys(results, section):
         cells = [f"{display(key[0])} {ARROW} {display(key[1])}"]
-        for s in splits:
-            r = _lookup(results, s, section, key)
+        found = [_lookup(results, s, section, key) for s in splits]
+        for r in found:
             cells += [fmt(r.get(m) if r else None, m) for m in metrics]
+        if chance:
+            cells += [chance_cell(r, metrics) for r in found]
         rows.append(cells)
     return rows
 
 
-def recall_table(results: dict, section: str = "pairs", metrics: list[str] | None = None) -> tuple[list[str], list[list[str]]]:
-    """Paper 000's layout: rows ``Q -> T`` and Mean; columns split x metric (test first)."""
+def recall_table(results: dict, section: str = "pairs", metrics: list[str] | None = None,
+                 chance: bool = True) -> tuple[list[str], list[list[str]]]:
+    """Paper 000's layout: rows ``Q -> T`` and Mean; columns split x metric (test first), then
+    each split's chance levels of those metrics (a random ranking's expectation, one column per split)."""
     metrics = metrics or [f"R@{k}" for k in results["ks"]]
     splits = list(results["splits"])
     header = ["Query " + ARROW + " Target"] + [f"{s} {m}" for s in splits for m in metrics]
-    rows = _metric_rows(results, section, splits, metrics)
+    if chance:
+        header += [f"{s} {chance_header(metrics)}" for s in splits]
+    rows = _metric_rows(results, section, splits, metrics, chance)
     if rows:
         mean = ["Mean"]
         for s in splits:
             r = results["splits"][s][f"{section}_mean"]
             mean += [fmt(r.get(m), m) for m in metrics]
+        if chance:
+            mean += [chance_cell(results["splits"][s][f"{section}_mean"], metrics) for s in splits]
         rows.append(mean)
     return header, rows
 
@@ -101,17 +124,23 @@ def map_matrix(results: dict, split: str, metric: str) -> tuple[list[str], list[
 
     names.sort(key=name_order)
     value = {(r["query"], r["target"]): r.get(metric) for r in pairs}
-    header = [f"Q {ARROW} R"] + [display(n) for n in names]
+    chance = {(r["query"], r["target"]): (r.get("chance") or {}).get(metric) for r in pairs}
+    header = [f"Q {ARROW} R"] + [display(n) for n in names] + ["chance (row mean)"]
+
+    def mean(vals):
+        vals = [v for v in vals if v is not None]
+        return sum(vals) / len(vals) if vals else None
+
     rows = []
     for q in names:
         cells = [display(q)]
         for t in names:
             overlap = bool(modalities_of(q) & modalities_of(t))  # text->text: not evaluated
             cells.append(DIAG if (q, t) not in value and overlap else fmt(value.get((q, t)), metric))
-        rows.append(cells)
-    vals = [v for v in value.values() if v is not None]
+        rows.append(cells + [fmt(mean(v for (qq, _), v in chance.items() if qq == q), metric)])
     if rows:
-        rows.append(["Avg", fmt(sum(vals) / len(vals) if vals else None, metric)] + [""] * (len(names) - 1))
+        rows.append(["Avg", fmt(mean(value.values()), metric)] + [""] * (len(names) - 1)
+                    + [fmt(mean(chance.values()), metric)])
     return header, rows
 
 
@@ -120,7 +149,9 @@ def rank_table(results: dict) -> tuple[list[str], list[list[str]]]:
     splits = list(results["splits"])
     metrics = ["MedR", "MeanR"]
     header = ["Query " + ARROW + " Target"] + [f"{s} {m}" for s in splits for m in metrics]
-    return header, _metric_rows(results, "pairs", splits, metrics) + _metric_rows(results, "any", splits, metrics)
+    header += [f"{s} chance MeanR" for s in splits]
+    return header, (_metric_rows(results, "pairs", splits, metrics, chance=True)
+                    + _metric_rows(results, "any", splits, metrics, chance=True))
 
 
 def coverage_table(results: dict) -> tuple[list[str], list[list[str]]]:
@@ -150,6 +181,8 @@ def report_markdown(results: dict) -> str:
         f"- queries without a relevant item: {policy}",
         f"- mAP@{results['map_r']}: paper 002 eq. 7, divided by the relevant items in the top {results['map_r']}; "
         "mAP: the full ranking; ties: ranks averaged, AP pessimistic",
+        f"- chance: what a uniformly random ranking scores in expectation, from the {results['relevance']} "
+        "relevance's counts in each gallery (exact: hypergeometric R@K, expected AP)",
         "",
     ]
     if not results["splits"]:
@@ -160,8 +193,8 @@ def report_markdown(results: dict) -> str:
     sections = [
         ("Recall at K per query → target pair (paper 000, Tables I/III/V)", recall_table(results, "pairs")),
         ("Recall at K, query → Any: a hit is any relevant item, of any modality (hit-rate)", recall_table(results, "any")),
-        ("Cross-modal recall xR@K, query → Any: only items of another modality are hits; this one "
-         "reproduces paper 000, Tables II/IV/VI", recall_table(results, "any", [f"xR@{k}" for k in results["ks"]])),
+        ("Cross-modal recall xR@K, query → Any: only items of another modality are hits; consistent with "
+         "paper 000's Tables II/IV/VI (that it reproduces paper 000, Tables II/IV/VI is not proven)", recall_table(results, "any", [f"xR@{k}" for k in results["ks"]])),
     ]
     for split in results["splits"]:
         for metric in (f"mAP@{results['map_r']}", "mAP"):
@@ -181,13 +214,16 @@ def report_csv(results: dict) -> str:
     names = metric_names(results["ks"], results["map_r"])
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["run", "relevance", "split", "section", "query", "target", "queries", "evaluated", "no_relevant"] + names)
+    chance = [m for m in names if m != "MedR"]
+    w.writerow(["run", "relevance", "split", "section", "query", "target", "queries", "evaluated", "no_relevant"] + names
+               + [f"chance {m}" for m in chance])
     for split, res in results["splits"].items():
         for section in ("pairs", "any"):
             for r in res[section] + [res[f"{section}_mean"]]:
                 w.writerow([results["run"], results["relevance"], split, section, r["query"], r["target"],
                             r.get("queries", ""), r.get("evaluated", ""), r.get("no_relevant", "")]
-                           + ["" if r.get(m) is None else r[m] for m in names])
+                           + ["" if r.get(m) is None else r[m] for m in names]
+                           + ["" if (r.get("chance") or {}).get(m) is None else r["chance"][m] for m in chance])
     return buf.getvalue()
 
 

@@ -100,7 +100,7 @@ def eval_cmd(ctx, run, split, relevance, k, map_r, missing_as_miss, device, thre
     for section, title, metrics in (
         ("pairs", "Recall at K", None),
         ("any", "Recall at K, query -> Any (R@K: hit-rate, any modality; xR@K: hits of another modality "
-                "only, paper 000 Tables II/IV/VI)", recall_any),
+                "only, consistent with paper 000 Tables II/IV/VI)", recall_any),
         ("pairs", f"{' and '.join(ap)}", ap), ("any", f"{' and '.join(ap)}, query -> Any", ap),
     ):
         header, rows = recall_table(results, section, metrics)
@@ -148,29 +148,41 @@ def write_plots(results: dict, run, out) -> list:
 
 
 @click.command("compare")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
+@click.argument("runs", nargs=-1, type=click.Path(file_okay=False, path_type=str))
+@click.option("--group", "groups", multiple=True, metavar="NAME=RUN[,RUN...]",
+              help="A column averaging several runs (seeds), each RUN a folder or a glob such as 'runs/quad/*'; "
+                   "repeatable, a repeated NAME adds runs to its column.")
 @_with_common
 @click.option("--metric", "metrics", multiple=True, show_default="R@K for every K",
               help="Metric column, e.g. mAP or R@5 (repeatable).")
+@click.option("--noise/--no-noise", default=True,
+              help="Give each difference a 95% interval: paired bootstrap over queries plus the spread of a group's runs.")
 @click.option("--out", default=None, show_default="print only", help="Folder for compare.md, compare.csv and compare.json.")
 @json_option("the comparison (as compare.json)")
 @click.pass_context
-def compare_cmd(ctx, runs, split, relevance, k, map_r, missing_as_miss, device, threads, metrics, out):
-    """Put RUNS (two or more run folders) side by side: same rows, one column group per run, differences to the first.
+def compare_cmd(ctx, runs, groups, split, relevance, k, map_r, missing_as_miss, device, threads, metrics, noise, out):
+    """Put runs side by side: same rows, one column per run (RUNS) or per group of runs (--group), differences to the first.
+
+    A group's cell is the mean ± sd over its runs; each difference gets a paired bootstrap
+    interval over the test queries (and the group's runs) and a * where it exceeds that noise.
+    Every row shows its chance level; -> Any rows show xR@K beside R@K.
 
     \b
     Examples:
       mmx compare runs/joint runs/quad
       mmx compare runs/joint runs/quad --metric R@1 --metric mAP --out runs/compare
+      mmx compare --group 'quad=runs/quad*' --group 'joint=runs/joint*' --metric mAP
     """
     from mmx.cache.threads import set_threads
     from mmx.eval.compare import compare_results, comparison_json, comparison_markdown, write_comparison
     from mmx.eval.evaluate import default_relevance, evaluate_run, metric_names, read_config
 
     con = console(ctx)
-    if len(runs) < 2:
-        raise click.UsageError("compare needs at least two runs")
-    for run in runs:
+    columns = [(None, [r]) for r in runs] + _groups(groups)
+    if len(columns) < 2:
+        raise click.UsageError("compare needs at least two runs (or two --group columns)")
+    paths = [r for _, members in columns for r in members]
+    for run in paths:
         _check_run(run)
     set_threads(threads)
     ks = _ks(k)
@@ -180,18 +192,51 @@ def compare_cmd(ctx, runs, split, relevance, k, map_r, missing_as_miss, device, 
         raise click.BadParameter(f"unknown metric {', '.join(bad)}; known: {', '.join(known)}", param_hint="--metric")
     if relevance is None:
         # one relevance for all: instance only when every run was trained instance-aligned
-        rels = {default_relevance(read_config(r)) for r in runs}
+        rels = {default_relevance(read_config(r)) for r in paths}
         relevance = "instance" if rels == {"instance"} else "class"
-    results = [evaluate_run(r, _splits(split), relevance, ks, map_r, "miss" if missing_as_miss else "exclude",
-                            _device(device)) for r in runs]
-    comp = compare_results(results, list(metrics) or None, _splits(split))
+    policy = "miss" if missing_as_miss else "exclude"
+    results = [evaluate_run(r, _splits(split), relevance, ks, map_r, policy, _device(device)) for r in paths]
+    spec, at = [], 0
+    from mmx.eval.compare import run_labels
+
+    labels = run_labels(results)
+    for name, members in columns:
+        spec.append((name or labels[at], list(range(at, at + len(members)))))
+        at += len(members)
+    per_query = None
+    if noise:
+        from mmx.eval.compare import section_metrics
+        from mmx.eval.noise import query_values
+
+        wanted = section_metrics(list(metrics) or [f"R@{x}" for x in ks], "any")
+        per_query = [{s: query_values(r, s, relevance, [m for m in wanted if m != "MedR"], map_r, policy, _device(device))
+                      for s in res["splits"]} for r, res in zip(paths, results)]
+    comp = compare_results(results, list(metrics) or None, _splits(split), spec, per_query)
     con.line(comparison_markdown(comp))
     if out:
-        paths = write_comparison(comp, out)
-        con.line("wrote:\n" + "\n".join(f"  {p}" for p in paths.values()))
-    con.summary(f"compared {len(runs)} runs ({relevance} relevance)" + (f": tables in {out}" if out else ""))
+        written = write_comparison(comp, out)
+        con.line("wrote:\n" + "\n".join(f"  {p}" for p in written.values()))
+    con.summary(f"compared {len(columns)} columns of {len(paths)} runs ({relevance} relevance)" + (f": tables in {out}" if out else ""))
     if con.json:
         click.echo(comparison_json(comp))
+
+
+def _groups(values: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+    """``--group NAME=RUN,RUN`` values (globs expanded, sorted) as ``[(name, [run, ...])]`` in first-named order."""
+    import glob
+
+    out: dict[str, list[str]] = {}
+    for v in values:
+        name, sep, rest = v.partition("=")
+        name = name.strip()
+        if not sep or not name or not rest.strip():
+            raise click.BadParameter(f"{v!r}: expected NAME=RUN[,RUN...], e.g. quad='runs/quad/*'", param_hint="--group")
+        for item in (x.strip() for x in rest.split(",") if x.strip()):
+            found = sorted(glob.glob(item)) if glob.has_magic(item) else [item]
+            if not found:
+                raise click.BadParameter(f"--group {name}: {item!r} matches no run folder", param_hint="--group")
+            out.setdefault(name, []).extend(f for f in found if f not in out.get(name, []))
+    return list(out.items())
 
 
 COMMANDS = [eval_cmd, compare_cmd]

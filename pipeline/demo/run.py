@@ -271,23 +271,36 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, log: Callable[
 
 
 def compact_table(comp: dict, names: list[str]) -> str:
-    """One column per run, each cell ``R@1 R@5 R@10 / mAP``; rows as in paper 000 (pairs, then -> Any),
-    each section closed by every run's mean over its own rows (``compare.md`` has the matched means and differences)."""
+    """One column per run, each cell ``R@1 R@5 R@10 / mAP`` (``-> Any`` rows: ``xR@1 xR@5 xR@10`` after
+    the hit-rates), a chance column; rows as in paper 000 (pairs, then -> Any), each section closed by
+    every run's mean over its own rows (``compare.md`` has the matched means and differences)."""
+    from mmx.eval.compare import LEGEND_ANY
     from mmx.eval.tables import NA, display, fmt, markdown
 
     metrics = comp["metrics"]
 
-    def cell(v: dict) -> str:
-        if v[metrics[0]] is None:
+    def cell(v: dict, ms: list[str]) -> str:
+        if v[ms[0]] is None:
             return NA
-        return " ".join(fmt(v[m], m) for m in metrics[:-1]) + " / " + fmt(v[metrics[-1]], metrics[-1])
+        recall = [m for m in ms[:-1] if not m.startswith("xR@")] + [m for m in ms[:-1] if m.startswith("xR@")]
+        return " ".join(fmt(v[m], m) for m in recall) + " / " + fmt(v[ms[-1]], ms[-1])
 
-    header = ["Query -> Target"] + [f"{n}: {' '.join(metrics[:-1])} / {metrics[-1]}" for n in names]
+    def chance(chances: list[dict], ms: list[str]) -> str:
+        first = next((c for c in chances if c.get(ms[0]) is not None), None)
+        return cell(first, ms) if first else NA
+
+    header = ["Query -> Target"] + [f"{n}: {' '.join(metrics[:-1])} / {metrics[-1]}" for n in names] + ["chance"]
     rows = []
     for t in comp["tables"]:
-        rows += [[f"{display(q)} -> {display(g)}"] + [cell(v) for v in t["values"][(q, g)]] for q, g in t["keys"]]
-        rows.append(["Mean" + (" (-> Any)" if t["section"] == "any" else "")] + [cell(v) for v in t["own_mean"]])
-    return markdown(header, rows)
+        ms = t["metrics"]
+        if t["section"] == "any":
+            rows.append([f"-> Any: {' '.join(m for m in ms[:-1] if not m.startswith('x'))} "
+                         f"{' '.join(m for m in ms[:-1] if m.startswith('x'))} / {ms[-1]}"] + [""] * (len(names) + 1))
+        rows += [[f"{display(q)} -> {display(g)}"] + [cell(v, ms) for v in t["values"][(q, g)]]
+                 + [chance(t["chance"][(q, g)], ms)] for q, g in t["keys"]]
+        rows.append(["Mean" + (" (-> Any)" if t["section"] == "any" else "")] + [cell(v, ms) for v in t["own_mean"]]
+                    + [chance(t["own_chance"], ms)])
+    return markdown(header, rows) + "\n" + LEGEND_ANY + "; chance: what a random ranking scores (class relevance)"
 
 
 def summary_text(layout: Layout, fetched, runs: dict[str, Path], seconds: float) -> str:

@@ -123,6 +123,10 @@ STEPS = [
         "{w.runs[quad]}eval/" + f for f in ("heatmap-test-*.png", "training-curves.png", "projection-test.png"))),
     Step("mmx compare RUN_A RUN_B RUN_C --out runs/compare",
          {"RUN_A": "{w.runs[quad]}", "RUN_B": "{w.runs[eao]}", "RUN_C": "{w.runs[rvs]}"}, creates=("runs/compare/compare.md",)),
+    Step("mmx compare --group 'quad=runs/quad/*' --group 'tri=runs/tri/*'",
+         {"runs/quad/*": "{w.runs[quad]}", "runs/tri/*": "{w.runs[rvs]}"}, expect=("xR@1", "chance")),
+    Step("mmx sweep --dataset mydataset --strategy joint --strategy cvs --trials 20 --seeds 3 --out sweeps/mine",
+         added="--trials 1 --seeds 1 --set epochs=1", expect=("Sweep report",), creates=("sweeps/mine/report.md",)),
 ]
 DEMO = STEPS[0]
 
