@@ -68,17 +68,12 @@ def learnability(cfg: TrainConfig, data) -> tuple[list[str], list[str]]:
 
 def hit_chance(n: int, relevant: int, k: int) -> float:
     """Probability that a uniformly random ranking of ``n`` gallery items puts at least one of
-    ``relevant`` items in its top ``k``: ``1 - C(n - r, k) / C(n, k)`` (Recall@K as a hit rate)."""
+    ``relevant`` items in its top ``k`` (Recall@K as a hit rate): :mod:`mmx.eval.chance`'s figure."""
+    from mmx.eval.chance import chance_of_counts
+
     if relevant <= 0 or n <= 0:
         return 0.0
-    if k >= n:
-        return 1.0
-    miss = 1.0
-    for i in range(k):  # k draws without replacement, each missing the relevant items
-        if n - relevant - i <= 0:
-            return 1.0
-        miss *= (n - relevant - i) / (n - i)
-    return 1.0 - miss
+    return float(chance_of_counts([n], [relevant], (k,))[f"R@{k}"][0])
 
 
 def chance_recall(query_keys, gallery_keys, k: int) -> float | None:
@@ -86,17 +81,17 @@ def chance_recall(query_keys, gallery_keys, k: int) -> float | None:
     evaluation averages them: a query's relevant items are the gallery items with its key
     (its class, or its group for instance relevance); queries with none are left out (as
     ``mmx.eval.metrics.summarise`` does by default); None when no query has one."""
-    from collections import Counter
+    from mmx.eval.chance import chance_of_counts
 
-    gallery = Counter(str(x) for x in gallery_keys)
-    n = sum(gallery.values())
-    total, counted = 0.0, 0
-    for key, queries in Counter(str(x) for x in query_keys).items():
-        r = gallery.get(key, 0)
-        if r and key not in ("", "-1"):
-            total += queries * hit_chance(n, r, k)
-            counted += queries
-    return total / counted if counted else None
+    query = np.asarray([str(x) for x in query_keys])
+    values, counts = np.unique(np.asarray([str(x) for x in gallery_keys]), return_counts=True)
+    m = np.array([counts[i] if i < len(values) and values[i] == key else 0
+                  for key, i in zip(query, np.searchsorted(values, query))], np.int64)
+    m[np.isin(query, ("", "-1"))] = 0
+    has = m > 0
+    if not has.any():
+        return None
+    return float(chance_of_counts(np.full(int(has.sum()), counts.sum()), m[has], (k,))[f"R@{k}"].mean())
 
 
 def holdout_chance(cfg: TrainConfig, hold, k: int = 10) -> list[float]:
