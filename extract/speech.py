@@ -139,7 +139,8 @@ class SpeechEmbedding(RowEncoder):
     def preprocessing(self) -> dict:
         return {**super().preprocessing(), "sample_rate": SAMPLE_RATE, "mono": "mean", "resampler": "soxr",
                 "mel": "model's own (32 bands, 512-sample window, 10 ms hop), x / 10 + 2",
-                "windows": f"{WINDOW_FRAMES} frames every {STEP_FRAMES}", "pad": "centred in silence to min_seconds",
+                "windows": f"{WINDOW_FRAMES} frames every {STEP_FRAMES}", "pad": "half a window of silence at each end, centred in silence to min_seconds",
+                "tokens": "mean of the windows centred in each token_seconds",
                 "weights_sha256": self.weights_sha256}
 
     def scale(self) -> dict:
