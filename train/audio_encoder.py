@@ -1,12 +1,12 @@
-"""A trainable audio encoder over log-mel token sequences (paper 001 Sec. 4.1, after DAVEnet).
+"""A trainable audio encoder over cached audio token sequences (paper 001 Sec. 4.1, after DAVEnet).
 
 Paper 001 trains its audio CNN ("a trainable CNN with residual layers", DAVEnet [12, 44]) with
 the fusion model instead of freezing an audio backbone. :class:`DavenetEncoder` has that shape
 on the cached tokens: a first convolution that spans every mel band of one frame, residual 1-D
 convolutions along time, and a linear map to the output width, all masked so that padding
 never leaks into a real frame. It keeps the token rate: DAVEnet pools its 100 frames/s down
-to the paper's 1.5 features/s, while the cached log-mel tokens already come at about one per
-second. :func:`shift_tokens` draws the paper's random audio shifts. Readings: docs/notes/train.md.
+to the paper's 1.5 features/s, while the cached audio tokens (speech_embedding by default,
+log-mel by name) already come at about one per second. :func:`shift_tokens` draws the paper's random audio shifts. Readings: docs/notes/train.md.
 """
 
 from __future__ import annotations

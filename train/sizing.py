@@ -202,11 +202,30 @@ def fusion_model(opts: dict, dims: dict, embed_dim: int, dropout: float = 0.0, m
 
     from mmx.train.fusion import EverythingAtOnce
 
+    from mmx.train.audio_encoder import DavenetEncoder
+
+    dims, encoders = dict(dims), {}
     with torch.device(device):
-        return EverythingAtOnce(dims, token_dim=opts["token_dim"], embed_dim=embed_dim, depth=opts["depth"],
+        if opts.get("audio_encoder") == "davenet" and "audio" in dims:  # as eao's build_model adds it
+            encoders["audio"] = DavenetEncoder(dims["audio"], opts["audio_dim"])
+            dims["audio"] = opts["audio_dim"]
+        return EverythingAtOnce(dims, encoders=encoders, token_dim=opts["token_dim"], embed_dim=embed_dim, depth=opts["depth"],
                                 heads=opts["heads"], mlp_dim=opts["mlp_dim"], dropout=dropout, fusion=opts["fusion"],
                                 cls_token=opts["cls_token"], shared_projection=opts["shared_projection"],
                                 max_positions=max_positions, final_norm=opts["final_norm"], init=opts["init"])
+
+
+def davenet_footprint(b: int, length: int, d_in: int, channels: int, blocks: int = 2, kernel: int = 3) -> tuple[list, float]:
+    """The tensors :class:`~mmx.train.audio_encoder.DavenetEncoder` keeps for backward over a
+    padded ``(b, length, d_in)`` batch, and its forward FLOPs. Kept (what autograd saves): the
+    normalised input and its masked transpose (the stem's input); the stem's ReLU output and its
+    masked copy; per residual block the inner ReLU output and its masked copy (the second
+    convolution's input) and the same two after the sum. A convolution's output that a ReLU
+    consumes, the sum and the last masked output are freed as the pass goes on."""
+    x_in, x_c = b * length * d_in * 4.0, b * length * channels * 4.0
+    kept = [x_in] * 2 + [x_c] * 2 + [x_c] * (4 * blocks)
+    flops = 2.0 * b * length * (d_in * channels + blocks * 2 * kernel * channels * channels + channels * channels)
+    return kept, flops
 
 
 def resident(tensors: list, device: str = "cpu", backward: bool = True) -> float:
@@ -246,6 +265,8 @@ def fusion_footprint(cfg, opts: dict, shapes: Shapes, batch: int, subsets: list,
     params = sum(p.numel() for p in fusion_model(opts, {m: shapes.dims[m] for m in mods}, e, 0.0, max_positions).parameters())
     cls = 1 if opts["cls_token"] else 0
     fuse = "none" if opts["depth"] == 0 else opts["fusion"]
+    davenet = "audio" in mods and opts.get("audio_encoder") == "davenet"
+    enc = {m: (opts["audio_dim"] if davenet and m == "audio" else shapes.dims[m]) for m in mods}  # what the projections read
     if fuse != "shared":  # each modality through its own transformer (or none), alone
         subsets = [(m,) for m in mods]
     F4 = 4.0
@@ -262,11 +283,16 @@ def fusion_footprint(cfg, opts: dict, shapes: Shapes, batch: int, subsets: list,
         q = sum(c[m] * lmax[m] for m in used) + cls * len(subs)  # query slots per row
         rows = sum(len(s) + cls for s in subs) * b  # pooled rows: one per (subset, modality) or [cls]
         padded = [b * lmax[m] * (shapes.dims[m] + 2) * F4 for m in used]  # the batch's (B, T, D) inputs and indices
-        gathered = [b * lmean[m] * shapes.dims[m] * F4 for m in used]  # real tokens: the projections' inputs
+        gathered = [b * lmean[m] * enc[m] * F4 for m in used]  # real tokens: the projections' inputs
         projected = [b * lmean[m] * d * F4 for m in used]  # each of: linear out, gate, product, LayerNorm out
-        flops = sum(b * lmean[m] * 2 * (shapes.dims[m] * d + d * d) for m in used)
+        flops = sum(b * lmean[m] * 2 * (enc[m] * d + d * d) for m in used)
         kept = padded + gathered + projected * 3 + [n_in * d * F4]  # the last: the modalities' tokens concatenated
         at_attention = padded + [n_in * d * F4] * 2 + [n_in * 3 * d * F4, n * d * F4]  # tokens, norm1, qkv, the residual
+        if davenet and "audio" in used:
+            dav_kept, dav_flops = davenet_footprint(b, lmax["audio"], shapes.dims["audio"], opts["audio_dim"])
+            kept += dav_kept
+            flops += dav_flops
+            at_attention += [b * lmax["audio"] * opts["audio_dim"] * F4] * 2  # its output, and the gather of real tokens
         if fuse == "none":
             kept.append(n * d * F4)
             at_attention = [0.0]

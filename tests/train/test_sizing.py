@@ -56,6 +56,26 @@ def test_parameters_are_counted_exactly_before_the_model_exists():
     assert EAO.footprint(paper(), sh, 2240).params == tokens + d + block + 3 * gated(d, e)  # + the masking token
 
 
+def test_the_trainable_audio_encoder_is_counted():
+    """options.audio_encoder: davenet adds its CNN's parameters exactly, and its activations
+    (over the padded audio tokens) to the step's memory."""
+    from mmx.train.audio_encoder import DavenetEncoder
+
+    cfg = resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"]})
+    dav = resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"]}, ["options.audio_encoder=davenet", "options.audio_dim=128"])
+    sh = shapes()
+    o = {**EAO.option_defaults(), **dav.options}
+    real = EverythingAtOnce({**sh.dims, "audio": 128}, encoders={"audio": DavenetEncoder(sh.dims["audio"], 128)},
+                            token_dim=o["token_dim"], embed_dim=dav.embed_dim, depth=o["depth"], heads=o["heads"], mlp_dim=o["mlp_dim"])
+    with_cnn, without = EAO.footprint(dav, sh, 64), EAO.footprint(cfg, sh, 64)
+    assert with_cnn.params == sum(p.numel() for p in real.parameters())
+    # the CNN, less what the audio projection no longer reads (4096-d in, 128-d now; token_dim 256 out)
+    assert with_cnn.params - without.params == sum(p.numel() for p in DavenetEncoder(4096, 128).parameters()) - (4096 - 128) * 256
+    assert with_cnn.train_bytes > without.train_bytes and with_cnn.step_flops > without.step_flops
+    wider = resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"]}, ["options.audio_encoder=davenet", "options.audio_dim=512"])
+    assert EAO.footprint(wider, sh, 64).train_bytes > with_cnn.train_bytes
+
+
 def test_estimates_grow_with_the_batch_and_the_batch_is_clipped_to_the_split():
     cfg = resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"]})
     small, large = (sizing.estimate(resolve(["eao-cpu"], {"modalities": ["text", "video", "audio"], "batch_size": b}), EAO,
@@ -203,7 +223,7 @@ def test_size_is_said_in_the_header(token_cache, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("size", ["medium", "wide"])
+@pytest.mark.parametrize("size", ["medium", "wide", "davenet"])
 def test_estimated_peak_is_within_a_quarter_of_the_measured_one(size):
     """A fresh process per measurement (tests/peakmem.py: growth of the peak resident set):
     three training steps, and the held-out loss and embedding pass."""
