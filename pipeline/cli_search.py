@@ -9,6 +9,7 @@ import click
 
 from mmx.pipeline.cli_output import console
 from mmx.pipeline.options import device_option, json_option
+from mmx.pipeline.ranking import index_option
 
 
 def _queries(files: tuple[str, ...], texts: tuple[str, ...]) -> list[tuple[str, dict]]:
@@ -142,10 +143,11 @@ def _locations(manifest: str | None, ids) -> list[str]:
 @click.option("--split", default="test", help="Which of RUN's embedded splits is the gallery.")
 @click.option("--gallery", type=click.Path(dir_okay=False, exists=True), help="A gallery written by 'mmx embed --manifest ... -o' instead.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest whose uri column gives each gallery item's location.")
+@index_option()
 @json_option("each hit (one JSON object a line)")
 @device_option("Where the queries are embedded and ranked: auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.pass_context
-def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, device):
+def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, index_mode, device):
     """Rank RUN's gallery for each query (--text / --file): rank, score, id, modality, label, location.
 
     \b
@@ -154,8 +156,8 @@ def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, devi
       mmx search runs/RUN --file seven.wav --target image --manifest data/mine/manifest.fetched.csv
       mmx search runs/RUN --text seven --gallery gallery.npz
     """
-    from mmx.eval.search import top_k
     from mmx.pipeline.embed import open_space
+    from mmx.pipeline.ranking import rank
 
     queries = _queries(files, texts)
     targets = [t.strip() for t in target.split(",") if t.strip()] or None
@@ -166,7 +168,7 @@ def search_cmd(ctx, run, texts, files, target, k, split, gallery, manifest, devi
         raise ValueError(f"{gallery or run}: gallery rows have {g['emb'].shape[1]} dimensions, {run}'s space "
                          f"{space.cfg.embed_dim}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
     q = embed_all(space, queries)
-    scores, rows = top_k(q["emb"], g["emb"], k, device=None if device == "auto" else device)
+    scores, rows = rank(run, q["emb"], g["emb"], k, index_mode, None if device == "auto" else device, console(ctx).line)
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])
     for qi in range(len(queries)):
         if not as_json:

@@ -1,0 +1,51 @@
+"""Ranking a gallery for ``mmx search``, ``mmx serve`` and ``mmx index``: exact, or through the
+gallery's approximate index (:mod:`mmx.eval.ann`), by :func:`rank` and the ``--index`` option.
+
+Indexes live in ``RUN/index/<gallery digest>.faiss``: a gallery that changes gets its own
+index, never a stale one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+INDEX_MODES = ("auto", "exact", "ann")
+
+
+def index_folder(run: str | Path) -> Path:
+    return Path(run) / "index"
+
+
+def use_ann(mode: str, n: int) -> bool:
+    """Whether ``mode`` ranks a gallery of ``n`` rows approximately: ``auto`` does from
+    :data:`mmx.eval.ann.EXACT_BELOW` rows when FAISS is installed."""
+    from mmx.eval import ann
+
+    if mode == "ann":
+        return True
+    if mode == "auto" and n >= ann.EXACT_BELOW:
+        try:
+            ann.faiss_module()
+        except ValueError:
+            return False
+        return True
+    return False
+
+
+def rank(run, queries, gallery, k: int, mode: str = "auto", device=None, log=None):
+    """``(scores, rows)`` of the ``k`` best gallery rows per query: exact, or through the gallery's index."""
+    if use_ann(mode, len(gallery)):
+        from mmx.eval import ann
+
+        return ann.for_gallery(gallery, index_folder(run), log=log).search(queries, k)
+    from mmx.eval.search import top_k
+
+    return top_k(queries, gallery, k, device=device)
+
+
+def index_option():
+    return click.option("--index", "index_mode", type=click.Choice(INDEX_MODES), default="auto",
+                        help="exact: rank every row; ann: through an approximate FAISS index of the gallery "
+                             "(built and kept in RUN/index/ when missing); auto: ann from 1000000 rows when FAISS is installed.")
