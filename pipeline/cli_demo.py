@@ -29,7 +29,6 @@ def demo_cmd(out, quick, per_class, seed, progress):
 
     con = console()
     done = run_demo(out, quick=quick, seed=seed, log=con.line, progress=progress and not con.quiet, per_class=per_class)
-    con.line(f"search it in a browser: mmx serve {done['runs']['quad-modal']} --manifest {done['fetch'].layout.manifest}")
     con.summary(f"demo finished in {done['seconds']:.0f}s: {len(done['runs'])} runs compared in "
                 f"{done['layout'].compare / 'compare.md'}")
 
