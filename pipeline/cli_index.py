@@ -28,7 +28,7 @@ def build_cmd(ctx, run, split, gallery, target, nlist, on_disk):
     \b
     Examples:
       mmx index build runs/RUN
-      mmx index build runs/RUN --gallery gallery.npz --target image
+      mmx index build runs/RUN --target image
     """
     from mmx.eval import ann
     from mmx.pipeline.cli_search import _gallery

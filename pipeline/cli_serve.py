@@ -23,10 +23,11 @@ def serve_cmd(ctx, run, manifest, split, gallery, host, port, max_upload_mb, ind
     """Search RUN in a browser: text, an uploaded file or a gallery item; results with players.
 
     \b
-    The page and a JSON API (OpenAPI at /docs) listen on HOST:PORT until Ctrl-C.
-    Examples:
-      mmx serve mmx-demo/runs/quad-modal --manifest mmx-demo/data/manifest.fetched.csv
-      mmx serve runs/RUN --gallery gallery.npz --manifest data/mine/manifest.fetched.csv --port 9000
+    The page and a JSON API (OpenAPI at /docs) listen on HOST:PORT until Ctrl-C, e.g.
+    after 'mmx demo' (the line its summary ends with; RUN is a folder under runs/quad-modal/):
+      $ mmx serve RUN --manifest mmx-demo/data/manifest.fetched.csv
+    or on a gallery embedded by 'mmx embed RUN --manifest ... -o gallery.npz':
+      $ mmx serve RUN --gallery gallery.npz --manifest data/mine/manifest.fetched.csv --port 9000
     """
     import socket
 
