@@ -127,7 +127,9 @@ class Model:
             q = self.embed(text=[text] if text is not None else [], files=[file] if file is not None else [])
         if g["emb"].shape[1] != self.dim:
             raise ValueError(f"{gallery}: gallery rows have {g['emb'].shape[1]} dimensions, this space {self.dim}")
-        scores, rows = queries.rank(q, g["emb"], k, own, device=str(self._space.device))
+        from mmx.pipeline.ranking import rank
+
+        scores, rows = rank(None, q, g["emb"], k, "exact", str(self._space.device), own=own)
         return [Hit(r + 1, float(scores[0, r]), str(g["id"][i]), str(g["modality"][i]), str(g["label"][i]), str(g["uri"][i]))
                 for r, i in enumerate(rows[0])]
 

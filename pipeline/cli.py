@@ -56,8 +56,10 @@ def main() -> None:
 
 def _register() -> None:
     from mmx.pipeline import cli_cache, cli_demo, cli_eval, cli_export, cli_extract, cli_fetch, cli_search, cli_sweep, cli_train
+    from mmx.pipeline import cli_index, cli_serve
 
-    for module in (cli_fetch, cli_extract, cli_cache, cli_train, cli_sweep, cli_eval, cli_search, cli_export, cli_demo):
+    for module in (cli_fetch, cli_extract, cli_cache, cli_train, cli_sweep, cli_eval, cli_search, cli_index, cli_export,
+                   cli_serve, cli_demo):
         for cmd in module.COMMANDS:
             main.add_command(cmd)
 

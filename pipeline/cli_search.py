@@ -9,6 +9,7 @@ import click
 
 from mmx.pipeline.cli_output import console
 from mmx.pipeline.options import device_option, json_option, quiet_option
+from mmx.pipeline.ranking import index_option
 
 
 def _queries(files: tuple[str, ...], texts: tuple[str, ...]) -> list[tuple[str, dict]]:
@@ -172,10 +173,11 @@ def _locations(manifest: str | None, ids) -> list[str]:
 @click.option("--split", default="test", help="Which of RUN's embedded splits is the gallery.")
 @click.option("--gallery", type=click.Path(dir_okay=False, exists=True), help="A gallery written by 'mmx embed --manifest ... -o' instead.")
 @click.option("--manifest", type=click.Path(dir_okay=False), help="Manifest whose uri column gives each gallery item's location.")
+@index_option()
 @json_option("each hit (one JSON object a line)")
 @device_option("Where the queries are embedded and ranked: auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.pass_context
-def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery, manifest, device):
+def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery, manifest, index_mode, device):
     """Rank RUN's gallery for each query (--text / --file / --like / --vector): rank, score, id, modality, label, location.
 
     \b
@@ -189,7 +191,7 @@ def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery,
       mmx search runs/RUN --vector seven.npz --target image --top 3
     """
     from mmx.pipeline.embed import open_space
-    from mmx.pipeline.queries import rank
+    from mmx.pipeline.ranking import rank
 
     if not (texts or files or likes or vector):
         raise click.UsageError("nothing to search for: give --text, --file, --like or --vector")
@@ -202,7 +204,8 @@ def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery,
         raise ValueError(f"{gallery or run}: gallery rows have {g['emb'].shape[1]} dimensions, {run}'s space "
                          f"{space.cfg.embed_dim}; use a gallery embedded by this run ('mmx embed {run} --manifest ... -o')")
     q, own = _search_queries(space, run, split, gallery, g, texts, files, likes, vector)
-    scores, rows = rank(q["emb"], g["emb"], k, own, device=None if device == "auto" else device, unit_norm=True)  # _gallery scaled it
+    scores, rows = rank(run, q["emb"], g["emb"], k, index_mode, None if device == "auto" else device, con.line,
+                        own=own, unit_norm=True)  # _gallery scaled it
     where = _locations(manifest, g["id"][rows.ravel()]) if manifest else list(g["uri"][rows.ravel()])
     for qi in range(len(q["id"])):
         if not as_json:

@@ -76,21 +76,3 @@ def like(gallery: dict, wanted: list[str]) -> np.ndarray:
             raise ValueError(f"--like {want}: the id names {len(hit)} items ({where}); give one as MODALITY:ID")
         rows.append(int(hit[0]))
     return np.asarray(rows, np.int64)
-
-
-def rank(queries: np.ndarray, gallery: np.ndarray, k: int, own: list[int | None], device=None,
-         unit_norm: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, rows)`` of the ``k`` best gallery rows per query (cosine, exact), leaving out
-    row ``own[q]`` of query ``q`` (the ``--like`` item itself: it would always come first)."""
-    from mmx.eval.search import top_k
-
-    extra = int(any(o is not None for o in own))
-    scores, rows = top_k(queries, gallery, k + extra, device=device, unit_norm=unit_norm)
-    if not extra:
-        return scores, rows
-    keep = min(k, len(gallery) - extra) if len(gallery) > extra else 0
-    out_s, out_r = np.zeros((len(rows), keep), scores.dtype), np.zeros((len(rows), keep), rows.dtype)
-    for q in range(len(rows)):
-        mask = rows[q] != (own[q] if own[q] is not None else -1)
-        out_s[q], out_r[q] = scores[q][mask][:keep], rows[q][mask][:keep]
-    return out_s, out_r

@@ -320,4 +320,5 @@ Rerun one stage, e.g.:
   mmx search {one} --text "a spoken seven" --target image
 Your own data: write a manifest (id, modality, uri or text, label, split; see README), then
   mmx fetch manifest.csv --out data/mine && mmx extract data/mine/manifest.fetched.csv --modality image --dataset mine ...
-Rerunning 'mmx demo' reuses the fetched media, the caches and finished runs."""
+Rerunning 'mmx demo' reuses the fetched media, the caches and finished runs.
+Search it in a browser: mmx serve {runs.get('quad-modal', one)} --manifest {fetched.layout.manifest}"""
