@@ -195,6 +195,8 @@ def search_cmd(ctx, run, texts, files, likes, vector, target, k, split, gallery,
 
     if not (texts or files or likes or vector):
         raise click.UsageError("nothing to search for: give --text, --file, --like or --vector")
+    if texts or files:
+        _queries(files, texts)  # a missing file or an over-long text is refused before the gallery loads
     targets = [t.strip() for t in target.split(",") if t.strip()] or None
     g = _gallery(run, split, targets, gallery)
     con = console(ctx)

@@ -31,8 +31,8 @@ OBJECTIVE_CHOICES = ["mAP", "mAP@50", "R@1", "R@5", "R@10"]  # mirrors mmx.train
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="A config value fixed for every run, e.g. --set epochs=30.")
 @click.option("--seed", type=int, default=0, help="Seed of the sampler and of every trial's run.")
 @device_option()
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default="the cores shared out over --jobs",
-              help="Torch CPU threads per run.")
+@click.option("--threads", type=click.IntRange(min=0), default=0,
+              help="Torch CPU threads per run; 0: the cores shared out over --jobs.")
 @click.option("--out", required=True, help="Sweep folder: the study, every run and the report; rerun with it to continue.")
 @quiet_option()
 @json_option("the report")
