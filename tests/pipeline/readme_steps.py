@@ -147,6 +147,9 @@ OWN_MEDIA = [
          creates=tuple(MINE + "eval/eval-class." + ext for ext in ("md", "csv", "json"))),
     Step('mmx search runs/mine --text "a red thing" --target image --manifest data/mine/manifest.fetched.csv',
          expect=("(text: a red thing)\n    1  ", "photo-")),
+    Step("mmx export runs/mine my-space --manifest data/mine/manifest.fetched.csv",
+         creates=tuple("my-space/" + f for f in ("bundle.json", "README.md", "checkpoint.safetensors", "space.json"))),
+    Step('mmx search my-space --text "a red thing" --target image', expect=("(text: a red thing)\n    1  ", "photo-")),
     Step("mmx train --strategy cvs --dataset mine --name mine-cvs", creates=("runs/mine-cvs/checkpoint.safetensors",)),
     Step("mmx compare runs/mine runs/mine-cvs --out runs/compare-mine", creates=("runs/compare-mine/compare.md",)),
 ]

@@ -240,7 +240,10 @@ def test_index_build_and_search_through_it(demo_paths, tmp_path):
 
     from mmx.pipeline.cli import main
 
-    run, _ = demo_paths
+    import shutil
+
+    run = tmp_path / "run"  # a copy without the index that the README's `mmx index build RUN` step made
+    shutil.copytree(demo_paths[0], run, ignore=shutil.ignore_patterns("index"))
     runner = CliRunner()
 
     def search(*extra):
@@ -276,6 +279,3 @@ def test_index_build_and_search_through_it(demo_paths, tmp_path):
     res = runner.invoke(main, ["search", str(run), "--text", "seven", "--target", "image", "--index", "ann"])
     mine = [line for line in res.output.strip().splitlines() if "Loading weights" not in line]  # the text model's own bar
     assert res.exit_code == 1 and len(mine) == 1 and "not a readable FAISS index" in mine[0], res.output
-    import shutil
-
-    shutil.rmtree(run / "index")
