@@ -24,8 +24,6 @@ import argparse
 import csv
 from pathlib import Path
 
-import numpy as np
-
 from mmx.pipeline.demo import build_dataset as demo
 
 SIZES = {"image": {"train": 40, "val": 10, "test": 15}, "text": {"train": 25, "val": 8, "test": 10},
@@ -42,44 +40,10 @@ def _demo_rows() -> set[int]:
 
 
 def build(source: Path, out: Path) -> list[dict]:
-    rng = np.random.default_rng(SEED)
-    mnist = np.load(source / "mnist_t10k_5000-9999.npz")
-    images, labels, source_rows = mnist["images"], mnist["labels"], mnist["source_index"]
-    used = _demo_rows()
-    for m in ("image", "audio", "video"):
-        (out / "media" / m).mkdir(parents=True, exist_ok=True)
-    rows: list[dict] = []
-    for d in demo.DIGITS:
-        pool = [r for r in rng.permutation(np.flatnonzero(labels == d)) if int(source_rows[r]) not in used]
-        texts = list(rng.permutation(demo.sentences(d)))
-        for split in demo.SPLITS:
-            for _ in range(SIZES["image"][split]):
-                r = pool.pop()
-                item = f"img-{d}-{int(source_rows[r])}"
-                (out / "media/image" / f"{item}.png").write_bytes(demo._png(images[r]))
-                rows.append({"id": item, "modality": "image", "uri": f"media/image/{item}.png", "text": "", "label": str(d), "split": split})
-            for i in range(SIZES["text"][split]):
-                rows.append({"id": f"txt-{d}-{split}-{i}", "modality": "text", "uri": "", "text": texts.pop(), "label": str(d), "split": split})
-            recordings = [source / "fsdd" / f"{d}_{s}_{t}.wav" for s in SPEAKERS[split] for t in TAKES[split]]
-            for path in recordings:
-                samples, rate = demo._read_wav(path)
-                item = f"wav-{path.stem.replace('_', '-')}"
-                demo._write_wav(out / "media/audio" / f"{item}.wav", demo._trim(samples, rate), rate)
-                rows.append({"id": item, "modality": "audio", "uri": f"media/audio/{item}.wav", "text": "", "label": str(d), "split": split})
-            for i in range(SIZES["video"][split]):
-                r = pool.pop()
-                sound = None
-                if i % 3 == 0:
-                    samples, rate = demo._read_wav(recordings[int(rng.integers(len(recordings)))])
-                    sound = (demo._trim(samples, rate), rate)
-                item = f"vid-{d}-{int(source_rows[r])}" + ("-spoken" if sound else "")
-                (out / "media/video" / f"{item}.mp4").write_bytes(demo._clip(images[r], rng, sound))
-                rows.append({"id": item, "modality": "video", "uri": f"media/video/{item}.mp4", "text": "", "label": str(d), "split": split})
-    with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["id", "modality", "uri", "text", "label", "split"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return rows
+    """The demo's builder with this set's sizes, speakers and seed, leaving out the demo's MNIST rows."""
+    recordings = {(d, split): [source / "fsdd" / f"{d}_{s}_{t}.wav" for s in SPEAKERS[split] for t in TAKES[split]]
+                  for d in demo.DIGITS for split in demo.SPLITS}
+    return demo.build(source, out, sizes=SIZES, audio_of=recordings, skip_rows=frozenset(_demo_rows()), seed=SEED)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -12,6 +12,7 @@ cannot send a write elsewhere; :func:`refuse_links` checks the same without crea
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -193,7 +194,6 @@ def load_npz(path: str | os.PathLike, cap: int = MAX_NPZ, what: str = "gallery")
 
 def _npy_bytes(f) -> int:
     """Bytes of the array whose ``.npy`` header opens ``f``; object (pickled) arrays refused."""
-    import numpy as np
     from numpy.lib import format as npf
 
     version = npf.read_magic(f)
@@ -274,3 +274,9 @@ def _human(n: int) -> str:
 
 __all__ = ["UnsafeFileError", "open_regular", "check_regular", "read_bytes", "read_text", "read_json", "parse_json",
            "read_yaml", "parse_yaml", "load_npz", "check_finite", "inside", "refuse_links"]
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file's bytes, read in blocks (a file of gigabytes costs no memory)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mmx.cache.containers import FeatureImportError, Npy, open_container
+from mmx.cache.files import sha256_of
 from mmx.cache.modality import Modality
 from mmx.cache.store import (
     DEFAULT_SHARD_SIZE,
@@ -127,14 +128,6 @@ def read_labels_file(path: Path, onehot_base: int = 0) -> list[str]:
     return lines
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # -- the import -----------------------------------------------------------------------
 
 
@@ -229,12 +222,12 @@ def _read_source(
         else:
             splits = [""] * n
         if src.path not in digests:
-            digests[src.path] = _sha256(src.path)
+            digests[src.path] = sha256_of(src.path)
         record = {
             "sha256": digests[src.path],
             "format": c.kind,
             "features": fname,
-            "labels": pick("labels") or (f"file:{_sha256(Path(labels_file))}" if labels_file else None),
+            "labels": pick("labels") or (f"file:{sha256_of(Path(labels_file))}" if labels_file else None),
             "ids": pick("ids"),
             "groups": pick("groups"),
             "split": split if split_names is None else f"var:{pick('splits')}",

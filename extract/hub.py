@@ -167,12 +167,12 @@ class XClipWindows(VideoMAE):
         return self.model(pixel_values=x.flatten(0, 1)).pooler_output.view(w, f, -1).mean(1)
 
 
-class AudioWindowPreparer(Preparer):
-    """Waveform cut into ``window_seconds`` windows, each through the model's feature extractor."""
+class FeatureExtractorPreparer(Preparer):
+    """A preparer holding the hub model's feature extractor (``self.weights``), loaded on first use
+    in the process that prepares (a decode worker), never pickled to it."""
 
-    def __init__(self, weights: str, window_seconds: float, max_seconds: float):
-        self.weights, self.window_seconds, self.max_seconds = weights, window_seconds, max_seconds
-        self._fe = None
+    weights: str
+    _fe = None
 
     def __getstate__(self):
         return {**self.__dict__, "_fe": None}
@@ -184,6 +184,13 @@ class AudioWindowPreparer(Preparer):
 
             self._fe = hub_call(AutoFeatureExtractor.from_pretrained, self.weights)
         return self._fe
+
+
+class AudioWindowPreparer(FeatureExtractorPreparer):
+    """Waveform cut into ``window_seconds`` windows, each through the model's feature extractor."""
+
+    def __init__(self, weights: str, window_seconds: float, max_seconds: float):
+        self.weights, self.window_seconds, self.max_seconds = weights, window_seconds, max_seconds
 
     def prepare(self, item: dict) -> np.ndarray:
         fe = self.feature_extractor

@@ -15,28 +15,16 @@ import math
 import numpy as np
 
 from mmx.extract import decode
-from mmx.extract.encoder_base import Encoder, Output, Preparer, autocast, local_path
-from mmx.extract.hub import hub_call
+from mmx.extract.encoder_base import Encoder, Output, autocast, local_path
+from mmx.extract.hub import FeatureExtractorPreparer, hub_call
 
 
-class SpeechPreparer(Preparer):
+class SpeechPreparer(FeatureExtractorPreparer):
     """An item -> its chunks through the model's feature extractor, and its length in samples."""
 
     def __init__(self, weights: str, chunk_seconds: float | None, max_seconds: float, min_samples: int = 1):
         self.weights, self.chunk_seconds, self.max_seconds = weights, chunk_seconds, max_seconds
         self.min_samples = min_samples  # a chunk shorter than the first frame's span is padded with silence to it
-        self._fe = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_fe": None}
-
-    @property
-    def feature_extractor(self):
-        if self._fe is None:
-            from transformers import AutoFeatureExtractor
-
-            self._fe = hub_call(AutoFeatureExtractor.from_pretrained, self.weights)
-        return self._fe
 
     def chunk_samples(self) -> int:
         fe = self.feature_extractor

@@ -12,25 +12,17 @@ docs/notes/extract.md.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 import numpy as np
 
+from mmx.cache.files import sha256_of
 from mmx.extract import decode
 from mmx.extract.encoder_base import Encoder, Output, Preparer, local_path
 
 FORMATS = ("auto", "word2vec-text", "word2vec-binary", "glove")
 WORD = re.compile(r"\w+")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _header(line: bytes) -> tuple[int, int] | None:

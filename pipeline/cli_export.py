@@ -21,7 +21,6 @@ A run from an older mmx (no ``space.json``) is rebuilt once from its training ca
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import click
 
+from mmx.cache.files import sha256_of
 from mmx.pipeline.cli_output import console
 
 BUNDLE_FORMAT = "mmx-bundle/1"
@@ -75,7 +75,7 @@ def export_run(run: str | Path, out: str | Path, manifest: str | Path | None = N
                    if p.is_file()} if (run / "eval").is_dir() else {}
         licences = _licences(manifest) if manifest else None
         (tmp / "README.md").write_text(model_card(run, prep.cfg, record, prep.norm.mode, metrics, galleries, reports, licences))
-        sums = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        sums = {str(p.relative_to(tmp)): sha256_of(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         runs.write_json(tmp / "bundle.json", {
             "format": BUNDLE_FORMAT, "mmx_version": __version__, "exported_from": run.name,
             "strategy": prep.cfg.strategy, "modalities": list(prep.cfg.modalities), "embed_dim": prep.cfg.embed_dim,
@@ -87,14 +87,6 @@ def export_run(run: str | Path, out: str | Path, manifest: str | Path | None = N
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _licences(manifest: str | Path) -> dict:

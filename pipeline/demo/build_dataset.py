@@ -150,9 +150,14 @@ def _audio_files(source: Path) -> dict[tuple[int, str], list[Path]]:
     return out
 
 
-def build(source: Path, out: Path) -> list[dict]:
-    """Write media and ``manifest.csv`` under ``out``; returns the manifest rows."""
-    rng = np.random.default_rng(SEED)
+def build(source: Path, out: Path, *, sizes: dict = SIZES, audio_of: dict | None = None,
+          skip_rows: frozenset[int] = frozenset(), seed: int = SEED) -> list[dict]:
+    """Write media and ``manifest.csv`` under ``out``; returns the manifest rows.
+
+    The keywords shape another set from the same sources (benchmarks/build_digits_b.py): items per
+    split, ``(digit, split) -> recordings`` (default: this module's speaker split), MNIST source
+    rows to leave out, and the seed."""
+    rng = np.random.default_rng(seed)
     mnist = np.load(source / "mnist_t10k_5000-9999.npz")
     images, labels, source_rows = mnist["images"], mnist["labels"], mnist["source_index"]
     if out.exists():
@@ -160,17 +165,18 @@ def build(source: Path, out: Path) -> list[dict]:
     for m in ("image", "audio", "video"):
         (out / "media" / m).mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    audio_of = _audio_files(source)
+    audio_of = audio_of or _audio_files(source)
     for d in DIGITS:
-        pool = list(rng.permutation(np.flatnonzero(labels == d)))  # MNIST rows of this digit, each used once
+        # MNIST rows of this digit, each used once
+        pool = [r for r in rng.permutation(np.flatnonzero(labels == d)) if int(source_rows[r]) not in skip_rows]
         texts = list(rng.permutation(sentences(d)))
         for split in SPLITS:
-            for i in range(SIZES["image"][split]):
+            for i in range(sizes["image"][split]):
                 r = pool.pop()
                 item = f"img-{d}-{int(source_rows[r])}"
                 (out / "media/image" / f"{item}.png").write_bytes(_png(images[r]))
                 rows.append({"id": item, "modality": "image", "uri": f"media/image/{item}.png", "text": "", "label": str(d), "split": split})
-            for i in range(SIZES["text"][split]):
+            for i in range(sizes["text"][split]):
                 rows.append({"id": f"txt-{d}-{split}-{i}", "modality": "text", "uri": "", "text": texts.pop(), "label": str(d), "split": split})
             recordings = audio_of[(d, split)]
             for path in recordings:
@@ -178,7 +184,7 @@ def build(source: Path, out: Path) -> list[dict]:
                 item = f"wav-{path.stem.replace('_', '-')}"
                 _write_wav(out / "media/audio" / f"{item}.wav", _trim(samples, rate), rate)
                 rows.append({"id": item, "modality": "audio", "uri": f"media/audio/{item}.wav", "text": "", "label": str(d), "split": split})
-            for i in range(SIZES["video"][split]):
+            for i in range(sizes["video"][split]):
                 r = pool.pop()
                 sound = None
                 if i % 3 == 0:
