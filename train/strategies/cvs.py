@@ -308,7 +308,7 @@ class StagewiseStrategy(CommonSpaceStrategy):
     extra_options = {"classes_per_stage": 5, "eval_k": 50, "rehearsal": "seen"}
     # 75 epochs a stage, not the papers' 50: with rehearsal a later stage's val mAP still rises at
     # epoch 50 and 50 left 0.009 test mAP (3.9 seed-sds) on the digits set; 75 is within one
-    # seed-sd of the best on both digits sets (the defaults study, benchmarks/RESULTS.md, issue 26).
+    # seed-sd of the best on both digits sets (the defaults study, benchmarks/RESULTS.md).
     # --epochs 50 is the papers' count.
     paper_settings = {**CVS_PAPER_SETTINGS, "epochs": 75}
 
