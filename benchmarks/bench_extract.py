@@ -1,7 +1,7 @@
 """Extraction throughput: end-to-end items/s from files, and pipeline vs model-only throughput.
 
-For each modality's offline default backbone (extract/backbones.py DEFAULT_BACKBONE): the full ``mmx extract`` path (decoding workers ->
-model -> zarr shards) against the model alone on the *same* batches already decoded in
+For each modality's offline default backbone (extract/backbones.py ``DEFAULT_BACKBONE``): the full
+``mmx extract`` path (decoding workers -> model -> zarr shards) against the model alone on the *same* batches already decoded in
 memory. A ratio near 1 means decoding is hidden behind the model (the target for
 images at batch 32 is >= 0.8). Inputs are generated JPEGs and copies of ../shared/media
 in a temporary folder; where ../shared/media is absent (a GPU machine), generated WAVs
@@ -14,9 +14,10 @@ first shard (worker start-up and the first batch's CUDA warm-up excluded, as the
 model-only figure); shards are a quarter of the items (at most two batches), so every modality
 has several. Each modality runs ``--reps`` times, pipeline and model-only interleaved, and the
 medians are printed, with the machine load before and after; torch's threads are pinned
-(``--threads``, default 1, in both). For a backbone that computes its features while preparing (``PREPARED``: speech-embedding, the audio
-default, runs its ONNX models in the decoding workers; logmel) the model-only figure includes the
-preparing, in one process, so the ratio shows what the workers' parallel preparing buys. For image backbones, what one decoding worker spends per item, resizing
+(``--threads``, default 1, in both). For a backbone that computes its features while preparing
+(``PREPARED``: speech-embedding, the audio default, runs its ONNX models in the decoding workers;
+logmel) the model-only figure includes the preparing, in one process, so the ratio shows what the
+workers' parallel preparing buys. For image backbones, what one decoding worker spends per item, resizing
 itself (the CPU path) or leaving the resize to the device (the CUDA path). Where a packaged weights file is absent, EfficientNet-Lite0 runs
 with random weights too (said in the output). ``--workers 0`` means one decoding worker per
 usable core but one.
@@ -176,8 +177,8 @@ def main() -> None:
     from PIL import Image
 
     from mmx.cache.device import resolve_device
-    from mmx.cache.threads import set_threads, usable_cores
     from mmx.cache.modality import Modality
+    from mmx.cache.threads import set_threads, usable_cores
     from mmx.extract import random_weights
     from mmx.extract.backbones import DEFAULT_BACKBONE
 
