@@ -46,9 +46,18 @@ def resolve_weights(info, options: dict):
 
 
 def build_model(builder, member, file: Path | None):
+    """The model with a member's weights (downloaded once into torch's hub cache) or a file's.
+
+    Both are read with ``weights_only``: torchvision's own ``builder(weights=member)`` reads the
+    cached file with ``torch.hub.load_state_dict_from_url``'s default, a full unpickling, which
+    would run code planted in that cache."""
     import torch
 
-    model = builder(weights=member)  # a member downloads once into torch's hub cache, as torchvision does
+    if member is not None:
+        model = builder(weights=None, num_classes=len(member.meta["categories"]))
+        model.load_state_dict(member.get_state_dict(progress=True, check_hash=True, weights_only=True))
+    else:
+        model = builder(weights=None)
     if file is not None:
         state = torch.load(file, map_location="cpu", weights_only=True)
         model.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
