@@ -261,28 +261,133 @@ def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | N
     The first frame at or after each target time ``k / fps`` (relative to the stream's
     first timestamp) is kept. A clip shorter than ``1 / fps`` still gives its first frame.
 
+    Only the frames it keeps and the frames they are predicted from are decoded: the packets'
+    timestamps are read first (no decoding), the kept frames chosen from them, and FFmpeg told
+    to skip every other non-reference frame (B-frames, mostly), which nothing depends on. The
+    frames are those of decoding everything (:func:`_sample_every_frame`, checked bit for bit in
+    the tests); where the plan cannot be made or a planned frame does not come out of the
+    decoder (no timestamps, a damaged stream), every frame is decoded instead.
+
     Bounded cost: a stream whose frames have more than ``max_pixels`` pixels is refused from
     its header, before a frame is decoded (``decompression_bomb``, as for an image), and so is
     any frame past that size; with ``size``, a kept frame wider or taller than ``max_side``
     (default ``size``) is resized to ``size x size`` (bilinear, as :func:`image_to_uint8`)
     as soon as it is decoded, so only small frames are held, however long or large the video.
     """
-    import av
-
     p = _check_file(path)
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
+    plan = _frame_plan(p, fps, max_frames, max_pixels)
+    frames = _sample_planned(p, plan, max_pixels, size, max_side) if plan else None
+    if frames is None:
+        frames = _sample_every_frame(p, fps, max_frames, max_pixels=max_pixels, size=size, max_side=max_side)
+    return frames
+
+
+def _open_video(p: Path, max_pixels: int):
+    """(container, its first video stream), the stream's frame size checked from its header."""
+    import av
+
     try:
         container = av.open(str(p))
     except Exception as exc:
         raise DecodeError(f"cannot open video {p}: {exc}") from exc
-    frames: list = []
-    with container:
-        if not container.streams.video:
-            kinds = sorted({s.type for s in container.streams}) or ["none"]
-            raise DecodeError(f"no video stream in {p} (streams: {', '.join(kinds)})")
-        stream = container.streams.video[0]
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise DecodeError(f"no video stream in {p} (streams: {', '.join(kinds)})")
+    stream = container.streams.video[0]
+    try:
         _check_frame_pixels(p, stream.codec_context.width, stream.codec_context.height, max_pixels)
+    except DecodeError:
+        container.close()
+        raise
+    return container, stream
+
+
+def _frame_plan(p: Path, fps: float, max_frames: int | None, max_pixels: int) -> dict[int, int] | None:
+    """``{pts: copies}`` of the frames :func:`_sample_every_frame` keeps, from the packets'
+    timestamps alone (demuxed, not decoded: milliseconds for a clip, and reading a long file
+    costs far less than decoding its first ``max_frames``); None where the packets do not say
+    (a packet without a timestamp, no time base, an unreadable container: the caller decodes
+    everything)."""
+    import av
+
+    container, stream = _open_video(p, max_pixels)
+    with container:
+        if not stream.time_base:
+            return None
+        tb = float(stream.time_base)
+        seen: set[int] = set()
+        try:
+            for packet in container.demux(stream):
+                if not packet.size:
+                    continue  # the demuxer's closing empty packet
+                if packet.pts is None:
+                    return None
+                seen.add(packet.pts)
+        except av.error.FFmpegError:
+            return None
+    if not seen:
+        return None
+    plan: dict[int, int] = {}
+    pts = sorted(seen)
+    t0, k = pts[0] * tb, 0
+    for q in pts:  # the same rule as _sample_every_frame, over the frames in presentation order
+        t = q * tb
+        if t - t0 + 1e-6 >= k / fps:
+            n = 0
+            while t - t0 + 1e-6 >= k / fps and (max_frames is None or k < max_frames):
+                n += 1
+                k += 1
+            plan[q] = n
+            if max_frames is not None and k >= max_frames:
+                break
+    return plan
+
+
+def _sample_planned(p: Path, plan: dict[int, int], max_pixels: int, size: int | None,
+                    max_side: int | None) -> list | None:
+    """The planned frames, decoding only them and the reference frames (FFmpeg's
+    ``skip_frame = NONREF`` for every other packet); None where a planned frame did not come
+    out of the decoder (the caller decodes everything)."""
+    import av
+
+    container, stream = _open_video(p, max_pixels)
+    stream.thread_type = "AUTO"
+    context = stream.codec_context
+    wanted, kept, skipping = dict(plan), {}, None
+    with container:
+        try:
+            for packet in container.demux(stream):
+                skip = packet.size > 0 and packet.pts not in wanted
+                if skip is not skipping:  # read per packet, also by frame threads
+                    context.skip_frame = "NONREF" if skip else "DEFAULT"
+                    skipping = skip
+                for frame in packet.decode():
+                    _check_frame_pixels(p, frame.width, frame.height, max_pixels)
+                    if frame.pts in wanted:
+                        kept[frame.pts] = _small(frame.to_image(), size, max_side)
+                        del wanted[frame.pts]
+                if not wanted:
+                    break
+        except av.error.FFmpegError:
+            return None
+    if wanted:
+        return None
+    return [kept[q] for q in sorted(plan) for _ in range(plan[q])]
+
+
+def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
+                        max_pixels: int = DEFAULT_MAX_PIXELS, size: int | None = None,
+                        max_side: int | None = None) -> list:
+    """:func:`sample_video_frames` decoding every frame (the reference, and the way where
+    the packets' timestamps do not allow a plan)."""
+    import av
+
+    frames: list = []
+    container, stream = _open_video(p, max_pixels)
+    with container:
         stream.thread_type = "AUTO"
         tb = float(stream.time_base) if stream.time_base else None
         t0, k = None, 0

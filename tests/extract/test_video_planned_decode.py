@@ -1,0 +1,146 @@
+"""Video frames chosen from the packets' timestamps and decoded with the other non-reference
+frames skipped are, bit for bit, the frames of decoding every frame; where the plan cannot
+be made or a planned frame does not come out, every frame is decoded instead."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from mmx.extract import decode
+
+# (fps, max_frames) the extraction uses (1 fps) and others: dense, sparse, capped
+SAMPLINGS = [(1.0, None), (1.0, 600), (4.0, None), (2.0, 3), (0.3, None), (30.0, None), (60.0, 20)]
+
+
+def write_b_frame_clip(path, frames: int = 90, fps: int = 30, fmt: str | None = None):
+    """A moving-texture H.264 clip with B-frames (x264's default pyramid: some B-frames are
+    references, the others are not), as cameras and encoders at default settings write them."""
+    import av
+
+    rng = np.random.default_rng(0)
+    texture = rng.integers(0, 256, (120, 480, 3), np.uint8)
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps), options={"preset": "fast", "x264-params": "bframes=3:b-adapt=0"})
+        stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
+        for i in range(frames):
+            x = (3 * i) % 320
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(texture[:, x:x + 160]), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(a, b))
+
+
+@pytest.fixture
+def decoded_frames(monkeypatch):
+    """Counts the frames that come out of the decoder, however the packets reach it."""
+    import av
+
+    count = []
+    real = av.packet.Packet.decode
+
+    def counting(self):
+        frames = real(self)
+        count.extend(frames)
+        return frames
+
+    monkeypatch.setattr(av.packet.Packet, "decode", counting)
+    return count
+
+
+@pytest.mark.parametrize("fmt, suffix", [(None, "mp4"), ("matroska", "mkv")])
+def test_planned_frames_are_the_frames_of_decoding_everything(tmp_path, fmt, suffix):
+    clip = write_b_frame_clip(tmp_path / f"b.{suffix}", fmt=fmt)
+    for fps, max_frames in SAMPLINGS:
+        for size in (None, 32):
+            planned = decode.sample_video_frames(clip, fps, max_frames, size=size)
+            every = decode._sample_every_frame(clip, fps, max_frames, size=size)
+            assert _same(planned, every), (fps, max_frames, size)
+
+
+def test_the_plan_skips_non_reference_frames(tmp_path, monkeypatch, decoded_frames):
+    """At 1 fps from a 30 fps clip with B-frames, the decoder outputs the kept frames and the
+    reference frames only; decoding everything is not called."""
+    import av
+
+    clip = write_b_frame_clip(tmp_path / "b.mp4")
+    with av.open(str(clip)) as c:
+        kinds = [int(f.pict_type) for f in c.decode(c.streams.video[0])]
+    b_frames = kinds.count(3)  # AV_PICTURE_TYPE_B; x264's pyramid keeps about one in three as a reference
+    assert len(kinds) == 90 and b_frames > 30
+    decoded_frames.clear()
+    monkeypatch.setattr(decode, "_sample_every_frame", lambda *a, **k: pytest.fail("fell back to decoding everything"))
+    frames = decode.sample_video_frames(clip, 1.0)
+    assert len(frames) == 3  # 3 s at 1 fps
+    assert 0 < len(decoded_frames) < 90 - b_frames / 2, (len(decoded_frames), b_frames)
+
+
+def test_no_timestamps_decodes_everything(tmp_path, decoded_frames):
+    """A raw H.264 stream has no packet timestamps: no plan, every frame decoded, same frames
+    as before this change (the nominal rate's times)."""
+    clip = write_b_frame_clip(tmp_path / "b.h264", fmt="h264")
+    assert decode._frame_plan(clip, 1.0, None, decode.DEFAULT_MAX_PIXELS) is None
+    frames = decode.sample_video_frames(clip, 1.0)
+    assert _same(frames, decode._sample_every_frame(clip, 1.0)) and len(frames) >= 1
+
+
+def test_a_planned_frame_that_does_not_come_out_falls_back(tmp_path, monkeypatch):
+    """A frame the packets promise but the decoder never gives (a damaged or open-GOP start):
+    every frame is decoded instead, so the result is still the reference's."""
+    clip = write_b_frame_clip(tmp_path / "b.mp4")
+    real_plan = decode._frame_plan
+
+    def promising_more(*args):
+        plan = real_plan(*args)
+        return {**plan, max(plan) + 10**9: 1}
+
+    monkeypatch.setattr(decode, "_frame_plan", promising_more)
+    assert decode._sample_planned(clip, promising_more(clip, 1.0, None, decode.DEFAULT_MAX_PIXELS),
+                                  decode.DEFAULT_MAX_PIXELS, None, None) is None
+    monkeypatch.undo()
+    frames = decode.sample_video_frames(clip, 1.0)
+    monkeypatch.setattr(decode, "_frame_plan", promising_more)
+    assert _same(decode.sample_video_frames(clip, 1.0), frames)
+
+
+def test_a_truncated_clip_gives_what_decoding_everything_gives(tmp_path):
+    """The first 60% of a clip whose index comes first: the frames that survive, or the same error."""
+    import av
+
+    whole = write_b_frame_clip(tmp_path / "whole.mp4")
+    fast = tmp_path / "fast.mp4"
+    with av.open(str(whole)) as src, av.open(str(fast), "w", options={"movflags": "faststart"}) as out:
+        stream = out.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(fast.read_bytes()[: int(fast.stat().st_size * 0.6)])
+    outcomes = []
+    for sample in (decode.sample_video_frames, decode._sample_every_frame):
+        try:
+            outcomes.append(sample(cut, 4.0))
+        except decode.DecodeError as exc:
+            outcomes.append(exc.kind)
+    if isinstance(outcomes[0], str):
+        assert outcomes[0] == outcomes[1]
+    else:
+        assert _same(*outcomes) and 1 <= len(outcomes[0]) < 12
+
+
+@pytest.mark.shared_files
+def test_real_clips_planned_equal_every_frame(real_media):
+    """The real H.264 clips of ../shared/media (B-frames, 30 fps, 406x720)."""
+    for clip in sorted((real_media / "languagebind/video").glob("*.mp4")):
+        for fps, max_frames in SAMPLINGS:
+            assert _same(decode.sample_video_frames(clip, fps, max_frames, size=224),
+                         decode._sample_every_frame(clip, fps, max_frames, size=224)), (clip.name, fps, max_frames)
