@@ -11,8 +11,9 @@ in a temporary folder; where ../shared/media is absent (a GPU machine), generate
 (``resnet-50 --weights DIR``, random weights from its config, mmx.extract.random_weights),
 pipeline vs model-only. Each pipeline figure is given twice: over the whole run, and after its
 first shard (worker start-up and the first batch's CUDA warm-up excluded, as they are from the
-model-only figure); shards are a quarter of the items (at most two batches), so every modality
-has several. Each modality runs ``--reps`` times, pipeline and model-only interleaved, and the
+model-only figure); shards are ``mmx extract``'s default size (256 items: a shard's write is a
+fixed cost, and smaller shards than users get would charge the pipeline for more of them), or a
+quarter of the items where that is fewer, so every modality has several. Each modality runs ``--reps`` times, pipeline and model-only interleaved, and the
 medians are printed, with the machine load before and after; torch's threads are pinned
 (``--threads``, default 1, in both). For a backbone that computes its features while preparing
 (``PREPARED``: speech-embedding, the audio default, runs its ONNX models in the decoding workers;
@@ -22,7 +23,7 @@ itself (the CPU path) or leaving the resize to the device (the CUDA path). Where
 with random weights too (said in the output). ``--workers 0`` means one decoding worker per
 usable core but one.
 
-    python benchmarks/bench_extract.py [--images 1024] [--texts 4096] [--audio 320] [--videos 64] [--batch-size 32]
+    python benchmarks/bench_extract.py [--images 2048] [--texts 4096] [--audio 320] [--videos 128] [--batch-size 32]
         [--workers 2] [--threads 1] [--reps 3] [--device auto] [--resnet50] [--only image,audio]
 """
 
@@ -160,12 +161,13 @@ def _generated_media(tmp: Path, rng, n_audio: int = 20, n_videos: int = 4) -> li
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    # sizes at which a whole run lasts tens of seconds on a quiet 2-core CPU, so that the decoding
-    # workers' start-up (about a second) does not decide the whole-run ratio
-    ap.add_argument("--images", type=int, default=1024)
+    # sizes at which a whole run lasts tens of seconds on a quiet 2-core CPU, so that start-up (the
+    # decoding workers' and the model's first, slower batches: 1.5-2.5 s for images) does not
+    # decide the whole-run ratio
+    ap.add_argument("--images", type=int, default=2048)
     ap.add_argument("--texts", type=int, default=4096)
     ap.add_argument("--audio", type=int, default=320)
-    ap.add_argument("--videos", type=int, default=64)
+    ap.add_argument("--videos", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads, in the pipeline and the model-only run")
     ap.add_argument("--reps", type=int, default=3, help="interleaved repetitions of each modality (medians printed)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -181,6 +183,7 @@ def main() -> None:
     from mmx.cache.threads import set_threads, usable_cores
     from mmx.extract import random_weights
     from mmx.extract.backbones import DEFAULT_BACKBONE
+    from mmx.extract.config import ExtractConfig
 
     set_threads(args.threads)
 
@@ -234,7 +237,7 @@ def main() -> None:
             items = [dict(id=r.id, uri=r.uri, text=r.text) for r in sub.itertuples()]
             # pipeline and model-only interleaved, medians: the shared machine's load varies more
             # between runs than the two paths differ
-            shard = max(1, min(2 * args.batch_size, len(items) // 4))
+            shard = max(1, min(ExtractConfig().shard_size, len(items) // 4))
             pipes, steadies, models = [], [], []
             for rep in range(args.reps):
                 p, st = _pipeline(man, modality, tmp / f"cache-{backbone}-{rep}", args.batch_size, workers, device,

@@ -17,6 +17,9 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MAX_PIXELS = 89_478_485  # Pillow's own default for Image.MAX_IMAGE_PIXELS
+# packets a video's frame plan reads before it gives up and decodes every frame (as many as
+# 600 s at 333 fps; a few MiB of timestamps)
+MAX_PLAN_PACKETS = 200_000
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -307,10 +310,14 @@ def _open_video(p: Path, max_pixels: int):
 
 def _frame_plan(p: Path, fps: float, max_frames: int | None, max_pixels: int) -> dict[int, int] | None:
     """``{pts: copies}`` of the frames :func:`_sample_every_frame` keeps, from the packets'
-    timestamps alone (demuxed, not decoded: milliseconds for a clip, and reading a long file
-    costs far less than decoding its first ``max_frames``); None where the packets do not say
-    (a packet without a timestamp, no time base, an unreadable container: the caller decodes
-    everything)."""
+    timestamps alone (demuxed, not decoded); None where the packets do not say (a packet
+    without a timestamp, no time base, an unreadable container, over :data:`MAX_PLAN_PACKETS`
+    packets: the caller decodes everything).
+
+    With ``max_frames``, demuxing stops at the first packet whose dts reaches the frame chosen
+    for the last target time: a frame is shown no earlier than it is decoded (pts >= dts) and
+    dts only grows, so no later packet holds an earlier frame. Where a packet breaks either
+    rule the stream is demuxed to its end."""
     import av
 
     container, stream = _open_video(p, max_pixels)
@@ -319,13 +326,36 @@ def _frame_plan(p: Path, fps: float, max_frames: int | None, max_pixels: int) ->
             return None
         tb = float(stream.time_base)
         seen: set[int] = set()
+        # the smallest pts, and the smallest a millisecond past the last target time (so its
+        # frame comes after the one chosen for that target, whatever the rounding)
+        first = chosen = None
+        last_dts, ordered, new_firsts, early = None, max_frames is not None, 0, False
+        horizon = (max_frames - 1) / fps + 1e-3 if max_frames is not None else 0.0
         try:
             for packet in container.demux(stream):
                 if not packet.size:
                     continue  # the demuxer's closing empty packet
-                if packet.pts is None:
+                if packet.pts is None or len(seen) >= MAX_PLAN_PACKETS:
                     return None
-                seen.add(packet.pts)
+                q = packet.pts
+                seen.add(q)
+                if not ordered:
+                    continue
+                if packet.dts is None or q < packet.dts or (last_dts is not None and packet.dts < last_dts):
+                    ordered = False
+                    continue
+                last_dts = packet.dts
+                if first is None or q < first:  # a valid stream lowers it in its first packets only
+                    first, new_firsts = q, new_firsts + 1
+                    if new_firsts > 64:  # each costs a pass over what was seen: a stream built to be slow
+                        ordered = False
+                        continue
+                    chosen = min((x for x in seen if x * tb - first * tb >= horizon), default=None)
+                elif q * tb - first * tb >= horizon and (chosen is None or q < chosen):
+                    chosen = q
+                if chosen is not None and packet.dts >= chosen:
+                    early = True
+                    break
         except av.error.FFmpegError:
             return None
     if not seen:
@@ -343,6 +373,8 @@ def _frame_plan(p: Path, fps: float, max_frames: int | None, max_pixels: int) ->
             plan[q] = n
             if max_frames is not None and k >= max_frames:
                 break
+    if early and k < max_frames:  # cannot happen by the rule above; decode everything if it does
+        return None
     return plan
 
 

@@ -144,3 +144,37 @@ def test_real_clips_planned_equal_every_frame(real_media):
         for fps, max_frames in SAMPLINGS:
             assert _same(decode.sample_video_frames(clip, fps, max_frames, size=224),
                          decode._sample_every_frame(clip, fps, max_frames, size=224)), (clip.name, fps, max_frames)
+
+
+def _demuxed_packets(monkeypatch) -> list:
+    import av
+
+    count = []
+    real = av.container.InputContainer.demux
+
+    def counting(self, *args, **kwargs):
+        for packet in real(self, *args, **kwargs):
+            count.append(packet)
+            yield packet
+
+    monkeypatch.setattr(av.container.InputContainer, "demux", counting)
+    return count
+
+
+def test_the_plan_reads_only_the_packets_it_needs(tmp_path, monkeypatch):
+    """Two frames at 4 fps from a 3 s clip: the plan stops demuxing a few packets past 0.25 s
+    (B-frames reorder at most a few), and the frames are still the reference's."""
+    clip = write_b_frame_clip(tmp_path / "b.mp4")
+    packets = _demuxed_packets(monkeypatch)
+    plan = decode._frame_plan(clip, 4.0, 2, decode.DEFAULT_MAX_PIXELS)
+    assert sum(plan.values()) == 2 and len(packets) < 20, len(packets)
+    monkeypatch.undo()
+    assert _same(decode.sample_video_frames(clip, 4.0, 2), decode._sample_every_frame(clip, 4.0, 2))
+
+
+def test_a_plan_past_its_packet_cap_decodes_everything(tmp_path, monkeypatch):
+    """The plan's timestamps are bounded (MAX_PLAN_PACKETS): past it, the old way, same frames."""
+    clip = write_b_frame_clip(tmp_path / "b.mp4")
+    monkeypatch.setattr(decode, "MAX_PLAN_PACKETS", 10)
+    assert decode._frame_plan(clip, 1.0, None, decode.DEFAULT_MAX_PIXELS) is None
+    assert _same(decode.sample_video_frames(clip, 1.0), decode._sample_every_frame(clip, 1.0))
