@@ -249,6 +249,8 @@ def main() -> None:
             pipe, steady, model = (float(np.median(x)) for x in (pipes, steadies, models))
             print(f"{backbone:28s} {len(items):6d} {pipe:14.1f} {model:16.1f} {pipe / model:6.2f}   "
                   f"after the first shard: {steady:.1f} items/s, x{steady / model:.2f}", flush=True)
+            print(f"{'':28s} each rep, pipeline / after the first shard / model-only: "
+                  + ", ".join(f"{p:.1f}/{st:.1f}/{m:.1f}" for p, st, m in zip(pipes, steadies, models)), flush=True)
             if modality == "image":
                 _worker_cost(backbone, items[:64], weights)
         print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
