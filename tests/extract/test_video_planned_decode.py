@@ -15,15 +15,17 @@ from mmx.extract import decode
 SAMPLINGS = [(1.0, None), (1.0, 600), (4.0, None), (2.0, 3), (0.3, None), (30.0, None), (60.0, 20)]
 
 
-def write_b_frame_clip(path, frames: int = 90, fps: int = 30, fmt: str | None = None):
-    """A moving-texture H.264 clip with B-frames (x264's default pyramid: some B-frames are
-    references, the others are not), as cameras and encoders at default settings write them."""
+def write_b_frame_clip(path, frames: int = 90, fps: int = 30, fmt: str | None = None, codec: str = "libx264",
+                       options: dict | None = None):
+    """A moving-texture clip, by default H.264 with B-frames (x264's default pyramid: some
+    B-frames are references, the others are not), as cameras and encoders write them."""
     import av
 
     rng = np.random.default_rng(0)
     texture = rng.integers(0, 256, (120, 480, 3), np.uint8)
+    options = {"preset": "fast", "x264-params": "bframes=3:b-adapt=0"} if options is None else options
     with av.open(str(path), "w", format=fmt) as out:
-        stream = out.add_stream("libx264", rate=Fraction(fps), options={"preset": "fast", "x264-params": "bframes=3:b-adapt=0"})
+        stream = out.add_stream(codec, rate=Fraction(fps), options=options)
         stream.width, stream.height, stream.pix_fmt = 160, 120, "yuv420p"
         for i in range(frames):
             x = (3 * i) % 320
@@ -64,6 +66,26 @@ def test_planned_frames_are_the_frames_of_decoding_everything(tmp_path, fmt, suf
             planned = decode.sample_video_frames(clip, fps, max_frames, size=size)
             every = decode._sample_every_frame(clip, fps, max_frames, size=size)
             assert _same(planned, every), (fps, max_frames, size)
+
+
+# other codecs PyAV's wheels encode: B-frames (MPEG-4 part 2, MPEG-2, HEVC), hidden alt-ref frames (VP8), VP9
+OTHER_CODECS = [("mpeg4", "mp4", {"bf": "2"}), ("mpeg2video", "mpg", {"bf": "2"}),
+                ("libx265", "mp4", {"x265-params": "bframes=4:log-level=error"}),
+                ("libvpx", "webm", {"auto-alt-ref": "1", "lag-in-frames": "16"}), ("libvpx-vp9", "webm", {})]
+
+
+@pytest.mark.parametrize("codec, suffix, options", OTHER_CODECS, ids=[c[0] for c in OTHER_CODECS])
+def test_planned_frames_equal_every_frame_in_other_codecs(tmp_path, codec, suffix, options):
+    import av
+
+    try:
+        av.codec.Codec(codec, "w")
+    except Exception:
+        pytest.skip(f"this PyAV has no {codec} encoder")
+    clip = write_b_frame_clip(tmp_path / f"c.{suffix}", codec=codec, options=options)
+    assert decode._frame_plan(clip, 1.0, None, decode.DEFAULT_MAX_PIXELS)  # planned, not the fallback
+    for fps, max_frames in [(1.0, None), (4.0, None), (2.0, 3), (30.0, None), (60.0, 20)]:
+        assert _same(decode.sample_video_frames(clip, fps, max_frames), decode._sample_every_frame(clip, fps, max_frames)), (fps, max_frames)
 
 
 def test_the_plan_skips_non_reference_frames(tmp_path, monkeypatch, decoded_frames):
