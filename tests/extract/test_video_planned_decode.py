@@ -200,3 +200,80 @@ def test_a_plan_past_its_packet_cap_decodes_everything(tmp_path, monkeypatch):
     monkeypatch.setattr(decode, "MAX_PLAN_PACKETS", 10)
     assert decode._frame_plan(clip, 1.0, None, decode.DEFAULT_MAX_PIXELS) is None
     assert _same(decode.sample_video_frames(clip, 1.0), decode._sample_every_frame(clip, 1.0))
+
+
+class _Packet:
+    def __init__(self, pts, dts, size=1):
+        self.pts, self.dts, self.size = pts, dts, size
+
+
+def _plan_from(monkeypatch, tmp_path, packets, fps, max_frames):
+    """_frame_plan over made-up packets (time base 1/1000: pts in milliseconds)."""
+    import av
+
+    clip = write_b_frame_clip(tmp_path / "b.mp4", frames=2)
+    read = []
+
+    def demux(self, *args, **kwargs):
+        for p in packets:
+            read.append(p)
+            yield p
+
+    monkeypatch.setattr(av.container.InputContainer, "demux", demux)
+    monkeypatch.setattr(av.video.stream.VideoStream, "time_base", Fraction(1, 1000), raising=False)
+    return decode._frame_plan(clip, fps, max_frames, decode.DEFAULT_MAX_PIXELS), len(read)
+
+
+def _rule(pts: list[int], fps: float, max_frames: int | None) -> dict[int, int]:
+    """The sampling rule written out over every timestamp (milliseconds)."""
+    plan, k, t0 = {}, 0, min(pts) / 1000
+    for q in sorted(set(pts)):
+        n = 0
+        while q / 1000 - t0 + 1e-6 >= k / fps and (max_frames is None or k < max_frames):
+            n, k = n + 1, k + 1
+        if n:
+            plan[q] = n
+    return plan
+
+
+def test_the_early_stop_never_changes_the_plan(tmp_path, monkeypatch):
+    """Random valid streams (dts growing, each frame shown at or after it is decoded, frames
+    reordered within a few packets, gaps): the plan read with the early stop is the rule
+    applied to every packet."""
+    rng = np.random.default_rng(0)
+    stopped = 0
+    for trial in range(40):
+        n = int(rng.integers(5, 120))
+        shown = np.cumsum(rng.integers(1, 400, n)) + int(rng.integers(-50, 50))  # presentation times, ms
+        order = np.argsort(np.arange(n) + rng.uniform(0, 4, n))  # decode order: shuffled a few places at most
+        pts = shown[order]
+        dts = np.minimum.accumulate(pts[::-1])[::-1]  # the latest valid dts: grows, at or below each pts
+        packets = [_Packet(int(q), int(d)) for q, d in zip(pts, dts)]
+        assert all(p.pts >= p.dts for p in packets)
+        fps, max_frames = float(rng.choice([0.5, 1.0, 4.0, 30.0])), int(rng.integers(1, 12))
+        plan, read = _plan_from(monkeypatch, tmp_path, packets, fps, max_frames)
+        monkeypatch.undo()
+        assert plan == _rule([p.pts for p in packets], fps, max_frames), trial
+        stopped += read < n
+    assert stopped >= 20  # the early stop was exercised
+
+
+class _Counted(int):
+    """A timestamp that counts how often it is converted to seconds (``pts * time_base``)."""
+
+    calls = 0
+
+    def __mul__(self, other):
+        _Counted.calls += 1
+        return int(self) * other
+
+
+def test_timestamps_built_to_be_slow_are_read_whole(tmp_path, monkeypatch):
+    """A first timestamp lowered at every packet costs a pass over what was read each time;
+    after 64 the early stop is off, so the work stays linear (quadratic: 2 million passes'
+    steps here), the stream is read to its end, and the plan is still the rule's."""
+    packets = [_Packet(_Counted(10_000_000 - 1000 * i), i) for i in range(2000)]
+    _Counted.calls = 0
+    plan, read = _plan_from(monkeypatch, tmp_path, packets, 1.0, 3)
+    assert read == 2000 and plan == _rule([int(p.pts) for p in packets], 1.0, 3)
+    assert _Counted.calls < 65 * 2000, _Counted.calls
