@@ -399,7 +399,7 @@ def _sample_planned(p: Path, plan: dict[int, int], max_pixels: int, size: int | 
                 for frame in packet.decode():
                     _check_frame_pixels(p, frame.width, frame.height, max_pixels)
                     if frame.pts in wanted:
-                        kept[frame.pts] = _small(frame.to_image(), size, max_side)
+                        kept[frame.pts] = _small(_rgb(frame), size, max_side)
                         del wanted[frame.pts]
                 if not wanted:
                     break
@@ -436,7 +436,7 @@ def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
                 if t0 is None:
                     t0 = t
                 if t - t0 + 1e-6 >= k / fps:
-                    image = _small(frame.to_image(), size, max_side)
+                    image = _small(_rgb(frame), size, max_side)
                     # a gap in a variable-frame-rate stream covers several targets: repeat
                     # the frame (nearest neighbour) so tokens stay one per 1/fps seconds
                     while t - t0 + 1e-6 >= k / fps and (max_frames is None or len(frames) < max_frames):
@@ -450,6 +450,14 @@ def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
     if not frames:
         raise DecodeError(f"no decodable video frames in {p}")
     return frames
+
+
+def _rgb(frame) -> Any:
+    """A decoded video frame as an RGB ``PIL.Image``, converted on the calling thread. The frame
+    keeps its swscale context; one with slice threads (PyAV's default) hangs when it is freed
+    in a forked child, such as a DataLoader worker started after this process decoded video,
+    waiting for threads the child does not have. The pixels are the same either way."""
+    return frame.to_image(threads=1)
 
 
 def _check_frame_pixels(p: Path, width: int, height: int, max_pixels: int) -> None:

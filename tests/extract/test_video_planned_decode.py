@@ -277,3 +277,44 @@ def test_timestamps_built_to_be_slow_are_read_whole(tmp_path, monkeypatch):
     plan, read = _plan_from(monkeypatch, tmp_path, packets, 1.0, 3)
     assert read == 2000 and plan == _rule([int(p.pts) for p in packets], 1.0, 3)
     assert _Counted.calls < 65 * 2000, _Counted.calls
+
+
+@pytest.mark.parametrize("sample", ["planned", "every frame"])
+def test_decoded_frames_can_be_freed_in_a_forked_child(tmp_path, decoded_frames, sample):
+    """A frame converted to RGB keeps its swscale context; with slice threads, freeing it in a
+    forked child (a DataLoader worker, after the parent decoded video itself) waited forever
+    for threads the child does not have. Frames are converted on one thread."""
+    import gc
+    import os
+    import signal
+    import time
+
+    clip = write_b_frame_clip(tmp_path / "b.mp4")
+    (decode.sample_video_frames if sample == "planned" else decode._sample_every_frame)(clip, 1.0)
+    assert decoded_frames  # every decoded frame, kept alive by the fixture
+    pid = os.fork()
+    if pid == 0:  # the child frees them and leaves
+        decoded_frames.clear()
+        gc.collect()
+        os._exit(0)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.waitstatus_to_exitcode(status) == 0
+            return
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    pytest.fail("the forked child hung freeing decoded video frames")
+
+
+def test_frames_converted_on_one_thread_have_the_same_pixels(tmp_path):
+    """The one-thread conversion changes no pixel (so no cached feature changes)."""
+    import av
+
+    clip = write_b_frame_clip(tmp_path / "b.mp4", frames=20)
+    with av.open(str(clip)) as c:
+        for frame in c.decode(c.streams.video[0]):
+            one = np.asarray(decode._rgb(frame))
+            assert np.array_equal(one, np.asarray(av.video.reformatter.VideoReformatter().reformat(frame, format="rgb24").to_image()))
