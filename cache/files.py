@@ -272,7 +272,6 @@ def _human(n: int) -> str:
     return f"{n} bytes"
 
 
-
 def sha256_of(path: str | os.PathLike) -> str:
     """The hex sha256 of a file's bytes, read in blocks (a file of gigabytes costs no memory)."""
     with open(path, "rb") as f:
@@ -281,4 +280,3 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 __all__ = ["UnsafeFileError", "open_regular", "check_regular", "read_bytes", "read_text", "read_json", "parse_json",
            "read_yaml", "parse_yaml", "load_npz", "check_finite", "inside", "refuse_links", "sha256_of"]
-

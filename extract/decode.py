@@ -361,19 +361,13 @@ def _frame_plan(p: Path, fps: float, max_frames: int | None, max_pixels: int) ->
     if not seen:
         return None
     plan: dict[int, int] = {}
-    pts = sorted(seen)
-    t0, k = pts[0] * tb, 0
-    for q in pts:  # the same rule as _sample_every_frame, over the frames in presentation order
-        t = q * tb
-        if t - t0 + 1e-6 >= k / fps:
-            n = 0
-            while t - t0 + 1e-6 >= k / fps and (max_frames is None or k < max_frames):
-                n += 1
-                k += 1
-            plan[q] = n
-            if max_frames is not None and k >= max_frames:
+    rule = _Sampling(fps, max_frames)
+    for q in sorted(seen):  # the frames in presentation order
+        if rule.reaches(q * tb):
+            plan[q] = rule.take(q * tb)
+            if rule.full:
                 break
-    if early and k < max_frames:  # cannot happen by the rule above; decode everything if it does
+    if early and not rule.full:  # cannot happen by the stop's rule; decode everything if it does
         return None
     return plan
 
@@ -422,7 +416,7 @@ def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
     with container:
         stream.thread_type = "AUTO"
         tb = float(stream.time_base) if stream.time_base else None
-        t0, k = None, 0
+        rule = _Sampling(fps, max_frames)
         try:
             for frame in container.decode(stream):
                 _check_frame_pixels(p, frame.width, frame.height, max_pixels)
@@ -433,16 +427,10 @@ def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
                 else:  # no timestamps at all: assume the nominal rate
                     rate = float(stream.average_rate or 25)
                     t = (frame.index if hasattr(frame, "index") else len(frames)) / rate
-                if t0 is None:
-                    t0 = t
-                if t - t0 + 1e-6 >= k / fps:
+                if rule.reaches(t):
                     image = _small(_rgb(frame), size, max_side)
-                    # a gap in a variable-frame-rate stream covers several targets: repeat
-                    # the frame (nearest neighbour) so tokens stay one per 1/fps seconds
-                    while t - t0 + 1e-6 >= k / fps and (max_frames is None or len(frames) < max_frames):
-                        frames.append(image)
-                        k += 1
-                    if max_frames is not None and len(frames) >= max_frames:
+                    frames += [image] * rule.take(t)
+                    if rule.full:
                         break
         except av.error.FFmpegError as exc:
             if not frames:
@@ -450,6 +438,35 @@ def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
     if not frames:
         raise DecodeError(f"no decodable video frames in {p}")
     return frames
+
+
+class _Sampling:
+    """The rule both ways of sampling apply to the frames in presentation order: the first frame
+    at or after each target time ``k / fps`` (``k`` counted from the first frame's time) is kept,
+    at most ``max_frames`` in all. A gap in a variable-frame-rate stream covers several targets:
+    the frame after it stands for each of them (nearest neighbour), so tokens stay one per
+    ``1 / fps`` seconds."""
+
+    def __init__(self, fps: float, max_frames: int | None):
+        self.fps, self.max_frames, self.t0, self.k = fps, max_frames, None, 0
+
+    def reaches(self, t: float) -> bool:
+        """Whether a frame at ``t`` seconds reaches the next target (the first frame sets the origin)."""
+        if self.t0 is None:
+            self.t0 = t
+        return t - self.t0 + 1e-6 >= self.k / self.fps
+
+    def take(self, t: float) -> int:
+        """How many targets the frame at ``t`` stands for, counting them as taken."""
+        n = 0
+        while self.reaches(t) and not self.full:
+            n += 1
+            self.k += 1
+        return n
+
+    @property
+    def full(self) -> bool:
+        return self.max_frames is not None and self.k >= self.max_frames
 
 
 def _rgb(frame) -> Any:
