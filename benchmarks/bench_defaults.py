@@ -5,10 +5,10 @@ One command per dataset records, per strategy, setting and seed, a whole traject
 the test mAP and R@10 after every epoch. The stopping rules are then replayed on the recorded
 val signals (a single-stage run's weights at epoch e do not depend on when it would have
 stopped: the batches and the lr schedule are drawn per epoch), so one trajectory prices every
-rule. Not so with ``min_steps`` > 1: an epoch's extra passes are seeded by ``epoch + passes *
-epochs`` (train/loop.py), so a run's epoch e depends on ``--epochs``; price a fixed epoch count
-of such a strategy by a run of exactly that length. The rule is chosen on val; test only reports
-what the choice costs.
+rule. This holds with ``min_steps`` > 1 too: an epoch's extra passes draw their batches by
+epoch and pass alone (train/loop.py ``pass_draw``; before, they drew as ``epoch + passes *
+epochs``, so a run's epoch e depended on ``--epochs``). The rule is chosen on val; test only
+reports what the choice costs.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_defaults.py record --cache C --dataset digits \\
         --runs quad,tri,roundrobin --seeds 0,1,2 --epochs 40 --out study.jsonl [--set batch_size=10]

@@ -103,6 +103,8 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+MAX_EPOCHS = 999_999  # epochs of a stage at most; an epoch's extra passes draw above it (loop.pass_draw)
+
 # the numeric settings that make no sense below a bound: (field, smallest value, what it means)
 _LOWER_BOUNDS = (
     ("epochs", 1, "epochs to train"),
@@ -126,6 +128,8 @@ def check_values(cfg: TrainConfig) -> list[str]:
         elif v < low:
             problems.append(f"{name}={v}: must be at least {low} ({meaning}); pass e.g. --{name.replace('_', '-')} "
                             f"{getattr(TrainConfig(), name)}")
+    if isinstance(cfg.epochs, int) and cfg.epochs > MAX_EPOCHS:
+        problems.append(f"epochs={cfg.epochs}: at most {MAX_EPOCHS:,} epochs a stage")
     if cfg.name:
         from mmx.cache.names import id_problem
 

@@ -24,7 +24,7 @@ import torch
 from mmx.eval import runs
 from mmx.train import checkpoint, checks, graphs
 from mmx.train.checkpoint import Progress
-from mmx.train.config import TrainConfig
+from mmx.train.config import MAX_EPOCHS, TrainConfig
 from mmx.train.monitor import QUICK_ROWS, improved, parse_monitor, quick_recall, quick_recall_note, signal_name, signal_value, watched
 from mmx.train.optim import make_optimiser
 from mmx.train.prepare import Prepared, caution_channel, open_run_folder, prepare
@@ -139,6 +139,13 @@ def _finish(prep: Prepared, runner: Runner, progress: Progress, seconds: float) 
     })
 
 
+def pass_draw(epoch: int, passes: int) -> int:
+    """The batch draw of an epoch's pass ``passes`` (0: its first): the epoch's own draw, then
+    draws no other epoch or pass makes, whatever ``epochs`` is, so an epoch's batches, and the
+    weights after it, do not depend on how many epochs the run was given."""
+    return epoch + passes * (MAX_EPOCHS + 1)
+
+
 class PartMeans:
     """Per-part means of step outputs, summed on the device: one host sync per epoch, not per step.
 
@@ -212,8 +219,7 @@ class Runner:
         step = self.graphed_steps(opt) if self.graphed else (lambda batch: self.train_step(batch, opt))
         steps, passes = 0, 0
         while passes == 0 or 0 < steps < self.cfg.min_steps:
-            # pass k of epoch e draws as epoch e + k * epochs: never an epoch's own draw
-            for batch in self.strategy.batches(self.train_split, epoch + passes * self.cfg.epochs, train=True):
+            for batch in self.strategy.batches(self.train_split, pass_draw(epoch, passes), train=True):
                 parts.add(step(batch))
                 steps += 1
             passes += 1

@@ -208,8 +208,12 @@ def test_each_pass_of_an_epoch_draws_afresh(token_cache, tmp_path, monkeypatch):
     cfg = resolve(["eao-cpu"], {"cache": str(token_cache), "dataset": "synthetic", "out": str(tmp_path), "device": "cpu",
                                 "epochs": 2, "embed_dim": 32, "batch_size": 32, "min_steps": 7}, ["options.token_dim=32"])
     train(cfg)
-    # pass k of epoch e draws as epoch e + k * epochs: a seed no other pass or epoch uses
-    assert [e for e, t in seen if t] == [1, 3, 5, 7, 2, 4, 6, 8]
+    # pass k of epoch e draws as epoch e + k * (MAX_EPOCHS + 1): a seed no other pass or epoch
+    # uses, whatever the run's epoch count
+    from mmx.train.config import MAX_EPOCHS
+
+    stride = MAX_EPOCHS + 1
+    assert [e for e, t in seen if t] == [1, 1 + stride, 1 + 2 * stride, 1 + 3 * stride, 2, 2 + stride, 2 + 2 * stride, 2 + 3 * stride]
 
 
 def test_size_is_said_in_the_header(token_cache, tmp_path):

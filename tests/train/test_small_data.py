@@ -133,3 +133,31 @@ def test_the_batch_never_exceeds_the_train_split_and_short_epochs_train_by_steps
     assert epochs and all(e["batch/items"] <= 40 for e in epochs), epochs
     assert all(e["steps"] >= 6 for e in epochs)
     assert train_items  # the split the batch was capped by is recorded
+
+
+@pytest.mark.parametrize("strategy, extra", [("joint", {}), ("cvs", {"embed_dim": 8, "keep": "last"})])
+def test_an_epochs_extra_passes_do_not_depend_on_the_epoch_count(tmp_path, strategy, extra):
+    # the defaults study replays stopping rules on one long trajectory: epoch e of a run given
+    # 5 epochs must be epoch e of a run given 3 (the extra passes of a short epoch once drew
+    # as epoch + pass * epochs, so they did not)
+    root = tmp_path / "cache"
+    synthesize(root, SyntheticConfig(dataset="small", classes=4, items={"text": 40, "image": 40}, dims={"text": 8, "image": 8},
+                                     tokens=None))
+    logs = {}
+    for epochs in (3, 5):
+        cfg = _cfg(root, tmp_path, strategy=strategy, modalities=["text", "image"], batch_size=500, min_steps=4,
+                   epochs=epochs, patience=10, name=f"{strategy}-{epochs}", **extra)
+        run = train(cfg, log=lambda s: None, warn=lambda s: None)
+        logs[epochs] = [json.loads(x) for x in open(run / "metrics.jsonl") if '"steps"' in x]
+    assert all(e["steps"] >= 4 for e in logs[5]) and len(logs[5]) == 5
+    keys = [k for k in logs[3][0] if k.startswith("loss")]
+    assert keys
+    for a, b in zip(logs[3], logs[5][:3]):
+        assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+
+
+def test_epochs_above_the_draw_stride_are_refused():
+    from mmx.train.config import MAX_EPOCHS, check_values
+
+    assert check_values(TrainConfig(epochs=MAX_EPOCHS)) == []
+    assert any("at most" in p for p in check_values(TrainConfig(epochs=MAX_EPOCHS + 1)))
