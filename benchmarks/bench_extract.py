@@ -25,7 +25,12 @@ with random weights too (said in the output). ``--workers 0`` means one decoding
 usable core but one.
 
     python benchmarks/bench_extract.py [--images 2048] [--texts 4096] [--audio 320] [--videos 128] [--batch-size 32]
-        [--workers 2] [--threads 1] [--reps 3] [--device auto] [--resnet50] [--only image,audio]
+        [--workers 2] [--threads 1] [--reps 3] [--device auto] [--resnet50] [--only image,audio] [--decoding-beside]
+
+``--decoding-beside`` adds, for the image and video defaults, the model alone on pre-decoded
+batches against the same model beside one plain process decoding the same files (no mmx
+pipeline) at the model's rate and at full speed: what decoding on the same CPU costs the model
+by itself, below which no pipeline's ratio can go on that machine.
 """
 
 from __future__ import annotations
@@ -129,6 +134,57 @@ def _worker_cost(backbone: str, items: list[dict], weights=None) -> None:
           f"(x{best['probed'] / best['cuda']:.2f})", flush=True)
 
 
+def _decoding_beside(backbone: str, items: list[dict], batch_size: int, reps: int, weights=None) -> None:
+    """The model alone on pre-decoded batches, and beside one plain process decoding the same
+    files (no mmx pipeline, no DataLoader): at the model's own rate (as a pipeline must) and at
+    full speed. Medians of the per-batch times, interleaved: what decoding on the same CPU
+    costs the model by itself, the floor under a pipeline's ratio on this machine."""
+    import multiprocessing as mp
+
+    import torch
+
+    from mmx.extract.backbones import build_encoder
+
+    def decode_loop(stop, rate):
+        prep, k, t0 = build_encoder(backbone, {}, weights).prep, 0, time.perf_counter()
+        while not stop.is_set():
+            prep.prepare(items[k % len(items)])
+            k += 1
+            if rate and t0 + k / rate > time.perf_counter():
+                time.sleep(t0 + k / rate - time.perf_counter())
+
+    enc = build_encoder(backbone, {}, weights)
+    per = enc.items_per_batch(batch_size)
+    sample = items[: min(len(items), 16 * per)]
+    batches = [enc.prep.collate([enc.prep.prepare(it) for it in sample[s : s + per]]) for s in range(0, len(sample), per)]
+    ctx, times = mp.get_context("fork"), {}
+    with torch.inference_mode():
+        enc.forward(batches[0], batch_size)
+        t = time.perf_counter()
+        for b in batches:
+            enc.forward(b, batch_size)
+        rate = len(sample) / (time.perf_counter() - t)
+        for _ in range(reps):
+            for way, r in (("alone", None), ("beside, at the model's rate", rate), ("beside, full speed", 0)):
+                stop, child = ctx.Event(), None
+                if r is not None:
+                    child = ctx.Process(target=decode_loop, args=(stop, r))
+                    child.start()
+                    time.sleep(1.0)  # the child's imports and encoder
+                per_batch = []
+                for b in batches:
+                    t = time.perf_counter()
+                    enc.forward(b, batch_size)
+                    per_batch.append(time.perf_counter() - t)
+                if child is not None:
+                    stop.set()
+                    child.join()
+                times.setdefault(way, []).append(float(np.median(per_batch)))
+    alone = float(np.median(times["alone"]))
+    print(f"{backbone}: model per batch of {per} items ({rate:.1f} items/s), medians of {reps}: "
+          + "; ".join(f"{w} {np.median(v):.3f} s (x{alone / np.median(v):.2f})" for w, v in times.items()), flush=True)
+
+
 def _generated_media(tmp: Path, rng, n_audio: int = 20, n_videos: int = 4) -> list[dict]:
     """10 s WAVs and 10 s MP4s (8 fps, 320x240) for machines without ../shared/media."""
     from fractions import Fraction
@@ -176,6 +232,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--resnet50", action="store_true", help="also: a random-weight ResNet-50 through the hub path (the GPU target's figure)")
     ap.add_argument("--only", default="image,text,audio,video", help="modalities of the offline defaults to measure")
+    ap.add_argument("--decoding-beside", action="store_true",
+                    help="also: each model alone and beside a plain process decoding its files (what the shared CPU costs)")
     args = ap.parse_args()
     from PIL import Image
 
@@ -254,6 +312,8 @@ def main() -> None:
                   + ", ".join(f"{p:.1f}/{st:.1f}/{m:.1f}" for p, st, m in zip(pipes, steadies, models)), flush=True)
             if modality == "image":
                 _worker_cost(backbone, items[:64], weights)
+            if args.decoding_beside and backbone not in PREPARED and modality != "text":
+                _decoding_beside(backbone, items, args.batch_size, args.reps, weights)
         print(f"load after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         stand_in.__exit__(None, None, None)
