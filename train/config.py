@@ -44,7 +44,9 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     lr_decay: float = 1.0  # multiplicative per epoch (EAO uses 0.9)
-    tau: float = 0.05  # InfoNCE temperature (paper 000 Sec. III-C, after [38])
+    # InfoNCE temperature (paper 000 Sec. III-C, after [38]); "auto": the strategy's for the data's
+    # alignment, resolved when the data is loaded (Strategy.tau_for); config.yaml records the number
+    tau: float | str = 0.05
     embed_dim: int = 256  # joint space (paper 000 Sec. III-B)
     dropout: float = 0.1
     seed: int = 0
@@ -75,6 +77,8 @@ def _shown(value: Any) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Values from YAML or ``--set key=value`` into the field's type."""
     default = TrainConfig().__getattribute__(name)
+    if name == "tau" and value == AUTO:
+        return value
     if isinstance(value, str):
         if isinstance(default, bool):
             low = value.lower()
@@ -103,6 +107,7 @@ def _coerce(name: str, value: Any) -> Any:
     return value
 
 
+AUTO = "auto"  # a tau resolved for the data's alignment (Strategy.tau_for)
 MAX_EPOCHS = 999_999  # epochs of a stage at most; an epoch's extra passes draw above it (loop.pass_draw)
 
 # the numeric settings that make no sense below a bound: (field, smallest value, what it means)
@@ -138,6 +143,8 @@ def check_values(cfg: TrainConfig) -> list[str]:
             problems.append(f"--name {cfg.name!r}: {problem}; use a plain folder name")
     for name in ("lr", "tau"):
         v = getattr(cfg, name)
+        if name == "tau" and v == AUTO:
+            continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
             problems.append(f"{name}={v!r}: must be a positive number, e.g. --set {name}={getattr(TrainConfig(), name)}")
     return problems
@@ -164,6 +171,8 @@ def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
 
 def _check_type(name: str, value: Any, source: str) -> None:
     """A value of the field's type (an int where a float is expected is fine), else one line naming ``source``."""
+    if name == "tau" and value == AUTO:
+        return
     default = getattr(TrainConfig(), name)
     kind = type(default)
     ok = (isinstance(value, bool) if kind is bool

@@ -27,7 +27,7 @@ from mmx.cache.threads import set_threads
 from mmx.eval import runs
 from mmx.train import checkpoint, checks, normalize, sizing
 from mmx.train import config as config_mod
-from mmx.train.config import TrainConfig
+from mmx.train.config import AUTO, TrainConfig
 from mmx.train.data import Holdout, TrainData, dataset_modalities, load_train_data
 from mmx.train.monitor import parse_monitor
 from mmx.train.runtime import seed_everything
@@ -182,6 +182,8 @@ def check_data(cfg: TrainConfig, strategy_cls, data: TrainData) -> tuple[TrainCo
     if cfg.holdout not in data.splits:
         raise ValueError(f"holdout {cfg.holdout!r}: the data given has splits {', '.join(data.splits)} only")
     cfg = dataclasses.replace(cfg, alignment=resolve_alignment(cfg, strategy_cls, data))
+    if cfg.tau == AUTO:
+        cfg = dataclasses.replace(cfg, tau=strategy_cls.tau_for(cfg.alignment))
     refusals, cautions = checks.learnability(cfg, data)
     if refusals:
         raise ValueError("cannot train on this cache:\n  " + "\n  ".join(refusals))

@@ -142,8 +142,32 @@ def test_paper_presets_resolve_and_pass_checks():
     for name, (strategy, n) in expected.items():
         assert name in names
         cfg = resolve([name])
-        assert (cfg.strategy, len(cfg.modalities), cfg.tau, cfg.embed_dim) == (strategy, n, 0.05, 256)
+        assert (cfg.strategy, len(cfg.modalities), cfg.tau, cfg.embed_dim) == (strategy, n, "auto", 256)
         assert get_strategy(cfg.strategy).check(cfg) == []
+
+
+@pytest.mark.parametrize("strategy", ["joint", "roundrobin"])
+def test_tau_auto_follows_the_alignment_and_is_recorded(class_cache, instance_cache, tmp_path, strategy):
+    import yaml
+
+    from mmx.train.config import check_values
+
+    def tau_of(cache, alignment, sets=()):
+        cfg = resolve([], {"strategy": strategy, "cache": str(cache), "dataset": "synthetic", "out": str(tmp_path),
+                           "modalities": ["text", "image"], "alignment": alignment, "epochs": 1, "device": "cpu"}, list(sets))
+        run = train(cfg, log=lambda s: None, warn=lambda s: None)
+        return yaml.safe_load((run / "config.yaml").read_text())["tau"]
+
+    # 0.2 where batches pair random same-class items (chosen on real data), the paper's 0.05 on true pairs
+    assert tau_of(class_cache, "class") == 0.2
+    assert tau_of(instance_cache, "instance") == 0.05
+    assert tau_of(instance_cache, "auto") == 0.05  # auto alignment: grouped items are instance-aligned
+    assert tau_of(class_cache, "class", ["tau=0.05"]) == 0.05  # the paper's on class data, as a setting
+    assert tau_of(class_cache, "class", ["tau=auto"]) == 0.2
+    assert check_values(resolve([], {"strategy": strategy}, ["tau=auto"])) == []
+    with pytest.raises(ValueError, match="tau=warm: tau expects a number"):
+        resolve([], {"strategy": strategy}, ["tau=warm"])
+    assert any("tau=-1" in p for p in check_values(resolve([], {"strategy": strategy}, ["tau=-1"])))
 
 
 def test_early_stopping_tolerance_is_relative():
