@@ -52,7 +52,7 @@ RUNS = {  # name -> (preset, overrides)
     "stagewise": ("stagewise", {}),
 }
 RULES = [("loss", p, d) for p in (1, 3, 5) for d in (0.02, 0.0)] + \
-        [("mAP", p, d) for p in (1, 3, 5, 8, 10) for d in (0.0, 0.01)]
+        [("mAP", p, d) for p in (1, 3, 5, 8, 10, 15, 20, 30) for d in (0.0, 0.01)]
 
 
 def record(args) -> None:
