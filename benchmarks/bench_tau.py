@@ -10,7 +10,9 @@ chooses) and on test (what the choice is worth), with every other setting at its
 * ``pairs``: `joint` on each two of text, image and audio alone (an image-text benchmark's shape);
 * ``tri``: `joint` on text, image and audio (``fuerer-tri``);
 * ``quad``: `joint` on every modality the set has (``fuerer-quad``; needs video);
-* ``roundrobin``: one pair per batch over text, image and audio (``fuerer-roundrobin``).
+* ``roundrobin``: one pair per batch over text, image and audio (``fuerer-roundrobin``);
+* ``eao``: ``eao-cpu`` on class-aligned batches, every modality the set has (its own tau 0.05
+  unless ``--taus`` sets it; not a `tau: auto` strategy).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_tau.py record --cache C --dataset digits --taus 0.05,0.1,0.2,0.3,0.5 \\
         --runs pairs,tri,roundrobin --seeds 0,1,2 --out tau.jsonl [--set key=value]
@@ -32,7 +34,8 @@ import tempfile
 import time
 
 MODS = ("text", "image", "audio")
-RUNS = {"tri": ("fuerer-tri", {}), "quad": ("fuerer-quad", {}), "roundrobin": ("fuerer-roundrobin", {"modalities": list(MODS)})}
+RUNS = {"tri": ("fuerer-tri", {}), "quad": ("fuerer-quad", {}), "roundrobin": ("fuerer-roundrobin", {"modalities": list(MODS)}),
+        "eao": ("eao-cpu", {"alignment": "class"})}
 
 
 def _one(cache, dataset, preset, overrides, sets, seed, out) -> dict:

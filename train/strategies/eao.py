@@ -120,6 +120,9 @@ EAO_PAPER_SETTINGS = {"lr": 5e-5, "lr_decay": 0.9, "weight_decay": 0.0, "tau": 0
 class EverythingAtOnceStrategy(Strategy):
     name = "eao"
     paper_settings = EAO_PAPER_SETTINGS
+    # tau: auto (the eao-cpu preset): paper 001's 0.05 on instance-aligned data (its own); 0.2 on
+    # class-aligned batches, chosen on val on both digits sets (benchmarks/bench_tau.py, as joint's)
+    taus = {"instance": 0.05, "class": 0.2}
     needs_tokens = True
     alignment = "any"
     options = EAO_OPTIONS
