@@ -1,9 +1,10 @@
-"""The InfoNCE temperature of `joint` and `roundrobin` on real class-labelled data, chosen on val.
+"""The InfoNCE temperature of `joint`, `roundrobin` and `eao-cpu` on real class-labelled data,
+chosen on val.
 
-Paper 000 sets tau = 0.05 for every experiment, on instance-aligned data (a clip's own frames,
-sound and caption are its positives). On class-labelled data there are no pairs: a batch pairs
-random same-class items, and every other same-class item in the batch is a negative, pushed
-away the harder the lower tau is, while retrieval is scored by class. This records, per
+Paper 000 sets tau = 0.05 for every experiment (after CLIP-style work on true pairs). On
+class-labelled data there are no pairs: a batch pairs random same-class items, and every other
+same-class item in the batch is a negative, pushed away the harder the lower tau is, while
+retrieval is scored by class. This records, per
 temperature, run and seed, the mean full mAP over the run's query->target pairs on val (what
 chooses) and on test (what the choice is worth), with every other setting at its default:
 
@@ -11,8 +12,9 @@ chooses) and on test (what the choice is worth), with every other setting at its
 * ``tri``: `joint` on text, image and audio (``fuerer-tri``);
 * ``quad``: `joint` on every modality the set has (``fuerer-quad``; needs video);
 * ``roundrobin``: one pair per batch over text, image and audio (``fuerer-roundrobin``);
-* ``eao``: ``eao-cpu`` on class-aligned batches, every modality the set has (its own tau 0.05
-  unless ``--taus`` sets it; not a `tau: auto` strategy).
+* ``eao``: ``eao-cpu`` on class-aligned batches, every modality the set has.
+
+Every run is given its temperature (``--set tau=T``), so ``tau: auto`` plays no part here.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_tau.py record --cache C --dataset digits --taus 0.05,0.1,0.2,0.3,0.5 \\
         --runs pairs,tri,roundrobin --seeds 0,1,2 --out tau.jsonl [--set key=value]

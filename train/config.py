@@ -13,6 +13,15 @@ from typing import Any
 
 import yaml
 
+AUTO = "auto"  # a numeric setting resolved once the data is loaded (tau: Strategy.tau_for)
+AUTO_FIELDS = ("tau",)  # the numeric settings that also take AUTO
+MAX_EPOCHS = 999_999  # epochs of a stage at most; an epoch's extra passes draw above it (loop.pass_draw)
+
+
+def is_auto(name: str, value: Any) -> bool:
+    """Whether ``value`` is ``auto`` for a setting that takes it in place of a number."""
+    return name in AUTO_FIELDS and value == AUTO
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -77,7 +86,7 @@ def _shown(value: Any) -> str:
 def _coerce(name: str, value: Any) -> Any:
     """Values from YAML or ``--set key=value`` into the field's type."""
     default = TrainConfig().__getattribute__(name)
-    if name == "tau" and value == AUTO:
+    if is_auto(name, value):
         return value
     if isinstance(value, str):
         if isinstance(default, bool):
@@ -106,9 +115,6 @@ def _coerce(name: str, value: Any) -> Any:
         return float(value)
     return value
 
-
-AUTO = "auto"  # a tau resolved for the data's alignment (Strategy.tau_for)
-MAX_EPOCHS = 999_999  # epochs of a stage at most; an epoch's extra passes draw above it (loop.pass_draw)
 
 # the numeric settings that make no sense below a bound: (field, smallest value, what it means)
 _LOWER_BOUNDS = (
@@ -143,7 +149,7 @@ def check_values(cfg: TrainConfig) -> list[str]:
             problems.append(f"--name {cfg.name!r}: {problem}; use a plain folder name")
     for name in ("lr", "tau"):
         v = getattr(cfg, name)
-        if name == "tau" and v == AUTO:
+        if is_auto(name, v):
             continue
         if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
             problems.append(f"{name}={v!r}: must be a positive number, e.g. --set {name}={getattr(TrainConfig(), name)}")
@@ -171,7 +177,7 @@ def merge(cfg: TrainConfig, values: dict, source: str) -> TrainConfig:
 
 def _check_type(name: str, value: Any, source: str) -> None:
     """A value of the field's type (an int where a float is expected is fine), else one line naming ``source``."""
-    if name == "tau" and value == AUTO:
+    if is_auto(name, value):
         return
     default = getattr(TrainConfig(), name)
     kind = type(default)

@@ -74,13 +74,14 @@ class Strategy:
             problems.append(f"strategy {cls.name!r} needs at least {cls.min_modalities} modalities, got {cfg.modalities}")
         return problems
 
-    # tau "auto" by the data's alignment: the config's default unless a strategy measured otherwise
-    taus = {"class": 0.05, "instance": 0.05}
+    # tau "auto" by the data's alignment (class or instance); an alignment a strategy does not
+    # name gets the config's default
+    taus: dict[str, float] = {}
 
     @classmethod
     def tau_for(cls, alignment: str) -> float:
         """The temperature ``tau: auto`` means for ``alignment`` (class or instance)."""
-        return cls.taus[alignment]
+        return cls.taus.get(alignment, TrainConfig.tau)
 
     def build_model(self) -> nn.Module:
         raise NotImplementedError
