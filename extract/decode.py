@@ -288,7 +288,13 @@ def sample_video_frames(path: str | os.PathLike, fps: float, max_frames: int | N
 
 
 def _open_video(p: Path, max_pixels: int):
-    """(container, its first video stream), the stream's frame size checked from its header."""
+    """(container, its first video stream), the stream's frame size checked from its header.
+
+    The stream decodes on one thread. Video is decoded in the extraction's worker processes,
+    which are the parallelism (as many as the cores the model leaves); FFmpeg's frame threads
+    there only added work: 18-24% more CPU a clip on the shared H.264 clips for no shorter
+    wall time on two cores, CPU taken from the model beside them (benchmarks/RESULTS.md,
+    Extraction). Threading changes no pixel: FFmpeg's decoders are bit-exact either way."""
     import av
 
     try:
@@ -300,6 +306,7 @@ def _open_video(p: Path, max_pixels: int):
         container.close()
         raise DecodeError(f"no video stream in {p} (streams: {', '.join(kinds)})")
     stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1  # see the docstring
     try:
         _check_frame_pixels(p, stream.codec_context.width, stream.codec_context.height, max_pixels)
     except DecodeError:
@@ -380,7 +387,6 @@ def _sample_planned(p: Path, plan: dict[int, int], max_pixels: int, size: int | 
     import av
 
     container, stream = _open_video(p, max_pixels)
-    stream.thread_type = "AUTO"
     context = stream.codec_context
     wanted, kept, skipping = dict(plan), {}, None
     with container:
@@ -414,7 +420,6 @@ def _sample_every_frame(p: Path, fps: float, max_frames: int | None = None, *,
     frames: list = []
     container, stream = _open_video(p, max_pixels)
     with container:
-        stream.thread_type = "AUTO"
         tb = float(stream.time_base) if stream.time_base else None
         rule = _Sampling(fps, max_frames)
         try:

@@ -318,3 +318,40 @@ def test_frames_converted_on_one_thread_have_the_same_pixels(tmp_path):
         for frame in c.decode(c.streams.video[0]):
             one = np.asarray(decode._rgb(frame))
             assert np.array_equal(one, np.asarray(av.video.reformatter.VideoReformatter().reformat(frame, format="rgb24").to_image()))
+
+
+def _tasks() -> int:
+    import os
+
+    return len(os.listdir("/proc/self/task"))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.parametrize("sample", ["planned", "every frame"])
+def test_video_decodes_on_one_thread(tmp_path, monkeypatch, sample):
+    """Each decoder runs on its worker's own thread: FFmpeg's frame threads would take CPU from
+    the model on the other cores (threads counted while a frame is in hand, codec open)."""
+    clip = write_b_frame_clip(tmp_path / "b.mp4")
+    during, real = [], decode._rgb
+
+    def spy(frame):
+        during.append(_tasks())
+        return real(frame)
+
+    monkeypatch.setattr(decode, "_rgb", spy)
+    before = _tasks()
+    frames = (decode.sample_video_frames if sample == "planned" else decode._sample_every_frame)(clip, 1.0)
+    assert len(frames) == 3 and during and max(during) <= before, (before, during)
+
+
+def test_decoding_on_one_thread_changes_no_pixel(tmp_path):
+    """Every frame as FFmpeg's frame threads decode it is the frame decoded on one thread (so no
+    cached feature changes)."""
+    import av
+
+    clip = write_b_frame_clip(tmp_path / "b.mp4", frames=40)
+    with av.open(str(clip)) as c:
+        stream = c.streams.video[0]
+        stream.thread_type, stream.codec_context.thread_count = "AUTO", 4
+        threaded = [decode._rgb(f) for f in c.decode(stream)]
+    assert len(threaded) == 40 and _same(threaded, decode.sample_video_frames(clip, 30.0))
