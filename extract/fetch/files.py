@@ -65,12 +65,18 @@ def sweep_partial_files(media: Path) -> int:
     return removed
 
 
-def place_file(tmp: str, folder: Path, stem: str, extension: str) -> Path:
-    """Rename a validated temp file into place, dropping an older copy with another extension."""
+def place_file(tmp: str, folder: Path, stem: str, extension: str, older_copies: bool = True) -> Path:
+    """Rename a validated temp file into place, dropping an older copy with another extension.
+
+    ``older_copies=False`` where none can exist (the folder was empty when the run began, and a
+    run places each stem once): the look for them is one ``stat`` per known extension, 17 an
+    item, an eighth of a small file's fetch."""
     if folder.is_symlink():  # planted while fetching: the temporary is inside, and stays there
         raise OSError(errno.ELOOP, "a symbolic link where mmx keeps media; remove it", str(folder))
     final = folder / f"{stem}.{extension}"
     os.replace(tmp, final)
+    if not older_copies:
+        return final
     for ext in _MEDIA_EXTENSIONS:
         other = folder / f"{stem}.{ext}"
         if ext != extension and other.exists():

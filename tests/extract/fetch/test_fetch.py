@@ -267,3 +267,58 @@ def test_cli_fetch_refuses_to_overwrite_its_input(tmp_path):
                               tmp_path / "manifest.fetched.csv")
     result = CliRunner().invoke(main, ["fetch", str(manifest), "--out", str(tmp_path), "--no-progress"])
     assert result.exit_code != 0 and "would be overwritten" in result.output
+
+
+def _jpeg(side: int) -> bytes:
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(side).integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
+def test_small_files_are_checked_on_the_loop_and_large_ones_in_the_pool(tmp_path, monkeypatch):
+    """A file up to INLINE_CHECK_BYTES is validated on the event loop's thread (cheaper than the
+    hand-off), a larger one in the validating threads, so no large decode stalls the loop;
+    both are checked in full (a cut one of either size fails)."""
+    import threading
+
+    from mmx.extract.fetch import run, validate
+
+    small, large = _jpeg(16), _jpeg(256)
+    assert len(small) <= run.INLINE_CHECK_BYTES < len(large) // 2
+    where, real = {}, validate.check_file
+
+    def spy(path, modality, **kw):
+        where[path.rsplit("/", 1)[-1].split(".")[1]] = threading.current_thread().name
+        return real(path, modality, **kw)
+
+    monkeypatch.setattr(validate, "check_file", spy)
+    bodies = {"small": small, "large": large, "smallcut": small[: len(small) // 2], "largecut": large[: len(large) // 2]}
+    with LoopbackServer({f"/{k}.jpg": serve(v, "image/jpeg") for k, v in bodies.items()}) as srv:
+        frame = pd.DataFrame({"id": list(bodies), "modality": "image", "uri": [srv.url(f"/{k}.jpg") for k in bodies]})
+        summary = fetch_manifest(write_manifest(frame, tmp_path / "m.csv"), tmp_path / "ds", FetchConfig(**FAST))
+    assert summary.this_run == {"ok": 2, "undecodable": 2}
+    loop_thread = threading.current_thread().name  # asyncio.run runs the loop on the caller's thread
+    assert where["small"] == where["smallcut"] == loop_thread
+    assert where["large"].startswith("mmx-validate") and where["largecut"].startswith("mmx-validate")
+
+
+def test_a_refetched_item_drops_its_older_copy_of_another_format(tmp_path):
+    """An item fetched as PNG and, after its URL changed, as JPEG keeps only the JPEG (the folder
+    was not empty when the second run began, so older copies are looked for); a first run into
+    an empty folder places each file once."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buf, "PNG")
+    ds = tmp_path / "ds"
+    with LoopbackServer({"/a.png": serve(buf.getvalue(), "image/png"), "/a.jpg": serve(_jpeg(16), "image/jpeg"),
+                         "/b.jpg": serve(_jpeg(17), "image/jpeg")}) as srv:
+        for uri in ("/a.png", "/a.jpg"):
+            frame = pd.DataFrame({"id": ["a", "b"], "modality": "image", "uri": [srv.url(uri), srv.url("/b.jpg")]})
+            summary = fetch_manifest(write_manifest(frame, tmp_path / "m.csv"), ds, FetchConfig(**FAST))
+            assert summary.totals == {"ok": 2}
+            names = sorted(p.name for p in (ds / "media" / "image").iterdir())
+            assert names == (["a.png", "b.jpg"] if uri == "/a.png" else ["a.jpg", "b.jpg"])
