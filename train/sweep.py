@@ -203,15 +203,21 @@ def open_study(folder: Path, strategy: str):
     return optuna.create_study(study_name=strategy, storage=_storage(folder), direction="maximize", load_if_exists=True)
 
 
-def _recover(study, log) -> None:
-    """Trials left running by a sweep that was cut off: failed (marked interrupted) and re-queued."""
+def _recover(study, log, dists: dict) -> None:
+    """Trials left running by a sweep that was cut off: failed (marked interrupted) and re-queued
+    with their setting. A trial cut off while its setting was being drawn (``study.ask`` writes
+    each value on its own) has none to retry: it is failed as interrupted and not counted, so a
+    new trial takes its place."""
     from optuna.trial import TrialState
 
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
         study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-        log(f"  trial {t.number} was cut off: queued again with its setting")
+        if set(t.params) == set(dists):
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            log(f"  trial {t.number} was cut off: queued again with its setting")
+        else:
+            log(f"  trial {t.number} was cut off while its setting was drawn: a new trial takes its place")
 
 
 def _finished(study) -> int:
@@ -240,7 +246,7 @@ def search(spec: SweepSpec, strategy: str, pool, log: Callable[[str], None] = pr
     dists = distributions(space)
     base = base_config(spec, strategy)
     study = open_study(folder, strategy)
-    _recover(study, log)
+    _recover(study, log, dists)
     # a new seed per resumption: the sampler's random start never redraws the settings already tried
     study.sampler = optuna.samplers.TPESampler(seed=spec.seed + len(study.trials))
     todo = spec.trials - _finished(study)

@@ -171,7 +171,33 @@ def test_killed_sweep_resumes(tmp_path, cache, space):
     cut = [n for n, (_, _, st) in before.items() if st == "RUNNING"]
     for n in cut:  # a trial the kill cut off is failed as interrupted and its setting tried again
         assert after[n].state.name == "FAIL" and after[n].user_attrs.get("interrupted")
-        assert any(t.params == before[n][0] and t.user_attrs.get("retry_of") == n for t in complete)
+        if set(before[n][0]) == set(complete[0].params):  # not cut off while its setting was drawn
+            assert any(t.params == before[n][0] and t.user_attrs.get("retry_of") == n for t in complete)
+
+
+def test_a_trial_cut_off_while_its_setting_was_drawn_is_replaced_not_retried(tmp_path):
+    """``study.ask`` writes each drawn value on its own, so a kill can leave a running trial with
+    part of its setting: that one is failed as interrupted and not queued again (a setting made
+    of its part and new draws would not be the trial it claims to retry); a whole one is."""
+    from optuna.trial import TrialState
+
+    from mmx.train.sweep import _finished, _recover, open_study
+    from mmx.train.sweep_space import distributions, resolve_space
+
+    dists = distributions(resolve_space("joint", SPACE["joint"]))
+    study = open_study(tmp_path, "joint")
+    whole = study.ask(dists)
+    part = study.ask()
+    part.suggest_float("lr", 1e-3, 1e-2, log=True)
+    said = []
+    _recover(study, said.append, dists)
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials[:2]] == [TrialState.FAIL, TrialState.FAIL]
+    assert all(t.user_attrs.get("interrupted") for t in trials[:2]) and _finished(study) == 0
+    waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs == {"retry_of": whole.number}
+    assert waiting[0].system_attrs["fixed_params"] == whole.params
+    assert f"trial {part.number} was cut off while its setting was drawn" in said[1]
 
 
 def test_parallel_jobs_and_a_dask_cluster_run_the_trials(tmp_path, cache, space):
