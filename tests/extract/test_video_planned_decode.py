@@ -4,6 +4,7 @@ be made or a planned frame does not come out, every frame is decoded instead."""
 
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 
 import numpy as np
@@ -321,12 +322,10 @@ def test_frames_converted_on_one_thread_have_the_same_pixels(tmp_path):
 
 
 def _tasks() -> int:
-    import os
-
     return len(os.listdir("/proc/self/task"))
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="counts threads in /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts threads in /proc")
 @pytest.mark.parametrize("sample", ["planned", "every frame"])
 def test_video_decodes_on_one_thread(tmp_path, monkeypatch, sample):
     """Each decoder runs on its worker's own thread: FFmpeg's frame threads would take CPU from
